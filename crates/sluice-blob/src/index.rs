@@ -1,0 +1,208 @@
+//! The redb index and its single writer.
+//!
+//! One thread owns every write transaction. Callers send it operations over a bounded channel;
+//! it takes all that are waiting (up to `MAX_BATCH`) into one transaction and one commit, so
+//! concurrent uploads share an fsync instead of queueing for one each (group commit).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use sluice_proto::BlobKey;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::BlobError;
+use crate::record::BlobMeta;
+
+pub(crate) const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const FILES: &str = "files";
+const BYTES: &str = "bytes";
+
+const MAX_BATCH: usize = 512;
+const QUEUE_DEPTH: usize = 4096;
+
+/// Files and bytes held, kept in the index beside the records so they survive restarts exactly.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+pub(crate) enum IndexOp {
+    Insert {
+        key: BlobKey,
+        meta: BlobMeta,
+        done: oneshot::Sender<Result<(), BlobError>>,
+    },
+    Remove {
+        key: BlobKey,
+        done: oneshot::Sender<Result<Option<BlobMeta>, BlobError>>,
+    },
+}
+
+pub(crate) struct Index {
+    pub db: Arc<Database>,
+    ops: mpsc::Sender<IndexOp>,
+    pub counters: Arc<StoreCounters>,
+}
+
+impl Index {
+    /// Opens (or creates) the index and starts its writer thread. Blocking.
+    pub fn open(path: &std::path::Path) -> Result<(Self, std::thread::JoinHandle<()>), BlobError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        let counters = StoreCounters::default();
+        {
+            txn.open_table(BLOBS)?;
+            let table = txn.open_table(COUNTERS)?;
+            let get =
+                |name| -> Result<u64, BlobError> { Ok(table.get(name)?.map_or(0, |v| v.value())) };
+            counters.files.store(get(FILES)?, Ordering::Relaxed);
+            counters.bytes.store(get(BYTES)?, Ordering::Relaxed);
+        }
+        txn.commit()?;
+        let db = Arc::new(db);
+        let counters = Arc::new(counters);
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let writer_db = db.clone();
+        let writer_counters = counters.clone();
+        let handle = std::thread::Builder::new()
+            .name("sluice-index-writer".into())
+            .spawn(move || run_writer(&writer_db, &writer_counters, rx))?;
+        Ok((
+            Self {
+                db,
+                ops: tx,
+                counters,
+            },
+            handle,
+        ))
+    }
+
+    pub async fn insert(&self, key: BlobKey, meta: BlobMeta) -> Result<(), BlobError> {
+        let (done, rx) = oneshot::channel();
+        self.ops
+            .send(IndexOp::Insert { key, meta, done })
+            .await
+            .map_err(|_| BlobError::Closed)?;
+        rx.await.map_err(|_| BlobError::Closed)?
+    }
+
+    pub async fn remove(&self, key: BlobKey) -> Result<Option<BlobMeta>, BlobError> {
+        let (done, rx) = oneshot::channel();
+        self.ops
+            .send(IndexOp::Remove { key, done })
+            .await
+            .map_err(|_| BlobError::Closed)?;
+        rx.await.map_err(|_| BlobError::Closed)?
+    }
+
+    /// Looks a key up. Blocking (may read from disk).
+    pub fn get(&self, key: &BlobKey) -> Result<Option<BlobMeta>, BlobError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BLOBS)?;
+        match table.get(key.as_bytes().as_slice())? {
+            Some(v) => Ok(Some(BlobMeta::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Drops the sender so the writer thread drains and exits.
+    pub fn close(self) {
+        drop(self.ops);
+    }
+}
+
+fn run_writer(db: &Database, counters: &StoreCounters, mut rx: mpsc::Receiver<IndexOp>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(op) = rx.blocking_recv() {
+        batch.push(op);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        apply_batch(db, counters, &mut batch);
+    }
+}
+
+/// What one operation will answer once the batch commits.
+enum Outcome {
+    Inserted(oneshot::Sender<Result<(), BlobError>>),
+    Removed(
+        oneshot::Sender<Result<Option<BlobMeta>, BlobError>>,
+        Option<BlobMeta>,
+    ),
+}
+
+fn apply_batch(db: &Database, counters: &StoreCounters, batch: &mut Vec<IndexOp>) {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut files = counters.files.load(Ordering::Relaxed);
+    let mut bytes = counters.bytes.load(Ordering::Relaxed);
+    let result = (|| -> Result<(), BlobError> {
+        let txn = db.begin_write()?;
+        {
+            let mut blobs = txn.open_table(BLOBS)?;
+            for op in batch.drain(..) {
+                match op {
+                    IndexOp::Insert { key, meta, done } => {
+                        let old =
+                            blobs.insert(key.as_bytes().as_slice(), meta.encode().as_slice())?;
+                        if let Some(old) = old.map(|v| BlobMeta::decode(v.value())) {
+                            let old = old?;
+                            files -= 1;
+                            bytes -= old.size;
+                        }
+                        files += 1;
+                        bytes += meta.size;
+                        outcomes.push(Outcome::Inserted(done));
+                    }
+                    IndexOp::Remove { key, done } => {
+                        let old = blobs.remove(key.as_bytes().as_slice())?;
+                        let old = match old {
+                            Some(v) => Some(BlobMeta::decode(v.value())?),
+                            None => None,
+                        };
+                        if let Some(m) = &old {
+                            files -= 1;
+                            bytes -= m.size;
+                        }
+                        outcomes.push(Outcome::Removed(done, old));
+                    }
+                }
+            }
+            let mut table = txn.open_table(COUNTERS)?;
+            table.insert(FILES, files)?;
+            table.insert(BYTES, bytes)?;
+        }
+        txn.commit()?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            counters.files.store(files, Ordering::Relaxed);
+            counters.bytes.store(bytes, Ordering::Relaxed);
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Inserted(done) => drop(done.send(Ok(()))),
+                    Outcome::Removed(done, old) => drop(done.send(Ok(old))),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "index commit failed; the batch is refused");
+            // Operations not yet taken from the batch (an early error) are answered by dropping
+            // their senders, which callers see as `Closed`; those taken get the error itself.
+            batch.clear();
+            for outcome in outcomes {
+                let err = BlobError::Index(e.to_string());
+                match outcome {
+                    Outcome::Inserted(done) => drop(done.send(Err(err))),
+                    Outcome::Removed(done, _) => drop(done.send(Err(err))),
+                }
+            }
+        }
+    }
+}

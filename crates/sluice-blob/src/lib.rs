@@ -1,0 +1,319 @@
+//! Sluice's durable local blob store.
+//!
+//! Each blob is one data file of checksummed blocks ([`layout`]) under `blobs/`, named by its
+//! key, plus a record in a redb index ([`record`]). A blob is written to `tmp/`, fsynced, renamed
+//! into place (directory fsynced), and only then indexed: an index entry therefore always points
+//! at a whole, durable file. What a crash can leave is swept on the next open: everything in
+//! `tmp/`, and data files no index entry names (see [`sweep`]).
+//!
+//! ```text
+//! DATA/FORMAT            "sluice-blob 1": refuses to open a directory of another format
+//! DATA/index.redb        key -> BlobMeta, plus file and byte counters
+//! DATA/blobs/ab/cd/KEY   data files, two levels of 256 directories by the key's first bytes
+//! DATA/tmp/KEY           blobs being written
+//! ```
+
+pub mod layout;
+pub mod record;
+
+mod index;
+mod reader;
+mod sweep;
+mod writer;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use sluice_proto::BlobKey;
+
+pub use index::StoreCounters;
+pub use reader::BlobReader;
+pub use record::{BlobMeta, BlobState};
+pub use writer::BlobWriter;
+
+const FORMAT_FILE: &str = "FORMAT";
+const FORMAT_LINE: &str = "sluice-blob 1\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("index error: {0}")]
+    Index(String),
+    #[error("index record is damaged or of an unknown version")]
+    BadRecord,
+    #[error("data file of {key} is damaged at block {block}")]
+    Corrupt { key: BlobKey, block: u64 },
+    #[error("data directory holds a different format ({0:?}); this build reads sluice-blob 1")]
+    WrongFormat(String),
+    #[error("blob is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("no space left on the device")]
+    NoSpace,
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl BlobError {
+    fn from_io(e: io::Error) -> Self {
+        if e.raw_os_error() == Some(28) {
+            BlobError::NoSpace
+        } else {
+            BlobError::Io(e)
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for BlobError {
+            fn from(e: $t) -> Self {
+                BlobError::Index(e.to_string())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Tunables of a store.
+#[derive(Debug, Clone)]
+pub struct BlobStoreOptions {
+    /// Size of a checksummed block. Smaller blocks make ranged reads of big files cheaper;
+    /// larger ones cost less checksum space. 64 KiB matches what players ask for.
+    pub block_size: u32,
+}
+
+impl Default for BlobStoreOptions {
+    fn default() -> Self {
+        Self {
+            block_size: 64 * 1024,
+        }
+    }
+}
+
+/// A handle to an open store; cheap to clone.
+#[derive(Clone)]
+pub struct BlobStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    index: index::Index,
+    options: BlobStoreOptions,
+    writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set by `close` so background work (the sweep) lets go of the store.
+    closing: std::sync::atomic::AtomicBool,
+}
+
+impl BlobStore {
+    /// Opens or creates a store in `root`, clearing what an interrupted run left in `tmp/` and
+    /// starting a background sweep for orphaned data files. Blocking: call it from
+    /// `spawn_blocking` or before the runtime is busy.
+    pub fn open(root: &Path, options: BlobStoreOptions) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(root)?;
+        check_format(root)?;
+        let tmp = root.join("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        std::fs::create_dir_all(root.join("blobs"))?;
+        let (index, writer) = index::Index::open(&root.join("index.redb"))?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                root: root.to_owned(),
+                index,
+                options,
+                writer_thread: std::sync::Mutex::new(Some(writer)),
+                closing: std::sync::atomic::AtomicBool::new(false),
+            }),
+        };
+        sweep::start(store.clone());
+        Ok(store)
+    }
+
+    /// A fresh key that no blob in this store has. 128 random bits from the OS; the index check
+    /// keeps the guarantee even against a broken random source.
+    pub async fn new_key(&self) -> Result<BlobKey, BlobError> {
+        loop {
+            let mut bytes = [0u8; sluice_proto::fileid::KEY_BYTES];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| BlobError::Io(io::Error::other(e.to_string())))?;
+            let key = BlobKey::from_bytes(bytes);
+            if self.stat(key).await?.is_none() {
+                return Ok(key);
+            }
+        }
+    }
+
+    /// Starts writing a blob. Nothing is visible until [`BlobWriter::commit`] returns.
+    pub fn writer(&self, key: BlobKey, content_type: String, limit: u64) -> BlobWriter {
+        BlobWriter::new(self.clone(), key, content_type, limit)
+    }
+
+    pub async fn stat(&self, key: BlobKey) -> Result<Option<BlobMeta>, BlobError> {
+        let store = self.clone();
+        blocking(move || store.inner.index.get(&key)).await
+    }
+
+    /// Opens a blob for reading; `None` if the store has no such key.
+    pub async fn open_reader(&self, key: BlobKey) -> Result<Option<BlobReader>, BlobError> {
+        let store = self.clone();
+        blocking(move || {
+            let Some(meta) = store.inner.index.get(&key)? else {
+                return Ok(None);
+            };
+            match std::fs::File::open(store.blob_path(&key)) {
+                Ok(file) => Ok(Some(BlobReader::new(key, meta, file))),
+                // Deleted between the lookup and the open.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if store.inner.index.get(&key)?.is_some() {
+                        tracing::error!(%key, "indexed blob has no data file");
+                        return Err(BlobError::Corrupt { key, block: 0 });
+                    }
+                    Ok(None)
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    /// Deletes a blob; `false` if there was none. The index entry goes first, so a crash
+    /// between the two steps leaves an orphan file for the sweep, never a dangling entry.
+    pub async fn delete(&self, key: BlobKey) -> Result<bool, BlobError> {
+        let Some(_) = self.inner.index.remove(key).await? else {
+            return Ok(false);
+        };
+        let path = self.blob_path(&key);
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BlobError::Io(e)),
+        })
+        .await?;
+        Ok(true)
+    }
+
+    pub fn counters(&self) -> &StoreCounters {
+        &self.inner.index.counters
+    }
+
+    pub fn files(&self) -> u64 {
+        self.counters().files.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.counters().bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn options(&self) -> &BlobStoreOptions {
+        &self.inner.options
+    }
+
+    /// Stops background work, waits (briefly) for other handles to go, then lets the index
+    /// writer finish its queue and closes the database cleanly, so the next open needs no
+    /// repair. Every acknowledged write was committed long before this; call it at shutdown,
+    /// after the servers stop.
+    pub async fn close(self) {
+        self.inner.closing.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut this = self.inner;
+        let inner = loop {
+            match Arc::try_unwrap(this) {
+                Ok(inner) => break inner,
+                Err(shared) if tokio::time::Instant::now() < deadline => {
+                    this = shared;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(_) => {
+                    tracing::warn!("blob store still in use at shutdown; closing without waiting");
+                    return;
+                }
+            }
+        };
+        let handle = inner.writer_thread.lock().ok().and_then(|mut h| h.take());
+        inner.index.close();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    pub(crate) fn blob_path(&self, key: &BlobKey) -> PathBuf {
+        let b = key.as_bytes();
+        self.inner
+            .root
+            .join("blobs")
+            .join(format!("{:02x}", b[0]))
+            .join(format!("{:02x}", b[1]))
+            .join(key.to_string())
+    }
+
+    pub(crate) fn tmp_path(&self, key: &BlobKey) -> PathBuf {
+        self.inner.root.join("tmp").join(key.to_string())
+    }
+
+    pub(crate) fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn index(&self) -> &index::Index {
+        &self.inner.index
+    }
+}
+
+fn check_format(root: &Path) -> Result<(), BlobError> {
+    let path = root.join(FORMAT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text == FORMAT_LINE => Ok(()),
+        Ok(text) => Err(BlobError::WrongFormat(text.trim().to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let non_empty = std::fs::read_dir(root)?.next().is_some();
+            if non_empty {
+                return Err(BlobError::WrongFormat(
+                    "no FORMAT file in a non-empty directory".into(),
+                ));
+            }
+            write_durably(&path, FORMAT_LINE.as_bytes())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), BlobError> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Runs blocking file or index work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BlobError> + Send + 'static,
+) -> Result<T, BlobError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BlobError::Io(io::Error::other(e.to_string())))?
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

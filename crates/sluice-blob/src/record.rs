@@ -1,0 +1,105 @@
+//! Index records: what the store knows of a blob besides its bytes. Versioned from the start so
+//! later releases read what this one wrote.
+
+use crate::BlobError;
+
+const RECORD_V1: u8 = 1;
+
+/// Where a blob stands in its life. Only `Complete` exists today; files still arriving
+/// (progressive uploads) will add states without changing how complete ones are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobState {
+    Complete,
+}
+
+impl BlobState {
+    fn code(self) -> u8 {
+        match self {
+            BlobState::Complete => 1,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(BlobState::Complete),
+            _ => None,
+        }
+    }
+}
+
+/// What the index holds for one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobMeta {
+    /// Logical length in bytes.
+    pub size: u64,
+    pub content_type: String,
+    /// Milliseconds since the Unix epoch when the blob was committed.
+    pub created_ms: u64,
+    pub block_size: u32,
+    pub state: BlobState,
+}
+
+impl BlobMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        let ct = self.content_type.as_bytes();
+        let ct_len = u16::try_from(ct.len()).unwrap_or(u16::MAX);
+        let mut out = Vec::with_capacity(24 + ct.len());
+        out.push(RECORD_V1);
+        out.push(self.state.code());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.created_ms.to_le_bytes());
+        out.extend_from_slice(&self.block_size.to_le_bytes());
+        out.extend_from_slice(&ct_len.to_le_bytes());
+        out.extend_from_slice(&ct[..usize::from(ct_len)]);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, BlobError> {
+        let bad = || BlobError::BadRecord;
+        let (&version, rest) = bytes.split_first().ok_or_else(bad)?;
+        if version != RECORD_V1 {
+            return Err(bad());
+        }
+        let (&state, rest) = rest.split_first().ok_or_else(bad)?;
+        let state = BlobState::from_code(state).ok_or_else(bad)?;
+        let size = u64::from_le_bytes(take(rest, 0)?);
+        let created_ms = u64::from_le_bytes(take(rest, 8)?);
+        let block_size = u32::from_le_bytes(take(rest, 16)?);
+        let ct_len = usize::from(u16::from_le_bytes(take(rest, 20)?));
+        let ct = rest.get(22..22 + ct_len).ok_or_else(bad)?;
+        let content_type = String::from_utf8(ct.to_vec()).map_err(|_| bad())?;
+        Ok(Self {
+            size,
+            content_type,
+            created_ms,
+            block_size,
+            state,
+        })
+    }
+}
+
+fn take<const N: usize>(bytes: &[u8], at: usize) -> Result<[u8; N], BlobError> {
+    bytes
+        .get(at..at + N)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(BlobError::BadRecord)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn roundtrip(size in any::<u64>(), created_ms in any::<u64>(), bs in any::<u32>(), ct in "[ -~]{0,200}") {
+            let m = BlobMeta { size, content_type: ct, created_ms, block_size: bs, state: BlobState::Complete };
+            prop_assert_eq!(BlobMeta::decode(&m.encode()).unwrap(), m);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = BlobMeta::decode(&bytes);
+        }
+    }
+}

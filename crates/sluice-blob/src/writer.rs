@@ -1,0 +1,223 @@
+//! Writing one blob: buffered into checksummed blocks, flushed to `tmp/` in large writes, then
+//! made durable and indexed by `commit`. A writer dropped before commit removes its temp file.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Buf, Bytes, BytesMut};
+use sluice_proto::BlobKey;
+
+use crate::layout::BlockLayout;
+use crate::record::{BlobMeta, BlobState};
+use crate::{BlobError, BlobStore, blocking, now_ms};
+
+/// Bytes gathered before a write to disk: big enough for few syscalls, small enough that
+/// thousands of concurrent uploads stay within memory.
+const FLUSH_AT: usize = 1 << 20;
+
+pub struct BlobWriter {
+    store: BlobStore,
+    key: BlobKey,
+    content_type: String,
+    limit: u64,
+    layout: BlockLayout,
+    pending: BytesMut,
+    received: u64,
+    /// The temp file once the first flush created it; small blobs never need one before commit.
+    file: Option<File>,
+    tmp: Arc<TempFileGuard>,
+}
+
+impl BlobWriter {
+    pub(crate) fn new(store: BlobStore, key: BlobKey, content_type: String, limit: u64) -> Self {
+        let layout = BlockLayout::new(store.options().block_size);
+        let tmp = Arc::new(TempFileGuard(Mutex::new(Some(store.tmp_path(&key)))));
+        Self {
+            store,
+            key,
+            content_type,
+            limit,
+            layout,
+            pending: BytesMut::new(),
+            received: 0,
+            file: None,
+            tmp,
+        }
+    }
+
+    pub fn key(&self) -> BlobKey {
+        self.key
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Adds bytes; writes to disk once enough have gathered.
+    pub async fn write(&mut self, mut data: Bytes) -> Result<(), BlobError> {
+        let len = data.len() as u64;
+        if self.received + len > self.limit {
+            return Err(BlobError::TooLarge { limit: self.limit });
+        }
+        self.received += len;
+        if self.pending.is_empty() && data.len() >= FLUSH_AT {
+            // Avoid copying large chunks twice: encode straight from the caller's buffer.
+            let whole = data.len() - data.len() % self.layout.block_size as usize;
+            let head = data.split_to(whole);
+            self.flush(head, false).await?;
+            self.pending.extend_from_slice(&data);
+            return Ok(());
+        }
+        self.pending.extend_from_slice(&data);
+        if self.pending.len() >= FLUSH_AT {
+            let bs = self.layout.block_size as usize;
+            let whole = self.pending.len() - self.pending.len() % bs;
+            let head = self.pending.split_to(whole).freeze();
+            self.flush(head, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes whole blocks (and, when `last`, the final short one) to the temp file.
+    async fn flush(&mut self, data: Bytes, last: bool) -> Result<(), BlobError> {
+        let file = self.file.take();
+        // The closure holds the guard too, so a writer dropped mid-flush cannot remove the
+        // temp file before the flush creates it.
+        let tmp = self.tmp.clone();
+        let layout = self.layout;
+        let file = blocking(move || {
+            let mut file = match file {
+                Some(f) => f,
+                None => create_temp(&tmp.path(), &layout)?,
+            };
+            write_blocks(&mut file, &layout, &data, last)?;
+            Ok(file)
+        })
+        .await?;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Makes the blob durable and visible: fsync, rename into place, fsync the directory, then
+    /// index it. Runs to completion in its own task even if the caller goes away, so a client
+    /// that disconnects at this point leaves a whole blob, never half of one.
+    pub async fn commit(mut self) -> Result<BlobMeta, BlobError> {
+        let rest = self.pending.split().freeze();
+        let meta = BlobMeta {
+            size: self.received,
+            content_type: std::mem::take(&mut self.content_type),
+            created_ms: now_ms(),
+            block_size: self.layout.block_size,
+            state: BlobState::Complete,
+        };
+        let task = tokio::spawn(async move {
+            let file = self.file.take();
+            let layout = self.layout;
+            let final_path = self.store.blob_path(&self.key);
+            let tmp = self.tmp.clone();
+            blocking(move || {
+                let tmp_path = tmp.path();
+                let mut file = match file {
+                    Some(f) => f,
+                    None => create_temp(&tmp_path, &layout)?,
+                };
+                write_blocks(&mut file, &layout, &rest, true)?;
+                file.sync_data().map_err(BlobError::from_io)?;
+                drop(file);
+                place(&tmp_path, &final_path)?;
+                tmp.disarm();
+                Ok(())
+            })
+            .await?;
+            self.store.index().insert(self.key, meta.clone()).await?;
+            Ok(meta)
+        });
+        task.await
+            .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+    }
+}
+
+fn create_temp(path: &Path, layout: &BlockLayout) -> Result<File, BlobError> {
+    let mut file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(BlobError::from_io)?;
+    file.write_all(&layout.header())
+        .map_err(BlobError::from_io)?;
+    Ok(file)
+}
+
+fn write_blocks(
+    file: &mut File,
+    layout: &BlockLayout,
+    data: &[u8],
+    last: bool,
+) -> Result<(), BlobError> {
+    let bs = layout.block_size as usize;
+    debug_assert!(last || data.len() % bs == 0);
+    let blocks = data.len().div_ceil(bs);
+    let mut out = Vec::with_capacity(data.len() + blocks * crate::layout::CRC_LEN as usize);
+    let mut rest = data;
+    while rest.has_remaining() {
+        let n = rest.len().min(bs);
+        BlockLayout::encode_block(&rest[..n], &mut out);
+        rest = &rest[n..];
+    }
+    file.write_all(&out).map_err(BlobError::from_io)
+}
+
+/// Renames a finished temp file into its place and makes the rename durable.
+fn place(tmp: &Path, final_path: &Path) -> Result<(), BlobError> {
+    let dir = final_path
+        .parent()
+        .ok_or_else(|| BlobError::Io(std::io::Error::other("blob path has no parent")))?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)?;
+        // New shard directories must survive a crash too.
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+            if let Some(grand) = parent.parent() {
+                sync_dir(grand)?;
+            }
+        }
+    }
+    std::fs::rename(tmp, final_path)?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), BlobError> {
+    File::open(dir)?.sync_all().map_err(BlobError::from_io)
+}
+
+/// Removes a temp file unless disarmed: the cleanup for uploads that fail or are abandoned.
+/// Shared (`Arc`) between the writer and its blocking steps; the last one out removes the file.
+struct TempFileGuard(Mutex<Option<PathBuf>>);
+
+impl TempFileGuard {
+    fn path(&self) -> PathBuf {
+        self.0
+            .lock()
+            .map(|p| p.clone().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn disarm(&self) {
+        if let Ok(mut p) = self.0.lock() {
+            *p = None;
+        }
+    }
+}
+
+impl Drop for TempFileGuard {
+    fn drop(&mut self) {
+        let path = self.0.get_mut().ok().and_then(|p| p.take());
+        if let Some(path) = path {
+            // Unlinking one directory entry is quick; doing it here keeps cleanup certain even
+            // when the runtime is shutting down.
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

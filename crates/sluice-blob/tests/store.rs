@@ -1,0 +1,283 @@
+//! The blob store on a real directory: durability, checksums, ranges, reclaim, recovery.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sluice_blob::{BlobError, BlobStore, BlobStoreOptions};
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn small_blocks() -> BlobStoreOptions {
+    BlobStoreOptions { block_size: 1000 }
+}
+
+async fn put(store: &BlobStore, data: &[u8], piece: usize) -> sluice_proto::BlobKey {
+    let key = store.new_key().await.unwrap();
+    let mut w = store.writer(key, "image/jpeg".into(), u64::MAX);
+    for chunk in data.chunks(piece.max(1)) {
+        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    w.commit().await.unwrap();
+    key
+}
+
+async fn read_all(
+    store: &BlobStore,
+    key: sluice_proto::BlobKey,
+    start: u64,
+    end: u64,
+) -> Result<Vec<u8>, BlobError> {
+    let r = store.open_reader(key).await?.expect("blob exists");
+    let mut out = Vec::new();
+    let mut at = start;
+    loop {
+        let chunk = r.read_chunk(at, end).await?;
+        if chunk.is_empty() {
+            return Ok(out);
+        }
+        at += chunk.len() as u64;
+        out.extend_from_slice(&chunk);
+    }
+}
+
+fn tmp_entries(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("tmp")).unwrap().count()
+}
+
+#[tokio::test]
+async fn roundtrip_sizes_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
+    for (len, piece) in [
+        (0usize, 1usize),
+        (1, 1),
+        (999, 7),
+        (1000, 1000),
+        (1001, 333),
+        (5_000, 4096),
+        (2_500_000, 1 << 20),
+        (3_000_017, 3 << 20),
+    ] {
+        let data = pattern(len, len as u8);
+        let key = put(&store, &data, piece).await;
+        let meta = store.stat(key).await.unwrap().unwrap();
+        assert_eq!(meta.size, len as u64);
+        assert_eq!(meta.content_type, "image/jpeg");
+        assert_eq!(
+            read_all(&store, key, 0, len as u64).await.unwrap(),
+            data,
+            "len {len}"
+        );
+        for (a, b) in [
+            (0, 1),
+            (999, 1001),
+            (len / 3, len / 2),
+            (len.saturating_sub(1), len),
+        ] {
+            if a < b && b <= len {
+                let got = read_all(&store, key, a as u64, b as u64).await.unwrap();
+                assert_eq!(got, &data[a..b], "len {len} range {a}..{b}");
+            }
+        }
+    }
+    assert_eq!(store.files(), 8);
+    assert_eq!(tmp_entries(dir.path()), 0);
+}
+
+#[tokio::test]
+async fn survives_reopen_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let a = put(&store, &pattern(70_000, 1), 10_000).await;
+    let b = put(&store, &pattern(5, 2), 5).await;
+    assert!(store.delete(b).await.unwrap());
+    assert!(!store.delete(b).await.unwrap());
+    store.close().await;
+
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    assert_eq!((store.files(), store.bytes()), (1, 70_000));
+    assert_eq!(
+        read_all(&store, a, 0, 70_000).await.unwrap(),
+        pattern(70_000, 1)
+    );
+    assert!(store.open_reader(b).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn delete_reclaims_the_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let key = put(&store, &pattern(200_000, 3), 65536).await;
+    let files_before = count_data_files(dir.path());
+    assert_eq!(files_before, 1);
+    assert!(store.delete(key).await.unwrap());
+    assert_eq!(count_data_files(dir.path()), 0);
+    assert_eq!((store.files(), store.bytes()), (0, 0));
+}
+
+fn count_data_files(root: &std::path::Path) -> usize {
+    let mut n = 0;
+    for l1 in std::fs::read_dir(root.join("blobs")).unwrap() {
+        for l2 in std::fs::read_dir(l1.unwrap().path()).unwrap() {
+            n += std::fs::read_dir(l2.unwrap().path()).unwrap().count();
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn damaged_block_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
+    let data = pattern(10_000, 9);
+    let key = put(&store, &data, 10_000).await;
+    // Flip one byte inside block 4 (logical bytes 4000..5000).
+    let path = find_data_file(dir.path());
+    let mut raw = std::fs::read(&path).unwrap();
+    let layout = sluice_blob::layout::BlockLayout::new(1000);
+    raw[(layout.block_offset(4) + 10) as usize] ^= 0xff;
+    std::fs::write(&path, raw).unwrap();
+
+    assert!(matches!(
+        read_all(&store, key, 4100, 4200).await,
+        Err(BlobError::Corrupt { block: 4, .. })
+    ));
+    assert!(matches!(
+        read_all(&store, key, 0, 10_000).await,
+        Err(BlobError::Corrupt { block: 4, .. })
+    ));
+    // Blocks around it still read.
+    assert_eq!(read_all(&store, key, 0, 4000).await.unwrap(), &data[..4000]);
+    assert_eq!(
+        read_all(&store, key, 5000, 10_000).await.unwrap(),
+        &data[5000..]
+    );
+}
+
+#[tokio::test]
+async fn truncated_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
+    let key = put(&store, &pattern(10_000, 9), 10_000).await;
+    let path = find_data_file(dir.path());
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(5_000).unwrap();
+    assert!(matches!(
+        read_all(&store, key, 0, 10_000).await,
+        Err(BlobError::Corrupt { .. })
+    ));
+}
+
+fn find_data_file(root: &std::path::Path) -> std::path::PathBuf {
+    for l1 in std::fs::read_dir(root.join("blobs")).unwrap() {
+        for l2 in std::fs::read_dir(l1.unwrap().path()).unwrap() {
+            if let Some(f) = std::fs::read_dir(l2.unwrap().path()).unwrap().next() {
+                return f.unwrap().path();
+            }
+        }
+    }
+    panic!("no data file");
+}
+
+#[tokio::test]
+async fn abandoned_writer_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let key = store.new_key().await.unwrap();
+    let mut w = store.writer(key, "video/mp4".into(), u64::MAX);
+    w.write(Bytes::from(pattern(3 << 20, 0))).await.unwrap();
+    assert_eq!(
+        tmp_entries(dir.path()),
+        1,
+        "big writes reach tmp/ before commit"
+    );
+    drop(w);
+    assert_eq!(tmp_entries(dir.path()), 0);
+    assert!(store.stat(key).await.unwrap().is_none());
+    assert_eq!(store.files(), 0);
+}
+
+#[tokio::test]
+async fn limit_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let key = store.new_key().await.unwrap();
+    let mut w = store.writer(key, "a/b".into(), 100);
+    w.write(Bytes::from(vec![0; 60])).await.unwrap();
+    assert!(matches!(
+        w.write(Bytes::from(vec![0; 60])).await,
+        Err(BlobError::TooLarge { limit: 100 })
+    ));
+}
+
+#[tokio::test]
+async fn reopen_clears_tmp_and_sweeps_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let kept = put(&store, &pattern(100, 1), 100).await;
+    store.close().await;
+
+    // What a crash can leave: a half-written temp file, and a placed but unindexed data file.
+    std::fs::write(
+        dir.path().join("tmp/aaaaaaaaaaaaaaaaaaaaaaaaaa"),
+        b"partial",
+    )
+    .unwrap();
+    let orphan_dir = dir.path().join("blobs/ff/ff");
+    std::fs::create_dir_all(&orphan_dir).unwrap();
+    let orphan = orphan_dir.join("777777777777777777777777aa");
+    std::fs::write(&orphan, b"orphan").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&orphan)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    assert_eq!(tmp_entries(dir.path()), 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while orphan.exists() {
+        assert!(Instant::now() < deadline, "sweep did not remove the orphan");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        read_all(&store, kept, 0, 100).await.unwrap(),
+        pattern(100, 1)
+    );
+}
+
+#[tokio::test]
+async fn refuses_a_foreign_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("something"), b"x").unwrap();
+    assert!(matches!(
+        BlobStore::open(dir.path(), BlobStoreOptions::default()),
+        Err(BlobError::WrongFormat(_))
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_writers_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64u8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = pattern(5_000, i);
+            let key = put(&store, &data, 5_000).await;
+            (key, data)
+        }));
+    }
+    for t in tasks {
+        let (key, data) = t.await.unwrap();
+        assert_eq!(read_all(&store, key, 0, 5_000).await.unwrap(), data);
+    }
+    assert_eq!(store.files(), 64);
+}
