@@ -1,14 +1,272 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Async client for Sluice's HTTP API, used by the CLI, the benchmark and tests; and the load
+//! generator behind `sluice bench`.
+
+pub mod bench;
+mod content_type;
+
+use std::path::Path;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Serialize;
+use sluice_proto::{ErrorBody, UploadResponse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use content_type::guess_content_type;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{url}: {status}: {message}")]
+    Server { url: String, status: u16, message: String },
+    #[error("cannot reach {url}: {message}")]
+    Transport { url: String, message: String },
+    #[error("{path}: {source}")]
+    File { path: String, source: std::io::Error },
+    #[error("bad server URL {0:?}: use http://HOST:PORT")]
+    BadUrl(String),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Server { status, .. } => Some(*status),
+            _ => None,
+        }
     }
+}
+
+/// What `HEAD /v1/files/{id}` says of a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileStat {
+    pub fileid: String,
+    pub size: u64,
+    pub content_type: String,
+    pub etag: String,
+    pub last_modified: Option<String>,
+}
+
+/// A client of one server (a storage node, or `sluice serve`).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+const READ_CHUNK: usize = 256 * 1024;
+
+impl Client {
+    pub fn new(server: &str) -> Result<Self, ClientError> {
+        let base = server.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 8 {
+            return Err(ClientError::BadUrl(server.to_owned()));
+        }
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                url: base.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Self { http, base })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn file_url(&self, fileid: &str) -> String {
+        format!("{}/v1/files/{fileid}", self.base)
+    }
+
+    /// Uploads bytes held in memory.
+    pub async fn upload_bytes(&self, data: Bytes, content_type: &str) -> Result<UploadResponse, ClientError> {
+        let url = format!("{}/v1/files", self.base);
+        let request = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(data);
+        let response = send(request, &url).await?;
+        json(response, &url).await
+    }
+
+    /// Streams a file from disk; `progress` is called with the bytes sent so far.
+    pub async fn upload_file(
+        &self,
+        path: &Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<UploadResponse, ClientError> {
+        let file_err = |source| ClientError::File {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(file_err)?;
+        let len = file.metadata().await.map_err(file_err)?.len();
+        let progress = std::sync::Arc::new(progress);
+        let stream = futures_util::stream::try_unfold((file, 0u64), move |(mut file, sent)| {
+            let progress = progress.clone();
+            let mut buf = vec![0u8; READ_CHUNK];
+            async move {
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok::<_, std::io::Error>(None);
+                }
+                buf.truncate(n);
+                let sent = sent + n as u64;
+                progress(sent);
+                Ok(Some((Bytes::from(buf), (file, sent))))
+            }
+        });
+        let url = format!("{}/v1/files", self.base);
+        let request = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, guess_content_type(path))
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(stream));
+        let response = send(request, &url).await?;
+        json(response, &url).await
+    }
+
+    /// Downloads a file into memory.
+    pub async fn download_bytes(&self, fileid: &str) -> Result<Bytes, ClientError> {
+        let url = self.file_url(fileid);
+        let response = check(send(self.http.get(&url), &url).await?, &url).await?;
+        response.bytes().await.map_err(|e| transport(&url, e))
+    }
+
+    /// Downloads a file to `path` (written beside it, then renamed, so a failed download leaves
+    /// no partial file under the final name), or to stdout when `path` is `-`.
+    pub async fn download_to(
+        &self,
+        fileid: &str,
+        path: &Path,
+        progress: impl Fn(u64, Option<u64>),
+    ) -> Result<u64, ClientError> {
+        let url = self.file_url(fileid);
+        let response = check(send(self.http.get(&url), &url).await?, &url).await?;
+        let total = response.content_length();
+        let to_stdout = path.as_os_str() == "-";
+        let part = path.with_extension(match path.extension() {
+            Some(ext) => format!("{}.part", ext.to_string_lossy()),
+            None => "part".into(),
+        });
+        let file_err = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| ClientError::File { path: p, source }
+        };
+        let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
+            Box::new(tokio::io::stdout())
+        } else {
+            Box::new(tokio::fs::File::create(&part).await.map_err(file_err(&part))?)
+        };
+        let mut received = 0u64;
+        let mut body = response.bytes_stream();
+        let result = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| transport(&url, e))?;
+                out.write_all(&chunk).await.map_err(file_err(path))?;
+                received += chunk.len() as u64;
+                progress(received, total);
+            }
+            out.flush().await.map_err(file_err(path))?;
+            if total.is_some_and(|t| t != received) {
+                return Err(ClientError::Transport {
+                    url: url.clone(),
+                    message: format!("body ended after {received} of {} bytes", total.unwrap_or(0)),
+                });
+            }
+            Ok(())
+        }
+        .await;
+        drop(out);
+        if to_stdout {
+            return result.map(|()| received);
+        }
+        match result {
+            Ok(()) => {
+                tokio::fs::rename(&part, path).await.map_err(file_err(path))?;
+                Ok(received)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn delete(&self, fileid: &str) -> Result<(), ClientError> {
+        let url = self.file_url(fileid);
+        check(send(self.http.delete(&url), &url).await?, &url).await?;
+        Ok(())
+    }
+
+    pub async fn stat(&self, fileid: &str) -> Result<FileStat, ClientError> {
+        let url = self.file_url(fileid);
+        let response = send(self.http.head(&url), &url).await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            // HEAD answers carry no body; name the status in words.
+            return Err(ClientError::Server {
+                url,
+                status: status.as_u16(),
+                message: status.canonical_reason().unwrap_or("error").to_lowercase(),
+            });
+        }
+        let h = response.headers();
+        let text = |name: reqwest::header::HeaderName| h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok(FileStat {
+            fileid: fileid.to_owned(),
+            size: text(reqwest::header::CONTENT_LENGTH).and_then(|v| v.parse().ok()).unwrap_or(0),
+            content_type: text(reqwest::header::CONTENT_TYPE).unwrap_or_default(),
+            etag: text(reqwest::header::ETAG).unwrap_or_default(),
+            last_modified: text(reqwest::header::LAST_MODIFIED),
+        })
+    }
+}
+
+fn transport(url: &str, e: reqwest::Error) -> ClientError {
+    // reqwest's Display omits the cause ("error sending request"); the source says what failed.
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message = format!("{message}: {s}");
+        source = s.source();
+    }
+    ClientError::Transport {
+        url: url.to_owned(),
+        message,
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, ClientError> {
+    request.send().await.map_err(|e| transport(url, e))
+}
+
+/// Turns a non-2xx answer into `ClientError::Server` with the server's `{"error"}` text.
+async fn check(response: reqwest::Response, url: &str) -> Result<reqwest::Response, ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.bytes().await.unwrap_or_default();
+    let message = serde_json::from_slice::<ErrorBody>(&body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
+    Err(ClientError::Server {
+        url: url.to_owned(),
+        status: status.as_u16(),
+        message,
+    })
+}
+
+async fn json<T: serde::de::DeserializeOwned>(response: reqwest::Response, url: &str) -> Result<T, ClientError> {
+    let response = check(response, url).await?;
+    let body = response.bytes().await.map_err(|e| transport(url, e))?;
+    serde_json::from_slice(&body).map_err(|e| ClientError::Transport {
+        url: url.to_owned(),
+        message: format!("unexpected answer: {e}"),
+    })
 }

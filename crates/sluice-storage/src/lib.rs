@@ -1,14 +1,97 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The storage role: Sluice's HTTP file API (`/v1/files`) over the local blob store, plus
+//! `/healthz` and `/metrics`.
+//!
+//! [`run`] takes an already bound listener and a shutdown future, so tests bind port 0 and the
+//! binary binds what the user asked for; `main` only parses config and calls it.
+
+mod error;
+mod files;
+mod metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use sluice_proto::GroupName;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+pub use metrics::HttpMetrics;
+pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions};
+
+/// What a storage node needs to know; the binary builds it from flags, env and config file.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// The group this node belongs to; every file id it mints starts with it.
+    pub group: GroupName,
+    /// Largest upload accepted, in bytes (413 beyond it).
+    pub max_upload_size: u64,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Shared state of one storage node; cheap to clone.
+#[derive(Clone)]
+pub struct StorageState {
+    inner: Arc<Inner>,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+struct Inner {
+    store: BlobStore,
+    config: StorageConfig,
+    metrics: HttpMetrics,
+}
+
+impl StorageState {
+    pub fn new(store: BlobStore, config: StorageConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                metrics: HttpMetrics::default(),
+            }),
+        }
     }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &HttpMetrics {
+        &self.inner.metrics
+    }
+}
+
+/// The node's HTTP routes.
+pub fn router(state: StorageState) -> Router {
+    use error::ApiError::MethodNotAllowed;
+    Router::new()
+        .route(
+            "/v1/files",
+            post(files::upload).fallback(|| async { MethodNotAllowed { allow: "POST" } }),
+        )
+        .route(
+            "/v1/files/{*fileid}",
+            get(files::download)
+                .delete(files::delete)
+                .fallback(|| async { MethodNotAllowed { allow: "GET, HEAD, DELETE" } }),
+        )
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics::render))
+        .fallback(|| async { error::ApiError::NoRoute })
+        // Upload size is enforced by the handlers against the configured limit, for raw and
+        // multipart bodies alike.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::record))
+        .with_state(state)
+}
+
+/// Serves the storage API on `listener` until `shutdown` resolves, then stops accepting and
+/// lets requests in flight finish.
+pub async fn run(listener: TcpListener, state: StorageState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }

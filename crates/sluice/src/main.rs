@@ -1,3 +1,53 @@
-fn main() {
-    println!("Hello, world!");
+//! `sluice`: the one binary. Parses the command line and config, then hands over to a role
+//! crate or the client library; no logic of its own beyond wiring.
+
+mod cli;
+mod client_cmds;
+mod config;
+mod progress;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            // One readable line: the error and its causes.
+            eprintln!("sluice: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        cli::Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::Upload(args) => client_cmds::upload(args).await,
+        cli::Command::Download(args) => client_cmds::download(args).await,
+        cli::Command::Delete(args) => client_cmds::delete(args).await,
+        cli::Command::Stat(args) => client_cmds::stat(args).await,
+        cli::Command::Bench(args) => client_cmds::bench(args).await,
+    }
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
 }

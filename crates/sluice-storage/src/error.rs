@@ -1,0 +1,85 @@
+//! API errors and the one place they become HTTP answers.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sluice_blob::BlobError;
+use sluice_proto::ErrorBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such file")]
+    NotFound,
+    #[error("no such endpoint")]
+    NoRoute,
+    #[error("method not allowed; this path allows {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("upload is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("requested range is not satisfiable")]
+    RangeNotSatisfiable { size: u64 },
+    #[error("the server's disk is full")]
+    NoSpace,
+    #[error("stored data is damaged; the error was logged")]
+    Corrupt,
+    #[error("the server is shutting down")]
+    Unavailable,
+    #[error("internal error; the details were logged")]
+    Internal,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Corrupt | ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<BlobError> for ApiError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::TooLarge { limit } => ApiError::TooLarge { limit },
+            BlobError::NoSpace => {
+                tracing::error!("disk full: refusing writes");
+                ApiError::NoSpace
+            }
+            // The reader already logged which block of which file.
+            BlobError::Corrupt { .. } => ApiError::Corrupt,
+            BlobError::Closed => ApiError::Unavailable,
+            other => {
+                tracing::error!(error = %other, "storage error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, Json(ErrorBody { error: self.to_string() })).into_response();
+        let headers = response.headers_mut();
+        match self {
+            ApiError::RangeNotSatisfiable { size } => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,220 @@
+//! `/v1/files`: upload, download (ranges, ETags, conditional requests) and delete.
+
+use axum::body::Body;
+use axum::extract::{Multipart, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sluice_blob::{BlobReader, BlobWriter};
+use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
+use sluice_proto::range::{RangeRequest, request_for};
+use sluice_proto::{FileId, UploadResponse};
+
+use crate::StorageState;
+use crate::error::ApiError;
+
+/// Parses the id in a path and checks it belongs to this node's group.
+fn parse_local_id(state: &StorageState, text: &str) -> Result<FileId, ApiError> {
+    let id = FileId::parse(text).map_err(|e| ApiError::BadRequest(format!("malformed file id: {e}")))?;
+    if id.group != state.config().group {
+        // Another group's file: this node does not hold it (trackers route to the right group).
+        return Err(ApiError::NotFound);
+    }
+    Ok(id)
+}
+
+pub(crate) async fn upload(State(state): State<StorageState>, request: axum::extract::Request) -> Result<Response, ApiError> {
+    let limit = state.config().max_upload_size;
+    let headers = request.headers();
+    if let Some(len) = content_length(headers)? {
+        if len > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or(""));
+    let is_multipart = content_type.is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let (writer, size) = if is_multipart {
+        let multipart = <Multipart as axum::extract::FromRequest<()>>::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("bad multipart body: {e}")))?;
+        upload_multipart(&state, multipart, limit).await?
+    } else {
+        let content_type = match content_type {
+            None => DEFAULT_CONTENT_TYPE.to_owned(),
+            Some(ct) if is_valid_content_type(ct) => ct.to_owned(),
+            Some(_) => return Err(ApiError::BadRequest("invalid Content-Type".into())),
+        };
+        let key = state.store().new_key().await?;
+        let mut writer = state.store().writer(key, content_type, limit);
+        let mut body = request.into_body().into_data_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("request body ended early: {e}")))?;
+            state.metrics().received(chunk.len());
+            writer.write(chunk).await?;
+        }
+        let size = writer.received();
+        (writer, size)
+    };
+    let key = writer.key();
+    writer.commit().await?;
+    let fileid = FileId::new(state.config().group.clone(), key).to_string();
+    let url = format!("/v1/files/{fileid}");
+    let mut response = (
+        StatusCode::CREATED,
+        axum::Json(UploadResponse {
+            fileid,
+            url: url.clone(),
+            size,
+        }),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&url) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+async fn upload_multipart(state: &StorageState, mut multipart: Multipart, limit: u64) -> Result<(BlobWriter, u64), ApiError> {
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge { limit }
+        } else {
+            ApiError::BadRequest(format!("bad multipart body: {e}"))
+        }
+    };
+    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        if field.name() != Some("file") {
+            continue;
+        }
+        let content_type = match field.content_type() {
+            None => DEFAULT_CONTENT_TYPE.to_owned(),
+            Some(ct) if is_valid_content_type(ct) => ct.to_owned(),
+            Some(_) => return Err(ApiError::BadRequest("invalid Content-Type on field `file`".into())),
+        };
+        let key = state.store().new_key().await?;
+        let mut writer = state.store().writer(key, content_type, limit);
+        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+            state.metrics().received(chunk.len());
+            writer.write(chunk).await?;
+        }
+        let size = writer.received();
+        return Ok((writer, size));
+    }
+    Err(ApiError::BadRequest("multipart body has no field named `file`".into()))
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::BadRequest("invalid Content-Length".into())),
+    }
+}
+
+pub(crate) async fn download(
+    State(state): State<StorageState>,
+    method: Method,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_local_id(&state, &text)?;
+    let reader = state.store().open_reader(id.key).await?.ok_or(ApiError::NotFound)?;
+    let meta = reader.meta();
+    let etag = format!("\"{}\"", id.key);
+    let size = meta.size;
+
+    let mut response = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, &meta.content_type)
+        // A file never changes once complete, so caches may keep it as long as they like.
+        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+        .header(
+            header::LAST_MODIFIED,
+            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(meta.created_ms)),
+        );
+
+    if if_none_match(&headers, &etag) {
+        return response
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .map_err(|_| ApiError::Internal);
+    }
+
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    // If-Range: a range only applies to the representation the client already has.
+    let range_header = range_header.filter(|_| if_range_holds(&headers, &etag));
+    let (status, start, end) = match request_for(range_header, size) {
+        Err(e) => return Err(ApiError::BadRequest(e.to_string())),
+        Ok(RangeRequest::Unsatisfiable) => return Err(ApiError::RangeNotSatisfiable { size }),
+        Ok(RangeRequest::Full) => (StatusCode::OK, 0, size),
+        Ok(RangeRequest::Partial { start, end }) => {
+            response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
+            (StatusCode::PARTIAL_CONTENT, start, end)
+        }
+    };
+    response = response.status(status).header(header::CONTENT_LENGTH, end - start);
+    if method == Method::HEAD {
+        return response.body(Body::empty()).map_err(|_| ApiError::Internal);
+    }
+    // Read (and verify) the first chunk before answering, so a damaged small file gets a clean
+    // 500 rather than a truncated 200.
+    let first = reader.read_chunk(start, end).await?;
+    let body = body_stream(reader, first, start, end);
+    response.body(body).map_err(|_| ApiError::Internal)
+}
+
+/// Streams the rest of a range after its first chunk. A damaged block met mid-stream ends the
+/// body with an error, so the client sees a failed transfer, never wrong bytes.
+fn body_stream(reader: BlobReader, first: Bytes, start: u64, end: u64) -> Body {
+    let next = start + first.len() as u64;
+    if next >= end {
+        return Body::from(first);
+    }
+    let rest = futures_util::stream::try_unfold((reader, next), move |(reader, at)| async move {
+        if at >= end {
+            return Ok::<_, sluice_blob::BlobError>(None);
+        }
+        let chunk = reader.read_chunk(at, end).await?;
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        let at = at + chunk.len() as u64;
+        Ok(Some((chunk, (reader, at))))
+    });
+    let stream = futures_util::stream::once(async move { Ok(first) }).chain(rest);
+    Body::from_stream(stream)
+}
+
+/// `If-None-Match` uses weak comparison (RFC 9110 §13.1.2).
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
+}
+
+/// `If-Range` with an entity tag uses strong comparison; a date is never exact enough for us.
+fn if_range_holds(headers: &HeaderMap, etag: &str) -> bool {
+    match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) => v.trim() == etag,
+    }
+}
+
+pub(crate) async fn delete(State(state): State<StorageState>, Path(text): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = parse_local_id(&state, &text)?;
+    if state.store().delete(id.key).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}

@@ -1,0 +1,117 @@
+//! The command line (DESIGN.md §3 names the flags other tools rely on).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sluice_proto::ByteSize;
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, about = "Store, deliver and stream media.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a single-node Sluice: storage and the HTTP API in one process.
+    Serve(ServeArgs),
+    /// Upload files; prints one file id per line, in argument order.
+    Upload(UploadArgs),
+    /// Download a file by id.
+    Download(DownloadArgs),
+    /// Delete files by id.
+    Delete(DeleteArgs),
+    /// Show a file's size, type and ETag as JSON.
+    Stat(StatArgs),
+    /// Load-test a server: requests/s, MB/s and latency percentiles.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Data directory (created if missing).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Address for the HTTP API.
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Group name, the prefix of every file id.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Largest upload accepted (e.g. 64MiB, 10GiB).
+    #[arg(long)]
+    pub max_upload_size: Option<ByteSize>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArg {
+    /// Base URL of a Sluice server, e.g. http://127.0.0.1:8080
+    #[arg(long, env = "SLUICE_SERVER")]
+    pub server: String,
+}
+
+#[derive(Args, Debug)]
+pub struct UploadArgs {
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Args, Debug)]
+pub struct DownloadArgs {
+    pub fileid: String,
+    #[command(flatten)]
+    pub server: ServerArg,
+    /// Where to write the file (`-` for stdout); default: the id's last part in the current directory.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    #[arg(required = true)]
+    pub fileids: Vec<String>,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(Args, Debug)]
+pub struct StatArgs {
+    pub fileid: String,
+    #[command(flatten)]
+    pub server: ServerArg,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum BenchMode {
+    Upload,
+    Download,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    pub mode: BenchMode,
+    #[command(flatten)]
+    pub server: ServerArg,
+    /// Concurrent connections.
+    #[arg(short = 'c', long = "connections", default_value_t = 16)]
+    pub connections: usize,
+    /// Total requests.
+    #[arg(short = 'n', long = "requests", default_value_t = 10_000)]
+    pub requests: usize,
+    /// Size of each file (e.g. 5KB, 64KiB, 1MiB).
+    #[arg(long, default_value = "64KiB")]
+    pub size: ByteSize,
+    /// For downloads: distinct files uploaded first and then read in random order.
+    #[arg(long, default_value_t = 1000)]
+    pub files: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}

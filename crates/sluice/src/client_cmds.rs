@@ -1,0 +1,82 @@
+//! The client commands: upload, download, delete, stat, bench.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use sluice_client::Client;
+use sluice_client::bench::{BenchKind, BenchPlan};
+use sluice_proto::FileId;
+
+use crate::cli::{BenchArgs, BenchMode, DeleteArgs, DownloadArgs, StatArgs, UploadArgs};
+use crate::progress::Progress;
+
+pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.server.server)?;
+    // Stops at the first failure so line k of the output always belongs to argument k.
+    for path in &args.files {
+        let len = std::fs::metadata(path).map(|m| m.len()).ok();
+        let progress = std::sync::Arc::new(Progress::new(path.display().to_string()));
+        let shown = progress.clone();
+        let response = client
+            .upload_file(path, move |sent| shown.update(sent, len))
+            .await
+            .with_context(|| format!("uploading {}", path.display()))?;
+        progress.finish();
+        println!("{}", response.fileid);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
+    let id = FileId::parse(&args.fileid).with_context(|| format!("file id {:?}", args.fileid))?;
+    let client = Client::new(&args.server.server)?;
+    let output = args.output.unwrap_or_else(|| PathBuf::from(id.key.to_string()));
+    let progress = Progress::new(args.fileid.clone());
+    client
+        .download_to(&args.fileid, &output, |done, total| progress.update(done, total))
+        .await?;
+    progress.finish();
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.server.server)?;
+    for fileid in &args.fileids {
+        FileId::parse(fileid).with_context(|| format!("file id {fileid:?}"))?;
+        client.delete(fileid).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
+    FileId::parse(&args.fileid).with_context(|| format!("file id {:?}", args.fileid))?;
+    let client = Client::new(&args.server.server)?;
+    let stat = client.stat(&args.fileid).await?;
+    println!("{}", serde_json::to_string(&stat)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.connections > 0, "-c must be at least 1");
+    anyhow::ensure!(args.requests > 0, "-n must be at least 1");
+    let size = usize::try_from(args.size.0).ok().filter(|s| *s <= 1 << 30).context("--size must be at most 1GiB")?;
+    let client = Client::new(&args.server.server)?;
+    let plan = BenchPlan {
+        kind: match args.mode {
+            BenchMode::Upload => BenchKind::Upload,
+            BenchMode::Download => BenchKind::Download,
+        },
+        connections: args.connections,
+        requests: args.requests,
+        size,
+        distinct_files: args.files,
+    };
+    let report = sluice_client::bench::run(&client, &plan).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,104 @@
+//! `sluice serve` configuration: defaults that work on a laptop, a TOML file over them, flags
+//! over that, validated once before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+use sluice_proto::{ByteSize, GroupName};
+
+use crate::cli::ServeArgs;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    pub data: PathBuf,
+    pub http: SocketAddr,
+    pub group: String,
+    pub max_upload_size: ByteSize,
+    /// Size of a checksummed block in data files (fixed per file when written).
+    pub block_size: ByteSize,
+    /// Seconds that requests in flight may take to finish after SIGTERM/Ctrl-C.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::from("sluice-data"),
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            group: "g1".into(),
+            max_upload_size: ByteSize(16 << 30),
+            block_size: ByteSize(64 << 10),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// The config after validation.
+pub struct ValidServeConfig {
+    pub raw: ServeConfig,
+    pub group: GroupName,
+    pub block_size: u32,
+}
+
+impl ServeConfig {
+    pub fn load(args: &ServeArgs) -> anyhow::Result<ValidServeConfig> {
+        let mut config = match &args.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        if let Some(v) = &args.data {
+            config.data = v.clone();
+        }
+        if let Some(v) = args.http {
+            config.http = v;
+        }
+        if let Some(v) = &args.group {
+            config.group = v.clone();
+        }
+        if let Some(v) = args.max_upload_size {
+            config.max_upload_size = v;
+        }
+        config.validate()
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+    }
+
+    fn validate(self) -> anyhow::Result<ValidServeConfig> {
+        let group = GroupName::new(&self.group).with_context(|| format!("group {:?}", self.group))?;
+        let block_size = u32::try_from(self.block_size.0)
+            .ok()
+            .filter(|b| (4096..=(16 << 20)).contains(b))
+            .context("block_size must be between 4KiB and 16MiB")?;
+        anyhow::ensure!(self.max_upload_size.0 > 0, "max_upload_size must be more than 0");
+        Ok(ValidServeConfig {
+            raw: self,
+            group,
+            block_size,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let config: ServeConfig = toml::from_str("group = \"photos\"\nmax_upload_size = \"1MiB\"\n").unwrap();
+        assert_eq!(config.group, "photos");
+        assert_eq!(config.max_upload_size, ByteSize(1 << 20));
+        assert_eq!(config.http.port(), 8080);
+        assert!(toml::from_str::<ServeConfig>("nonsense = 1").is_err());
+        let bad = ServeConfig {
+            group: "Bad/Group".into(),
+            ..ServeConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}
