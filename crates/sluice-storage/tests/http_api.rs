@@ -1,0 +1,452 @@
+//! The HTTP file API of DESIGN.md §3 against a real node on 127.0.0.1.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap};
+use sluice_testkit::{NodeSettings, TestNode, wait_until};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+async fn upload(node: &TestNode, body: Vec<u8>, content_type: &str) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/files", node.url))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json().await.unwrap()
+}
+
+async fn get(node: &TestNode, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let mut req = reqwest::Client::new().get(format!("{}{path}", node.url));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    let h = r.headers().clone();
+    (status, h, r.bytes().await.unwrap().to_vec())
+}
+
+fn error_text(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).expect("error body is JSON");
+    v["error"].as_str().expect("has an error string").to_owned()
+}
+
+#[tokio::test]
+async fn upload_then_read_whole_ranges_and_conditionals() {
+    let node = TestNode::start().await;
+    let data = pattern(200_000);
+    let created = upload(&node, data.clone(), "image/jpeg").await;
+    let fileid = created["fileid"].as_str().unwrap();
+    assert!(fileid.starts_with("g1/"));
+    assert_eq!(created["url"], format!("/v1/files/{fileid}"));
+    assert_eq!(created["size"], 200_000);
+    let path = format!("/v1/files/{fileid}");
+
+    let (status, h, body) = get(&node, &path, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, data);
+    assert_eq!(h[header::CONTENT_TYPE], "image/jpeg");
+    assert_eq!(h[header::ACCEPT_RANGES], "bytes");
+    let etag = h[header::ETAG].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong ETag: {etag}");
+
+    let (status, h, body) = get(&node, &path, &[("range", "bytes=65530-65545")]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(h[header::CONTENT_RANGE], "bytes 65530-65545/200000");
+    assert_eq!(body, &data[65530..65546]);
+
+    let (status, _, body) = get(&node, &path, &[("range", "bytes=-10")]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &data[199_990..]);
+
+    let (status, _, body) = get(&node, &path, &[("range", "bytes=199999-")]).await;
+    assert_eq!((status, body.len()), (StatusCode::PARTIAL_CONTENT, 1));
+
+    let (status, h, body) = get(&node, &path, &[("range", "bytes=200000-")]).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(h[header::CONTENT_RANGE], "bytes */200000");
+    assert!(!error_text(&body).is_empty());
+
+    let (status, _, body) = get(&node, &path, &[("range", "bytes=9-3")]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_text(&body).contains("Range"));
+
+    // Several ranges, or another unit: the whole file, as RFC 9110 allows.
+    let (status, _, body) = get(&node, &path, &[("range", "bytes=0-1,5-6")]).await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 200_000));
+
+    let (status, _, body) = get(&node, &path, &[("if-none-match", &etag)]).await;
+    assert_eq!((status, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    let (status, _, _) = get(&node, &path, &[("if-none-match", "\"other\", W/\"x\"")]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = get(&node, &path, &[("if-none-match", "*")]).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+
+    // If-Range: the range applies only if the client's copy is this one.
+    let (status, _, _) = get(&node, &path, &[("range", "bytes=0-9"), ("if-range", &etag)]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    let (status, _, body) = get(&node, &path, &[("range", "bytes=0-9"), ("if-range", "\"stale\"")]).await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 200_000));
+
+    let head = reqwest::Client::new().head(format!("{}{path}", node.url)).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()[header::CONTENT_LENGTH], "200000");
+    assert_eq!(head.headers()[header::ETAG].to_str().unwrap(), etag);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn default_content_type_and_empty_file() {
+    let node = TestNode::start().await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/files", node.url))
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["size"], 0);
+    let (status, h, body) = get(&node, v["url"].as_str().unwrap(), &[]).await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 0));
+    assert_eq!(h[header::CONTENT_TYPE], "application/octet-stream");
+    let (status, _, _) = get(&node, v["url"].as_str().unwrap(), &[("range", "bytes=0-")]).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+}
+
+#[tokio::test]
+async fn multipart_upload_keeps_the_part_type() {
+    let node = TestNode::start().await;
+    let data = pattern(70_000);
+    let form = reqwest::multipart::Form::new()
+        .text("note", "ignored")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(data.clone()).file_name("v.mp4").mime_str("video/mp4").unwrap(),
+        );
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/files", node.url))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["size"], 70_000);
+    let (_, h, body) = get(&node, v["url"].as_str().unwrap(), &[]).await;
+    assert_eq!(body, data);
+    assert_eq!(h[header::CONTENT_TYPE], "video/mp4");
+
+    let form = reqwest::multipart::Form::new().text("other", "x");
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/files", node.url))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(error_text(&r.bytes().await.unwrap()).contains("file"));
+    assert_eq!(node.state.store().files(), 1);
+}
+
+#[tokio::test]
+async fn delete_then_gone() {
+    let node = TestNode::start().await;
+    let v = upload(&node, pattern(1000), "audio/amr").await;
+    let url = format!("{}{}", node.url, v["url"].as_str().unwrap());
+    let c = reqwest::Client::new();
+    assert_eq!(c.delete(&url).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(!error_text(&r.bytes().await.unwrap()).is_empty());
+    assert_eq!(c.delete(&url).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!((node.state.store().files(), node.state.store().bytes()), (0, 0));
+}
+
+#[tokio::test]
+async fn malformed_unknown_and_foreign_ids() {
+    let node = TestNode::start().await;
+    for bad in ["g1/short", "g1/AAAAAAAAAAAAAAAAAAAAAAAAAA", "G1/aaaaaaaaaaaaaaaaaaaaaaaaaa", "nogroup", "g1/aaaaaaaaaaaaaaaaaaaaaaaaaa/extra", "g1/%2e%2e%2f%2e%2e"] {
+        let (status, _, body) = get(&node, &format!("/v1/files/{bad}"), &[]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(error_text(&body).contains("file id"), "{bad}");
+    }
+    let (status, _, _) = get(&node, "/v1/files/g1/aaaaaaaaaaaaaaaaaaaaaaaaaa", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = get(&node, "/v1/files/g2/aaaaaaaaaaaaaaaaaaaaaaaaaa", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, body) = get(&node, "/nothing/here", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!error_text(&body).is_empty());
+
+    // Traversal-shaped paths sent raw, as a hostile client would (reqwest would normalise them).
+    for raw in ["/v1/files/../../etc/passwd", "/v1/files/g1/../../../etc/passwd", "/v1/files/g1/..%2f..%2fetc%2fpasswd"] {
+        let (status, body) = raw_request(&node, &format!("GET {raw} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await;
+        assert!(status == 400 || status == 404, "{raw}: {status}");
+        assert!(!body.contains("root:"), "{raw} leaked a file");
+    }
+}
+
+#[tokio::test]
+async fn unknown_methods_get_405_with_allow() {
+    let node = TestNode::start().await;
+    let c = reqwest::Client::new();
+    let r = c
+        .put(format!("{}/v1/files/g1/aaaaaaaaaaaaaaaaaaaaaaaaaa", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()[header::ALLOW], "GET, HEAD, DELETE");
+    assert!(!error_text(&r.bytes().await.unwrap()).is_empty());
+    let r = c.get(format!("{}/v1/files", node.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()[header::ALLOW], "POST");
+    let (status, _) = raw_request(&node, "BREW /v1/files HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status, 405);
+}
+
+#[tokio::test]
+async fn oversized_uploads_get_413_and_store_nothing() {
+    let node = TestNode::start_with(NodeSettings {
+        max_upload_size: 100_000,
+        ..NodeSettings::default()
+    })
+    .await;
+    let c = reqwest::Client::new();
+    // Declared too large: refused before the body is read.
+    let r = c
+        .post(format!("{}/v1/files", node.url))
+        .body(vec![0u8; 100_001])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(error_text(&r.bytes().await.unwrap()).contains("100000"));
+    // Chunked, so the size shows only as it streams.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..30).map(|_| Ok(vec![1u8; 10_000])).collect();
+    let r = c
+        .post(format!("{}/v1/files", node.url))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await;
+    // The server may answer 413 or close the connection while the client is still sending.
+    if let Ok(r) = r {
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    // Multipart too.
+    let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(vec![2u8; 150_000]));
+    let r = c.post(format!("{}/v1/files", node.url)).multipart(form).send().await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    // Exactly the limit is fine.
+    let r = c
+        .post(format!("{}/v1/files", node.url))
+        .body(vec![0u8; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(node.state.store().files(), 1);
+    wait_until("temp files cleaned", Duration::from_secs(10), || async { node.temp_files().is_empty() }).await;
+}
+
+#[tokio::test]
+async fn short_body_and_vanishing_clients_leave_nothing() {
+    let node = TestNode::start().await;
+    // A body shorter than its Content-Length, then the client stops sending.
+    let mut s = TcpStream::connect(node.url.trim_start_matches("http://")).await.unwrap();
+    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n").await.unwrap();
+    s.write_all(&vec![7u8; 2_000_000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer).await;
+    if !answer.is_empty() {
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+
+    // A client that disconnects mid-upload without a word.
+    let mut s = TcpStream::connect(node.url.trim_start_matches("http://")).await.unwrap();
+    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n").await.unwrap();
+    s.write_all(&vec![7u8; 3_000_000]).await.unwrap();
+    drop(s);
+
+    // A chunked body cut off mid-chunk.
+    let mut s = TcpStream::connect(node.url.trim_start_matches("http://")).await.unwrap();
+    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000\r\nabc").await.unwrap();
+    drop(s);
+
+    wait_until("temp files of broken uploads removed", Duration::from_secs(10), || async {
+        node.temp_files().is_empty()
+    })
+    .await;
+    assert_eq!(node.state.store().files(), 0);
+    // And the node still works.
+    upload(&node, pattern(10), "text/plain").await;
+}
+
+#[tokio::test]
+async fn bad_content_type_is_refused() {
+    let node = TestNode::start().await;
+    let (status, body) = raw_request(
+        &node,
+        "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: nonsense\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(node.state.store().files(), 0);
+}
+
+#[tokio::test]
+async fn large_file_streams_in_and_out() {
+    let node = TestNode::start_with(NodeSettings {
+        max_upload_size: 1 << 30,
+        ..NodeSettings::default()
+    })
+    .await;
+    const LEN: usize = 96 << 20;
+    let chunk = pattern(1 << 20);
+    let body = futures_util::stream::iter((0..LEN >> 20).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/files", node.url))
+        .header(header::CONTENT_TYPE, "video/mp4")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["size"], LEN);
+    let path = v["url"].as_str().unwrap();
+    let one = pattern(1 << 20);
+    let (status, _, body) = get(&node, path, &[("range", "bytes=50331640-50331660")]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    let at = 50_331_640 % (1 << 20);
+    let want: Vec<u8> = (at..at + 21).map(|i| one[i % (1 << 20)]).collect();
+    assert_eq!(body, want);
+    // The whole body, streamed.
+    let mut r = reqwest::Client::new().get(format!("{}{path}", node.url)).send().await.unwrap();
+    let mut seen = 0usize;
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        for (i, b) in chunk.iter().enumerate() {
+            assert_eq!(*b, one[(seen + i) % (1 << 20)]);
+        }
+        seen += chunk.len();
+    }
+    assert_eq!(seen, LEN);
+}
+
+#[tokio::test]
+async fn damaged_file_is_never_served_as_good() {
+    let node = TestNode::start().await;
+    let v = upload(&node, pattern(300_000), "image/png").await;
+    // Damage the one data file on disk.
+    let file = find_data_file(node.data_dir());
+    let mut raw = std::fs::read(&file).unwrap();
+    let n = raw.len();
+    raw[n - 1000] ^= 0x55;
+    std::fs::write(&file, raw).unwrap();
+    let path = v["url"].as_str().unwrap();
+    // The damage is in the last block: a range there gets a clean 500.
+    let (status, _, body) = get(&node, path, &[("range", "bytes=-100")]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(error_text(&body).contains("damaged"));
+    // A whole read starts fine and then fails: the client must see an error, never a full body.
+    let r = reqwest::Client::new().get(format!("{}{path}", node.url)).send().await.unwrap();
+    assert!(r.bytes().await.is_err(), "damaged body delivered as complete");
+    // Undamaged blocks still read.
+    let (status, _, body) = get(&node, path, &[("range", "bytes=0-999")]).await;
+    assert_eq!((status, body), (StatusCode::PARTIAL_CONTENT, pattern(1000)));
+}
+
+fn find_data_file(root: &std::path::Path) -> std::path::PathBuf {
+    for l1 in std::fs::read_dir(root.join("blobs")).unwrap() {
+        for l2 in std::fs::read_dir(l1.unwrap().path()).unwrap() {
+            if let Some(f) = std::fs::read_dir(l2.unwrap().path()).unwrap().next() {
+                return f.unwrap().path();
+            }
+        }
+    }
+    panic!("no data file");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_bytes_and_files() {
+    let node = TestNode::start().await;
+    let v = upload(&node, pattern(5000), "image/jpeg").await;
+    get(&node, v["url"].as_str().unwrap(), &[]).await;
+    get(&node, "/v1/files/g1/bad", &[]).await;
+    let (status, h, body) = get(&node, "/metrics", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+    let text = String::from_utf8(body).unwrap();
+    for want in [
+        "sluice_http_requests_total{route=\"/v1/files\",method=\"POST\",status=\"201\"} 1",
+        "sluice_http_requests_total{route=\"/v1/files/{*fileid}\",method=\"GET\",status=\"200\"} 1",
+        "sluice_http_requests_total{route=\"/v1/files/{*fileid}\",method=\"GET\",status=\"400\"} 1",
+        "sluice_http_request_duration_seconds_count{route=\"/v1/files\",method=\"POST\"} 1",
+        "sluice_http_received_bytes_total 5000",
+        "sluice_store_files 1",
+        "sluice_store_bytes 5000",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let sent: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_http_sent_bytes_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent >= 5000);
+    let (status, _, body) = get(&node, "/healthz", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8(body).unwrap().contains("ok"));
+}
+
+#[tokio::test]
+async fn curl_uploads_and_reads_ranges() {
+    let node = TestNode::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("photo.jpg");
+    std::fs::write(&src, pattern(123_456)).unwrap();
+    let out = curl(&["-sS", "-f", "-H", "Content-Type: image/jpeg", "--data-binary", &format!("@{}", src.display()), &format!("{}/v1/files", node.url)]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let url = format!("{}{}", node.url, v["url"].as_str().unwrap());
+    assert_eq!(curl(&["-sS", "-f", &url]).await, pattern(123_456));
+    assert_eq!(curl(&["-sS", "-f", "-r", "1000-1999", &url]).await, &pattern(123_456)[1000..2000]);
+    let out = curl(&["-sS", "-f", "-F", &format!("file=@{};type=image/jpeg", src.display()), &format!("{}/v1/files", node.url)]).await;
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["size"], 123_456);
+}
+
+async fn curl(args: &[&str]) -> Vec<u8> {
+    let out = tokio::process::Command::new("curl")
+        .args(args)
+        .output()
+        .await
+        .expect("curl is installed (scripts/test.sh installs it)");
+    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Sends raw bytes and returns the status code and body text.
+async fn raw_request(node: &TestNode, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(node.url.trim_start_matches("http://")).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
