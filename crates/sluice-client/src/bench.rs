@@ -58,7 +58,11 @@ impl std::fmt::Display for BenchReport {
             "{kind}: {} requests of {} bytes over {} connections",
             self.requests, self.size, self.connections
         )?;
-        writeln!(f, "  completed   {} ({} failed) in {:.2} s", self.completed, self.failed, self.seconds)?;
+        writeln!(
+            f,
+            "  completed   {} ({} failed) in {:.2} s",
+            self.completed, self.failed, self.seconds
+        )?;
         writeln!(f, "  requests/s  {:.1}", self.requests_per_sec)?;
         writeln!(f, "  MB/s        {:.2}", self.mb_per_sec)?;
         write!(
@@ -109,7 +113,11 @@ pub async fn run(client: &Client, plan: &BenchPlan) -> Result<BenchReport, Clien
                             } else {
                                 Err(ClientError::Transport {
                                     url: id.clone(),
-                                    message: format!("got {} bytes, want {}", body.len(), plan.size),
+                                    message: format!(
+                                        "got {} bytes, want {}",
+                                        body.len(),
+                                        plan.size
+                                    ),
                                 })
                             }
                         })
@@ -144,12 +152,21 @@ pub async fn run(client: &Client, plan: &BenchPlan) -> Result<BenchReport, Clien
     Ok(report(plan, latencies, failed, first_error, seconds))
 }
 
-async fn prepare_downloads(client: &Client, plan: &BenchPlan, payload: &Bytes) -> Result<Vec<String>, ClientError> {
+async fn prepare_downloads(
+    client: &Client,
+    plan: &BenchPlan,
+    payload: &Bytes,
+) -> Result<Vec<String>, ClientError> {
     let count = plan.distinct_files.clamp(1, plan.requests.max(1));
     let mut ids = Vec::with_capacity(count);
     // Upload with modest concurrency; this part is not measured.
-    for batch in (0..count).collect::<Vec<_>>().chunks(plan.connections.clamp(1, 32)) {
-        let uploads = batch.iter().map(|_| client.upload_bytes(payload.clone(), "application/octet-stream"));
+    for batch in (0..count)
+        .collect::<Vec<_>>()
+        .chunks(plan.connections.clamp(1, 32))
+    {
+        let uploads = batch
+            .iter()
+            .map(|_| client.upload_bytes(payload.clone(), "application/octet-stream"));
         for r in futures_util::future::join_all(uploads).await {
             ids.push(r?.fileid);
         }

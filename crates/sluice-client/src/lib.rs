@@ -17,11 +17,18 @@ pub use content_type::guess_content_type;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{url}: {status}: {message}")]
-    Server { url: String, status: u16, message: String },
+    Server {
+        url: String,
+        status: u16,
+        message: String,
+    },
     #[error("cannot reach {url}: {message}")]
     Transport { url: String, message: String },
     #[error("{path}: {source}")]
-    File { path: String, source: std::io::Error },
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("bad server URL {0:?}: use http://HOST:PORT")]
     BadUrl(String),
 }
@@ -81,7 +88,11 @@ impl Client {
     }
 
     /// Uploads bytes held in memory.
-    pub async fn upload_bytes(&self, data: Bytes, content_type: &str) -> Result<UploadResponse, ClientError> {
+    pub async fn upload_bytes(
+        &self,
+        data: Bytes,
+        content_type: &str,
+    ) -> Result<UploadResponse, ClientError> {
         let url = format!("{}/v1/files", self.base);
         let request = self
             .http
@@ -160,7 +171,11 @@ impl Client {
         let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
             Box::new(tokio::io::stdout())
         } else {
-            Box::new(tokio::fs::File::create(&part).await.map_err(file_err(&part))?)
+            Box::new(
+                tokio::fs::File::create(&part)
+                    .await
+                    .map_err(file_err(&part))?,
+            )
         };
         let mut received = 0u64;
         let mut body = response.bytes_stream();
@@ -175,7 +190,10 @@ impl Client {
             if total.is_some_and(|t| t != received) {
                 return Err(ClientError::Transport {
                     url: url.clone(),
-                    message: format!("body ended after {received} of {} bytes", total.unwrap_or(0)),
+                    message: format!(
+                        "body ended after {received} of {} bytes",
+                        total.unwrap_or(0)
+                    ),
                 });
             }
             Ok(())
@@ -187,7 +205,9 @@ impl Client {
         }
         match result {
             Ok(()) => {
-                tokio::fs::rename(&part, path).await.map_err(file_err(path))?;
+                tokio::fs::rename(&part, path)
+                    .await
+                    .map_err(file_err(path))?;
                 Ok(received)
             }
             Err(e) => {
@@ -216,10 +236,14 @@ impl Client {
             });
         }
         let h = response.headers();
-        let text = |name: reqwest::header::HeaderName| h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let text = |name: reqwest::header::HeaderName| {
+            h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
         Ok(FileStat {
             fileid: fileid.to_owned(),
-            size: text(reqwest::header::CONTENT_LENGTH).and_then(|v| v.parse().ok()).unwrap_or(0),
+            size: text(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             content_type: text(reqwest::header::CONTENT_TYPE).unwrap_or_default(),
             etag: text(reqwest::header::ETAG).unwrap_or_default(),
             last_modified: text(reqwest::header::LAST_MODIFIED),
@@ -241,7 +265,10 @@ fn transport(url: &str, e: reqwest::Error) -> ClientError {
     }
 }
 
-async fn send(request: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response, ClientError> {
+async fn send(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<reqwest::Response, ClientError> {
     request.send().await.map_err(|e| transport(url, e))
 }
 
@@ -262,7 +289,10 @@ async fn check(response: reqwest::Response, url: &str) -> Result<reqwest::Respon
     })
 }
 
-async fn json<T: serde::de::DeserializeOwned>(response: reqwest::Response, url: &str) -> Result<T, ClientError> {
+async fn json<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+    url: &str,
+) -> Result<T, ClientError> {
     let response = check(response, url).await?;
     let body = response.bytes().await.map_err(|e| transport(url, e))?;
     serde_json::from_slice(&body).map_err(|e| ClientError::Transport {

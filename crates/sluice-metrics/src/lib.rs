@@ -9,7 +9,8 @@ use std::sync::Mutex;
 
 /// Seconds; spans a cached 5 KB read on loopback up to a slow multi-GB transfer.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 
 pub struct CounterVec {
@@ -20,7 +21,11 @@ pub struct CounterVec {
 }
 
 impl CounterVec {
-    pub const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+    pub const fn new(
+        name: &'static str,
+        help: &'static str,
+        labels: &'static [&'static str],
+    ) -> Self {
         Self {
             name,
             help,
@@ -51,7 +56,12 @@ impl CounterVec {
         header(out, self.name, self.help, "counter");
         if let Ok(series) = self.series.lock() {
             for (values, v) in series.iter() {
-                let _ = writeln!(out, "{}{} {v}", self.name, label_text(self.labels, values, None));
+                let _ = writeln!(
+                    out,
+                    "{}{} {v}",
+                    self.name,
+                    label_text(self.labels, values, None)
+                );
             }
         }
     }
@@ -169,7 +179,9 @@ fn label_text(names: &[&str], values: &[String], le: Option<&str>) -> String {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

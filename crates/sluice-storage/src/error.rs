@@ -67,7 +67,13 @@ impl From<BlobError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut response = (status, Json(ErrorBody { error: self.to_string() })).into_response();
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response();
         let headers = response.headers_mut();
         match self {
             ApiError::RangeNotSatisfiable { size } => {

@@ -16,7 +16,8 @@ use crate::error::ApiError;
 
 /// Parses the id in a path and checks it belongs to this node's group.
 fn parse_local_id(state: &StorageState, text: &str) -> Result<FileId, ApiError> {
-    let id = FileId::parse(text).map_err(|e| ApiError::BadRequest(format!("malformed file id: {e}")))?;
+    let id =
+        FileId::parse(text).map_err(|e| ApiError::BadRequest(format!("malformed file id: {e}")))?;
     if id.group != state.config().group {
         // Another group's file: this node does not hold it (trackers route to the right group).
         return Err(ApiError::NotFound);
@@ -24,7 +25,10 @@ fn parse_local_id(state: &StorageState, text: &str) -> Result<FileId, ApiError> 
     Ok(id)
 }
 
-pub(crate) async fn upload(State(state): State<StorageState>, request: axum::extract::Request) -> Result<Response, ApiError> {
+pub(crate) async fn upload(
+    State(state): State<StorageState>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
     let limit = state.config().max_upload_size;
     let headers = request.headers();
     if let Some(len) = content_length(headers)? {
@@ -32,8 +36,11 @@ pub(crate) async fn upload(State(state): State<StorageState>, request: axum::ext
             return Err(ApiError::TooLarge { limit });
         }
     }
-    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or(""));
-    let is_multipart = content_type.is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or(""));
+    let is_multipart =
+        content_type.is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"));
     let (writer, size) = if is_multipart {
         let multipart = <Multipart as axum::extract::FromRequest<()>>::from_request(request, &())
             .await
@@ -49,7 +56,8 @@ pub(crate) async fn upload(State(state): State<StorageState>, request: axum::ext
         let mut writer = state.store().writer(key, content_type, limit);
         let mut body = request.into_body().into_data_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("request body ended early: {e}")))?;
+            let chunk = chunk
+                .map_err(|e| ApiError::BadRequest(format!("request body ended early: {e}")))?;
             state.metrics().received(chunk.len());
             writer.write(chunk).await?;
         }
@@ -75,7 +83,11 @@ pub(crate) async fn upload(State(state): State<StorageState>, request: axum::ext
     Ok(response)
 }
 
-async fn upload_multipart(state: &StorageState, mut multipart: Multipart, limit: u64) -> Result<(BlobWriter, u64), ApiError> {
+async fn upload_multipart(
+    state: &StorageState,
+    mut multipart: Multipart,
+    limit: u64,
+) -> Result<(BlobWriter, u64), ApiError> {
     let bad = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge { limit }
@@ -90,7 +102,11 @@ async fn upload_multipart(state: &StorageState, mut multipart: Multipart, limit:
         let content_type = match field.content_type() {
             None => DEFAULT_CONTENT_TYPE.to_owned(),
             Some(ct) if is_valid_content_type(ct) => ct.to_owned(),
-            Some(_) => return Err(ApiError::BadRequest("invalid Content-Type on field `file`".into())),
+            Some(_) => {
+                return Err(ApiError::BadRequest(
+                    "invalid Content-Type on field `file`".into(),
+                ));
+            }
         };
         let key = state.store().new_key().await?;
         let mut writer = state.store().writer(key, content_type, limit);
@@ -101,7 +117,9 @@ async fn upload_multipart(state: &StorageState, mut multipart: Multipart, limit:
         let size = writer.received();
         return Ok((writer, size));
     }
-    Err(ApiError::BadRequest("multipart body has no field named `file`".into()))
+    Err(ApiError::BadRequest(
+        "multipart body has no field named `file`".into(),
+    ))
 }
 
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -123,7 +141,11 @@ pub(crate) async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_local_id(&state, &text)?;
-    let reader = state.store().open_reader(id.key).await?.ok_or(ApiError::NotFound)?;
+    let reader = state
+        .store()
+        .open_reader(id.key)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let meta = reader.meta();
     let etag = format!("\"{}\"", id.key);
     let size = meta.size;
@@ -136,7 +158,9 @@ pub(crate) async fn download(
         .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
         .header(
             header::LAST_MODIFIED,
-            httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(meta.created_ms)),
+            httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(meta.created_ms),
+            ),
         );
 
     if if_none_match(&headers, &etag) {
@@ -154,11 +178,16 @@ pub(crate) async fn download(
         Ok(RangeRequest::Unsatisfiable) => return Err(ApiError::RangeNotSatisfiable { size }),
         Ok(RangeRequest::Full) => (StatusCode::OK, 0, size),
         Ok(RangeRequest::Partial { start, end }) => {
-            response = response.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
+            response = response.header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{size}", end - 1),
+            );
             (StatusCode::PARTIAL_CONTENT, start, end)
         }
     };
-    response = response.status(status).header(header::CONTENT_LENGTH, end - start);
+    response = response
+        .status(status)
+        .header(header::CONTENT_LENGTH, end - start);
     if method == Method::HEAD {
         return response.body(Body::empty()).map_err(|_| ApiError::Internal);
     }
@@ -210,7 +239,10 @@ fn if_range_holds(headers: &HeaderMap, etag: &str) -> bool {
     }
 }
 
-pub(crate) async fn delete(State(state): State<StorageState>, Path(text): Path<String>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn delete(
+    State(state): State<StorageState>,
+    Path(text): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_local_id(&state, &text)?;
     if state.store().delete(id.key).await? {
         Ok(StatusCode::NO_CONTENT)

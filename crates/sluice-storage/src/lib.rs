@@ -78,20 +78,36 @@ pub fn router(state: StorageState) -> Router {
             "/v1/files/{*fileid}",
             get(files::download)
                 .delete(files::delete)
-                .fallback(|| async { MethodNotAllowed { allow: "GET, HEAD, DELETE" } }),
+                .fallback(|| async {
+                    MethodNotAllowed {
+                        allow: "GET, HEAD, DELETE",
+                    }
+                }),
         )
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/metrics", get(metrics::render))
         .fallback(|| async { error::ApiError::NoRoute })
         // Upload size is enforced by the handlers against the configured limit, for raw and
         // multipart bodies alike.
         .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::record))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::record,
+        ))
         .with_state(state)
 }
 
 /// Serves the storage API on `listener` until `shutdown` resolves, then stops accepting and
 /// lets requests in flight finish.
-pub async fn run(listener: TcpListener, state: StorageState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+pub async fn run(
+    listener: TcpListener,
+    state: StorageState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

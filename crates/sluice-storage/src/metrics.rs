@@ -31,7 +31,11 @@ impl Default for HttpMetrics {
                 &["route", "method"],
                 LATENCY_BUCKETS,
             ),
-            received: CounterVec::new("sluice_http_received_bytes_total", "Request body bytes received.", &[]),
+            received: CounterVec::new(
+                "sluice_http_received_bytes_total",
+                "Request body bytes received.",
+                &[],
+            ),
             sent: CounterVec::new(
                 "sluice_http_sent_bytes_total",
                 "Response body bytes sent (by Content-Length).",
@@ -52,7 +56,11 @@ impl HttpMetrics {
 }
 
 /// Records route, method, status, latency and bytes out for every request.
-pub(crate) async fn record(State(state): State<StorageState>, request: Request, next: Next) -> Response {
+pub(crate) async fn record(
+    State(state): State<StorageState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let route = request
         .extensions()
@@ -63,8 +71,10 @@ pub(crate) async fn record(State(state): State<StorageState>, request: Request, 
     let response = next.run(request).await;
     let m = state.metrics();
     let method_label = method_label(&method);
-    m.requests.inc_by(&[&route, method_label, response.status().as_str()], 1);
-    m.latency.observe(&[&route, method_label], started.elapsed().as_secs_f64());
+    m.requests
+        .inc_by(&[&route, method_label, response.status().as_str()], 1);
+    m.latency
+        .observe(&[&route, method_label], started.elapsed().as_secs_f64());
     if method != Method::HEAD {
         let len = response
             .headers()
@@ -99,7 +109,23 @@ pub(crate) async fn render(State(state): State<StorageState>) -> impl IntoRespon
     m.received.render(&mut out);
     m.sent.render(&mut out);
     let store = state.store();
-    render_gauge(&mut out, "sluice_store_files", "Files held by this node.", store.files());
-    render_gauge(&mut out, "sluice_store_bytes", "Bytes of file content held by this node.", store.bytes());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+    render_gauge(
+        &mut out,
+        "sluice_store_files",
+        "Files held by this node.",
+        store.files(),
+    );
+    render_gauge(
+        &mut out,
+        "sluice_store_bytes",
+        "Bytes of file content held by this node.",
+        store.bytes(),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
 }

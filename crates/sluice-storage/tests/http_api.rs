@@ -24,7 +24,11 @@ async fn upload(node: &TestNode, body: Vec<u8>, content_type: &str) -> serde_jso
     r.json().await.unwrap()
 }
 
-async fn get(node: &TestNode, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Vec<u8>) {
+async fn get(
+    node: &TestNode,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Vec<u8>) {
     let mut req = reqwest::Client::new().get(format!("{}{path}", node.url));
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -57,7 +61,10 @@ async fn upload_then_read_whole_ranges_and_conditionals() {
     assert_eq!(h[header::CONTENT_TYPE], "image/jpeg");
     assert_eq!(h[header::ACCEPT_RANGES], "bytes");
     let etag = h[header::ETAG].to_str().unwrap().to_owned();
-    assert!(etag.starts_with('"') && etag.ends_with('"'), "strong ETag: {etag}");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "strong ETag: {etag}"
+    );
 
     let (status, h, body) = get(&node, &path, &[("range", "bytes=65530-65545")]).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
@@ -94,10 +101,19 @@ async fn upload_then_read_whole_ranges_and_conditionals() {
     // If-Range: the range applies only if the client's copy is this one.
     let (status, _, _) = get(&node, &path, &[("range", "bytes=0-9"), ("if-range", &etag)]).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
-    let (status, _, body) = get(&node, &path, &[("range", "bytes=0-9"), ("if-range", "\"stale\"")]).await;
+    let (status, _, body) = get(
+        &node,
+        &path,
+        &[("range", "bytes=0-9"), ("if-range", "\"stale\"")],
+    )
+    .await;
     assert_eq!((status, body.len()), (StatusCode::OK, 200_000));
 
-    let head = reqwest::Client::new().head(format!("{}{path}", node.url)).send().await.unwrap();
+    let head = reqwest::Client::new()
+        .head(format!("{}{path}", node.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(head.headers()[header::CONTENT_LENGTH], "200000");
     assert_eq!(head.headers()[header::ETAG].to_str().unwrap(), etag);
@@ -131,7 +147,10 @@ async fn multipart_upload_keeps_the_part_type() {
         .text("note", "ignored")
         .part(
             "file",
-            reqwest::multipart::Part::bytes(data.clone()).file_name("v.mp4").mime_str("video/mp4").unwrap(),
+            reqwest::multipart::Part::bytes(data.clone())
+                .file_name("v.mp4")
+                .mime_str("video/mp4")
+                .unwrap(),
         );
     let r = reqwest::Client::new()
         .post(format!("{}/v1/files", node.url))
@@ -164,18 +183,34 @@ async fn delete_then_gone() {
     let v = upload(&node, pattern(1000), "audio/amr").await;
     let url = format!("{}{}", node.url, v["url"].as_str().unwrap());
     let c = reqwest::Client::new();
-    assert_eq!(c.delete(&url).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        c.delete(&url).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(!error_text(&r.bytes().await.unwrap()).is_empty());
-    assert_eq!(c.delete(&url).send().await.unwrap().status(), StatusCode::NOT_FOUND);
-    assert_eq!((node.state.store().files(), node.state.store().bytes()), (0, 0));
+    assert_eq!(
+        c.delete(&url).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        (node.state.store().files(), node.state.store().bytes()),
+        (0, 0)
+    );
 }
 
 #[tokio::test]
 async fn malformed_unknown_and_foreign_ids() {
     let node = TestNode::start().await;
-    for bad in ["g1/short", "g1/AAAAAAAAAAAAAAAAAAAAAAAAAA", "G1/aaaaaaaaaaaaaaaaaaaaaaaaaa", "nogroup", "g1/aaaaaaaaaaaaaaaaaaaaaaaaaa/extra", "g1/%2e%2e%2f%2e%2e"] {
+    for bad in [
+        "g1/short",
+        "g1/AAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "G1/aaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "nogroup",
+        "g1/aaaaaaaaaaaaaaaaaaaaaaaaaa/extra",
+        "g1/%2e%2e%2f%2e%2e",
+    ] {
         let (status, _, body) = get(&node, &format!("/v1/files/{bad}"), &[]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(error_text(&body).contains("file id"), "{bad}");
@@ -189,8 +224,16 @@ async fn malformed_unknown_and_foreign_ids() {
     assert!(!error_text(&body).is_empty());
 
     // Traversal-shaped paths sent raw, as a hostile client would (reqwest would normalise them).
-    for raw in ["/v1/files/../../etc/passwd", "/v1/files/g1/../../../etc/passwd", "/v1/files/g1/..%2f..%2fetc%2fpasswd"] {
-        let (status, body) = raw_request(&node, &format!("GET {raw} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await;
+    for raw in [
+        "/v1/files/../../etc/passwd",
+        "/v1/files/g1/../../../etc/passwd",
+        "/v1/files/g1/..%2f..%2fetc%2fpasswd",
+    ] {
+        let (status, body) = raw_request(
+            &node,
+            &format!("GET {raw} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
         assert!(status == 400 || status == 404, "{raw}: {status}");
         assert!(!body.contains("root:"), "{raw} leaked a file");
     }
@@ -201,17 +244,28 @@ async fn unknown_methods_get_405_with_allow() {
     let node = TestNode::start().await;
     let c = reqwest::Client::new();
     let r = c
-        .put(format!("{}/v1/files/g1/aaaaaaaaaaaaaaaaaaaaaaaaaa", node.url))
+        .put(format!(
+            "{}/v1/files/g1/aaaaaaaaaaaaaaaaaaaaaaaaaa",
+            node.url
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers()[header::ALLOW], "GET, HEAD, DELETE");
     assert!(!error_text(&r.bytes().await.unwrap()).is_empty());
-    let r = c.get(format!("{}/v1/files", node.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v1/files", node.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers()[header::ALLOW], "POST");
-    let (status, _) = raw_request(&node, "BREW /v1/files HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let (status, _) = raw_request(
+        &node,
+        "BREW /v1/files HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert_eq!(status, 405);
 }
 
@@ -233,10 +287,13 @@ async fn oversized_uploads_get_413_and_store_nothing() {
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert!(error_text(&r.bytes().await.unwrap()).contains("100000"));
     // Chunked, so the size shows only as it streams.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..30).map(|_| Ok(vec![1u8; 10_000])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..30).map(|_| Ok(vec![1u8; 10_000])).collect();
     let r = c
         .post(format!("{}/v1/files", node.url))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await;
     // The server may answer 413 or close the connection while the client is still sending.
@@ -244,8 +301,13 @@ async fn oversized_uploads_get_413_and_store_nothing() {
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
     // Multipart too.
-    let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(vec![2u8; 150_000]));
-    let r = c.post(format!("{}/v1/files", node.url)).multipart(form).send().await;
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(vec![2u8; 150_000]));
+    let r = c
+        .post(format!("{}/v1/files", node.url))
+        .multipart(form)
+        .send()
+        .await;
     if let Ok(r) = r {
         assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
@@ -258,15 +320,22 @@ async fn oversized_uploads_get_413_and_store_nothing() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(node.state.store().files(), 1);
-    wait_until("temp files cleaned", Duration::from_secs(10), || async { node.temp_files().is_empty() }).await;
+    wait_until("temp files cleaned", Duration::from_secs(10), || async {
+        node.temp_files().is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn short_body_and_vanishing_clients_leave_nothing() {
     let node = TestNode::start().await;
     // A body shorter than its Content-Length, then the client stops sending.
-    let mut s = TcpStream::connect(node.url.trim_start_matches("http://")).await.unwrap();
-    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n").await.unwrap();
+    let mut s = TcpStream::connect(node.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+        .await
+        .unwrap();
     s.write_all(&vec![7u8; 2_000_000]).await.unwrap();
     s.shutdown().await.unwrap();
     let mut answer = String::new();
@@ -276,19 +345,31 @@ async fn short_body_and_vanishing_clients_leave_nothing() {
     }
 
     // A client that disconnects mid-upload without a word.
-    let mut s = TcpStream::connect(node.url.trim_start_matches("http://")).await.unwrap();
-    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n").await.unwrap();
+    let mut s = TcpStream::connect(node.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+        .await
+        .unwrap();
     s.write_all(&vec![7u8; 3_000_000]).await.unwrap();
     drop(s);
 
     // A chunked body cut off mid-chunk.
-    let mut s = TcpStream::connect(node.url.trim_start_matches("http://")).await.unwrap();
-    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000\r\nabc").await.unwrap();
+    let mut s = TcpStream::connect(node.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(
+        b"POST /v1/files HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000\r\nabc",
+    )
+    .await
+    .unwrap();
     drop(s);
 
-    wait_until("temp files of broken uploads removed", Duration::from_secs(10), || async {
-        node.temp_files().is_empty()
-    })
+    wait_until(
+        "temp files of broken uploads removed",
+        Duration::from_secs(10),
+        || async { node.temp_files().is_empty() },
+    )
     .await;
     assert_eq!(node.state.store().files(), 0);
     // And the node still works.
@@ -316,7 +397,9 @@ async fn large_file_streams_in_and_out() {
     .await;
     const LEN: usize = 96 << 20;
     let chunk = pattern(1 << 20);
-    let body = futures_util::stream::iter((0..LEN >> 20).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let body = futures_util::stream::iter(
+        (0..LEN >> 20).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+    );
     let r = reqwest::Client::new()
         .post(format!("{}/v1/files", node.url))
         .header(header::CONTENT_TYPE, "video/mp4")
@@ -335,7 +418,11 @@ async fn large_file_streams_in_and_out() {
     let want: Vec<u8> = (at..at + 21).map(|i| one[i % (1 << 20)]).collect();
     assert_eq!(body, want);
     // The whole body, streamed.
-    let mut r = reqwest::Client::new().get(format!("{}{path}", node.url)).send().await.unwrap();
+    let mut r = reqwest::Client::new()
+        .get(format!("{}{path}", node.url))
+        .send()
+        .await
+        .unwrap();
     let mut seen = 0usize;
     while let Some(chunk) = r.chunk().await.unwrap() {
         for (i, b) in chunk.iter().enumerate() {
@@ -362,8 +449,15 @@ async fn damaged_file_is_never_served_as_good() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(error_text(&body).contains("damaged"));
     // A whole read starts fine and then fails: the client must see an error, never a full body.
-    let r = reqwest::Client::new().get(format!("{}{path}", node.url)).send().await.unwrap();
-    assert!(r.bytes().await.is_err(), "damaged body delivered as complete");
+    let r = reqwest::Client::new()
+        .get(format!("{}{path}", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.bytes().await.is_err(),
+        "damaged body delivered as complete"
+    );
     // Undamaged blocks still read.
     let (status, _, body) = get(&node, path, &[("range", "bytes=0-999")]).await;
     assert_eq!((status, body), (StatusCode::PARTIAL_CONTENT, pattern(1000)));
@@ -388,7 +482,12 @@ async fn metrics_count_requests_bytes_and_files() {
     get(&node, "/v1/files/g1/bad", &[]).await;
     let (status, h, body) = get(&node, "/metrics", &[]).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+    assert!(
+        h[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let text = String::from_utf8(body).unwrap();
     for want in [
         "sluice_http_requests_total{route=\"/v1/files\",method=\"POST\",status=\"201\"} 1",
@@ -419,12 +518,31 @@ async fn curl_uploads_and_reads_ranges() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("photo.jpg");
     std::fs::write(&src, pattern(123_456)).unwrap();
-    let out = curl(&["-sS", "-f", "-H", "Content-Type: image/jpeg", "--data-binary", &format!("@{}", src.display()), &format!("{}/v1/files", node.url)]).await;
+    let out = curl(&[
+        "-sS",
+        "-f",
+        "-H",
+        "Content-Type: image/jpeg",
+        "--data-binary",
+        &format!("@{}", src.display()),
+        &format!("{}/v1/files", node.url),
+    ])
+    .await;
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     let url = format!("{}{}", node.url, v["url"].as_str().unwrap());
     assert_eq!(curl(&["-sS", "-f", &url]).await, pattern(123_456));
-    assert_eq!(curl(&["-sS", "-f", "-r", "1000-1999", &url]).await, &pattern(123_456)[1000..2000]);
-    let out = curl(&["-sS", "-f", "-F", &format!("file=@{};type=image/jpeg", src.display()), &format!("{}/v1/files", node.url)]).await;
+    assert_eq!(
+        curl(&["-sS", "-f", "-r", "1000-1999", &url]).await,
+        &pattern(123_456)[1000..2000]
+    );
+    let out = curl(&[
+        "-sS",
+        "-f",
+        "-F",
+        &format!("file=@{};type=image/jpeg", src.display()),
+        &format!("{}/v1/files", node.url),
+    ])
+    .await;
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["size"], 123_456);
 }
@@ -435,18 +553,31 @@ async fn curl(args: &[&str]) -> Vec<u8> {
         .output()
         .await
         .expect("curl is installed (scripts/test.sh installs it)");
-    assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 /// Sends raw bytes and returns the status code and body text.
 async fn raw_request(node: &TestNode, request: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(node.url.trim_start_matches("http://")).await.unwrap();
+    let mut s = TcpStream::connect(node.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).await.unwrap();
     let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }

@@ -44,7 +44,9 @@ impl TestNode {
     pub async fn start_with(settings: NodeSettings) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let state = open_state(dir.path(), &settings).await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(sluice_storage::run(listener, state.clone(), async move {
@@ -97,7 +99,10 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
     )
 }
 
-fn sluice_blob_open(dir: &Path, block_size: u32) -> Result<sluice_storage::BlobStore, sluice_storage::BlobError> {
+fn sluice_blob_open(
+    dir: &Path,
+    block_size: u32,
+) -> Result<sluice_storage::BlobStore, sluice_storage::BlobError> {
     sluice_storage::BlobStore::open(dir, BlobStoreOptions { block_size })
 }
 

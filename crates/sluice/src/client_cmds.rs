@@ -31,10 +31,14 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
 pub async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
     let id = FileId::parse(&args.fileid).with_context(|| format!("file id {:?}", args.fileid))?;
     let client = Client::new(&args.server.server)?;
-    let output = args.output.unwrap_or_else(|| PathBuf::from(id.key.to_string()));
+    let output = args
+        .output
+        .unwrap_or_else(|| PathBuf::from(id.key.to_string()));
     let progress = Progress::new(args.fileid.clone());
     client
-        .download_to(&args.fileid, &output, |done, total| progress.update(done, total))
+        .download_to(&args.fileid, &output, |done, total| {
+            progress.update(done, total)
+        })
         .await?;
     progress.finish();
     Ok(ExitCode::SUCCESS)
@@ -60,7 +64,10 @@ pub async fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.connections > 0, "-c must be at least 1");
     anyhow::ensure!(args.requests > 0, "-n must be at least 1");
-    let size = usize::try_from(args.size.0).ok().filter(|s| *s <= 1 << 30).context("--size must be at most 1GiB")?;
+    let size = usize::try_from(args.size.0)
+        .ok()
+        .filter(|s| *s <= 1 << 30)
+        .context("--size must be at most 1GiB")?;
     let client = Client::new(&args.server.server)?;
     let plan = BenchPlan {
         kind: match args.mode {
@@ -78,5 +85,9 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("{report}");
     }
-    Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

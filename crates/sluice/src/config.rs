@@ -65,17 +65,22 @@ impl ServeConfig {
     }
 
     fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("config {}", path.display()))
     }
 
     fn validate(self) -> anyhow::Result<ValidServeConfig> {
-        let group = GroupName::new(&self.group).with_context(|| format!("group {:?}", self.group))?;
+        let group =
+            GroupName::new(&self.group).with_context(|| format!("group {:?}", self.group))?;
         let block_size = u32::try_from(self.block_size.0)
             .ok()
             .filter(|b| (4096..=(16 << 20)).contains(b))
             .context("block_size must be between 4KiB and 16MiB")?;
-        anyhow::ensure!(self.max_upload_size.0 > 0, "max_upload_size must be more than 0");
+        anyhow::ensure!(
+            self.max_upload_size.0 > 0,
+            "max_upload_size must be more than 0"
+        );
         Ok(ValidServeConfig {
             raw: self,
             group,
@@ -90,7 +95,8 @@ mod tests {
 
     #[test]
     fn file_then_flags() {
-        let config: ServeConfig = toml::from_str("group = \"photos\"\nmax_upload_size = \"1MiB\"\n").unwrap();
+        let config: ServeConfig =
+            toml::from_str("group = \"photos\"\nmax_upload_size = \"1MiB\"\n").unwrap();
         assert_eq!(config.group, "photos");
         assert_eq!(config.max_upload_size, ByteSize(1 << 20));
         assert_eq!(config.http.port(), 8080);

@@ -24,13 +24,21 @@ impl Progress {
         if !self.enabled {
             return;
         }
-        let Ok(mut last) = self.last.lock() else { return };
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
         if last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) && total != Some(done) {
             return;
         }
         *last = Some(Instant::now());
         let line = match total {
-            Some(t) if t > 0 => format!("{}  {} / {}  {:>3}%", self.label, human(done), human(t), done * 100 / t),
+            Some(t) if t > 0 => format!(
+                "{}  {} / {}  {:>3}%",
+                self.label,
+                human(done),
+                human(t),
+                done * 100 / t
+            ),
             _ => format!("{}  {}", self.label, human(done)),
         };
         let mut err = std::io::stderr().lock();
@@ -53,5 +61,9 @@ fn human(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

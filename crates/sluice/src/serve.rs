@@ -14,10 +14,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServeConfig::load(&args)?;
     let data = config.raw.data.clone();
     let block_size = config.block_size;
-    let store = tokio::task::spawn_blocking(move || BlobStore::open(&data, BlobStoreOptions { block_size }))
-        .await
-        .context("opening the data directory")?
-        .with_context(|| format!("data directory {}", config.raw.data.display()))?;
+    let store = tokio::task::spawn_blocking(move || {
+        BlobStore::open(&data, BlobStoreOptions { block_size })
+    })
+    .await
+    .context("opening the data directory")?
+    .with_context(|| format!("data directory {}", config.raw.data.display()))?;
     let state = StorageState::new(
         store.clone(),
         StorageConfig {
@@ -58,7 +60,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Ok(Ok(result)) => result.context("HTTP server")?,
         Ok(Err(e)) => return Err(e).context("HTTP server task"),
         Err(_) => {
-            tracing::warn!("requests still running after the grace period; stopping them (their uploads leave nothing behind)");
+            tracing::warn!(
+                "requests still running after the grace period; stopping them (their uploads leave nothing behind)"
+            );
             server.abort();
         }
     }
@@ -85,7 +89,8 @@ async fn shutdown_signal() -> &'static str {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

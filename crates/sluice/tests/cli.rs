@@ -1,0 +1,180 @@
+//! The CLI against a real `sluice serve` child process.
+
+mod common;
+
+use common::{Served, sluice};
+
+fn stderr_line(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(text.lines().count(), 1, "errors are one line: {text:?}");
+    text
+}
+
+#[test]
+fn upload_download_stat_delete() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let a = work.path().join("a.jpg");
+    let b = work.path().join("b.mp4");
+    std::fs::write(&a, vec![1u8; 10_000]).unwrap();
+    std::fs::write(&b, (0..300_000u32).map(|i| i as u8).collect::<Vec<_>>()).unwrap();
+
+    let out = sluice(&[
+        "upload",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--server",
+        &served.url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let ids: Vec<&str> = stdout.lines().collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.iter().all(|id| id.starts_with("g1/")));
+
+    // Argument order: the second id is the 300 KB video.
+    let got = work.path().join("got.mp4");
+    let out = sluice(&[
+        "download",
+        ids[1],
+        "--server",
+        &served.url,
+        "-o",
+        got.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&got).unwrap(), std::fs::read(&b).unwrap());
+
+    let out = sluice(&["download", ids[0], "--server", &served.url, "-o", "-"]);
+    assert_eq!(out.stdout, vec![1u8; 10_000]);
+
+    let out = sluice(&["stat", ids[0], "--server", &served.url]);
+    assert!(out.status.success());
+    let stat: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stat["size"], 10_000);
+    assert_eq!(stat["content_type"], "image/jpeg");
+
+    let out = sluice(&["delete", ids[0], "--server", &served.url]);
+    assert!(out.status.success());
+    let out = sluice(&["stat", ids[0], "--server", &served.url]);
+    assert!(!out.status.success());
+    assert!(stderr_line(&out).contains("404"));
+}
+
+#[test]
+fn errors_are_one_line_and_nonzero() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path(), &[]);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "download",
+                "g1/aaaaaaaaaaaaaaaaaaaaaaaaaa",
+                "--server",
+                &served.url,
+                "-o",
+                "/tmp/never-written",
+            ],
+            "404",
+        ),
+        (
+            vec!["download", "not-an-id", "--server", &served.url],
+            "file id",
+        ),
+        (
+            vec!["upload", "/definitely/missing.jpg", "--server", &served.url],
+            "missing.jpg",
+        ),
+        (
+            vec!["upload", "/etc/hostname", "--server", "http://127.0.0.1:1"],
+            "127.0.0.1:1",
+        ),
+        (
+            vec![
+                "stat",
+                "g1/aaaaaaaaaaaaaaaaaaaaaaaaaa",
+                "--server",
+                "ftp://x",
+            ],
+            "bad server URL",
+        ),
+        (
+            vec![
+                "delete",
+                "g1/aaaaaaaaaaaaaaaaaaaaaaaaaa",
+                "--server",
+                &served.url,
+            ],
+            "404",
+        ),
+        (
+            vec!["bench", "upload", "--server", &served.url, "-c", "0"],
+            "-c",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = sluice(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let line = stderr_line(&out);
+        assert!(line.starts_with("sluice: "), "{line}");
+        assert!(line.contains(want), "{args:?}: {line}");
+    }
+    assert!(!std::path::Path::new("/tmp/never-written").exists());
+    assert!(!std::path::Path::new("/tmp/never-written.part").exists());
+}
+
+#[test]
+fn bench_reports_rates_and_percentiles() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path(), &[]);
+    for mode in ["upload", "download"] {
+        let out = sluice(&[
+            "bench",
+            mode,
+            "--server",
+            &served.url,
+            "-c",
+            "4",
+            "-n",
+            "200",
+            "--size",
+            "5KB",
+            "--files",
+            "20",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["completed"], 200);
+        assert_eq!(r["failed"], 0);
+        assert!(r["requests_per_sec"].as_f64().unwrap() > 0.0);
+        assert!(r["p99_ms"].as_f64().unwrap() >= r["p50_ms"].as_f64().unwrap());
+    }
+    let out = sluice(&[
+        "bench",
+        "upload",
+        "--server",
+        &served.url,
+        "-n",
+        "10",
+        "--size",
+        "1KiB",
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    for want in ["requests/s", "MB/s", "p50", "p90", "p99"] {
+        assert!(text.contains(want), "{text}");
+    }
+}
