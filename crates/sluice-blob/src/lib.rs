@@ -29,7 +29,7 @@ use std::sync::atomic::Ordering;
 use sluice_proto::BlobKey;
 
 pub use index::StoreCounters;
-pub use reader::BlobReader;
+pub use reader::{BlobReader, Chunk};
 pub use record::{BlobMeta, BlobState};
 pub use writer::BlobWriter;
 
@@ -165,26 +165,27 @@ impl BlobStore {
     }
 
     /// Opens a blob for reading; `None` if the store has no such key.
-    pub async fn open_reader(&self, key: BlobKey) -> Result<Option<BlobReader>, BlobError> {
-        let store = self.clone();
-        blocking(move || {
-            let Some(meta) = store.inner.index.get(&key)? else {
-                return Ok(None);
-            };
-            match std::fs::File::open(store.blob_path(&key)) {
-                Ok(file) => Ok(Some(BlobReader::new(key, meta, file))),
-                // Deleted between the lookup and the open.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if store.inner.index.get(&key)?.is_some() {
-                        tracing::error!(%key, "indexed blob has no data file");
-                        return Err(BlobError::Corrupt { key, block: 0 });
-                    }
-                    Ok(None)
+    ///
+    /// Runs on the calling thread: an index lookup (served from redb's cache once warm) and an
+    /// `open` of a path whose directories stay in the dentry cache. Handing these to the
+    /// blocking pool doubled the cost of a small download; the data reads, which can wait on
+    /// the disk, still avoid blocking (see [`BlobReader::read_chunk`]).
+    pub fn open_reader(&self, key: BlobKey) -> Result<Option<BlobReader>, BlobError> {
+        let Some(meta) = self.inner.index.get(&key)? else {
+            return Ok(None);
+        };
+        match std::fs::File::open(self.blob_path(&key)) {
+            Ok(file) => Ok(Some(BlobReader::new(key, meta, file))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Deleted between the lookup and the open, or lost: tell which.
+                if self.inner.index.get(&key)?.is_some() {
+                    tracing::error!(%key, "indexed blob has no data file");
+                    return Err(BlobError::Corrupt { key, block: 0 });
                 }
-                Err(e) => Err(e.into()),
+                Ok(None)
             }
-        })
-        .await
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Deletes a blob; `false` if there was none. The index entry goes first, so a crash

@@ -4,9 +4,8 @@ use axum::body::Body;
 use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures_util::StreamExt;
-use sluice_blob::{BlobReader, BlobWriter};
+use futures_util::{StreamExt, TryStreamExt};
+use sluice_blob::{BlobReader, BlobWriter, Chunk};
 use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
 use sluice_proto::range::{RangeRequest, request_for};
 use sluice_proto::{FileId, UploadResponse};
@@ -143,8 +142,7 @@ pub(crate) async fn download(
     let id = parse_local_id(&state, &text)?;
     let reader = state
         .store()
-        .open_reader(id.key)
-        .await?
+        .open_reader(id.key)?
         .ok_or(ApiError::NotFound)?;
     let meta = reader.meta();
     let etag = format!("\"{}\"", id.key);
@@ -198,26 +196,30 @@ pub(crate) async fn download(
     response.body(body).map_err(|_| ApiError::Internal)
 }
 
-/// Streams the rest of a range after its first chunk. A damaged block met mid-stream ends the
-/// body with an error, so the client sees a failed transfer, never wrong bytes.
-fn body_stream(reader: BlobReader, first: Bytes, start: u64, end: u64) -> Body {
-    let next = start + first.len() as u64;
+/// Streams the rest of a range after its first chunk, one frame per block slice (hyper writes
+/// them with vectored I/O). A damaged block met mid-stream ends the body with an error, so the
+/// client sees a failed transfer, never wrong bytes.
+fn body_stream(reader: BlobReader, first: Chunk, start: u64, end: u64) -> Body {
+    let next = start + first.iter().map(|b| b.len() as u64).sum::<u64>();
+    let head = futures_util::stream::iter(first.into_iter().map(Ok::<_, sluice_blob::BlobError>));
     if next >= end {
-        return Body::from(first);
+        return Body::from_stream(head);
     }
     let rest = futures_util::stream::try_unfold((reader, next), move |(reader, at)| async move {
         if at >= end {
             return Ok::<_, sluice_blob::BlobError>(None);
         }
         let chunk = reader.read_chunk(at, end).await?;
-        if chunk.is_empty() {
+        let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
+        if len == 0 {
             return Ok(None);
         }
-        let at = at + chunk.len() as u64;
-        Ok(Some((chunk, (reader, at))))
+        Ok(Some((chunk, (reader, at + len))))
     });
-    let stream = futures_util::stream::once(async move { Ok(first) }).chain(rest);
-    Body::from_stream(stream)
+    let rest = rest
+        .map_ok(|chunk| futures_util::stream::iter(chunk.into_iter().map(Ok)))
+        .try_flatten();
+    Body::from_stream(head.chain(rest))
 }
 
 /// `If-None-Match` uses weak comparison (RFC 9110 §13.1.2).

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, lints, all tests, and a build of the fuzz targets.
+# Installs what the tests need when it is missing (Debian/Ubuntu: apt-get, as root or via sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Programs the tests drive as real third-party clients.
+needed=()
+command -v curl >/dev/null 2>&1 || needed+=(curl)
+if [ ${#needed[@]} -gt 0 ]; then
+  echo "test.sh: installing ${needed[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq "${needed[@]}" >/dev/null
+fi
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Fuzz targets live outside the workspace (cargo fuzz builds them with its own flags); checking
+# them here keeps them compiling.
+cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
+cargo test --workspace
