@@ -4,10 +4,11 @@
 //! key, plus a record in a redb index ([`record`]). A blob is written to `tmp/`, fsynced, renamed
 //! into place (directory fsynced), and only then indexed: an index entry therefore always points
 //! at a whole, durable file. What a crash can leave is swept on the next open: everything in
-//! `tmp/`, and data files no index entry names (see [`sweep`]).
+//! `tmp/`, and data files no index entry names (see [`sweep`]; skipped after a clean close).
 //!
 //! ```text
 //! DATA/FORMAT            "sluice-blob 1": refuses to open a directory of another format
+//! DATA/CLEAN             present only between a clean close and the next open
 //! DATA/index.redb        key -> BlobMeta, plus file and byte counters
 //! DATA/blobs/ab/cd/KEY   data files, two levels of 256 directories by the key's first bytes
 //! DATA/tmp/KEY           blobs being written
@@ -34,6 +35,9 @@ pub use record::{BlobMeta, BlobState};
 pub use writer::BlobWriter;
 
 const FORMAT_FILE: &str = "FORMAT";
+/// Written by a clean close, removed by the next open: its absence means the last run crashed
+/// and the orphan sweep must run.
+const CLEAN_MARKER: &str = "CLEAN";
 const FORMAT_LINE: &str = "sluice-blob 1\n";
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +130,12 @@ impl BlobStore {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         std::fs::create_dir_all(root.join("blobs"))?;
+        let marker = root.join(CLEAN_MARKER);
+        let closed_cleanly = marker.exists();
+        if closed_cleanly {
+            std::fs::remove_file(&marker)?;
+            std::fs::File::open(root)?.sync_all()?;
+        }
         let (index, writer) = index::Index::open(&root.join("index.redb"))?;
         let store = Self {
             inner: Arc::new(Inner {
@@ -136,19 +146,21 @@ impl BlobStore {
                 closing: std::sync::atomic::AtomicBool::new(false),
             }),
         };
-        sweep::start(store.clone());
+        if !closed_cleanly {
+            sweep::start(store.clone());
+        }
         Ok(store)
     }
 
     /// A fresh key that no blob in this store has. 128 random bits from the OS; the index check
     /// keeps the guarantee even against a broken random source.
-    pub async fn new_key(&self) -> Result<BlobKey, BlobError> {
+    pub fn new_key(&self) -> Result<BlobKey, BlobError> {
         loop {
             let mut bytes = [0u8; sluice_proto::fileid::KEY_BYTES];
             getrandom::fill(&mut bytes)
                 .map_err(|e| BlobError::Io(io::Error::other(e.to_string())))?;
             let key = BlobKey::from_bytes(bytes);
-            if self.stat(key).await?.is_none() {
+            if self.stat(key)?.is_none() {
                 return Ok(key);
             }
         }
@@ -159,9 +171,9 @@ impl BlobStore {
         BlobWriter::new(self.clone(), key, content_type, limit)
     }
 
-    pub async fn stat(&self, key: BlobKey) -> Result<Option<BlobMeta>, BlobError> {
-        let store = self.clone();
-        blocking(move || store.inner.index.get(&key)).await
+    /// The index record of a key. Like [`Self::open_reader`], a lookup runs on the calling thread.
+    pub fn stat(&self, key: BlobKey) -> Result<Option<BlobMeta>, BlobError> {
+        self.inner.index.get(&key)
     }
 
     /// Opens a blob for reading; `None` if the store has no such key.
@@ -249,6 +261,11 @@ impl BlobStore {
         inner.index.close();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        // Only now is every write on disk and nothing half-done: the next open may skip the sweep.
+        let marker = inner.root.join(CLEAN_MARKER);
+        if let Err(e) = blocking(move || write_durably(&marker, b"")).await {
+            tracing::warn!(error = %e, "could not mark the clean shutdown; the next start will sweep");
         }
     }
 

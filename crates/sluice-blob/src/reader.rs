@@ -59,7 +59,9 @@ impl BlobReader {
     /// Reads verified bytes from `start` up to `end` (exclusive), at most [`CHUNK_BYTES`] of
     /// them; call again from where it stopped. An empty chunk means `start >= end`.
     pub async fn read_chunk(&self, start: u64, end: u64) -> Result<Chunk, BlobError> {
-        let end = end.min(self.meta.size).min(start.saturating_add(CHUNK_BYTES));
+        let end = end
+            .min(self.meta.size)
+            .min(start.saturating_add(CHUNK_BYTES));
         if start >= end {
             return Ok(Vec::new());
         }
@@ -81,7 +83,15 @@ impl BlobReader {
             }
             Err(e) => return Err(read_error(self.key, e)),
         };
-        verify(self.key, &layout, self.meta.size, &span, Bytes::from(raw), start, end)
+        verify(
+            self.key,
+            &layout,
+            self.meta.size,
+            &span,
+            Bytes::from(raw),
+            start,
+            end,
+        )
     }
 }
 
@@ -102,7 +112,13 @@ fn span(layout: &BlockLayout, size: u64, start: u64, end: u64) -> ChunkSpan {
 /// Appends exactly `len` bytes read at `offset` to `buf` (which must be empty), without
 /// zero-filling the buffer first. With `RWF_NOWAIT` it fails with `WouldBlock` as soon as any
 /// part is not in the page cache, and the caller retries on the blocking pool.
-fn pread_into(file: &File, buf: &mut Vec<u8>, len: usize, offset: u64, flags: libc::c_int) -> std::io::Result<()> {
+fn pread_into(
+    file: &File,
+    buf: &mut Vec<u8>,
+    len: usize,
+    offset: u64,
+    flags: libc::c_int,
+) -> std::io::Result<()> {
     debug_assert!(buf.is_empty());
     buf.reserve_exact(len);
     while buf.len() < len {
@@ -112,7 +128,8 @@ fn pread_into(file: &File, buf: &mut Vec<u8>, len: usize, offset: u64, flags: li
             iov_base: spare.as_mut_ptr().cast(),
             iov_len: spare.len(),
         };
-        let off = libc::off_t::try_from(offset + filled as u64).map_err(|_| std::io::Error::other("offset too large"))?;
+        let off = libc::off_t::try_from(offset + filled as u64)
+            .map_err(|_| std::io::Error::other("offset too large"))?;
         // SAFETY: `iov` covers the vector's spare capacity, valid for writes of `iov_len` bytes
         // for the duration of the call; the descriptor belongs to `file`, open for reading.
         let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, off, flags) };

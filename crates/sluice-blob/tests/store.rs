@@ -16,7 +16,7 @@ fn small_blocks() -> BlobStoreOptions {
 }
 
 async fn put(store: &BlobStore, data: &[u8], piece: usize) -> sluice_proto::BlobKey {
-    let key = store.new_key().await.unwrap();
+    let key = store.new_key().unwrap();
     let mut w = store.writer(key, "image/jpeg".into(), u64::MAX);
     for chunk in data.chunks(piece.max(1)) {
         w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
@@ -66,7 +66,7 @@ async fn roundtrip_sizes_and_ranges() {
     ] {
         let data = pattern(len, len as u8);
         let key = put(&store, &data, piece).await;
-        let meta = store.stat(key).await.unwrap().unwrap();
+        let meta = store.stat(key).unwrap().unwrap();
         assert_eq!(meta.size, len as u64);
         assert_eq!(meta.content_type, "image/jpeg");
         assert_eq!(
@@ -189,7 +189,7 @@ fn find_data_file(root: &std::path::Path) -> std::path::PathBuf {
 async fn abandoned_writer_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
-    let key = store.new_key().await.unwrap();
+    let key = store.new_key().unwrap();
     let mut w = store.writer(key, "video/mp4".into(), u64::MAX);
     w.write(Bytes::from(pattern(3 << 20, 0))).await.unwrap();
     assert_eq!(
@@ -199,7 +199,7 @@ async fn abandoned_writer_leaves_nothing() {
     );
     drop(w);
     assert_eq!(tmp_entries(dir.path()), 0);
-    assert!(store.stat(key).await.unwrap().is_none());
+    assert!(store.stat(key).unwrap().is_none());
     assert_eq!(store.files(), 0);
 }
 
@@ -207,7 +207,7 @@ async fn abandoned_writer_leaves_nothing() {
 async fn limit_is_enforced() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
-    let key = store.new_key().await.unwrap();
+    let key = store.new_key().unwrap();
     let mut w = store.writer(key, "a/b".into(), 100);
     w.write(Bytes::from(vec![0; 60])).await.unwrap();
     assert!(matches!(
@@ -222,6 +222,12 @@ async fn reopen_clears_tmp_and_sweeps_orphans() {
     let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
     let kept = put(&store, &pattern(100, 1), 100).await;
     store.close().await;
+    assert!(
+        dir.path().join("CLEAN").exists(),
+        "a clean close is recorded"
+    );
+    // Simulate a crash instead: no record of a clean close.
+    std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
 
     // What a crash can leave: a half-written temp file, and a placed but unindexed data file.
     std::fs::write(
@@ -242,6 +248,10 @@ async fn reopen_clears_tmp_and_sweeps_orphans() {
         .unwrap();
 
     let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    assert!(
+        !dir.path().join("CLEAN").exists(),
+        "the marker lasts only until the next open"
+    );
     assert_eq!(tmp_entries(dir.path()), 0);
     let deadline = Instant::now() + Duration::from_secs(10);
     while orphan.exists() {

@@ -10,6 +10,8 @@ use sluice_proto::ErrorBody;
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("the request body stalled for longer than {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("no such file")]
     NotFound,
     #[error("no such endpoint")]
@@ -34,6 +36,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

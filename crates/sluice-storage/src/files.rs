@@ -51,10 +51,11 @@ pub(crate) async fn upload(
             Some(ct) if is_valid_content_type(ct) => ct.to_owned(),
             Some(_) => return Err(ApiError::BadRequest("invalid Content-Type".into())),
         };
-        let key = state.store().new_key().await?;
+        let key = state.store().new_key()?;
         let mut writer = state.store().writer(key, content_type, limit);
+        let idle = state.config().body_idle_timeout;
         let mut body = request.into_body().into_data_stream();
-        while let Some(chunk) = body.next().await {
+        while let Some(chunk) = within(idle, body.next()).await? {
             let chunk = chunk
                 .map_err(|e| ApiError::BadRequest(format!("request body ended early: {e}")))?;
             state.metrics().received(chunk.len());
@@ -94,7 +95,8 @@ async fn upload_multipart(
             ApiError::BadRequest(format!("bad multipart body: {e}"))
         }
     };
-    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+    let idle = state.config().body_idle_timeout;
+    while let Some(mut field) = within(idle, multipart.next_field()).await?.map_err(bad)? {
         if field.name() != Some("file") {
             continue;
         }
@@ -107,9 +109,10 @@ async fn upload_multipart(
                 ));
             }
         };
-        let key = state.store().new_key().await?;
+        let key = state.store().new_key()?;
         let mut writer = state.store().writer(key, content_type, limit);
-        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+        let idle = state.config().body_idle_timeout;
+        while let Some(chunk) = within(idle, field.chunk()).await?.map_err(bad)? {
             state.metrics().received(chunk.len());
             writer.write(chunk).await?;
         }
@@ -119,6 +122,16 @@ async fn upload_multipart(
     Err(ApiError::BadRequest(
         "multipart body has no field named `file`".into(),
     ))
+}
+
+/// Waits for the next piece of a request body, but not longer than `idle`.
+async fn within<T>(
+    idle: std::time::Duration,
+    next: impl std::future::Future<Output = T>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(idle, next)
+        .await
+        .map_err(|_| ApiError::BodyTimeout(idle))
 }
 
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {

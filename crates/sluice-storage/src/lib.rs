@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 pub use error::ApiError;
 pub use metrics::HttpMetrics;
 pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions};
+pub use sluice_http::HttpLimits;
 
 /// What a storage node needs to know; the binary builds it from flags, env and config file.
 #[derive(Debug, Clone)]
@@ -28,6 +29,11 @@ pub struct StorageConfig {
     pub group: GroupName,
     /// Largest upload accepted, in bytes (413 beyond it).
     pub max_upload_size: u64,
+    /// Longest pause allowed between two pieces of an upload body (408 beyond it), so a
+    /// client that goes quiet cannot hold a writer and its buffer forever.
+    pub body_idle_timeout: std::time::Duration,
+    /// Connection limit and request-head deadline.
+    pub http: HttpLimits,
 }
 
 /// Shared state of one storage node; cheap to clone.

@@ -436,7 +436,8 @@ async fn large_file_streams_in_and_out() {
 #[tokio::test]
 async fn damaged_file_is_never_served_as_good() {
     let node = TestNode::start().await;
-    let v = upload(&node, pattern(300_000), "image/png").await;
+    // Larger than one read chunk (512 KiB), so the damage is met after the head went out.
+    let v = upload(&node, pattern(1_500_000), "image/png").await;
     // Damage the one data file on disk.
     let file = find_data_file(node.data_dir());
     let mut raw = std::fs::read(&file).unwrap();
@@ -454,6 +455,7 @@ async fn damaged_file_is_never_served_as_good() {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the first chunk is sound");
     assert!(
         r.bytes().await.is_err(),
         "damaged body delivered as complete"
@@ -580,4 +582,32 @@ async fn raw_request(node: &TestNode, request: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+#[tokio::test]
+async fn a_stalled_upload_times_out_with_408_and_leaves_nothing() {
+    let node = TestNode::start_with(NodeSettings {
+        body_idle_timeout: Duration::from_millis(300),
+        ..NodeSettings::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(node.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&vec![1u8; 1_500_000]).await.unwrap();
+    // The client now goes quiet without closing; the server must give up on its own.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "server waited forever for a stalled body");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("stalled"));
+    wait_until("temp file removed", Duration::from_secs(10), || async {
+        node.temp_files().is_empty()
+    })
+    .await;
+    assert_eq!(node.state.store().files(), 0);
 }

@@ -24,6 +24,8 @@ pub struct NodeSettings {
     pub group: String,
     pub max_upload_size: u64,
     pub block_size: u32,
+    pub body_idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl Default for NodeSettings {
@@ -32,6 +34,8 @@ impl Default for NodeSettings {
             group: "g1".into(),
             max_upload_size: 64 << 20,
             block_size: 64 * 1024,
+            body_idle_timeout: Duration::from_secs(60),
+            max_connections: 1000,
         }
     }
 }
@@ -95,6 +99,11 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
         StorageConfig {
             group: settings.group.parse().expect("valid group"),
             max_upload_size: settings.max_upload_size,
+            body_idle_timeout: settings.body_idle_timeout,
+            http: sluice_storage::HttpLimits {
+                max_connections: settings.max_connections,
+                ..sluice_storage::HttpLimits::default()
+            },
         },
     )
 }

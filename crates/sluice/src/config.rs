@@ -21,6 +21,12 @@ pub struct ServeConfig {
     pub block_size: ByteSize,
     /// Seconds that requests in flight may take to finish after SIGTERM/Ctrl-C.
     pub shutdown_grace_secs: u64,
+    /// Connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request head.
+    pub header_read_timeout_secs: u64,
+    /// Seconds an upload body may stall before the upload is dropped (408).
+    pub body_idle_timeout_secs: u64,
 }
 
 impl Default for ServeConfig {
@@ -32,6 +38,9 @@ impl Default for ServeConfig {
             max_upload_size: ByteSize(16 << 30),
             block_size: ByteSize(64 << 10),
             shutdown_grace_secs: 30,
+            max_connections: 10_000,
+            header_read_timeout_secs: 30,
+            body_idle_timeout_secs: 60,
         }
     }
 }
@@ -81,6 +90,14 @@ impl ServeConfig {
             self.max_upload_size.0 > 0,
             "max_upload_size must be more than 0"
         );
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "max_connections must be at least 1"
+        );
+        anyhow::ensure!(
+            self.header_read_timeout_secs > 0 && self.body_idle_timeout_secs > 0,
+            "header_read_timeout_secs and body_idle_timeout_secs must be at least 1"
+        );
         Ok(ValidServeConfig {
             raw: self,
             group,
@@ -103,6 +120,11 @@ mod tests {
         assert!(toml::from_str::<ServeConfig>("nonsense = 1").is_err());
         let bad = ServeConfig {
             group: "Bad/Group".into(),
+            ..ServeConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = ServeConfig {
+            max_connections: 0,
             ..ServeConfig::default()
         };
         assert!(bad.validate().is_err());

@@ -25,6 +25,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         StorageConfig {
             group: config.group.clone(),
             max_upload_size: config.raw.max_upload_size.0,
+            body_idle_timeout: Duration::from_secs(config.raw.body_idle_timeout_secs),
+            http: sluice_storage::HttpLimits {
+                max_connections: config.raw.max_connections,
+                header_read_timeout: Duration::from_secs(config.raw.header_read_timeout_secs),
+            },
         },
     );
     let listener = TcpListener::bind(config.raw.http)
