@@ -14,6 +14,7 @@
 //! DATA/tmp/KEY           blobs being written
 //! ```
 
+pub mod hot;
 pub mod layout;
 pub mod record;
 
@@ -29,8 +30,9 @@ use std::sync::atomic::Ordering;
 
 use sluice_proto::BlobKey;
 
+pub use hot::{HotCache, HotCacheLimits, HotFile};
 pub use index::StoreCounters;
-pub use reader::{BlobReader, Chunk};
+pub use reader::{BlobReader, CHUNK_BYTES, Chunk};
 pub use record::{BlobMeta, BlobState};
 pub use writer::BlobWriter;
 
@@ -94,12 +96,15 @@ pub struct BlobStoreOptions {
     /// Size of a checksummed block. Smaller blocks make ranged reads of big files cheaper;
     /// larger ones cost less checksum space. 64 KiB matches what players ask for.
     pub block_size: u32,
+    /// The cache of small, recently read files.
+    pub hot_cache: HotCacheLimits,
 }
 
 impl Default for BlobStoreOptions {
     fn default() -> Self {
         Self {
             block_size: 64 * 1024,
+            hot_cache: HotCacheLimits::default(),
         }
     }
 }
@@ -114,6 +119,7 @@ struct Inner {
     root: PathBuf,
     index: index::Index,
     options: BlobStoreOptions,
+    hot: HotCache,
     writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set by `close` so background work (the sweep) lets go of the store.
     closing: std::sync::atomic::AtomicBool,
@@ -141,6 +147,7 @@ impl BlobStore {
             inner: Arc::new(Inner {
                 root: root.to_owned(),
                 index,
+                hot: HotCache::new(options.hot_cache),
                 options,
                 writer_thread: std::sync::Mutex::new(Some(writer)),
                 closing: std::sync::atomic::AtomicBool::new(false),
@@ -206,6 +213,8 @@ impl BlobStore {
         let Some(_) = self.inner.index.remove(key).await? else {
             return Ok(false);
         };
+        // After the index entry is gone, never before: see `HotCache::insert_if_indexed`.
+        self.inner.hot.remove(&key);
         let path = self.blob_path(&key);
         blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -214,6 +223,20 @@ impl BlobStore {
         })
         .await?;
         Ok(true)
+    }
+
+    pub fn hot(&self) -> &HotCache {
+        &self.inner.hot
+    }
+
+    /// Offers a whole file, just read and verified from disk, to the hot cache.
+    pub fn offer_to_hot_cache(&self, key: BlobKey, meta: BlobMeta, parts: Chunk) {
+        let hot = &self.inner.hot;
+        if hot.admits(meta.size) {
+            hot.insert_if_indexed(key, HotFile { meta, parts }, || {
+                matches!(self.inner.index.get(&key), Ok(Some(_)))
+            });
+        }
     }
 
     pub fn counters(&self) -> &StoreCounters {

@@ -56,12 +56,13 @@ impl BlobReader {
         self.key
     }
 
-    /// Reads verified bytes from `start` up to `end` (exclusive), at most [`CHUNK_BYTES`] of
-    /// them; call again from where it stopped. An empty chunk means `start >= end`.
-    pub async fn read_chunk(&self, start: u64, end: u64) -> Result<Chunk, BlobError> {
+    /// Reads verified bytes from `start` up to `end` (exclusive), at most `max` of them
+    /// (usually [`CHUNK_BYTES`]); call again from where it stopped. An empty chunk means
+    /// `start >= end`.
+    pub async fn read_chunk(&self, start: u64, end: u64, max: u64) -> Result<Chunk, BlobError> {
         let end = end
             .min(self.meta.size)
-            .min(start.saturating_add(CHUNK_BYTES));
+            .min(start.saturating_add(max.max(1)));
         if start >= end {
             return Ok(Vec::new());
         }

@@ -12,7 +12,10 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn small_blocks() -> BlobStoreOptions {
-    BlobStoreOptions { block_size: 1000 }
+    BlobStoreOptions {
+        block_size: 1000,
+        ..BlobStoreOptions::default()
+    }
 }
 
 async fn put(store: &BlobStore, data: &[u8], piece: usize) -> sluice_proto::BlobKey {
@@ -35,7 +38,7 @@ async fn read_all(
     let mut out = Vec::new();
     let mut at = start;
     loop {
-        let chunk = r.read_chunk(at, end).await?;
+        let chunk = r.read_chunk(at, end, sluice_blob::CHUNK_BYTES).await?;
         if chunk.is_empty() {
             return Ok(out);
         }

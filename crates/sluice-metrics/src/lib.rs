@@ -143,6 +143,12 @@ impl HistogramVec {
     }
 }
 
+/// Writes one unlabelled counter kept elsewhere (an atomic, say).
+pub fn render_counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, help, "counter");
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// Writes one unlabelled gauge.
 pub fn render_gauge(out: &mut String, name: &str, help: &str, value: u64) {
     header(out, name, help, "gauge");

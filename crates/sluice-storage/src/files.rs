@@ -4,8 +4,9 @@ use axum::body::Body;
 use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use sluice_blob::{BlobReader, BlobWriter, Chunk};
+use sluice_blob::{BlobMeta, BlobReader, BlobWriter, CHUNK_BYTES, Chunk, HotFile};
 use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
 use sluice_proto::range::{RangeRequest, request_for};
 use sluice_proto::{FileId, UploadResponse};
@@ -153,11 +154,12 @@ pub(crate) async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_local_id(&state, &text)?;
-    let reader = state
-        .store()
-        .open_reader(id.key)?
-        .ok_or(ApiError::NotFound)?;
-    let meta = reader.meta();
+    let store = state.store();
+    let source = match store.hot().get(&id.key) {
+        Some(hot) => Source::Hot(hot),
+        None => Source::Disk(store.open_reader(id.key)?.ok_or(ApiError::NotFound)?),
+    };
+    let meta = source.meta();
     let etag = format!("\"{}\"", id.key);
     let size = meta.size;
 
@@ -202,11 +204,49 @@ pub(crate) async fn download(
     if method == Method::HEAD {
         return response.body(Body::empty()).map_err(|_| ApiError::Internal);
     }
-    // Read (and verify) the first chunk before answering, so a damaged small file gets a clean
-    // 500 rather than a truncated 200.
-    let first = reader.read_chunk(start, end).await?;
-    let body = body_stream(reader, first, start, end);
+    let body = match source {
+        Source::Hot(hot) => body_from_parts(slice_parts(&hot.parts, start, end).collect()),
+        Source::Disk(reader) => {
+            // A whole small file is read in one go and offered to the hot cache.
+            let cacheable = start == 0 && end == size && store.hot().admits(size);
+            let max = if cacheable { size } else { CHUNK_BYTES };
+            // Read (and verify) the first chunk before answering, so a damaged small file gets
+            // a clean 500 rather than a truncated 200.
+            let first = reader.read_chunk(start, end, max).await?;
+            if cacheable {
+                store.offer_to_hot_cache(id.key, reader.meta().clone(), first.clone());
+            }
+            body_stream(reader, first, start, end)
+        }
+    };
     response.body(body).map_err(|_| ApiError::Internal)
+}
+
+/// Where a download's bytes come from.
+enum Source {
+    Hot(HotFile),
+    Disk(BlobReader),
+}
+
+impl Source {
+    fn meta(&self) -> &BlobMeta {
+        match self {
+            Source::Hot(hot) => &hot.meta,
+            Source::Disk(reader) => reader.meta(),
+        }
+    }
+}
+
+/// The pieces of `parts` (consecutive slices of one file) that cover `start..end`; no copies.
+fn slice_parts(parts: &[Bytes], start: u64, end: u64) -> impl Iterator<Item = Bytes> + '_ {
+    let mut at = 0u64;
+    parts.iter().filter_map(move |part| {
+        let (lo, hi) = (at, at + part.len() as u64);
+        at = hi;
+        let from = start.max(lo);
+        let to = end.min(hi);
+        (from < to).then(|| part.slice((from - lo) as usize..(to - lo) as usize))
+    })
 }
 
 /// Streams the rest of a range after its first chunk, one frame per block slice (hyper writes
@@ -214,15 +254,15 @@ pub(crate) async fn download(
 /// client sees a failed transfer, never wrong bytes.
 fn body_stream(reader: BlobReader, first: Chunk, start: u64, end: u64) -> Body {
     let next = start + first.iter().map(|b| b.len() as u64).sum::<u64>();
-    let head = futures_util::stream::iter(first.into_iter().map(Ok::<_, sluice_blob::BlobError>));
     if next >= end {
-        return Body::from_stream(head);
+        return body_from_parts(first);
     }
+    let head = futures_util::stream::iter(first.into_iter().map(Ok::<_, sluice_blob::BlobError>));
     let rest = futures_util::stream::try_unfold((reader, next), move |(reader, at)| async move {
         if at >= end {
             return Ok::<_, sluice_blob::BlobError>(None);
         }
-        let chunk = reader.read_chunk(at, end).await?;
+        let chunk = reader.read_chunk(at, end, CHUNK_BYTES).await?;
         let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
         if len == 0 {
             return Ok(None);
@@ -233,6 +273,16 @@ fn body_stream(reader: BlobReader, first: Chunk, start: u64, end: u64) -> Body {
         .map_ok(|chunk| futures_util::stream::iter(chunk.into_iter().map(Ok)))
         .try_flatten();
     Body::from_stream(head.chain(rest))
+}
+
+/// A body of bytes already in hand; a single piece avoids the stream machinery.
+fn body_from_parts(parts: Vec<Bytes>) -> Body {
+    match <[Bytes; 1]>::try_from(parts) {
+        Ok([one]) => Body::from(one),
+        Err(parts) => Body::from_stream(futures_util::stream::iter(
+            parts.into_iter().map(Ok::<_, std::convert::Infallible>),
+        )),
+    }
 }
 
 /// `If-None-Match` uses weak comparison (RFC 9110 §13.1.2).

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 pub use metrics::HttpMetrics;
-pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions};
+pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, HotCacheLimits};
 pub use sluice_http::HttpLimits;
 
 /// What a storage node needs to know; the binary builds it from flags, env and config file.

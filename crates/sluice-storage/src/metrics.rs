@@ -6,7 +6,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sluice_metrics::{CounterVec, HistogramVec, LATENCY_BUCKETS, render_gauge};
+use std::sync::atomic::Ordering;
+
+use sluice_metrics::{CounterVec, HistogramVec, LATENCY_BUCKETS, render_counter, render_gauge};
 
 use crate::StorageState;
 
@@ -120,6 +122,25 @@ pub(crate) async fn render(State(state): State<StorageState>) -> impl IntoRespon
         "sluice_store_bytes",
         "Bytes of file content held by this node.",
         store.bytes(),
+    );
+    let hot = store.hot();
+    render_counter(
+        &mut out,
+        "sluice_hot_cache_hits_total",
+        "Downloads served from the cache of small hot files.",
+        hot.hits.load(Ordering::Relaxed),
+    );
+    render_counter(
+        &mut out,
+        "sluice_hot_cache_misses_total",
+        "Downloads that looked in the hot cache and went to disk.",
+        hot.misses.load(Ordering::Relaxed),
+    );
+    render_gauge(
+        &mut out,
+        "sluice_hot_cache_bytes",
+        "Bytes of file content in the hot cache.",
+        hot.bytes(),
     );
     (
         [(

@@ -611,3 +611,42 @@ async fn a_stalled_upload_times_out_with_408_and_leaves_nothing() {
     .await;
     assert_eq!(node.state.store().files(), 0);
 }
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[tokio::test]
+async fn hot_files_are_served_from_memory_until_deleted() {
+    let node = TestNode::start().await;
+    let data = pattern(150_000);
+    let v = upload(&node, data.clone(), "image/webp").await;
+    let path = v["url"].as_str().unwrap();
+    let metrics = || async { String::from_utf8(get(&node, "/metrics", &[]).await.2).unwrap() };
+
+    // First whole read comes from disk and fills the cache; the next ones are hits.
+    assert_eq!(get(&node, path, &[]).await.2, data);
+    let text = metrics().await;
+    assert_eq!(metric(&text, "sluice_hot_cache_hits_total"), 0);
+    assert_eq!(metric(&text, "sluice_hot_cache_bytes"), 150_000);
+    let (status, h, body) = get(&node, path, &[]).await;
+    assert_eq!((status, body), (StatusCode::OK, data.clone()));
+    assert_eq!(h[header::CONTENT_TYPE], "image/webp");
+    let (status, h, body) = get(&node, path, &[("range", "bytes=65530-131080")]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(h[header::CONTENT_RANGE], "bytes 65530-131080/150000");
+    assert_eq!(body, &data[65530..131081]);
+    assert_eq!(metric(&metrics().await, "sluice_hot_cache_hits_total"), 2);
+
+    // A delete takes it out of memory too.
+    let r = reqwest::Client::new()
+        .delete(format!("{}{path}", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(get(&node, path, &[]).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(metric(&metrics().await, "sluice_hot_cache_bytes"), 0);
+}

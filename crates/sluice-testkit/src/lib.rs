@@ -112,7 +112,13 @@ fn sluice_blob_open(
     dir: &Path,
     block_size: u32,
 ) -> Result<sluice_storage::BlobStore, sluice_storage::BlobError> {
-    sluice_storage::BlobStore::open(dir, BlobStoreOptions { block_size })
+    sluice_storage::BlobStore::open(
+        dir,
+        BlobStoreOptions {
+            block_size,
+            ..BlobStoreOptions::default()
+        },
+    )
 }
 
 /// Polls `check` until it returns true or `timeout` passes; panics with `what` on timeout.

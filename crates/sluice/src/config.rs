@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 use sluice_proto::{ByteSize, GroupName};
+use sluice_storage::{BlobStoreOptions, HotCacheLimits};
 
 use crate::cli::ServeArgs;
 
@@ -19,6 +20,10 @@ pub struct ServeConfig {
     pub max_upload_size: ByteSize,
     /// Size of a checksummed block in data files (fixed per file when written).
     pub block_size: ByteSize,
+    /// Memory for the cache of small, recently read files.
+    pub hot_cache_size: ByteSize,
+    /// Largest file the hot cache takes.
+    pub hot_cache_max_file: ByteSize,
     /// Seconds that requests in flight may take to finish after SIGTERM/Ctrl-C.
     pub shutdown_grace_secs: u64,
     /// Connections served at once; more wait in the accept queue.
@@ -37,6 +42,8 @@ impl Default for ServeConfig {
             group: "g1".into(),
             max_upload_size: ByteSize(16 << 30),
             block_size: ByteSize(64 << 10),
+            hot_cache_size: ByteSize(256 << 20),
+            hot_cache_max_file: ByteSize(1 << 20),
             shutdown_grace_secs: 30,
             max_connections: 10_000,
             header_read_timeout_secs: 30,
@@ -49,7 +56,7 @@ impl Default for ServeConfig {
 pub struct ValidServeConfig {
     pub raw: ServeConfig,
     pub group: GroupName,
-    pub block_size: u32,
+    pub blob: BlobStoreOptions,
 }
 
 impl ServeConfig {
@@ -98,10 +105,17 @@ impl ServeConfig {
             self.header_read_timeout_secs > 0 && self.body_idle_timeout_secs > 0,
             "header_read_timeout_secs and body_idle_timeout_secs must be at least 1"
         );
+        let blob = BlobStoreOptions {
+            block_size,
+            hot_cache: HotCacheLimits {
+                capacity: self.hot_cache_size.0,
+                max_file: self.hot_cache_max_file.0,
+            },
+        };
         Ok(ValidServeConfig {
             raw: self,
             group,
-            block_size,
+            blob,
         })
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_storage::{BlobStore, BlobStoreOptions, StorageConfig, StorageState};
+use sluice_storage::{BlobStore, StorageConfig, StorageState};
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
@@ -13,13 +13,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = ServeConfig::load(&args)?;
     let data = config.raw.data.clone();
-    let block_size = config.block_size;
-    let store = tokio::task::spawn_blocking(move || {
-        BlobStore::open(&data, BlobStoreOptions { block_size })
-    })
-    .await
-    .context("opening the data directory")?
-    .with_context(|| format!("data directory {}", config.raw.data.display()))?;
+    let options = config.blob.clone();
+    let store = tokio::task::spawn_blocking(move || BlobStore::open(&data, options))
+        .await
+        .context("opening the data directory")?
+        .with_context(|| format!("data directory {}", config.raw.data.display()))?;
     let state = StorageState::new(
         store.clone(),
         StorageConfig {
