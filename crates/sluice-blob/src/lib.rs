@@ -34,6 +34,7 @@ pub use hot::{HotCache, HotCacheLimits, HotFile};
 pub use index::StoreCounters;
 pub use reader::{BlobReader, CHUNK_BYTES, Chunk};
 pub use record::{BlobMeta, BlobState};
+pub use sweep::{data_file_paths, walk_data_files};
 pub use writer::BlobWriter;
 
 const FORMAT_FILE: &str = "FORMAT";

@@ -3,6 +3,7 @@
 //! open, a background thread walks `blobs/` and removes such files, sparing any written since
 //! this open began (those belong to uploads now in flight).
 
+use std::path::Path;
 use std::time::SystemTime;
 
 use sluice_proto::BlobKey;
@@ -26,11 +27,42 @@ pub(crate) fn start(store: BlobStore) {
 /// Returns how many files it removed.
 pub(crate) fn sweep(store: &BlobStore, started: SystemTime) -> std::io::Result<usize> {
     let mut removed = 0;
-    for level1 in std::fs::read_dir(store.root().join("blobs"))? {
-        let level1 = level1?;
+    let mut failure = None;
+    walk_data_files(store.root(), &mut |path, key| {
         if store.is_closing() {
-            break;
+            return Ok(false);
         }
+        if std::fs::metadata(path)?.modified()? >= started {
+            return Ok(true);
+        }
+        match store.index().get(&key) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                std::fs::remove_file(path)?;
+                removed += 1;
+            }
+            Err(e) => {
+                failure = Some(e.to_string());
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    match failure {
+        Some(e) => Err(std::io::Error::other(e)),
+        None => Ok(removed),
+    }
+}
+
+/// Calls `visit` with the path and key of every data file under `root/blobs`, until it
+/// returns `Ok(false)`. Names that are not keys are skipped (an operator's stray file is not
+/// ours to judge).
+pub fn walk_data_files(
+    root: &Path,
+    visit: &mut dyn FnMut(&Path, BlobKey) -> std::io::Result<bool>,
+) -> std::io::Result<()> {
+    for level1 in std::fs::read_dir(root.join("blobs"))? {
+        let level1 = level1?;
         if !level1.file_type()?.is_dir() {
             continue;
         }
@@ -41,26 +73,27 @@ pub(crate) fn sweep(store: &BlobStore, started: SystemTime) -> std::io::Result<u
             }
             for entry in std::fs::read_dir(level2.path())? {
                 let entry = entry?;
-                let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                    continue;
-                };
-                let Ok(key) = BlobKey::parse(&name) else {
-                    continue;
-                };
-                let modified = entry.metadata()?.modified()?;
-                if modified >= started {
-                    continue;
-                }
-                match store.index().get(&key) {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        std::fs::remove_file(entry.path())?;
-                        removed += 1;
+                let key = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| BlobKey::parse(n).ok());
+                if let Some(key) = key {
+                    if !visit(&entry.path(), key)? {
+                        return Ok(());
                     }
-                    Err(e) => return Err(std::io::Error::other(e.to_string())),
                 }
             }
         }
     }
-    Ok(removed)
+    Ok(())
+}
+
+/// Paths of every data file under `root` (for tests and tools; the server never lists).
+pub fn data_file_paths(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut paths = Vec::new();
+    walk_data_files(root, &mut |path, _| {
+        paths.push(path.to_owned());
+        Ok(true)
+    })?;
+    Ok(paths)
 }

@@ -117,21 +117,11 @@ async fn delete_reclaims_the_data_file() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
     let key = put(&store, &pattern(200_000, 3), 65536).await;
-    let files_before = count_data_files(dir.path());
+    let files_before = sluice_blob::data_file_paths(dir.path()).unwrap().len();
     assert_eq!(files_before, 1);
     assert!(store.delete(key).await.unwrap());
-    assert_eq!(count_data_files(dir.path()), 0);
+    assert_eq!(sluice_blob::data_file_paths(dir.path()).unwrap().len(), 0);
     assert_eq!((store.files(), store.bytes()), (0, 0));
-}
-
-fn count_data_files(root: &std::path::Path) -> usize {
-    let mut n = 0;
-    for l1 in std::fs::read_dir(root.join("blobs")).unwrap() {
-        for l2 in std::fs::read_dir(l1.unwrap().path()).unwrap() {
-            n += std::fs::read_dir(l2.unwrap().path()).unwrap().count();
-        }
-    }
-    n
 }
 
 #[tokio::test]
@@ -141,7 +131,7 @@ async fn damaged_block_is_refused() {
     let data = pattern(10_000, 9);
     let key = put(&store, &data, 10_000).await;
     // Flip one byte inside block 4 (logical bytes 4000..5000).
-    let path = find_data_file(dir.path());
+    let path = sluice_blob::data_file_paths(dir.path()).unwrap().remove(0);
     let mut raw = std::fs::read(&path).unwrap();
     let layout = sluice_blob::layout::BlockLayout::new(1000);
     raw[(layout.block_offset(4) + 10) as usize] ^= 0xff;
@@ -168,24 +158,13 @@ async fn truncated_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
     let key = put(&store, &pattern(10_000, 9), 10_000).await;
-    let path = find_data_file(dir.path());
+    let path = sluice_blob::data_file_paths(dir.path()).unwrap().remove(0);
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(5_000).unwrap();
     assert!(matches!(
         read_all(&store, key, 0, 10_000).await,
         Err(BlobError::Corrupt { .. })
     ));
-}
-
-fn find_data_file(root: &std::path::Path) -> std::path::PathBuf {
-    for l1 in std::fs::read_dir(root.join("blobs")).unwrap() {
-        for l2 in std::fs::read_dir(l1.unwrap().path()).unwrap() {
-            if let Some(f) = std::fs::read_dir(l2.unwrap().path()).unwrap().next() {
-                return f.unwrap().path();
-            }
-        }
-    }
-    panic!("no data file");
 }
 
 #[tokio::test]

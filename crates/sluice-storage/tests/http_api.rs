@@ -439,7 +439,9 @@ async fn damaged_file_is_never_served_as_good() {
     // Larger than one read chunk (512 KiB), so the damage is met after the head went out.
     let v = upload(&node, pattern(1_500_000), "image/png").await;
     // Damage the one data file on disk.
-    let file = find_data_file(node.data_dir());
+    let file = sluice_blob::data_file_paths(node.data_dir())
+        .unwrap()
+        .remove(0);
     let mut raw = std::fs::read(&file).unwrap();
     let n = raw.len();
     raw[n - 1000] ^= 0x55;
@@ -463,17 +465,6 @@ async fn damaged_file_is_never_served_as_good() {
     // Undamaged blocks still read.
     let (status, _, body) = get(&node, path, &[("range", "bytes=0-999")]).await;
     assert_eq!((status, body), (StatusCode::PARTIAL_CONTENT, pattern(1000)));
-}
-
-fn find_data_file(root: &std::path::Path) -> std::path::PathBuf {
-    for l1 in std::fs::read_dir(root.join("blobs")).unwrap() {
-        for l2 in std::fs::read_dir(l1.unwrap().path()).unwrap() {
-            if let Some(f) = std::fs::read_dir(l2.unwrap().path()).unwrap().next() {
-                return f.unwrap().path();
-            }
-        }
-    }
-    panic!("no data file");
 }
 
 #[tokio::test]

@@ -102,14 +102,5 @@ pub fn sluice(args: &[&str]) -> Output {
 }
 
 pub fn data_files(root: &Path) -> usize {
-    let Ok(l1s) = std::fs::read_dir(root.join("blobs")) else {
-        return 0;
-    };
-    let mut n = 0;
-    for l1 in l1s {
-        for l2 in std::fs::read_dir(l1.unwrap().path()).unwrap() {
-            n += std::fs::read_dir(l2.unwrap().path()).unwrap().count();
-        }
-    }
-    n
+    sluice_blob::data_file_paths(root).map_or(0, |p| p.len())
 }
