@@ -4,11 +4,14 @@
 //! property-tested and fuzzed; the role crates do the I/O and hand bytes in.
 
 pub mod api;
+pub mod cluster;
 pub mod fileid;
 pub mod range;
+pub mod secret;
 pub mod size;
 
 pub use api::{ErrorBody, UploadResponse};
 pub use fileid::{BlobKey, FileId, FileIdError, GroupName};
 pub use range::{ByteRange, RangeError, RangeRequest};
+pub use secret::SecretSet;
 pub use size::{ByteSize, SizeError};

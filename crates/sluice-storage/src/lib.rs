@@ -18,9 +18,8 @@ use sluice_proto::GroupName;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use metrics::HttpMetrics;
 pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, HotCacheLimits};
-pub use sluice_http::HttpLimits;
+pub use sluice_http::{HttpLimits, HttpMetrics};
 
 /// What a storage node needs to know; the binary builds it from flags, env and config file.
 #[derive(Debug, Clone)]
@@ -45,7 +44,7 @@ pub struct StorageState {
 struct Inner {
     store: BlobStore,
     config: StorageConfig,
-    metrics: HttpMetrics,
+    metrics: Arc<HttpMetrics>,
 }
 
 impl StorageState {
@@ -54,7 +53,7 @@ impl StorageState {
             inner: Arc::new(Inner {
                 store,
                 config,
-                metrics: HttpMetrics::default(),
+                metrics: Arc::default(),
             }),
         }
     }
@@ -100,8 +99,8 @@ pub fn router(state: StorageState) -> Router {
         // multipart bodies alike.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::record,
+            state.inner.metrics.clone(),
+            sluice_http::metrics::record,
         ))
         .with_state(state)
 }

@@ -1,0 +1,65 @@
+//! Cluster messages: storage node heartbeats, the tracker's cluster view, upload assignment.
+
+use serde::{Deserialize, Serialize};
+
+/// Header carrying `SLUICE_CLUSTER_SECRET` on every call inside the cluster.
+pub const CLUSTER_SECRET_HEADER: &str = "sluice-cluster-secret";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Active,
+    Offline,
+    Syncing,
+}
+
+/// What a storage node tells every tracker, every heartbeat interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: String,
+    pub group: String,
+    /// The URL clients and peers should use for this node (`--advertise`).
+    pub url: String,
+    /// `Active` or `Syncing`; a node never calls itself offline.
+    pub state: NodeState,
+    pub files: u64,
+    pub bytes: u64,
+    pub free_bytes: u64,
+    /// False when the node is short of its free-space reserve: no uploads go to it.
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: String,
+    pub url: String,
+    pub state: NodeState,
+    pub files: u64,
+    pub bytes: u64,
+    pub free_bytes: u64,
+    pub writable: bool,
+    /// Milliseconds since the tracker last heard from the node.
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    pub name: String,
+    pub nodes: Vec<NodeView>,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub groups: Vec<GroupView>,
+}
+
+/// `GET /v1/assign`: where to send an upload (the same place `POST /v1/files` on a tracker
+/// redirects to).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub group: String,
+    pub node: String,
+    /// The node's upload URL: `{node url}/v1/files`.
+    pub url: String,
+}
