@@ -252,6 +252,26 @@ impl BlobStore {
         self.counters().bytes.load(Ordering::Relaxed)
     }
 
+    /// Bytes free for us on the filesystem holding the store.
+    pub fn free_bytes(&self) -> Result<u64, BlobError> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.inner.root.as_os_str().as_bytes())
+            .map_err(|e| BlobError::Io(io::Error::other(e)))?;
+        let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `path` is a valid NUL-terminated string and `stat` points to writable memory
+        // of the right type; statvfs fills it on success.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(BlobError::Io(io::Error::last_os_error()));
+        }
+        // SAFETY: statvfs returned 0, so it initialised the struct.
+        let stat = unsafe { stat.assume_init() };
+        // The field types differ between platforms (u32 on some 32-bit ones).
+        #[allow(clippy::useless_conversion)]
+        let (blocks, size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+        Ok(blocks.saturating_mul(size))
+    }
+
     pub fn root(&self) -> &Path {
         &self.inner.root
     }

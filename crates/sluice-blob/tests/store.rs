@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_blob::{BlobError, BlobStore, BlobStoreOptions};
 
+/// How often a test re-checks a condition it waits for.
+const POLL: Duration = Duration::from_millis(10);
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -238,7 +241,7 @@ async fn reopen_clears_tmp_and_sweeps_orphans() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while orphan.exists() {
         assert!(Instant::now() < deadline, "sweep did not remove the orphan");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(POLL).await;
     }
     assert_eq!(
         read_all(&store, kept, 0, 100).await.unwrap(),

@@ -217,6 +217,13 @@ impl Client {
         }
     }
 
+    /// `GET /v1/cluster` of a tracker (or `sluice serve`).
+    pub async fn cluster(&self) -> Result<sluice_proto::cluster::ClusterView, ClientError> {
+        let url = format!("{}/v1/cluster", self.base);
+        let response = send(self.http.get(&url), &url).await?;
+        json(response, &url).await
+    }
+
     pub async fn delete(&self, fileid: &str) -> Result<(), ClientError> {
         let url = self.file_url(fileid);
         check(send(self.http.delete(&url), &url).await?, &url).await?;

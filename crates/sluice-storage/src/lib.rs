@@ -4,6 +4,7 @@
 //! [`run`] takes an already bound listener and a shutdown future, so tests bind port 0 and the
 //! binary binds what the user asked for; `main` only parses config and calls it.
 
+pub mod cluster;
 mod error;
 mod files;
 mod metrics;

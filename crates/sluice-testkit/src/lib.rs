@@ -121,6 +121,9 @@ fn sluice_blob_open(
     )
 }
 
+/// How often [`wait_until`] re-checks.
+pub const POLL: Duration = Duration::from_millis(20);
+
 /// Polls `check` until it returns true or `timeout` passes; panics with `what` on timeout.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
@@ -133,6 +136,6 @@ where
             return;
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
     }
 }

@@ -17,6 +17,12 @@ pub struct Cli {
 pub enum Command {
     /// Run a single-node Sluice: storage and the HTTP API in one process.
     Serve(ServeArgs),
+    /// Run a tracker: the registry of storage nodes, upload placement and read routing.
+    Tracker(TrackerArgs),
+    /// Run a storage node of a group, registered with one or more trackers.
+    Storage(StorageArgs),
+    /// Show the cluster: groups, nodes, state, files, bytes and free space.
+    Cluster(ClusterArgs),
     /// Upload files; prints one file id per line, in argument order.
     Upload(UploadArgs),
     /// Download a file by id.
@@ -46,6 +52,53 @@ pub struct ServeArgs {
     /// Largest upload accepted (e.g. 64MiB, 10GiB).
     #[arg(long)]
     pub max_upload_size: Option<ByteSize>,
+    /// Milliseconds between heartbeats to the trackers.
+    #[arg(long)]
+    pub heartbeat_interval_ms: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct StorageArgs {
+    #[command(flatten)]
+    pub node: ServeArgs,
+    /// A tracker to register with; repeat for several.
+    #[arg(long = "tracker", required = true)]
+    pub trackers: Vec<String>,
+    /// The URL clients and peers should use for this node (default: the listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum PlacementArg {
+    MostFree,
+    RoundRobin,
+}
+
+#[derive(Args, Debug)]
+pub struct TrackerArgs {
+    /// Address for the tracker's HTTP API.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub http: SocketAddr,
+    /// Directory for the tracker's members file.
+    #[arg(long, default_value = "sluice-tracker")]
+    pub data: PathBuf,
+    /// Milliseconds without a heartbeat before a node is marked offline.
+    #[arg(long, default_value_t = 6000)]
+    pub offline_after_ms: u64,
+    /// How uploads are spread over groups.
+    #[arg(long, value_enum, default_value = "most-free")]
+    pub placement: PlacementArg,
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// A tracker to ask; repeat for several (the first that answers is used).
+    #[arg(long = "tracker", required = true)]
+    pub trackers: Vec<String>,
+    /// Print the cluster view as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

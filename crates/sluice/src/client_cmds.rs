@@ -8,7 +8,9 @@ use sluice_client::Client;
 use sluice_client::bench::{BenchKind, BenchPlan};
 use sluice_proto::FileId;
 
-use crate::cli::{BenchArgs, BenchMode, DeleteArgs, DownloadArgs, StatArgs, UploadArgs};
+use crate::cli::{
+    BenchArgs, BenchMode, ClusterArgs, DeleteArgs, DownloadArgs, StatArgs, UploadArgs,
+};
 use crate::progress::Progress;
 
 pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
@@ -90,4 +92,58 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+pub async fn cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    let mut last_error = None;
+    for tracker in &args.trackers {
+        match Client::new(tracker)?.cluster().await {
+            Ok(view) => {
+                if args.json {
+                    println!("{}", serde_json::to_string(&view)?);
+                } else {
+                    print!("{}", cluster_table(&view));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.map_or_else(|| anyhow::anyhow!("no tracker given"), anyhow::Error::from))
+}
+
+fn cluster_table(view: &sluice_proto::cluster::ClusterView) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<26} {:<8} {:>10} {:>12} {:>12} {:>9}  URL",
+        "GROUP", "NODE", "STATE", "FILES", "BYTES", "FREE", "SEEN"
+    );
+    for g in &view.groups {
+        for n in &g.nodes {
+            let state = serde_json::to_value(n.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let seen = if n.last_seen_ms == u64::MAX {
+                "never".to_owned()
+            } else {
+                format!("{:.1}s", n.last_seen_ms as f64 / 1000.0)
+            };
+            let _ = writeln!(
+                out,
+                "{:<10} {:<26} {:<8} {:>10} {:>12} {:>12} {:>9}  {}",
+                g.name,
+                n.id,
+                state,
+                n.files,
+                sluice_proto::ByteSize(n.bytes).to_string(),
+                sluice_proto::ByteSize(n.free_bytes).to_string(),
+                seen,
+                n.url
+            );
+        }
+    }
+    out
 }

@@ -32,6 +32,14 @@ pub struct ServeConfig {
     pub header_read_timeout_secs: u64,
     /// Seconds an upload body may stall before the upload is dropped (408).
     pub body_idle_timeout_secs: u64,
+    /// Trackers a storage node registers with (`sluice storage --tracker`).
+    pub trackers: Vec<String>,
+    /// The URL clients and peers should use for this node; default: the listen address.
+    pub advertise: Option<String>,
+    /// Milliseconds between heartbeats to the trackers.
+    pub heartbeat_interval_ms: u64,
+    /// Free space the node keeps back; below it, trackers send it no uploads.
+    pub free_space_reserve: ByteSize,
 }
 
 impl Default for ServeConfig {
@@ -48,6 +56,19 @@ impl Default for ServeConfig {
             max_connections: 10_000,
             header_read_timeout_secs: 30,
             body_idle_timeout_secs: 60,
+            trackers: Vec::new(),
+            advertise: None,
+            heartbeat_interval_ms: 2000,
+            free_space_reserve: ByteSize(1 << 30),
+        }
+    }
+}
+
+impl ValidServeConfig {
+    pub fn http_limits(&self) -> sluice_storage::HttpLimits {
+        sluice_storage::HttpLimits {
+            max_connections: self.raw.max_connections,
+            header_read_timeout: std::time::Duration::from_secs(self.raw.header_read_timeout_secs),
         }
     }
 }
@@ -61,6 +82,11 @@ pub struct ValidServeConfig {
 
 impl ServeConfig {
     pub fn load(args: &ServeArgs) -> anyhow::Result<ValidServeConfig> {
+        Self::merged(args)?.validate()
+    }
+
+    /// Defaults, then the config file, then flags.
+    fn merged(args: &ServeArgs) -> anyhow::Result<Self> {
         let mut config = match &args.config {
             Some(path) => Self::from_file(path)?,
             None => Self::default(),
@@ -76,6 +102,23 @@ impl ServeConfig {
         }
         if let Some(v) = args.max_upload_size {
             config.max_upload_size = v;
+        }
+        if let Some(v) = args.heartbeat_interval_ms {
+            config.heartbeat_interval_ms = v;
+        }
+        Ok(config)
+    }
+
+    /// `sluice storage`: the node flags plus where the trackers are.
+    pub fn load_storage(args: &crate::cli::StorageArgs) -> anyhow::Result<ValidServeConfig> {
+        let mut config = Self::merged(&args.node)?;
+        config.trackers = args
+            .trackers
+            .iter()
+            .map(|t| t.trim_end_matches('/').to_owned())
+            .collect();
+        if let Some(v) = &args.advertise {
+            config.advertise = Some(v.trim_end_matches('/').to_owned());
         }
         config.validate()
     }
@@ -101,6 +144,16 @@ impl ServeConfig {
             self.max_connections > 0,
             "max_connections must be at least 1"
         );
+        anyhow::ensure!(
+            self.heartbeat_interval_ms >= 10,
+            "heartbeat_interval_ms must be at least 10"
+        );
+        for url in self.trackers.iter().chain(&self.advertise) {
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "{url:?} is not an http(s) URL"
+            );
+        }
         anyhow::ensure!(
             self.header_read_timeout_secs > 0 && self.body_idle_timeout_secs > 0,
             "header_read_timeout_secs and body_idle_timeout_secs must be at least 1"

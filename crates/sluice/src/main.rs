@@ -5,7 +5,10 @@ mod cli;
 mod client_cmds;
 mod config;
 mod progress;
+mod roles;
 mod serve;
+mod storage;
+mod tracker;
 
 use std::process::ExitCode;
 
@@ -36,6 +39,9 @@ fn main() -> ExitCode {
 async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::Tracker(args) => tracker::run(args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::Storage(args) => storage::run(args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::Cluster(args) => client_cmds::cluster(args).await,
         cli::Command::Upload(args) => client_cmds::upload(args).await,
         cli::Command::Download(args) => client_cmds::download(args).await,
         cli::Command::Delete(args) => client_cmds::delete(args).await,

@@ -1,41 +1,61 @@
-//! `sluice serve`: every role this build has, in one process, on one data directory.
+//! `sluice serve`: every role this build has, in one process, on one data directory: a storage
+//! node of one group, and a tracker that knows just that node (so `GET /v1/cluster` and
+//! `GET /v1/assign` answer as they do in a cluster).
 
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_storage::{BlobStore, StorageConfig, StorageState};
+use sluice_storage::cluster::{self, ClusterLink};
+use sluice_tracker::{Placement, TrackerConfig, TrackerState};
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
 use crate::config::ServeConfig;
+use crate::roles::{init_logging, open_storage, serve_until_signal};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = ServeConfig::load(&args)?;
-    let data = config.raw.data.clone();
-    let options = config.blob.clone();
-    let store = tokio::task::spawn_blocking(move || BlobStore::open(&data, options))
-        .await
-        .context("opening the data directory")?
-        .with_context(|| format!("data directory {}", config.raw.data.display()))?;
-    let state = StorageState::new(
-        store.clone(),
-        StorageConfig {
-            group: config.group.clone(),
-            max_upload_size: config.raw.max_upload_size.0,
-            body_idle_timeout: Duration::from_secs(config.raw.body_idle_timeout_secs),
-            http: sluice_storage::HttpLimits {
-                max_connections: config.raw.max_connections,
-                header_read_timeout: Duration::from_secs(config.raw.header_read_timeout_secs),
-            },
-        },
-    );
+    let state = open_storage(&config).await?;
+    let store = state.store().clone();
     let listener = TcpListener::bind(config.raw.http)
         .await
         .with_context(|| format!("listening on {}", config.raw.http))?;
     let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+
+    // The embedded tracker hears from the embedded node directly, not over HTTP.
+    let interval = Duration::from_millis(config.raw.heartbeat_interval_ms);
+    let tracker = TrackerState::new(TrackerConfig {
+        offline_after: interval * 3,
+        placement: Placement::MostFree,
+        cluster_secret: None,
+        members_file: None,
+        http: config.http_limits(),
+    });
+    let link = ClusterLink {
+        trackers: Vec::new(),
+        node_id: cluster::node_id(&config.raw.data).context("node id")?,
+        advertise: config.raw.advertise.clone().unwrap_or_else(|| url.clone()),
+        secret: None,
+        interval,
+        free_space_reserve: config.raw.free_space_reserve.0,
+    };
+    let beats = {
+        let (state, tracker) = (state.clone(), tracker.clone());
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(link.interval);
+            loop {
+                ticks.tick().await;
+                tracker
+                    .registry()
+                    .heartbeat(cluster::heartbeat(&state, &link));
+            }
+        })
+    };
+
     tracing::info!(
-        http = %format!("http://{addr}"),
+        http = %url,
         data = %config.raw.data.display(),
         group = %config.group,
         files = store.files(),
@@ -46,57 +66,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "listening on {addr}, beyond loopback, with no API token: anyone who can reach it can upload and delete"
         );
     }
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sluice_storage::run(listener, state, async move {
-        let _ = stop_rx.await;
-    }));
-    let grace = Duration::from_secs(config.raw.shutdown_grace_secs);
-    tokio::select! {
-        signal = shutdown_signal() => {
-            tracing::info!(signal, grace_secs = grace.as_secs(), "shutting down: finishing requests in flight");
-            let _ = stop_tx.send(());
-        }
-    }
-    let mut server = server;
-    match tokio::time::timeout(grace, &mut server).await {
-        Ok(Ok(result)) => result.context("HTTP server")?,
-        Ok(Err(e)) => return Err(e).context("HTTP server task"),
-        Err(_) => {
-            tracing::warn!(
-                "requests still running after the grace period; stopping them (their uploads leave nothing behind)"
-            );
-            server.abort();
-        }
-    }
+    let router =
+        sluice_storage::router(state).merge(sluice_tracker::cluster_routes().with_state(tracker));
+    let limits = config.http_limits();
+    serve_until_signal(
+        Duration::from_secs(config.raw.shutdown_grace_secs),
+        move |stop| {
+            sluice_http::serve(listener, router, limits, async move {
+                let _ = stop.await;
+            })
+        },
+    )
+    .await?;
+    beats.abort();
     store.close().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Resolves with the name of the first SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-    }
-}
-
-fn init_logging() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }

@@ -178,3 +178,26 @@ fn bench_reports_rates_and_percentiles() {
         assert!(text.contains(want), "{text}");
     }
 }
+
+#[test]
+fn serve_answers_cluster_and_assign_for_its_one_node() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path(), &["--heartbeat-interval-ms", "50"]);
+    let get = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-f", &format!("{}{path}", served.url)])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
+    };
+    common::wait_for(
+        "the embedded node to register",
+        std::time::Duration::from_secs(10),
+        || get("/v1/cluster").is_some_and(|v| v["groups"][0]["nodes"][0]["state"] == "active"),
+    );
+    let view = get("/v1/cluster").unwrap();
+    assert_eq!(view["groups"][0]["name"], "g1");
+    assert_eq!(view["groups"][0]["nodes"][0]["url"], served.url);
+    let assign = get("/v1/assign").unwrap();
+    assert_eq!(assign["url"], format!("{}/v1/files", served.url));
+}

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Served, data_files};
+use common::{Served, data_files, wait_for};
 
 #[test]
 fn sigterm_lets_an_upload_in_flight_finish() {
@@ -19,11 +19,11 @@ fn sigterm_lets_an_upload_in_flight_finish() {
     s.write_all(&vec![9u8; 1_500_000]).unwrap();
     // Wait until the server has the request in hand (its temp file exists: more than the 1 MiB
     // it buffers has arrived), then ask it to stop.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_dir(data.path().join("tmp")).map_or(0, |d| d.count()) == 0 {
-        assert!(Instant::now() < deadline, "upload never reached the server");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(
+        "the upload to reach the server",
+        Duration::from_secs(10),
+        || std::fs::read_dir(data.path().join("tmp")).map_or(0, |d| d.count()) > 0,
+    );
     served.signal("TERM");
     s.write_all(&vec![9u8; 1_500_000]).unwrap();
     let mut answer = String::new();
@@ -75,11 +75,9 @@ fn sigkill_loses_no_acknowledged_file_and_leaves_no_leftovers() {
             }
         }));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() < 150 {
-        assert!(Instant::now() < deadline, "uploads too slow");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for("150 acknowledged uploads", Duration::from_secs(60), || {
+        acked.lock().unwrap().len() >= 150
+    });
     served.child.kill().unwrap();
     served.child.wait().unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -99,20 +97,15 @@ fn sigkill_loses_no_acknowledged_file_and_leaves_no_leftovers() {
         "tmp/ cleared"
     );
     // Data files and index agree once the sweep has run: no orphan stays behind.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let indexed = http::metric(&served.url, "sluice_store_files");
-        let on_disk = data_files(data.path()) as u64;
-        assert!(indexed >= acked.len() as u64);
-        if indexed == on_disk {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{on_disk} data files but {indexed} indexed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(
+        "data files on disk to equal files indexed",
+        Duration::from_secs(30),
+        || {
+            let indexed = http::metric(&served.url, "sluice_store_files");
+            assert!(indexed >= acked.len() as u64);
+            indexed == data_files(data.path()) as u64
+        },
+    );
 }
 
 /// Tiny blocking HTTP helpers over std, so the uploader threads need no runtime.

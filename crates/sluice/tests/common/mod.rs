@@ -18,12 +18,24 @@ pub struct Served {
 }
 
 impl Served {
+    /// `sluice serve` on DATA, listening on an ephemeral port.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "serve",
+            "--data",
+            data.to_str().expect("utf-8 path"),
+            "--http",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, &[])
+    }
+
+    /// Any role of the binary; waits for the `http=` address in its ready line.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
-            .args(["serve", "--data"])
-            .arg(data)
-            .args(["--http", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -67,17 +79,12 @@ impl Served {
 
     /// Waits for the child to exit, up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sluice serve did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut status = None;
+        wait_for("the process to exit", timeout, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        status.expect("exited")
     }
 
     /// Log lines printed so far.
@@ -90,6 +97,21 @@ impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// How often a test re-checks a condition it waits for.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `check` until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(POLL);
     }
 }
 

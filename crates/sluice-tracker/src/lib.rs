@@ -1,0 +1,293 @@
+//! The tracker role: knows every storage node and group from their heartbeats, chooses where
+//! uploads go (`GET /v1/assign`, or a 307 from `POST /v1/files`), and routes reads to an active
+//! node of a file's group (302). It holds only soft state, so any number run side by side.
+
+mod registry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use sluice_http::{HttpLimits, HttpMetrics};
+use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, Heartbeat};
+use sluice_proto::{ErrorBody, FileId, GroupName, SecretSet};
+use tokio::net::TcpListener;
+
+pub use registry::{Placement, Registry};
+
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// A node not heard from for this long is offline.
+    pub offline_after: Duration,
+    pub placement: Placement,
+    /// When set, heartbeats must carry one of these secrets.
+    pub cluster_secret: Option<SecretSet>,
+    /// Where the members file lives (the tracker's `--data`); `None` keeps it in memory only.
+    pub members_file: Option<std::path::PathBuf>,
+    pub http: HttpLimits,
+}
+
+#[derive(Clone)]
+pub struct TrackerState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    config: TrackerConfig,
+    metrics: Arc<HttpMetrics>,
+}
+
+impl TrackerState {
+    pub fn new(config: TrackerConfig) -> Self {
+        let registry = Registry::new(
+            config.offline_after,
+            config.placement,
+            config.members_file.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                config,
+                metrics: Arc::default(),
+            }),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(ErrorBody {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// The tracker's own routes. `sluice serve` merges the cluster ones into its router.
+pub fn router(state: TrackerState) -> Router {
+    cluster_routes()
+        .route("/v1/files", post(redirect_upload))
+        .route(
+            "/v1/files/{*fileid}",
+            get(redirect_read).delete(redirect_write),
+        )
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route("/metrics", get(render_metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.inner.metrics.clone(),
+            sluice_http::metrics::record,
+        ))
+        .with_state(state)
+}
+
+/// Registration, the cluster view and upload assignment.
+pub fn cluster_routes() -> Router<TrackerState> {
+    Router::new()
+        .route("/v1/cluster", get(cluster_view))
+        .route("/v1/cluster/heartbeat", post(heartbeat))
+        .route("/v1/assign", get(assign))
+}
+
+/// Serves the tracker on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    state: TrackerState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = state.inner.config.http.clone();
+    sluice_http::serve(listener, router(state), limits, shutdown).await
+}
+
+async fn heartbeat(
+    State(state): State<TrackerState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(secrets) = &state.inner.config.cluster_secret {
+        let given = headers
+            .get(CLUSTER_SECRET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !secrets.accepts(given) {
+            return error(StatusCode::FORBIDDEN, "missing or wrong cluster secret");
+        }
+    }
+    let hb: Heartbeat = match serde_json::from_slice(&body) {
+        Ok(hb) => hb,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad heartbeat: {e}")),
+    };
+    if GroupName::new(&hb.group).is_err() {
+        return error(StatusCode::BAD_REQUEST, "bad heartbeat: invalid group name");
+    }
+    if !(hb.url.starts_with("http://") || hb.url.starts_with("https://"))
+        || hb.node_id.is_empty()
+        || hb.node_id.len() > 64
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad heartbeat: node_id and an http(s) url are required",
+        );
+    }
+    let (group, node, url) = (hb.group.clone(), hb.node_id.clone(), hb.url.clone());
+    if state.registry().heartbeat(hb) {
+        tracing::info!(%group, %node, %url, "storage node joined");
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn cluster_view(State(state): State<TrackerState>) -> Response {
+    axum::Json(state.registry().view()).into_response()
+}
+
+async fn assign(State(state): State<TrackerState>) -> Response {
+    match state.registry().assign() {
+        Some(a) => axum::Json(a).into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no storage group can take an upload now",
+        ),
+    }
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response {
+    let mut r = status.into_response();
+    match HeaderValue::from_str(location) {
+        Ok(v) => {
+            r.headers_mut().insert(header::LOCATION, v);
+            r
+        }
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a node advertised an invalid URL",
+        ),
+    }
+}
+
+async fn redirect_upload(State(state): State<TrackerState>, RawQuery(query): RawQuery) -> Response {
+    match state.registry().assign() {
+        // 307 keeps the method and body: the client re-sends its upload to the node.
+        Some(a) => redirect(StatusCode::TEMPORARY_REDIRECT, &with_query(a.url, query)),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no storage group can take an upload now",
+        ),
+    }
+}
+
+/// Why a file request cannot be routed.
+enum RouteError {
+    BadId(sluice_proto::FileIdError),
+    GroupDown,
+    UnknownGroup,
+}
+
+impl IntoResponse for RouteError {
+    fn into_response(self) -> Response {
+        match self {
+            RouteError::BadId(e) => {
+                error(StatusCode::BAD_REQUEST, format!("malformed file id: {e}"))
+            }
+            RouteError::GroupDown => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no node of the file's group is up",
+            ),
+            RouteError::UnknownGroup => error(StatusCode::NOT_FOUND, "no such file"),
+        }
+    }
+}
+
+/// Where a request for `text` should go: a node of its group.
+fn file_location(
+    state: &TrackerState,
+    text: &str,
+    query: Option<String>,
+) -> Result<String, RouteError> {
+    let id = FileId::parse(text).map_err(RouteError::BadId)?;
+    match state.registry().route(id.group.as_str()) {
+        Ok(node) => Ok(with_query(format!("{node}/v1/files/{id}"), query)),
+        Err(true) => Err(RouteError::GroupDown),
+        Err(false) => Err(RouteError::UnknownGroup),
+    }
+}
+
+async fn redirect_read(
+    State(state): State<TrackerState>,
+    Path(text): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match file_location(&state, &text, query) {
+        Ok(url) => redirect(StatusCode::FOUND, &url),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn redirect_write(
+    State(state): State<TrackerState>,
+    Path(text): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    match file_location(&state, &text, query) {
+        Ok(url) => redirect(StatusCode::TEMPORARY_REDIRECT, &url),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn with_query(url: String, query: Option<String>) -> String {
+    match query {
+        Some(q) if !q.is_empty() => format!("{url}?{q}"),
+        _ => url,
+    }
+}
+
+async fn render_metrics(State(state): State<TrackerState>) -> Response {
+    let mut out = String::with_capacity(4096);
+    state.inner.metrics.render(&mut out);
+    let view = state.registry().view();
+    let nodes = view.groups.iter().flat_map(|g| &g.nodes);
+    let active = nodes
+        .clone()
+        .filter(|n| n.state == sluice_proto::cluster::NodeState::Active)
+        .count();
+    sluice_metrics::render_gauge(
+        &mut out,
+        "sluice_tracker_groups",
+        "Groups known to this tracker.",
+        view.groups.len() as u64,
+    );
+    sluice_metrics::render_gauge(
+        &mut out,
+        "sluice_tracker_nodes",
+        "Storage nodes known to this tracker.",
+        nodes.count() as u64,
+    );
+    sluice_metrics::render_gauge(
+        &mut out,
+        "sluice_tracker_active_nodes",
+        "Storage nodes heard from recently.",
+        active as u64,
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

@@ -1,0 +1,362 @@
+//! The registry: every storage node the tracker has heard of, by group, rebuilt from
+//! heartbeats. The one piece of state a tracker owns; all access goes through its methods.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sluice_proto::cluster::{Assignment, ClusterView, GroupView, Heartbeat, NodeState, NodeView};
+
+/// How uploads are spread over groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// The group with the most free space (of its fullest node); near-ties taken in turn.
+    MostFree,
+    /// Every writable group in turn.
+    RoundRobin,
+}
+
+/// Groups whose free space is within this share of the best count as tied, so a fresh cluster
+/// spreads uploads instead of herding them to whichever group reported a few bytes more.
+const NEAR_TIE: f64 = 0.05;
+
+struct Member {
+    last: Heartbeat,
+    /// `None` for a node known from the members file but not heard from since this start.
+    last_seen: Option<Instant>,
+}
+
+pub struct Registry {
+    groups: Mutex<BTreeMap<String, BTreeMap<String, Member>>>,
+    offline_after: Duration,
+    placement: Placement,
+    /// Turns for tie-breaks and round robin, shared by placement and routing.
+    turn: AtomicUsize,
+    members_file: Option<PathBuf>,
+}
+
+/// What the members file keeps: who belongs where, so a restarted tracker shows a node that is
+/// down as offline instead of forgetting it.
+#[derive(Serialize, Deserialize)]
+struct MembersFile {
+    version: u32,
+    nodes: Vec<KnownNode>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KnownNode {
+    group: String,
+    node_id: String,
+    url: String,
+}
+
+impl Registry {
+    pub fn new(
+        offline_after: Duration,
+        placement: Placement,
+        members_file: Option<PathBuf>,
+    ) -> Self {
+        let registry = Self {
+            groups: Mutex::new(BTreeMap::new()),
+            offline_after,
+            placement,
+            turn: AtomicUsize::new(0),
+            members_file,
+        };
+        registry.load_members();
+        registry
+    }
+
+    fn load_members(&self) {
+        let Some(path) = &self.members_file else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return;
+        };
+        let file: MembersFile = match serde_json::from_str(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable members file");
+                return;
+            }
+        };
+        let Ok(mut groups) = self.groups.lock() else {
+            return;
+        };
+        for n in file.nodes {
+            let last = Heartbeat {
+                node_id: n.node_id.clone(),
+                group: n.group.clone(),
+                url: n.url,
+                state: NodeState::Offline,
+                files: 0,
+                bytes: 0,
+                free_bytes: 0,
+                writable: false,
+            };
+            groups.entry(n.group).or_default().insert(
+                n.node_id,
+                Member {
+                    last,
+                    last_seen: None,
+                },
+            );
+        }
+    }
+
+    /// Records a heartbeat; returns true when membership changed (a new node, or a new URL).
+    pub fn heartbeat(&self, hb: Heartbeat) -> bool {
+        let Ok(mut groups) = self.groups.lock() else {
+            return false;
+        };
+        // A node that moved to another group leaves its old one.
+        for (name, nodes) in groups.iter_mut() {
+            if *name != hb.group {
+                nodes.remove(&hb.node_id);
+            }
+        }
+        groups.retain(|_, nodes| !nodes.is_empty());
+        let nodes = groups.entry(hb.group.clone()).or_default();
+        let changed = nodes.get(&hb.node_id).is_none_or(|m| m.last.url != hb.url);
+        nodes.insert(
+            hb.node_id.clone(),
+            Member {
+                last: hb,
+                last_seen: Some(Instant::now()),
+            },
+        );
+        if changed {
+            self.save_members(&groups);
+        }
+        changed
+    }
+
+    fn save_members(&self, groups: &BTreeMap<String, BTreeMap<String, Member>>) {
+        let Some(path) = &self.members_file else {
+            return;
+        };
+        let file = MembersFile {
+            version: 1,
+            nodes: groups
+                .iter()
+                .flat_map(|(g, nodes)| {
+                    nodes.values().map(move |m| KnownNode {
+                        group: g.clone(),
+                        node_id: m.last.node_id.clone(),
+                        url: m.last.url.clone(),
+                    })
+                })
+                .collect(),
+        };
+        // Small and rare (membership changes only): written in place of the old one atomically.
+        let result = serde_json::to_vec_pretty(&file)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, bytes)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, path)
+            });
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "could not save the members file");
+        }
+    }
+
+    fn state_of(&self, m: &Member, now: Instant) -> NodeState {
+        match m.last_seen {
+            Some(seen) if now.duration_since(seen) <= self.offline_after => m.last.state,
+            _ => NodeState::Offline,
+        }
+    }
+
+    pub fn view(&self) -> ClusterView {
+        self.view_at(Instant::now())
+    }
+
+    fn view_at(&self, now: Instant) -> ClusterView {
+        let Ok(groups) = self.groups.lock() else {
+            return ClusterView { groups: Vec::new() };
+        };
+        ClusterView {
+            groups: groups
+                .iter()
+                .map(|(name, nodes)| GroupView {
+                    name: name.clone(),
+                    nodes: nodes
+                        .values()
+                        .map(|m| NodeView {
+                            id: m.last.node_id.clone(),
+                            url: m.last.url.clone(),
+                            state: self.state_of(m, now),
+                            files: m.last.files,
+                            bytes: m.last.bytes,
+                            free_bytes: m.last.free_bytes,
+                            writable: m.last.writable,
+                            last_seen_ms: m
+                                .last_seen
+                                .map_or(u64::MAX, |s| now.duration_since(s).as_millis() as u64),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Chooses the group and node for an upload; `None` if no group can take one.
+    pub fn assign(&self) -> Option<Assignment> {
+        self.assign_at(Instant::now())
+    }
+
+    fn assign_at(&self, now: Instant) -> Option<Assignment> {
+        let groups = self.groups.lock().ok()?;
+        // A group can take uploads when it has an active node and every active node is
+        // writable (each will hold a copy); its room is that of its fullest active node.
+        let mut candidates: Vec<(&String, u64, Vec<&Member>)> = groups
+            .iter()
+            .filter_map(|(name, nodes)| {
+                let active: Vec<&Member> = nodes
+                    .values()
+                    .filter(|m| self.state_of(m, now) == NodeState::Active)
+                    .collect();
+                if active.is_empty() || active.iter().any(|m| !m.last.writable) {
+                    return None;
+                }
+                let room = active.iter().map(|m| m.last.free_bytes).min().unwrap_or(0);
+                Some((name, room, active))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        if self.placement == Placement::MostFree {
+            let best = candidates.iter().map(|c| c.1).max().unwrap_or(0);
+            let floor = (best as f64 * (1.0 - NEAR_TIE)) as u64;
+            candidates.retain(|c| c.1 >= floor);
+        }
+        let (group, _, nodes) = &candidates[turn % candidates.len()];
+        let node = nodes[turn / candidates.len() % nodes.len()];
+        Some(Assignment {
+            group: (*group).clone(),
+            node: node.last.node_id.clone(),
+            url: format!("{}/v1/files", node.last.url),
+        })
+    }
+
+    /// An active node of `group` to read from, in turn; `Err(true)` if the group is known but
+    /// has no active node, `Err(false)` if the group is unknown.
+    pub fn route(&self, group: &str) -> Result<String, bool> {
+        self.route_at(group, Instant::now())
+    }
+
+    fn route_at(&self, group: &str, now: Instant) -> Result<String, bool> {
+        let groups = self.groups.lock().map_err(|_| false)?;
+        let nodes = groups.get(group).ok_or(false)?;
+        let active: Vec<&Member> = nodes
+            .values()
+            .filter(|m| self.state_of(m, now) == NodeState::Active)
+            .collect();
+        if active.is_empty() {
+            return Err(true);
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        Ok(active[turn % active.len()].last.url.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(group: &str, id: &str, free: u64) -> Heartbeat {
+        Heartbeat {
+            node_id: id.into(),
+            group: group.into(),
+            url: format!("http://{id}"),
+            state: NodeState::Active,
+            files: 0,
+            bytes: 0,
+            free_bytes: free,
+            writable: true,
+        }
+    }
+
+    #[test]
+    fn near_ties_spread_and_a_clear_winner_takes_all() {
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None);
+        r.heartbeat(hb("g1", "a", 1000));
+        r.heartbeat(hb("g2", "b", 990));
+        let picks: Vec<String> = (0..10).map(|_| r.assign().unwrap().group).collect();
+        assert!(
+            picks.contains(&"g1".to_string()) && picks.contains(&"g2".to_string()),
+            "{picks:?}"
+        );
+        r.heartbeat(hb("g2", "b", 100));
+        assert!((0..10).all(|_| r.assign().unwrap().group == "g1"));
+    }
+
+    #[test]
+    fn never_picks_offline_full_or_unwritable() {
+        let r = Registry::new(Duration::from_secs(6), Placement::RoundRobin, None);
+        r.heartbeat(hb("g1", "a", 1000));
+        assert!(r.assign().is_some());
+        let later = Instant::now() + Duration::from_secs(7);
+        assert!(r.assign_at(later).is_none(), "offline node chosen");
+        assert_eq!(
+            r.view_at(later).groups[0].nodes[0].state,
+            NodeState::Offline
+        );
+        assert_eq!(r.route_at("g1", later), Err(true));
+        assert_eq!(r.route("g9"), Err(false));
+
+        let r = Registry::new(Duration::from_secs(6), Placement::RoundRobin, None);
+        r.heartbeat(Heartbeat {
+            writable: false,
+            ..hb("g1", "a", 1000)
+        });
+        assert!(
+            r.assign().is_none(),
+            "a group with an unwritable node took an upload"
+        );
+        r.heartbeat(hb("g2", "b", 10));
+        assert!((0..5).all(|_| r.assign().unwrap().group == "g2"));
+    }
+
+    #[test]
+    fn members_survive_a_restart_as_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("members.json");
+        let r = Registry::new(
+            Duration::from_secs(6),
+            Placement::MostFree,
+            Some(file.clone()),
+        );
+        assert!(r.heartbeat(hb("g1", "a", 1)));
+        assert!(
+            !r.heartbeat(hb("g1", "a", 2)),
+            "same node, same URL: no change"
+        );
+        drop(r);
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, Some(file));
+        let view = r.view();
+        assert_eq!(view.groups[0].nodes[0].id, "a");
+        assert_eq!(view.groups[0].nodes[0].state, NodeState::Offline);
+        r.heartbeat(hb("g1", "a", 3));
+        assert_eq!(r.view().groups[0].nodes[0].state, NodeState::Active);
+    }
+
+    #[test]
+    fn a_node_that_changes_group_leaves_the_old_one() {
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None);
+        r.heartbeat(hb("g1", "a", 1));
+        r.heartbeat(hb("g2", "a", 1));
+        let view = r.view();
+        assert_eq!(view.groups.len(), 1);
+        assert_eq!(view.groups[0].name, "g2");
+    }
+}

@@ -1,0 +1,90 @@
+//! What every role's command shares: logging, signals, opening a storage node, and serving
+//! until SIGTERM/Ctrl-C with a bounded drain.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use sluice_storage::{BlobStore, StorageConfig, StorageState};
+
+use crate::config::ValidServeConfig;
+
+/// Opens the data directory and builds the storage node's state.
+pub async fn open_storage(config: &ValidServeConfig) -> anyhow::Result<StorageState> {
+    let data = config.raw.data.clone();
+    let options = config.blob.clone();
+    let store = tokio::task::spawn_blocking(move || BlobStore::open(&data, options))
+        .await
+        .context("opening the data directory")?
+        .with_context(|| format!("data directory {}", config.raw.data.display()))?;
+    Ok(StorageState::new(
+        store,
+        StorageConfig {
+            group: config.group.clone(),
+            max_upload_size: config.raw.max_upload_size.0,
+            body_idle_timeout: Duration::from_secs(config.raw.body_idle_timeout_secs),
+            http: config.http_limits(),
+        },
+    ))
+}
+
+/// Runs `server` (which stops accepting when its shutdown future resolves) until a signal,
+/// then gives requests in flight `grace` to finish.
+pub async fn serve_until_signal<F, Fut>(grace: Duration, server: F) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio::sync::oneshot::Receiver<()>) -> Fut,
+    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut task = tokio::spawn(server(stop_rx));
+    tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, grace_secs = grace.as_secs(), "shutting down: finishing requests in flight");
+            let _ = stop_tx.send(());
+        }
+        ended = &mut task => {
+            return match ended {
+                Ok(result) => result.context("HTTP server"),
+                Err(e) => Err(e).context("HTTP server task"),
+            };
+        }
+    }
+    match tokio::time::timeout(grace, &mut task).await {
+        Ok(Ok(result)) => result.context("HTTP server"),
+        Ok(Err(e)) => Err(e).context("HTTP server task"),
+        Err(_) => {
+            tracing::warn!(
+                "requests still running after the grace period; stopping them (their uploads leave nothing behind)"
+            );
+            task.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Resolves with the name of the first SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+pub fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}

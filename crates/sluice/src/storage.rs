@@ -1,0 +1,69 @@
+//! `sluice storage`: one storage node of a group, registered with the trackers.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sluice_proto::SecretSet;
+use sluice_storage::cluster::{self, ClusterLink};
+use tokio::net::TcpListener;
+
+use crate::cli::StorageArgs;
+use crate::config::ServeConfig;
+use crate::roles::{init_logging, open_storage, serve_until_signal};
+
+pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = ServeConfig::load_storage(&args)?;
+    let state = open_storage(&config).await?;
+    let store = state.store().clone();
+    let listener = TcpListener::bind(config.raw.http)
+        .await
+        .with_context(|| format!("listening on {}", config.raw.http))?;
+    let addr = listener.local_addr()?;
+    let link = ClusterLink {
+        trackers: config.raw.trackers.clone(),
+        node_id: cluster::node_id(&config.raw.data).context("node id")?,
+        advertise: config
+            .raw
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}")),
+        secret: cluster_secret(),
+        interval: Duration::from_millis(config.raw.heartbeat_interval_ms),
+        free_space_reserve: config.raw.free_space_reserve.0,
+    };
+    tracing::info!(
+        http = %format!("http://{addr}"),
+        advertise = %link.advertise,
+        node = %link.node_id,
+        group = %config.group,
+        trackers = ?link.trackers,
+        files = store.files(),
+        "sluice storage is ready"
+    );
+    let (stop_beats, beats_stopped) = tokio::sync::oneshot::channel::<()>();
+    let beats = tokio::spawn(cluster::run_heartbeats(state.clone(), link, async move {
+        let _ = beats_stopped.await;
+    }));
+    let result = serve_until_signal(
+        Duration::from_secs(config.raw.shutdown_grace_secs),
+        move |stop| {
+            sluice_storage::run(listener, state, async move {
+                let _ = stop.await;
+            })
+        },
+    )
+    .await;
+    let _ = stop_beats.send(());
+    let _ = beats.await;
+    store.close().await;
+    tracing::info!("stopped");
+    result
+}
+
+/// `SLUICE_CLUSTER_SECRET`: a comma-separated list; the first is sent, all are accepted.
+pub fn cluster_secret() -> Option<SecretSet> {
+    std::env::var("SLUICE_CLUSTER_SECRET")
+        .ok()
+        .and_then(|v| SecretSet::parse(&v))
+}

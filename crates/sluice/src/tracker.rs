@@ -1,0 +1,57 @@
+//! `sluice tracker`: the registry of storage nodes, upload placement and read routing.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sluice_tracker::{Placement, TrackerConfig, TrackerState};
+use tokio::net::TcpListener;
+
+use crate::cli::{PlacementArg, TrackerArgs};
+use crate::roles::{init_logging, serve_until_signal};
+use crate::storage::cluster_secret;
+
+pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
+    init_logging();
+    anyhow::ensure!(
+        args.offline_after_ms >= 100,
+        "--offline-after-ms must be at least 100"
+    );
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("data directory {}", args.data.display()))?;
+    let secret = cluster_secret();
+    if secret.is_none() {
+        tracing::warn!(
+            "SLUICE_CLUSTER_SECRET is not set: any host that can reach this tracker can register as a storage node"
+        );
+    }
+    let state = TrackerState::new(TrackerConfig {
+        offline_after: Duration::from_millis(args.offline_after_ms),
+        placement: match args.placement {
+            PlacementArg::MostFree => Placement::MostFree,
+            PlacementArg::RoundRobin => Placement::RoundRobin,
+        },
+        cluster_secret: secret,
+        members_file: Some(args.data.join("members.json")),
+        http: sluice_http::HttpLimits::default(),
+    });
+    let listener = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("listening on {}", args.http))?;
+    let addr = listener.local_addr()?;
+    let known = state
+        .registry()
+        .view()
+        .groups
+        .iter()
+        .map(|g| g.nodes.len())
+        .sum::<usize>();
+    tracing::info!(http = %format!("http://{addr}"), data = %args.data.display(), known_nodes = known, "sluice tracker is ready");
+    serve_until_signal(Duration::from_secs(10), move |stop| {
+        sluice_tracker::run(listener, state, async move {
+            let _ = stop.await;
+        })
+    })
+    .await?;
+    tracing::info!("stopped");
+    Ok(())
+}

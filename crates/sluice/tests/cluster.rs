@@ -1,0 +1,230 @@
+//! Trackers and storage nodes as separate processes: registration, heartbeats, offline
+//! detection, placement over groups, redirects, and the cluster secret.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Served, sluice, wait_for};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const SECRET: &str = "s3cret-for-tests";
+
+fn tracker(data: &std::path::Path) -> Served {
+    Served::spawn(
+        &[
+            "tracker",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+            "--offline-after-ms",
+            "1000",
+        ],
+        &[("SLUICE_CLUSTER_SECRET", SECRET)],
+    )
+}
+
+fn storage(
+    data: &std::path::Path,
+    group: &str,
+    trackers: &[&Served],
+    secret: Option<&str>,
+) -> Served {
+    let mut args = vec![
+        "storage",
+        "--group",
+        group,
+        "--http",
+        "127.0.0.1:0",
+        "--data",
+        data.to_str().unwrap(),
+        "--heartbeat-interval-ms",
+        "100",
+    ];
+    for t in trackers {
+        args.push("--tracker");
+        args.push(&t.url);
+    }
+    let env: Vec<(&str, &str)> = secret
+        .map(|s| ("SLUICE_CLUSTER_SECRET", s))
+        .into_iter()
+        .collect();
+    Served::spawn(&args, &env)
+}
+
+fn get_json(url: &str) -> serde_json::Value {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-f", url])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "GET {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Node states by node URL, as a tracker sees them.
+fn states(tracker: &Served) -> Vec<(String, String, String)> {
+    let view = get_json(&format!("{}/v1/cluster", tracker.url));
+    let mut out = Vec::new();
+    for g in view["groups"].as_array().unwrap() {
+        for n in g["nodes"].as_array().unwrap() {
+            out.push((
+                g["name"].as_str().unwrap().to_owned(),
+                n["url"].as_str().unwrap().to_owned(),
+                n["state"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn nodes_register_with_every_tracker_and_go_offline_when_killed() {
+    let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let t1 = tracker(dirs[0].path());
+    let t2 = tracker(dirs[1].path());
+    let g1 = storage(dirs[2].path(), "g1", &[&t1, &t2], Some(SECRET));
+    let mut g2 = storage(dirs[3].path(), "g2", &[&t1, &t2], Some(SECRET));
+    // A node without the secret is refused: it never appears.
+    let stranger = storage(dirs[4].path(), "g3", &[&t1, &t2], None);
+
+    for t in [&t1, &t2] {
+        wait_for("both nodes active on every tracker", WAIT, || {
+            states(t)
+                == vec![
+                    ("g1".into(), g1.url.clone(), "active".into()),
+                    ("g2".into(), g2.url.clone(), "active".into()),
+                ]
+        });
+    }
+    assert!(!states(&t1).iter().any(|(_, url, _)| *url == stranger.url));
+
+    // Placement spreads uploads over the two groups (equal free space: a tie, taken in turn).
+    let groups: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| {
+            get_json(&format!("{}/v1/assign", t1.url))["group"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(groups.len(), 2, "{groups:?}");
+
+    // An upload through a tracker (307 to a node) and a read through the other (302).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clip.mp4");
+    std::fs::write(&file, vec![5u8; 100_000]).unwrap();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-f",
+            "-L",
+            "--post301",
+            "--post302",
+            "--post303",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{}/v1/files", t1.url))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fileid = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["fileid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let back = std::process::Command::new("curl")
+        .args(["-sS", "-f", "-L"])
+        .arg(format!("{}/v1/files/{fileid}", t2.url))
+        .output()
+        .unwrap();
+    assert_eq!(back.stdout, vec![5u8; 100_000]);
+
+    // The table.
+    let out = sluice(&[
+        "cluster",
+        "--tracker",
+        "http://127.0.0.1:1",
+        "--tracker",
+        &t1.url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("g1") && table.contains("g2") && table.contains("active"),
+        "{table}"
+    );
+
+    // Kill g2: both trackers mark it offline, and no upload is placed there any more.
+    g2.child.kill().unwrap();
+    g2.child.wait().unwrap();
+    for t in [&t1, &t2] {
+        wait_for("g2 offline", WAIT, || {
+            states(t)
+                .iter()
+                .any(|(g, _, s)| g == "g2" && s == "offline")
+        });
+    }
+    for _ in 0..6 {
+        assert_eq!(get_json(&format!("{}/v1/assign", t1.url))["group"], "g1");
+    }
+    drop(g1);
+}
+
+#[test]
+fn heartbeats_without_the_secret_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tracker(dir.path());
+    let body = r#"{"node_id":"x","group":"g1","url":"http://127.0.0.1:9","state":"active","files":0,"bytes":0,"free_bytes":0,"writable":true}"#;
+    for headers in [vec![], vec!["-H", "sluice-cluster-secret: wrong"]] {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+            ])
+            .args(&headers)
+            .arg(format!("{}/v1/cluster/heartbeat", t.url))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    }
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+            "-H",
+        ])
+        .arg(format!("sluice-cluster-secret: {SECRET}"))
+        .arg(format!("{}/v1/cluster/heartbeat", t.url))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "204");
+}
