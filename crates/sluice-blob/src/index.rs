@@ -16,8 +16,14 @@ use crate::record::BlobMeta;
 
 pub(crate) const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// Every put and delete this node applied, in order: what peers pull to catch up.
+const OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
+/// Keys deleted here, forever (keys are never reused): a late replica of one is refused, so a
+/// peer that missed the delete cannot bring the file back.
+const TOMBSTONES: TableDefinition<&[u8], u64> = TableDefinition::new("tombstones");
 const FILES: &str = "files";
 const BYTES: &str = "bytes";
+const OPLOG_HEAD: &str = "oplog_head";
 
 const MAX_BATCH: usize = 512;
 const QUEUE_DEPTH: usize = 4096;
@@ -55,6 +61,8 @@ impl Index {
         let counters = StoreCounters::default();
         {
             txn.open_table(BLOBS)?;
+            txn.open_table(OPLOG)?;
+            txn.open_table(TOMBSTONES)?;
             let table = txn.open_table(COUNTERS)?;
             let get =
                 |name| -> Result<u64, BlobError> { Ok(table.get(name)?.map_or(0, |v| v.value())) };
@@ -108,6 +116,31 @@ impl Index {
         }
     }
 
+    pub fn is_tombstoned(&self, key: &BlobKey) -> Result<bool, BlobError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TOMBSTONES)?;
+        Ok(table.get(key.as_bytes().as_slice())?.is_some())
+    }
+
+    /// Up to `limit` oplog entries with a sequence number above `after`, oldest first.
+    pub fn oplog_after(&self, after: u64, limit: usize) -> Result<Vec<OplogEntry>, BlobError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OPLOG)?;
+        let mut out = Vec::new();
+        for item in table.range(after.saturating_add(1)..)?.take(limit) {
+            let (seq, raw) = item?;
+            out.push(OplogEntry::decode(seq.value(), raw.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The sequence number of the newest oplog entry (0 when empty).
+    pub fn oplog_head(&self) -> Result<u64, BlobError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COUNTERS)?;
+        Ok(table.get(OPLOG_HEAD)?.map_or(0, |v| v.value()))
+    }
+
     /// Drops the sender so the writer thread drains and exits.
     pub fn close(self) {
         drop(self.ops);
@@ -130,7 +163,10 @@ fn run_writer(db: &Database, counters: &StoreCounters, mut rx: mpsc::Receiver<In
 
 /// What one operation will answer once the batch commits.
 enum Outcome {
-    Inserted(oneshot::Sender<Result<(), BlobError>>),
+    Inserted(
+        oneshot::Sender<Result<(), BlobError>>,
+        Result<(), BlobError>,
+    ),
     Removed(
         oneshot::Sender<Result<Option<BlobMeta>, BlobError>>,
         Option<BlobMeta>,
@@ -145,23 +181,32 @@ fn apply_batch(db: &Database, counters: &StoreCounters, batch: &mut Vec<IndexOp>
         let txn = db.begin_write()?;
         {
             let mut blobs = txn.open_table(BLOBS)?;
+            let mut oplog = txn.open_table(OPLOG)?;
+            let mut tombstones = txn.open_table(TOMBSTONES)?;
+            let mut counter_table = txn.open_table(COUNTERS)?;
+            let mut head = counter_table.get(OPLOG_HEAD)?.map_or(0, |v| v.value());
             for op in batch.drain(..) {
                 match op {
                     IndexOp::Insert { key, meta, done } => {
-                        let old =
-                            blobs.insert(key.as_bytes().as_slice(), meta.encode().as_slice())?;
-                        if let Some(old) = old.map(|v| BlobMeta::decode(v.value())) {
-                            let old = old?;
-                            files -= 1;
-                            bytes -= old.size;
+                        let k = key.as_bytes().as_slice();
+                        if tombstones.get(k)?.is_some() {
+                            outcomes.push(Outcome::Inserted(done, Err(BlobError::Deleted)));
+                            continue;
                         }
-                        files += 1;
-                        bytes += meta.size;
-                        outcomes.push(Outcome::Inserted(done));
+                        // Files never change: a second put of a key (a replica arriving twice)
+                        // is a no-op.
+                        if blobs.get(k)?.is_none() {
+                            blobs.insert(k, meta.encode().as_slice())?;
+                            files += 1;
+                            bytes += meta.size;
+                            head += 1;
+                            oplog.insert(head, OplogEntry::encode(OpKind::Put, &key).as_slice())?;
+                        }
+                        outcomes.push(Outcome::Inserted(done, Ok(())));
                     }
                     IndexOp::Remove { key, done } => {
-                        let old = blobs.remove(key.as_bytes().as_slice())?;
-                        let old = match old {
+                        let k = key.as_bytes().as_slice();
+                        let old = match blobs.remove(k)? {
                             Some(v) => Some(BlobMeta::decode(v.value())?),
                             None => None,
                         };
@@ -169,13 +214,21 @@ fn apply_batch(db: &Database, counters: &StoreCounters, batch: &mut Vec<IndexOp>
                             files -= 1;
                             bytes -= m.size;
                         }
+                        // Recorded even for a file this node never had, so it is refused later.
+                        if tombstones.insert(k, crate::now_ms())?.is_none() {
+                            head += 1;
+                            oplog.insert(
+                                head,
+                                OplogEntry::encode(OpKind::Delete, &key).as_slice(),
+                            )?;
+                        }
                         outcomes.push(Outcome::Removed(done, old));
                     }
                 }
             }
-            let mut table = txn.open_table(COUNTERS)?;
-            table.insert(FILES, files)?;
-            table.insert(BYTES, bytes)?;
+            counter_table.insert(FILES, files)?;
+            counter_table.insert(BYTES, bytes)?;
+            counter_table.insert(OPLOG_HEAD, head)?;
         }
         txn.commit()?;
         Ok(())
@@ -186,7 +239,7 @@ fn apply_batch(db: &Database, counters: &StoreCounters, batch: &mut Vec<IndexOp>
             counters.bytes.store(bytes, Ordering::Relaxed);
             for outcome in outcomes {
                 match outcome {
-                    Outcome::Inserted(done) => drop(done.send(Ok(()))),
+                    Outcome::Inserted(done, result) => drop(done.send(result)),
                     Outcome::Removed(done, old) => drop(done.send(Ok(old))),
                 }
             }
@@ -199,10 +252,57 @@ fn apply_batch(db: &Database, counters: &StoreCounters, batch: &mut Vec<IndexOp>
             for outcome in outcomes {
                 let err = BlobError::Index(e.to_string());
                 match outcome {
-                    Outcome::Inserted(done) => drop(done.send(Err(err))),
+                    Outcome::Inserted(done, _) => drop(done.send(Err(err))),
                     Outcome::Removed(done, _) => drop(done.send(Err(err))),
                 }
             }
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Put,
+    Delete,
+}
+
+/// One oplog entry: what happened to which key, at which sequence number of this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OplogEntry {
+    pub seq: u64,
+    pub kind: OpKind,
+    pub key: BlobKey,
+}
+
+const OPLOG_V1: u8 = 1;
+
+impl OplogEntry {
+    fn encode(kind: OpKind, key: &BlobKey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(18);
+        out.push(OPLOG_V1);
+        out.push(match kind {
+            OpKind::Put => 1,
+            OpKind::Delete => 2,
+        });
+        out.extend_from_slice(key.as_bytes());
+        out
+    }
+
+    fn decode(seq: u64, raw: &[u8]) -> Result<Self, BlobError> {
+        let [OPLOG_V1, kind, key @ ..] = raw else {
+            return Err(BlobError::BadRecord);
+        };
+        let kind = match kind {
+            1 => OpKind::Put,
+            2 => OpKind::Delete,
+            _ => return Err(BlobError::BadRecord),
+        };
+        let key: [u8; sluice_proto::fileid::KEY_BYTES] =
+            key.try_into().map_err(|_| BlobError::BadRecord)?;
+        Ok(Self {
+            seq,
+            kind,
+            key: BlobKey::from_bytes(key),
+        })
     }
 }

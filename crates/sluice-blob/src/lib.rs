@@ -31,7 +31,7 @@ use std::sync::atomic::Ordering;
 use sluice_proto::BlobKey;
 
 pub use hot::{HotCache, HotCacheLimits, HotFile};
-pub use index::StoreCounters;
+pub use index::{OpKind, OplogEntry, StoreCounters};
 pub use reader::{BlobReader, CHUNK_BYTES, Chunk};
 pub use record::{BlobMeta, BlobState};
 pub use sweep::{data_file_paths, walk_data_files};
@@ -61,6 +61,8 @@ pub enum BlobError {
     NoSpace,
     #[error("the store is shutting down")]
     Closed,
+    #[error("this file was deleted")]
+    Deleted,
 }
 
 impl BlobError {
@@ -224,6 +226,21 @@ impl BlobStore {
         })
         .await?;
         Ok(true)
+    }
+
+    /// Up to `limit` oplog entries after sequence number `after`, oldest first.
+    pub fn oplog_after(&self, after: u64, limit: usize) -> Result<Vec<OplogEntry>, BlobError> {
+        self.inner.index.oplog_after(after, limit)
+    }
+
+    /// This node's newest oplog sequence number.
+    pub fn oplog_head(&self) -> Result<u64, BlobError> {
+        self.inner.index.oplog_head()
+    }
+
+    /// Whether `key` was deleted here (it can never come back).
+    pub fn is_deleted(&self, key: BlobKey) -> Result<bool, BlobError> {
+        self.inner.index.is_tombstoned(&key)
     }
 
     pub fn hot(&self) -> &HotCache {

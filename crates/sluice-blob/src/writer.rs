@@ -131,7 +131,13 @@ impl BlobWriter {
                 Ok(())
             })
             .await?;
-            self.store.index().insert(self.key, meta.clone()).await?;
+            if let Err(e) = self.store.index().insert(self.key, meta.clone()).await {
+                // Not indexed (a deleted key, or the index failed): the placed file must go,
+                // or it would linger until a crash-recovery sweep.
+                let path = self.store.blob_path(&self.key);
+                let _ = blocking(move || Ok(std::fs::remove_file(path)?)).await;
+                return Err(e);
+            }
             Ok(meta)
         });
         task.await

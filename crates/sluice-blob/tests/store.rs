@@ -278,3 +278,49 @@ async fn concurrent_writers_share_commits() {
     }
     assert_eq!(store.files(), 64);
 }
+
+#[tokio::test]
+async fn oplog_orders_puts_and_deletes_and_tombstones_refuse_resurrection() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let a = put(&store, b"a", 1).await;
+    let b = put(&store, b"b", 1).await;
+    assert!(store.delete(a).await.unwrap());
+    // A delete of a key never seen here is still recorded (a peer deleted it).
+    let never = sluice_proto::BlobKey::from_bytes([7; 16]);
+    assert!(!store.delete(never).await.unwrap());
+
+    use sluice_blob::OpKind::{Delete, Put};
+    let log: Vec<_> = store
+        .oplog_after(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.seq, e.kind, e.key))
+        .collect();
+    assert_eq!(
+        log,
+        vec![(1, Put, a), (2, Put, b), (3, Delete, a), (4, Delete, never)]
+    );
+    assert_eq!(store.oplog_after(2, 1).unwrap()[0].seq, 3);
+    assert_eq!(store.oplog_head().unwrap(), 4);
+
+    // A late replica of a deleted key is refused and leaves no file behind.
+    let mut w = store.writer(a, "a/b".into(), u64::MAX);
+    w.write(Bytes::from_static(b"a")).await.unwrap();
+    assert!(matches!(w.commit().await, Err(BlobError::Deleted)));
+    assert!(store.is_deleted(a).unwrap());
+    assert_eq!(sluice_blob::data_file_paths(dir.path()).unwrap().len(), 1);
+    // Putting an existing key again changes nothing.
+    let mut w = store.writer(b, "a/b".into(), u64::MAX);
+    w.write(Bytes::from_static(b"b")).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!((store.files(), store.oplog_head().unwrap()), (1, 4));
+
+    store.close().await;
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    assert_eq!(
+        store.oplog_head().unwrap(),
+        4,
+        "the oplog survives a restart"
+    );
+}

@@ -14,6 +14,8 @@ pub enum ApiError {
     BodyTimeout(std::time::Duration),
     #[error("no such file")]
     NotFound,
+    #[error("this file was deleted")]
+    Gone,
     #[error("no such endpoint")]
     NoRoute,
     #[error("method not allowed; this path allows {allow}")]
@@ -38,6 +40,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::Gone => StatusCode::GONE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -59,6 +62,7 @@ impl From<BlobError> for ApiError {
             // The reader already logged which block of which file.
             BlobError::Corrupt { .. } => ApiError::Corrupt,
             BlobError::Closed => ApiError::Unavailable,
+            BlobError::Deleted => ApiError::Gone,
             other => {
                 tracing::error!(error = %other, "storage error");
                 ApiError::Internal
