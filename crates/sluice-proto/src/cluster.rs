@@ -54,6 +54,35 @@ pub struct ClusterView {
     pub groups: Vec<GroupView>,
 }
 
+/// A tracker's answer to a heartbeat: the other nodes of the sender's group, so nodes learn
+/// their peers without a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    pub peers: Vec<NodeView>,
+}
+
+/// `GET /v1/internal/oplog` of a storage node: its operations after a sequence number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OplogPage {
+    /// The node's newest sequence number when the page was read.
+    pub head: u64,
+    pub entries: Vec<OplogItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OplogItem {
+    pub seq: u64,
+    pub op: OplogOp,
+    pub fileid: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OplogOp {
+    Put,
+    Delete,
+}
+
 /// `GET /v1/assign`: where to send an upload (the same place `POST /v1/files` on a tracker
 /// redirects to).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

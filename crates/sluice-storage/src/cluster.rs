@@ -7,7 +7,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use sluice_proto::SecretSet;
-use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, Heartbeat, NodeState};
+use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, Heartbeat, HeartbeatAnswer, NodeState};
 
 use crate::StorageState;
 
@@ -56,7 +56,7 @@ pub fn heartbeat(state: &StorageState, link: &ClusterLink) -> Heartbeat {
         node_id: link.node_id.clone(),
         group: state.config().group.to_string(),
         url: link.advertise.clone(),
-        state: NodeState::Active,
+        state: state.replication().map_or(NodeState::Active, |r| r.state()),
         files: store.files(),
         bytes: store.bytes(),
         free_bytes,
@@ -97,7 +97,10 @@ pub async fn run_heartbeats(
             }
             async move {
                 match request.send().await {
-                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) if r.status().is_success() => r
+                        .json::<HeartbeatAnswer>()
+                        .await
+                        .map_err(|e| format!("unreadable answer: {e}")),
                     Ok(r) => Err(format!("answered {}", r.status())),
                     Err(e) => Err(e.to_string()),
                 }
@@ -106,9 +109,12 @@ pub async fn run_heartbeats(
         let results = futures_util::future::join_all(sends).await;
         for ((tracker, result), was_up) in link.trackers.iter().zip(results).zip(up.iter_mut()) {
             let now_up = result.is_ok();
+            if let (Ok(answer), Some(r)) = (&result, state.replication()) {
+                r.set_peers(answer.peers.clone());
+            }
             if *was_up != Some(now_up) {
                 match result {
-                    Ok(()) => tracing::info!(%tracker, "registered with tracker"),
+                    Ok(_) => tracing::info!(%tracker, "registered with tracker"),
                     Err(e) => {
                         tracing::warn!(%tracker, error = %e, "tracker unreachable; will keep trying")
                     }

@@ -16,6 +16,10 @@ pub enum ApiError {
     NotFound,
     #[error("this file was deleted")]
     Gone,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}; try another group")]
+    NotEnoughCopies(String),
     #[error("no such endpoint")]
     NoRoute,
     #[error("method not allowed; this path allows {allow}")]
@@ -41,6 +45,8 @@ impl ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound | ApiError::NoRoute => StatusCode::NOT_FOUND,
             ApiError::Gone => StatusCode::GONE,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotEnoughCopies(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -67,6 +73,15 @@ impl From<BlobError> for ApiError {
                 tracing::error!(error = %other, "storage error");
                 ApiError::Internal
             }
+        }
+    }
+}
+
+impl From<crate::replication::ReplicationError> for ApiError {
+    fn from(e: crate::replication::ReplicationError) -> Self {
+        match e {
+            crate::replication::ReplicationError::Blob(b) => b.into(),
+            other => ApiError::NotEnoughCopies(other.to_string()),
         }
     }
 }

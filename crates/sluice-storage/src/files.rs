@@ -39,6 +39,9 @@ pub(crate) async fn upload(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or(""));
+    if let Some(r) = state.replication() {
+        r.check_possible()?;
+    }
     let is_multipart =
         content_type.is_some_and(|ct| ct.to_ascii_lowercase().starts_with("multipart/form-data"));
     let (writer, size) = if is_multipart {
@@ -67,7 +70,17 @@ pub(crate) async fn upload(
     };
     let key = writer.key();
     writer.commit().await?;
-    let fileid = FileId::new(state.config().group.clone(), key).to_string();
+    let id = FileId::new(state.config().group.clone(), key);
+    if let Some(r) = state.replication() {
+        if let Err(e) = r.replicate_put(state.store(), &id).await {
+            // Too few copies: take it back everywhere, so the client retries elsewhere and no
+            // half-acknowledged file lingers.
+            let _ = state.store().delete(key).await;
+            r.replicate_delete(&id).await;
+            return Err(e.into());
+        }
+    }
+    let fileid = id.to_string();
     let url = format!("/v1/files/{fileid}");
     let mut response = (
         StatusCode::CREATED,
@@ -126,7 +139,7 @@ async fn upload_multipart(
 }
 
 /// Waits for the next piece of a request body, but not longer than `idle`.
-async fn within<T>(
+pub(crate) async fn within<T>(
     idle: std::time::Duration,
     next: impl std::future::Future<Output = T>,
 ) -> Result<T, ApiError> {
@@ -157,7 +170,7 @@ pub(crate) async fn download(
     let store = state.store();
     let source = match store.hot().get(&id.key) {
         Some(hot) => Source::Hot(hot),
-        None => Source::Disk(store.open_reader(id.key)?.ok_or(ApiError::NotFound)?),
+        None => Source::Disk(open_or_fetch(&state, &id).await?),
     };
     let meta = source.meta();
     let etag = format!("\"{}\"", id.key);
@@ -222,6 +235,27 @@ pub(crate) async fn download(
     response.body(body).map_err(|_| ApiError::Internal)
 }
 
+/// Opens a local file, or fetches it from a peer first when this node has not caught up.
+async fn open_or_fetch(state: &StorageState, id: &FileId) -> Result<BlobReader, ApiError> {
+    let store = state.store();
+    if let Some(reader) = store.open_reader(id.key)? {
+        return Ok(reader);
+    }
+    if store.is_deleted(id.key)? {
+        return Err(ApiError::NotFound);
+    }
+    let Some(r) = state.replication() else {
+        return Err(ApiError::NotFound);
+    };
+    if !r
+        .fetch_from_peers(store, id, state.config().max_upload_size)
+        .await?
+    {
+        return Err(ApiError::NotFound);
+    }
+    store.open_reader(id.key)?.ok_or(ApiError::NotFound)
+}
+
 /// Where a download's bytes come from.
 enum Source {
     Hot(HotFile),
@@ -252,7 +286,7 @@ fn slice_parts(parts: &[Bytes], start: u64, end: u64) -> impl Iterator<Item = By
 /// Streams the rest of a range after its first chunk, one frame per block slice (hyper writes
 /// them with vectored I/O). A damaged block met mid-stream ends the body with an error, so the
 /// client sees a failed transfer, never wrong bytes.
-fn body_stream(reader: BlobReader, first: Chunk, start: u64, end: u64) -> Body {
+pub(crate) fn body_stream(reader: BlobReader, first: Chunk, start: u64, end: u64) -> Body {
     let next = start + first.iter().map(|b| b.len() as u64).sum::<u64>();
     if next >= end {
         return body_from_parts(first);
@@ -309,7 +343,12 @@ pub(crate) async fn delete(
     Path(text): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_local_id(&state, &text)?;
-    if state.store().delete(id.key).await? {
+    let had = state.store().delete(id.key).await?;
+    // Forwarded even when this node lacked the file: a peer may hold it.
+    if let Some(r) = state.replication() {
+        r.replicate_delete(&id).await;
+    }
+    if had {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)

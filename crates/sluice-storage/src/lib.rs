@@ -7,7 +7,9 @@
 pub mod cluster;
 mod error;
 mod files;
+mod internal;
 mod metrics;
+pub mod replication;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +36,8 @@ pub struct StorageConfig {
     pub body_idle_timeout: std::time::Duration,
     /// Connection limit and request-head deadline.
     pub http: HttpLimits,
+    /// `SLUICE_CLUSTER_SECRET`: required on `/v1/internal` calls when set.
+    pub cluster_secret: Option<sluice_proto::SecretSet>,
 }
 
 /// Shared state of one storage node; cheap to clone.
@@ -45,15 +49,26 @@ pub struct StorageState {
 struct Inner {
     store: BlobStore,
     config: StorageConfig,
+    /// Present when the node belongs to a cluster group.
+    replication: Option<Arc<replication::Replication>>,
     metrics: Arc<HttpMetrics>,
 }
 
 impl StorageState {
     pub fn new(store: BlobStore, config: StorageConfig) -> Self {
+        Self::with_replication(store, config, None)
+    }
+
+    pub fn with_replication(
+        store: BlobStore,
+        config: StorageConfig,
+        replication: Option<Arc<replication::Replication>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 config,
+                replication,
                 metrics: Arc::default(),
             }),
         }
@@ -65,6 +80,10 @@ impl StorageState {
 
     pub fn config(&self) -> &StorageConfig {
         &self.inner.config
+    }
+
+    pub fn replication(&self) -> Option<&Arc<replication::Replication>> {
+        self.inner.replication.as_ref()
     }
 
     pub fn metrics(&self) -> &HttpMetrics {
@@ -90,6 +109,13 @@ pub fn router(state: StorageState) -> Router {
                     }
                 }),
         )
+        .route(
+            "/v1/internal/blobs/{*fileid}",
+            get(internal::get_local)
+                .put(internal::put_replica)
+                .delete(internal::delete_replica),
+        )
+        .route("/v1/internal/oplog", get(internal::oplog))
         .route(
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),

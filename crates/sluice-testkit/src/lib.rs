@@ -100,6 +100,7 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
             group: settings.group.parse().expect("valid group"),
             max_upload_size: settings.max_upload_size,
             body_idle_timeout: settings.body_idle_timeout,
+            cluster_secret: None,
             http: sluice_storage::HttpLimits {
                 max_connections: settings.max_connections,
                 ..sluice_storage::HttpLimits::default()

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use sluice_http::{HttpLimits, HttpMetrics};
-use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, Heartbeat};
+use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, Heartbeat, HeartbeatAnswer};
 use sluice_proto::{ErrorBody, FileId, GroupName, SecretSet};
 use tokio::net::TcpListener;
 
@@ -148,7 +148,10 @@ async fn heartbeat(
     if state.registry().heartbeat(hb) {
         tracing::info!(%group, %node, %url, "storage node joined");
     }
-    StatusCode::NO_CONTENT.into_response()
+    axum::Json(HeartbeatAnswer {
+        peers: state.registry().peers_of(&group, &node),
+    })
+    .into_response()
 }
 
 async fn cluster_view(State(state): State<TrackerState>) -> Response {

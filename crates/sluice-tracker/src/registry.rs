@@ -248,6 +248,17 @@ impl Registry {
         })
     }
 
+    /// The nodes of `group` other than `node_id`, as they stand now.
+    pub fn peers_of(&self, group: &str, node_id: &str) -> Vec<NodeView> {
+        self.view()
+            .groups
+            .into_iter()
+            .filter(|g| g.name == group)
+            .flat_map(|g| g.nodes)
+            .filter(|n| n.id != node_id)
+            .collect()
+    }
+
     /// An active node of `group` to read from, in turn; `Err(true)` if the group is known but
     /// has no active node, `Err(false)` if the group is unknown.
     pub fn route(&self, group: &str) -> Result<String, bool> {

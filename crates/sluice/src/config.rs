@@ -40,6 +40,12 @@ pub struct ServeConfig {
     pub heartbeat_interval_ms: u64,
     /// Free space the node keeps back; below it, trackers send it no uploads.
     pub free_space_reserve: ByteSize,
+    /// Copies (this node included) an upload needs before its 201; fewer gets 503.
+    pub min_copies: usize,
+    /// Milliseconds a peer may take to store a replica before the upload goes on without it.
+    pub replication_timeout_ms: u64,
+    /// Milliseconds between catch-up rounds (pulling peers' oplogs).
+    pub catch_up_interval_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -60,6 +66,9 @@ impl Default for ServeConfig {
             advertise: None,
             heartbeat_interval_ms: 2000,
             free_space_reserve: ByteSize(1 << 30),
+            min_copies: 1,
+            replication_timeout_ms: 5000,
+            catch_up_interval_ms: 1000,
         }
     }
 }
@@ -143,6 +152,11 @@ impl ServeConfig {
         anyhow::ensure!(
             self.max_connections > 0,
             "max_connections must be at least 1"
+        );
+        anyhow::ensure!(self.min_copies >= 1, "min_copies must be at least 1");
+        anyhow::ensure!(
+            self.replication_timeout_ms >= 10 && self.catch_up_interval_ms >= 10,
+            "replication_timeout_ms and catch_up_interval_ms must be at least 10"
         );
         anyhow::ensure!(
             self.heartbeat_interval_ms >= 10,

@@ -9,23 +9,33 @@ use sluice_storage::{BlobStore, StorageConfig, StorageState};
 
 use crate::config::ValidServeConfig;
 
-/// Opens the data directory and builds the storage node's state.
-pub async fn open_storage(config: &ValidServeConfig) -> anyhow::Result<StorageState> {
+/// Opens (or creates) the data directory's blob store.
+pub async fn open_store(config: &ValidServeConfig) -> anyhow::Result<BlobStore> {
     let data = config.raw.data.clone();
     let options = config.blob.clone();
-    let store = tokio::task::spawn_blocking(move || BlobStore::open(&data, options))
+    tokio::task::spawn_blocking(move || BlobStore::open(&data, options))
         .await
         .context("opening the data directory")?
-        .with_context(|| format!("data directory {}", config.raw.data.display()))?;
-    Ok(StorageState::new(
+        .with_context(|| format!("data directory {}", config.raw.data.display()))
+}
+
+/// The storage node's state over an open store.
+pub fn storage_state(
+    config: &ValidServeConfig,
+    store: BlobStore,
+    replication: Option<std::sync::Arc<sluice_storage::replication::Replication>>,
+) -> StorageState {
+    StorageState::with_replication(
         store,
         StorageConfig {
             group: config.group.clone(),
             max_upload_size: config.raw.max_upload_size.0,
             body_idle_timeout: Duration::from_secs(config.raw.body_idle_timeout_secs),
             http: config.http_limits(),
+            cluster_secret: crate::storage::cluster_secret(),
         },
-    ))
+        replication,
+    )
 }
 
 /// Runs `server` (which stops accepting when its shutdown future resolves) until a signal,

@@ -11,12 +11,12 @@ use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
 use crate::config::ServeConfig;
-use crate::roles::{init_logging, open_storage, serve_until_signal};
+use crate::roles::{init_logging, open_store, serve_until_signal, storage_state};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = ServeConfig::load(&args)?;
-    let state = open_storage(&config).await?;
+    let state = storage_state(&config, open_store(&config).await?, None);
     let store = state.store().clone();
     let listener = TcpListener::bind(config.raw.http)
         .await

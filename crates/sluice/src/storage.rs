@@ -4,25 +4,42 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sluice_proto::SecretSet;
+use std::sync::Arc;
+
 use sluice_storage::cluster::{self, ClusterLink};
+use sluice_storage::replication::{Replication, ReplicationConfig};
 use tokio::net::TcpListener;
 
 use crate::cli::StorageArgs;
 use crate::config::ServeConfig;
-use crate::roles::{init_logging, open_storage, serve_until_signal};
+use crate::roles::{init_logging, open_store, serve_until_signal, storage_state};
 
 pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     init_logging();
     let config = ServeConfig::load_storage(&args)?;
-    let state = open_storage(&config).await?;
-    let store = state.store().clone();
+    let store = open_store(&config).await?;
+    let node_id = cluster::node_id(&config.raw.data).context("node id")?;
+    let replication = Arc::new(
+        Replication::new(
+            ReplicationConfig {
+                min_copies: config.raw.min_copies,
+                timeout: Duration::from_millis(config.raw.replication_timeout_ms),
+                catch_up_interval: Duration::from_millis(config.raw.catch_up_interval_ms),
+                secret: cluster_secret(),
+                cursors_file: config.raw.data.join("peers.json"),
+            },
+            node_id.clone(),
+        )
+        .context("replication client")?,
+    );
+    let state = storage_state(&config, store.clone(), Some(replication.clone()));
     let listener = TcpListener::bind(config.raw.http)
         .await
         .with_context(|| format!("listening on {}", config.raw.http))?;
     let addr = listener.local_addr()?;
     let link = ClusterLink {
         trackers: config.raw.trackers.clone(),
-        node_id: cluster::node_id(&config.raw.data).context("node id")?,
+        node_id,
         advertise: config
             .raw
             .advertise
@@ -41,6 +58,18 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
         files = store.files(),
         "sluice storage is ready"
     );
+    let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sync = {
+        let (store, group) = (store.clone(), config.group.clone());
+        let limit = config.raw.max_upload_size.0;
+        tokio::spawn(async move {
+            replication
+                .run_catch_up(store, group, limit, async move {
+                    let _ = sync_stopped.await;
+                })
+                .await;
+        })
+    };
     let (stop_beats, beats_stopped) = tokio::sync::oneshot::channel::<()>();
     let beats = tokio::spawn(cluster::run_heartbeats(state.clone(), link, async move {
         let _ = beats_stopped.await;
@@ -55,7 +84,9 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     )
     .await;
     let _ = stop_beats.send(());
+    let _ = stop_sync.send(());
     let _ = beats.await;
+    let _ = sync.await;
     store.close().await;
     tracing::info!("stopped");
     result

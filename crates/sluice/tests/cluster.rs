@@ -226,5 +226,137 @@ fn heartbeats_without_the_secret_are_refused() {
         .arg(format!("{}/v1/cluster/heartbeat", t.url))
         .output()
         .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+}
+
+fn curl(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("curl")
+        .args(args)
+        .output()
+        .expect("curl")
+}
+
+/// Asks the tracker where to upload and sends it there, asking again when the node chosen is
+/// unreachable (a node just killed looks alive to the tracker until it misses heartbeats).
+fn upload_via(tracker: &Served, body: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f");
+    std::fs::write(&file, body).unwrap();
+    let mut fileid = None;
+    wait_for("an upload to succeed", WAIT, || {
+        let assign = get_json(&format!("{}/v1/assign", tracker.url));
+        let out = curl(&[
+            "-sS",
+            "-f",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            assign["url"].as_str().unwrap(),
+        ]);
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            fileid = v["fileid"].as_str().map(str::to_owned);
+        }
+        fileid.is_some()
+    });
+    fileid.unwrap()
+}
+
+/// The status and body of a GET straight to one node.
+fn get_from(node: &Served, fileid: &str) -> (String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("b");
+    let out = curl(&[
+        "-sS",
+        "-o",
+        body.to_str().unwrap(),
+        "-w",
+        "%{http_code}",
+        &format!("{}/v1/files/{fileid}", node.url),
+    ]);
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        std::fs::read(&body).unwrap_or_default(),
+    )
+}
+
+fn node_files(node: &Served) -> u64 {
+    let out = curl(&["-sS", &format!("{}/metrics", node.url)]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sluice_store_files ")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_group_replicates_catches_up_and_forgets_deletes() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let t = tracker(dirs[0].path());
+    let a = storage(dirs[1].path(), "g1", &[&t], Some(SECRET));
+    let mut b = storage(dirs[2].path(), "g1", &[&t], Some(SECRET));
+    wait_for("a and b active", WAIT, || {
+        states(&t).iter().filter(|(_, _, s)| s == "active").count() == 2
+    });
+
+    // Read-after-write from either node, at once.
+    let body = |i: u32| -> Vec<u8> { (0..20_000 + i * 1000).map(|k| (k ^ i) as u8).collect() };
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let id = upload_via(&t, &body(i));
+        for node in [&a, &b] {
+            assert_eq!(
+                get_from(node, &id),
+                ("200".into(), body(i)),
+                "{id} on {}",
+                node.url
+            );
+        }
+        ids.push(id);
+    }
+
+    // b goes down hard; uploads go on (one copy is the minimum) and a delete happens.
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    for i in 10..15 {
+        ids.push(upload_via(&t, &body(i)));
+    }
+    let deleted = ids.remove(0);
+    let out = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "DELETE",
+        &format!("{}/v1/files/{deleted}", a.url),
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "204");
+
+    // b returns on its old data directory, catches up by itself, and says so.
+    let b = storage(dirs[2].path(), "g1", &[&t], Some(SECRET));
+    wait_for("b caught up", WAIT, || {
+        node_files(&b) == 14 && states(&t).iter().all(|(_, _, s)| s == "active")
+    });
+    for (i, id) in ids.iter().enumerate() {
+        let i = i as u32 + 1;
+        assert_eq!(
+            get_from(&b, id),
+            ("200".into(), body(i)),
+            "{id} on the returned node"
+        );
+    }
+    assert_eq!(
+        get_from(&b, &deleted).0,
+        "404",
+        "a delete made while b was down reached it"
+    );
+
+    // A new node joins the group and receives every file.
+    let c = storage(dirs[3].path(), "g1", &[&t], Some(SECRET));
+    wait_for("c filled in", WAIT, || node_files(&c) == 14);
+    assert_eq!(get_from(&c, &deleted).0, "404");
+    drop(a);
 }

@@ -1,0 +1,129 @@
+//! `/v1/internal/...`: what the nodes of a group call on each other. Each call needs the
+//! cluster secret when one is set, so no stranger can push files in or read around public
+//! routes.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use sluice_blob::CHUNK_BYTES;
+use sluice_proto::FileId;
+use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
+use sluice_proto::cluster::CLUSTER_SECRET_HEADER;
+
+use crate::StorageState;
+use crate::error::ApiError;
+use crate::files::{body_stream, within};
+
+fn authorise(state: &StorageState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match &state.config().cluster_secret {
+        None => Ok(()),
+        Some(secrets) => {
+            let given = headers
+                .get(CLUSTER_SECRET_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if secrets.accepts(given) {
+                Ok(())
+            } else {
+                Err(ApiError::Forbidden("missing or wrong cluster secret"))
+            }
+        }
+    }
+}
+
+fn local_id(state: &StorageState, text: &str) -> Result<FileId, ApiError> {
+    let id =
+        FileId::parse(text).map_err(|e| ApiError::BadRequest(format!("malformed file id: {e}")))?;
+    if id.group != state.config().group {
+        return Err(ApiError::NotFound);
+    }
+    Ok(id)
+}
+
+/// A replica from a peer: stored under the id the peer gave it.
+pub(crate) async fn put_replica(
+    State(state): State<StorageState>,
+    Path(text): Path<String>,
+    request: Request,
+) -> Result<StatusCode, ApiError> {
+    authorise(&state, request.headers())?;
+    let id = local_id(&state, &text)?;
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|ct| is_valid_content_type(ct))
+        .unwrap_or(DEFAULT_CONTENT_TYPE)
+        .to_owned();
+    let mut writer = state
+        .store()
+        .writer(id.key, content_type, state.config().max_upload_size);
+    let idle = state.config().body_idle_timeout;
+    let mut body = request.into_body().into_data_stream();
+    while let Some(chunk) = within(idle, body.next()).await? {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("replica body ended early: {e}")))?;
+        writer.write(chunk).await?;
+    }
+    writer.commit().await?;
+    Ok(StatusCode::CREATED)
+}
+
+pub(crate) async fn delete_replica(
+    State(state): State<StorageState>,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    authorise(&state, &headers)?;
+    let id = local_id(&state, &text)?;
+    state.store().delete(id.key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A file as this node holds it, with no peer fetch (so two nodes lacking a file never ask
+/// each other in circles).
+pub(crate) async fn get_local(
+    State(state): State<StorageState>,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorise(&state, &headers)?;
+    let id = local_id(&state, &text)?;
+    let reader = state
+        .store()
+        .open_reader(id.key)?
+        .ok_or(ApiError::NotFound)?;
+    let size = reader.meta().size;
+    let content_type = reader.meta().content_type.clone();
+    let first = reader.read_chunk(0, size, CHUNK_BYTES).await?;
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, size)
+        .body(body_stream(reader, first, 0, size))
+        .map_err(|_| ApiError::Internal)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct OplogQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    1000
+}
+
+pub(crate) async fn oplog(
+    State(state): State<StorageState>,
+    headers: HeaderMap,
+    Query(q): Query<OplogQuery>,
+) -> Result<Response, ApiError> {
+    authorise(&state, &headers)?;
+    let page =
+        crate::replication::oplog_page(state.store(), &state.config().group, q.after, q.limit)?;
+    Ok(axum::Json(page).into_response())
+}

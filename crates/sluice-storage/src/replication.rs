@@ -1,0 +1,433 @@
+//! Keeping the nodes of a group identical.
+//!
+//! - **On upload**: once a file is durable here, it is sent to every active peer
+//!   (`PUT /v1/internal/blobs/{id}`), in parallel and each within `timeout`; the upload is
+//!   acknowledged when at least `min_copies` nodes hold it. A peer that failed catches up later.
+//! - **On delete**: the delete is applied here (tombstone and oplog) and forwarded to the peers.
+//! - **Catch-up**: every node pulls each peer's oplog from where it left off and applies what
+//!   it lacks (fetching files, applying deletes). A node that was down, or is new to the group,
+//!   thus fills itself in; it reports `syncing` until it has caught up with every peer.
+//! - **Peer fetch**: a read of a file this node lacks (not caught up yet) fetches it from a
+//!   peer and keeps it, so no read fails for "not synced yet".
+//!
+//! Peers are learnt from the trackers' answers to heartbeats. Every call carries the cluster
+//! secret when one is set.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use sluice_blob::{BlobError, BlobStore, CHUNK_BYTES};
+use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, NodeState, NodeView, OplogOp, OplogPage};
+use sluice_proto::{FileId, GroupName, SecretSet};
+
+/// Entries asked for per oplog request.
+const OPLOG_PAGE: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// Copies (this node included) an upload needs before it is acknowledged.
+    pub min_copies: usize,
+    /// How long a peer may take to store a replica before the upload goes on without it.
+    pub timeout: Duration,
+    /// Pause between catch-up rounds.
+    pub catch_up_interval: Duration,
+    pub secret: Option<SecretSet>,
+    /// Where the per-peer oplog cursors are kept.
+    pub cursors_file: PathBuf,
+}
+
+pub struct Replication {
+    config: ReplicationConfig,
+    node_id: String,
+    client: reqwest::Client,
+    peers: RwLock<Vec<NodeView>>,
+    /// Oplog position reached with each peer, by node id.
+    cursors: Mutex<BTreeMap<String, u64>>,
+    /// False until a catch-up round found this node level with every peer.
+    caught_up: AtomicBool,
+    /// False until a tracker has told us who the peers are: until then we cannot know we are
+    /// level (a node back from an outage must not call itself active too soon).
+    peers_known: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("only {have} of the {need} copies required are possible or were made")]
+    TooFewCopies { have: usize, need: usize },
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+}
+
+impl Replication {
+    pub fn new(config: ReplicationConfig, node_id: String) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.timeout)
+            .pool_max_idle_per_host(64)
+            .build()?;
+        let cursors = std::fs::read_to_string(&config.cursors_file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        Ok(Self {
+            config,
+            node_id,
+            client,
+            peers: RwLock::new(Vec::new()),
+            cursors: Mutex::new(cursors),
+            caught_up: AtomicBool::new(false),
+            peers_known: AtomicBool::new(false),
+        })
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Replaces the peer list with a tracker's latest answer.
+    pub fn set_peers(&self, peers: Vec<NodeView>) {
+        if let Ok(mut p) = self.peers.write() {
+            *p = peers;
+        }
+        self.peers_known.store(true, Ordering::Relaxed);
+    }
+
+    fn peers(&self) -> Vec<NodeView> {
+        self.peers.read().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    fn active_peers(&self) -> Vec<NodeView> {
+        self.peers()
+            .into_iter()
+            .filter(|p| p.state == NodeState::Active)
+            .collect()
+    }
+
+    /// What this node should call itself in heartbeats.
+    pub fn state(&self) -> NodeState {
+        if self.caught_up.load(Ordering::Relaxed) {
+            NodeState::Active
+        } else {
+            NodeState::Syncing
+        }
+    }
+
+    fn authorise(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.config.secret {
+            Some(s) => request.header(CLUSTER_SECRET_HEADER, s.current()),
+            None => request,
+        }
+    }
+
+    /// Refuses early when the group cannot reach `min_copies` even if every active peer
+    /// answers, so nothing is stored for an upload that would be refused anyway.
+    pub fn check_possible(&self) -> Result<(), ReplicationError> {
+        let have = 1 + self.active_peers().len();
+        if have < self.config.min_copies {
+            return Err(ReplicationError::TooFewCopies {
+                have,
+                need: self.config.min_copies,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends a freshly stored file to every active peer; `Ok(copies)` if enough hold it.
+    pub async fn replicate_put(
+        &self,
+        store: &BlobStore,
+        id: &FileId,
+    ) -> Result<usize, ReplicationError> {
+        let peers = self.active_peers();
+        let sends = peers.iter().map(|peer| self.send_replica(store, id, peer));
+        let results = futures_util::future::join_all(sends).await;
+        let mut copies = 1;
+        for (peer, result) in peers.iter().zip(results) {
+            match result {
+                Ok(()) => copies += 1,
+                Err(e) => {
+                    tracing::warn!(peer = %peer.url, fileid = %id, error = %e, "replica not stored; the peer will catch up")
+                }
+            }
+        }
+        if copies < self.config.min_copies {
+            return Err(ReplicationError::TooFewCopies {
+                have: copies,
+                need: self.config.min_copies,
+            });
+        }
+        Ok(copies)
+    }
+
+    async fn send_replica(
+        &self,
+        store: &BlobStore,
+        id: &FileId,
+        peer: &NodeView,
+    ) -> Result<(), String> {
+        let reader = store
+            .open_reader(id.key)
+            .map_err(|e| e.to_string())?
+            .ok_or("file vanished")?;
+        let size = reader.meta().size;
+        let content_type = reader.meta().content_type.clone();
+        let body =
+            futures_util::stream::try_unfold((reader, 0u64), move |(reader, at)| async move {
+                if at >= size {
+                    return Ok::<_, BlobError>(None);
+                }
+                let chunk = reader.read_chunk(at, size, CHUNK_BYTES).await?;
+                let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
+                Ok(Some((
+                    futures_util::stream::iter(chunk.into_iter().map(Ok::<_, BlobError>)),
+                    (reader, at + len),
+                )))
+            })
+            .try_flatten();
+        let request = self
+            .client
+            .put(format!("{}/v1/internal/blobs/{id}", peer.url))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .timeout(self.config.timeout)
+            .body(reqwest::Body::wrap_stream(body));
+        let response = self
+            .authorise(request)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.status().as_u16() {
+            200..=299 => Ok(()),
+            // The peer deleted it meanwhile: nothing to copy.
+            410 => Ok(()),
+            s => Err(format!("peer answered {s}")),
+        }
+    }
+
+    /// Forwards a delete to every active peer (best effort: offline peers catch up).
+    pub async fn replicate_delete(&self, id: &FileId) {
+        let peers = self.active_peers();
+        let sends = peers.iter().map(|peer| {
+            let request = self
+                .client
+                .delete(format!("{}/v1/internal/blobs/{id}", peer.url))
+                .timeout(self.config.timeout);
+            self.authorise(request).send()
+        });
+        for (peer, result) in peers
+            .iter()
+            .zip(futures_util::future::join_all(sends).await)
+        {
+            if let Err(e) = result {
+                tracing::warn!(peer = %peer.url, fileid = %id, error = %e, "delete not forwarded; the peer will catch up");
+            }
+        }
+    }
+
+    /// Fetches a file this node lacks from a peer that has it, and keeps it. `Ok(false)` when
+    /// no peer has it.
+    pub async fn fetch_from_peers(
+        &self,
+        store: &BlobStore,
+        id: &FileId,
+        limit: u64,
+    ) -> Result<bool, BlobError> {
+        for peer in self
+            .peers()
+            .into_iter()
+            .filter(|p| p.state != NodeState::Offline)
+        {
+            match self.fetch_from(store, id, &peer.url, limit).await {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(peer = %peer.url, fileid = %id, error = %e, "peer fetch failed")
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn fetch_from(
+        &self,
+        store: &BlobStore,
+        id: &FileId,
+        peer_url: &str,
+        limit: u64,
+    ) -> Result<bool, BlobError> {
+        let io = |e: reqwest::Error| BlobError::Io(std::io::Error::other(e.to_string()));
+        let request = self
+            .client
+            .get(format!("{peer_url}/v1/internal/blobs/{id}"))
+            .timeout(self.config.timeout * 4);
+        let response = self.authorise(request).send().await.map_err(io)?;
+        if !response.status().is_success() {
+            return Ok(false);
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(sluice_proto::api::DEFAULT_CONTENT_TYPE)
+            .to_owned();
+        let mut writer = store.writer(id.key, content_type, limit);
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            writer.write(chunk.map_err(io)?).await?;
+        }
+        match writer.commit().await {
+            Ok(_) => Ok(true),
+            Err(BlobError::Deleted) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pulls every peer's oplog until `shutdown`, applying what this node lacks.
+    pub async fn run_catch_up(
+        &self,
+        store: BlobStore,
+        group: GroupName,
+        limit: u64,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let level = self.catch_up_round(&store, &group, limit).await;
+            let was = self.caught_up.swap(level, Ordering::Relaxed);
+            if level != was {
+                tracing::info!(caught_up = level, "replication state changed");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.config.catch_up_interval) => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+
+    /// One pass over every known peer; true if this node is level with all that answered and
+    /// at least the active ones answered.
+    async fn catch_up_round(&self, store: &BlobStore, group: &GroupName, limit: u64) -> bool {
+        let mut level = self.peers_known.load(Ordering::Relaxed);
+        for peer in self.peers() {
+            if peer.state == NodeState::Offline {
+                continue;
+            }
+            match self.catch_up_with(store, group, &peer, limit).await {
+                Ok(true) => {}
+                Ok(false) => level = false,
+                Err(e) => {
+                    tracing::debug!(peer = %peer.url, error = %e, "catch-up with peer interrupted");
+                    if peer.state == NodeState::Active {
+                        level = false;
+                    }
+                }
+            }
+        }
+        level
+    }
+
+    /// Applies a peer's oplog from our cursor; true once level with its head.
+    async fn catch_up_with(
+        &self,
+        store: &BlobStore,
+        group: &GroupName,
+        peer: &NodeView,
+        limit: u64,
+    ) -> Result<bool, String> {
+        let mut cursor = self
+            .cursors
+            .lock()
+            .map_err(|e| e.to_string())?
+            .get(&peer.id)
+            .copied()
+            .unwrap_or(0);
+        loop {
+            let request = self
+                .client
+                .get(format!(
+                    "{}/v1/internal/oplog?after={cursor}&limit={OPLOG_PAGE}",
+                    peer.url
+                ))
+                .timeout(self.config.timeout);
+            let page: OplogPage = self
+                .authorise(request)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            if page.entries.is_empty() {
+                return Ok(cursor >= page.head);
+            }
+            for item in &page.entries {
+                let Ok(id) = FileId::parse(&item.fileid) else {
+                    continue;
+                };
+                if id.group != *group {
+                    continue;
+                }
+                match item.op {
+                    OplogOp::Put => {
+                        let have = store.stat(id.key).map_err(|e| e.to_string())?.is_some();
+                        if !have && !store.is_deleted(id.key).map_err(|e| e.to_string())? {
+                            self.fetch_from(store, &id, &peer.url, limit)
+                                .await
+                                .map_err(|e| e.to_string())?;
+                        }
+                    }
+                    OplogOp::Delete => {
+                        store.delete(id.key).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                cursor = item.seq;
+            }
+            self.save_cursor(&peer.id, cursor);
+        }
+    }
+
+    fn save_cursor(&self, peer: &str, seq: u64) {
+        let Ok(mut cursors) = self.cursors.lock() else {
+            return;
+        };
+        cursors.insert(peer.to_owned(), seq);
+        // Losing a cursor only means re-reading some oplog (every step is idempotent), so a
+        // plain atomic replace is enough.
+        let path = &self.config.cursors_file;
+        let tmp = path.with_extension("tmp");
+        let result = serde_json::to_vec(&*cursors)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not save replication cursors");
+        }
+    }
+}
+
+/// Turns oplog entries of the local store into the wire page.
+pub fn oplog_page(
+    store: &BlobStore,
+    group: &GroupName,
+    after: u64,
+    limit: usize,
+) -> Result<OplogPage, BlobError> {
+    let head = store.oplog_head()?;
+    let entries = store
+        .oplog_after(after, limit.min(OPLOG_PAGE))?
+        .into_iter()
+        .map(|e| sluice_proto::cluster::OplogItem {
+            seq: e.seq,
+            op: match e.kind {
+                sluice_blob::OpKind::Put => OplogOp::Put,
+                sluice_blob::OpKind::Delete => OplogOp::Delete,
+            },
+            fileid: FileId::new(group.clone(), e.key).to_string(),
+        })
+        .collect();
+    Ok(OplogPage { head, entries })
+}
