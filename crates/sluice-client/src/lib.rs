@@ -2,6 +2,7 @@
 //! generator behind `sluice bench`.
 
 pub mod bench;
+pub mod cluster;
 mod content_type;
 
 use std::path::Path;
@@ -34,6 +35,16 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The server could not be reached, or answered that it cannot serve now: worth trying
+    /// another.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Server { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Server { status, .. } => Some(*status),
@@ -215,6 +226,20 @@ impl Client {
                 Err(e)
             }
         }
+    }
+
+    /// `POST /v1/cluster/unreachable` to a tracker; best effort, errors ignored.
+    pub async fn report_unreachable(&self, node: &str) {
+        let url = format!("{}/v1/cluster/unreachable", self.base);
+        let body = serde_json::json!({ "url": node });
+        let _ = self.http.post(&url).json(&body).send().await;
+    }
+
+    /// `GET /v1/assign` of a tracker: where to send an upload.
+    pub async fn assign(&self) -> Result<sluice_proto::cluster::Assignment, ClientError> {
+        let url = format!("{}/v1/assign", self.base);
+        let response = send(self.http.get(&url), &url).await?;
+        json(response, &url).await
     }
 
     /// `GET /v1/cluster` of a tracker (or `sluice serve`).

@@ -111,6 +111,9 @@ pub(crate) struct OplogQuery {
     after: u64,
     #[serde(default = "default_limit")]
     limit: usize,
+    /// The pulling peer, which thereby becomes a replication target at once.
+    peer_id: Option<String>,
+    peer_url: Option<String>,
 }
 
 fn default_limit() -> usize {
@@ -123,6 +126,9 @@ pub(crate) async fn oplog(
     Query(q): Query<OplogQuery>,
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
+    if let (Some(r), Some(id), Some(url)) = (state.replication(), &q.peer_id, &q.peer_url) {
+        r.note_puller(id, url);
+    }
     let page =
         crate::replication::oplog_page(state.store(), &state.config().group, q.after, q.limit)?;
     Ok(axum::Json(page).into_response())

@@ -26,6 +26,9 @@ use sluice_proto::{FileId, GroupName, SecretSet};
 
 /// Entries asked for per oplog request.
 const OPLOG_PAGE: usize = 1000;
+/// How long a peer that pulled our oplog counts as a replication target without the trackers
+/// confirming it.
+const PULLER_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {
@@ -49,6 +52,10 @@ pub struct Replication {
     cursors: Mutex<BTreeMap<String, u64>>,
     /// False until a catch-up round found this node level with every peer.
     caught_up: AtomicBool,
+    /// Peers that pulled our oplog: id -> (url, when).
+    pullers: Mutex<BTreeMap<String, (String, std::time::Instant)>>,
+    /// Our own URL, sent with oplog pulls so peers learn of us at once.
+    advertise: String,
     /// False until a tracker has told us who the peers are: until then we cannot know we are
     /// level (a node back from an outage must not call itself active too soon).
     peers_known: AtomicBool,
@@ -63,7 +70,11 @@ pub enum ReplicationError {
 }
 
 impl Replication {
-    pub fn new(config: ReplicationConfig, node_id: String) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        config: ReplicationConfig,
+        node_id: String,
+        advertise: String,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.timeout)
             .pool_max_idle_per_host(64)
@@ -80,6 +91,8 @@ impl Replication {
             cursors: Mutex::new(cursors),
             caught_up: AtomicBool::new(false),
             peers_known: AtomicBool::new(false),
+            pullers: Mutex::new(BTreeMap::new()),
+            advertise,
         })
     }
 
@@ -99,11 +112,53 @@ impl Replication {
         self.peers.read().map(|p| p.clone()).unwrap_or_default()
     }
 
-    fn active_peers(&self) -> Vec<NodeView> {
-        self.peers()
+    /// The peers that get replicas: every member the trackers do not call offline (a syncing
+    /// peer is a member catching up; sending it new files now shortens its catch-up), plus
+    /// peers that pulled our oplog lately. The latter closes a race: a node joins, catches up
+    /// and turns active before our next heartbeat tells us of it; its pulls tell us first.
+    fn targets(&self) -> Vec<NodeView> {
+        let mut targets: Vec<NodeView> = self
+            .peers()
             .into_iter()
-            .filter(|p| p.state == NodeState::Active)
-            .collect()
+            .filter(|p| p.state != NodeState::Offline)
+            .collect();
+        let offline: Vec<String> = self
+            .peers()
+            .into_iter()
+            .filter(|p| p.state == NodeState::Offline)
+            .map(|p| p.id)
+            .collect();
+        if let Ok(pullers) = self.pullers.lock() {
+            for (id, (url, seen)) in pullers.iter() {
+                let fresh = seen.elapsed() < PULLER_TTL;
+                if fresh && !offline.contains(id) && !targets.iter().any(|t| t.id == *id) {
+                    targets.push(NodeView {
+                        id: id.clone(),
+                        url: url.clone(),
+                        state: NodeState::Syncing,
+                        files: 0,
+                        bytes: 0,
+                        free_bytes: 0,
+                        writable: false,
+                        last_seen_ms: 0,
+                    });
+                }
+            }
+        }
+        targets
+    }
+
+    /// Records that a peer pulled our oplog (it is a member, and alive).
+    pub fn note_puller(&self, id: &str, url: &str) {
+        if id == self.node_id
+            || id.len() > 64
+            || !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return;
+        }
+        if let Ok(mut pullers) = self.pullers.lock() {
+            pullers.insert(id.to_owned(), (url.to_owned(), std::time::Instant::now()));
+        }
     }
 
     /// What this node should call itself in heartbeats.
@@ -125,7 +180,7 @@ impl Replication {
     /// Refuses early when the group cannot reach `min_copies` even if every active peer
     /// answers, so nothing is stored for an upload that would be refused anyway.
     pub fn check_possible(&self) -> Result<(), ReplicationError> {
-        let have = 1 + self.active_peers().len();
+        let have = 1 + self.targets().len();
         if have < self.config.min_copies {
             return Err(ReplicationError::TooFewCopies {
                 have,
@@ -141,7 +196,7 @@ impl Replication {
         store: &BlobStore,
         id: &FileId,
     ) -> Result<usize, ReplicationError> {
-        let peers = self.active_peers();
+        let peers = self.targets();
         let sends = peers.iter().map(|peer| self.send_replica(store, id, peer));
         let results = futures_util::future::join_all(sends).await;
         let mut copies = 1;
@@ -209,7 +264,7 @@ impl Replication {
 
     /// Forwards a delete to every active peer (best effort: offline peers catch up).
     pub async fn replicate_delete(&self, id: &FileId) {
-        let peers = self.active_peers();
+        let peers = self.targets();
         let sends = peers.iter().map(|peer| {
             let request = self
                 .client
@@ -347,10 +402,13 @@ impl Replication {
         loop {
             let request = self
                 .client
-                .get(format!(
-                    "{}/v1/internal/oplog?after={cursor}&limit={OPLOG_PAGE}",
-                    peer.url
-                ))
+                .get(format!("{}/v1/internal/oplog", peer.url))
+                .query(&[
+                    ("after", cursor.to_string()),
+                    ("limit", OPLOG_PAGE.to_string()),
+                    ("peer_id", self.node_id.clone()),
+                    ("peer_url", self.advertise.clone()),
+                ])
                 .timeout(self.config.timeout);
             let page: OplogPage = self
                 .authorise(request)

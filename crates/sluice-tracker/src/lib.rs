@@ -42,6 +42,8 @@ struct Inner {
     registry: Registry,
     config: TrackerConfig,
     metrics: Arc<HttpMetrics>,
+    /// Checks nodes reported unreachable.
+    probe: reqwest::Client,
 }
 
 impl TrackerState {
@@ -56,6 +58,10 @@ impl TrackerState {
                 registry,
                 config,
                 metrics: Arc::default(),
+                probe: reqwest::Client::builder()
+                    .timeout(Duration::from_millis(1000))
+                    .build()
+                    .unwrap_or_default(),
             }),
         }
     }
@@ -102,6 +108,7 @@ pub fn cluster_routes() -> Router<TrackerState> {
         .route("/v1/cluster", get(cluster_view))
         .route("/v1/cluster/heartbeat", post(heartbeat))
         .route("/v1/assign", get(assign))
+        .route("/v1/cluster/unreachable", post(report_unreachable))
 }
 
 /// Serves the tracker on `listener` until `shutdown` resolves.
@@ -152,6 +159,40 @@ async fn heartbeat(
         peers: state.registry().peers_of(&group, &node),
     })
     .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct UnreachableReport {
+    url: String,
+}
+
+/// A client or peer could not reach a node. Anyone may say so, so the tracker checks for itself
+/// (`GET /healthz`, briefly) before it stops sending traffic there; a node that answers is left
+/// alone, and one that does not is offline until its next heartbeat.
+async fn report_unreachable(
+    State(state): State<TrackerState>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(report) = serde_json::from_slice::<UnreachableReport>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"url\": \"http://node\"}",
+        );
+    };
+    if !state.registry().knows_url(&report.url) {
+        return error(StatusCode::NOT_FOUND, "no node has that URL");
+    }
+    let alive = state
+        .inner
+        .probe
+        .get(format!("{}/healthz", report.url))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    if !alive && state.registry().mark_unreachable(&report.url) {
+        tracing::warn!(url = %report.url, "node reported unreachable and failed a probe: offline until it heartbeats");
+    }
+    axum::Json(json!({ "offline": !alive })).into_response()
 }
 
 async fn cluster_view(State(state): State<TrackerState>) -> Response {

@@ -28,6 +28,9 @@ struct Member {
     last: Heartbeat,
     /// `None` for a node known from the members file but not heard from since this start.
     last_seen: Option<Instant>,
+    /// Set when a client or peer reported the node unreachable and a probe confirmed it; the
+    /// node counts as offline until its next heartbeat.
+    unreachable: bool,
 }
 
 pub struct Registry {
@@ -104,6 +107,7 @@ impl Registry {
                 Member {
                     last,
                     last_seen: None,
+                    unreachable: false,
                 },
             );
         }
@@ -128,6 +132,7 @@ impl Registry {
             Member {
                 last: hb,
                 last_seen: Some(Instant::now()),
+                unreachable: false,
             },
         );
         if changed {
@@ -168,6 +173,9 @@ impl Registry {
     }
 
     fn state_of(&self, m: &Member, now: Instant) -> NodeState {
+        if m.unreachable {
+            return NodeState::Offline;
+        }
         match m.last_seen {
             Some(seen) if now.duration_since(seen) <= self.offline_after => m.last.state,
             _ => NodeState::Offline,
@@ -245,6 +253,30 @@ impl Registry {
             group: (*group).clone(),
             node: node.last.node_id.clone(),
             url: format!("{}/v1/files", node.last.url),
+        })
+    }
+
+    /// Marks the node at `url` offline until it next sends a heartbeat; false if unknown.
+    pub fn mark_unreachable(&self, url: &str) -> bool {
+        let Ok(mut groups) = self.groups.lock() else {
+            return false;
+        };
+        let mut found = false;
+        for m in groups.values_mut().flat_map(|nodes| nodes.values_mut()) {
+            if m.last.url == url {
+                m.unreachable = true;
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// Whether `url` belongs to a known node (reports about strangers are ignored).
+    pub fn knows_url(&self, url: &str) -> bool {
+        self.groups.lock().is_ok_and(|g| {
+            g.values()
+                .flat_map(|n| n.values())
+                .any(|m| m.last.url == url)
         })
     }
 
@@ -359,6 +391,19 @@ mod tests {
         assert_eq!(view.groups[0].nodes[0].state, NodeState::Offline);
         r.heartbeat(hb("g1", "a", 3));
         assert_eq!(r.view().groups[0].nodes[0].state, NodeState::Active);
+    }
+
+    #[test]
+    fn an_unreachable_node_is_skipped_until_it_speaks_again() {
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None);
+        r.heartbeat(hb("g1", "a", 1000));
+        r.heartbeat(hb("g2", "b", 1000));
+        assert!(r.mark_unreachable("http://a"));
+        assert!(!r.mark_unreachable("http://nobody"));
+        assert!((0..6).all(|_| r.assign().unwrap().group == "g2"));
+        assert_eq!(r.route("g1"), Err(true));
+        r.heartbeat(hb("g1", "a", 1000));
+        assert_eq!(r.route("g1"), Ok("http://a".to_string()));
     }
 
     #[test]

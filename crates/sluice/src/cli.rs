@@ -108,19 +108,31 @@ pub struct ServerArg {
     pub server: String,
 }
 
+/// Where file commands go: one server, or a cluster's trackers.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct TargetArg {
+    /// Base URL of a Sluice server (a storage node or `sluice serve`).
+    #[arg(long, env = "SLUICE_SERVER")]
+    pub server: Option<String>,
+    /// A tracker of a cluster; repeat for several (tried in turn).
+    #[arg(long = "tracker")]
+    pub trackers: Vec<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct UploadArgs {
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
     #[command(flatten)]
-    pub server: ServerArg,
+    pub target: TargetArg,
 }
 
 #[derive(Args, Debug)]
 pub struct DownloadArgs {
     pub fileid: String,
     #[command(flatten)]
-    pub server: ServerArg,
+    pub target: TargetArg,
     /// Where to write the file (`-` for stdout); default: the id's last part in the current directory.
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
@@ -131,14 +143,14 @@ pub struct DeleteArgs {
     #[arg(required = true)]
     pub fileids: Vec<String>,
     #[command(flatten)]
-    pub server: ServerArg,
+    pub target: TargetArg,
 }
 
 #[derive(Args, Debug)]
 pub struct StatArgs {
     pub fileid: String,
     #[command(flatten)]
-    pub server: ServerArg,
+    pub target: TargetArg,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]

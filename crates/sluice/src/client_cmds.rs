@@ -6,15 +6,20 @@ use std::process::ExitCode;
 use anyhow::Context;
 use sluice_client::Client;
 use sluice_client::bench::{BenchKind, BenchPlan};
+use sluice_client::cluster::Endpoint;
 use sluice_proto::FileId;
 
 use crate::cli::{
-    BenchArgs, BenchMode, ClusterArgs, DeleteArgs, DownloadArgs, StatArgs, UploadArgs,
+    BenchArgs, BenchMode, ClusterArgs, DeleteArgs, DownloadArgs, StatArgs, TargetArg, UploadArgs,
 };
 use crate::progress::Progress;
 
+fn endpoint(target: &TargetArg) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::new(target.server.as_deref(), &target.trackers)?)
+}
+
 pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.server.server)?;
+    let client = endpoint(&args.target)?;
     // Stops at the first failure so line k of the output always belongs to argument k.
     for path in &args.files {
         let len = std::fs::metadata(path).map(|m| m.len()).ok();
@@ -32,7 +37,7 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
     let id = FileId::parse(&args.fileid).with_context(|| format!("file id {:?}", args.fileid))?;
-    let client = Client::new(&args.server.server)?;
+    let client = endpoint(&args.target)?;
     let output = args
         .output
         .unwrap_or_else(|| PathBuf::from(id.key.to_string()));
@@ -47,7 +52,7 @@ pub async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.server.server)?;
+    let client = endpoint(&args.target)?;
     for fileid in &args.fileids {
         FileId::parse(fileid).with_context(|| format!("file id {fileid:?}"))?;
         client.delete(fileid).await?;
@@ -57,7 +62,7 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
     FileId::parse(&args.fileid).with_context(|| format!("file id {:?}", args.fileid))?;
-    let client = Client::new(&args.server.server)?;
+    let client = endpoint(&args.target)?;
     let stat = client.stat(&args.fileid).await?;
     println!("{}", serde_json::to_string(&stat)?);
     Ok(ExitCode::SUCCESS)

@@ -19,6 +19,15 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     let config = ServeConfig::load_storage(&args)?;
     let store = open_store(&config).await?;
     let node_id = cluster::node_id(&config.raw.data).context("node id")?;
+    let listener = TcpListener::bind(config.raw.http)
+        .await
+        .with_context(|| format!("listening on {}", config.raw.http))?;
+    let addr = listener.local_addr()?;
+    let advertise = config
+        .raw
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let replication = Arc::new(
         Replication::new(
             ReplicationConfig {
@@ -29,22 +38,15 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
                 cursors_file: config.raw.data.join("peers.json"),
             },
             node_id.clone(),
+            advertise.clone(),
         )
         .context("replication client")?,
     );
     let state = storage_state(&config, store.clone(), Some(replication.clone()));
-    let listener = TcpListener::bind(config.raw.http)
-        .await
-        .with_context(|| format!("listening on {}", config.raw.http))?;
-    let addr = listener.local_addr()?;
     let link = ClusterLink {
         trackers: config.raw.trackers.clone(),
         node_id,
-        advertise: config
-            .raw
-            .advertise
-            .clone()
-            .unwrap_or_else(|| format!("http://{addr}")),
+        advertise,
         secret: cluster_secret(),
         interval: Duration::from_millis(config.raw.heartbeat_interval_ms),
         free_space_reserve: config.raw.free_space_reserve.0,

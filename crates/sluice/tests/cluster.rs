@@ -360,3 +360,79 @@ fn a_group_replicates_catches_up_and_forgets_deletes() {
     assert_eq!(get_from(&c, &deleted).0, "404");
     drop(a);
 }
+
+#[test]
+fn the_cli_survives_a_dead_tracker_and_a_node_killed_mid_uploads() {
+    let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut t1 = tracker(dirs[0].path());
+    let t2 = tracker(dirs[1].path());
+    let mut a = storage(dirs[2].path(), "g1", &[&t1, &t2], Some(SECRET));
+    let b = storage(dirs[3].path(), "g1", &[&t1, &t2], Some(SECRET));
+    let c = storage(dirs[4].path(), "g2", &[&t1, &t2], Some(SECRET));
+    for t in [&t1, &t2] {
+        wait_for("three active nodes", WAIT, || {
+            states(t).iter().filter(|(_, _, s)| s == "active").count() == 3
+        });
+    }
+    let work = tempfile::tempdir().unwrap();
+    let upload = |i: u32, trackers: &[&Served]| -> Option<(String, Vec<u8>)> {
+        let body: Vec<u8> = (0..30_000u32).map(|k| ((k * 7) ^ i) as u8).collect();
+        let path = work.path().join(format!("f{i}.bin"));
+        std::fs::write(&path, &body).unwrap();
+        let mut args = vec!["upload".to_string(), path.display().to_string()];
+        for t in trackers {
+            args.extend(["--tracker".to_string(), t.url.clone()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = sluice(&args);
+        out.status.success().then(|| {
+            (
+                String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+                body,
+            )
+        })
+    };
+
+    // Kill node a while uploads stream in: every acknowledged upload must stay readable.
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        if i == 15 {
+            a.child.kill().unwrap();
+            a.child.wait().unwrap();
+        }
+        // The CLI retries on another node; with a killed node it must still succeed.
+        let (id, body) = upload(i, &[&t1, &t2]).expect("upload acknowledged despite a dead node");
+        acked.push((id, body));
+    }
+
+    // Kill tracker 1: the CLI, told t1 first, falls over to t2 for uploads and downloads.
+    t1.child.kill().unwrap();
+    t1.child.wait().unwrap();
+    acked.push(upload(99, &[&t1, &t2]).expect("upload with the first tracker dead"));
+    for (id, body) in &acked {
+        let out_path = work.path().join("out.bin");
+        let out = sluice(&[
+            "download",
+            id,
+            "--tracker",
+            &t1.url,
+            "--tracker",
+            &t2.url,
+            "-o",
+            out_path.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(&std::fs::read(&out_path).unwrap(), body, "{id}");
+    }
+
+    // Node a comes back and catches up with everything g1 took while it was away.
+    let a = storage(dirs[2].path(), "g1", &[&t2], Some(SECRET));
+    wait_for("a caught up with b", WAIT, || {
+        node_files(&a) == node_files(&b) && node_files(&b) > 0
+    });
+    drop(c);
+}

@@ -1,0 +1,148 @@
+//! A client of a cluster: several trackers, failing over between them, and uploads retried on
+//! another node when the one assigned does not answer.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sluice_proto::UploadResponse;
+use sluice_proto::cluster::Assignment;
+
+use crate::{Client, ClientError, FileStat};
+
+/// Upload attempts (each on a freshly assigned node) before giving up.
+const UPLOAD_ATTEMPTS: usize = 5;
+
+/// Where requests go: one server, or any of several trackers.
+#[derive(Clone)]
+pub enum Endpoint {
+    Server(Client),
+    Trackers(TrackerSet),
+}
+
+#[derive(Clone)]
+pub struct TrackerSet {
+    trackers: Arc<Vec<Client>>,
+    /// The tracker to try first; moves on when one fails, so a dead tracker costs one try.
+    first: Arc<AtomicUsize>,
+}
+
+impl TrackerSet {
+    pub fn new(urls: &[String]) -> Result<Self, ClientError> {
+        if urls.is_empty() {
+            return Err(ClientError::BadUrl(String::new()));
+        }
+        let trackers = urls
+            .iter()
+            .map(|u| Client::new(u))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            trackers: Arc::new(trackers),
+            first: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Runs `call` against each tracker in turn until one answers; server errors other than
+    /// unavailability are answers too (a 404 is the same from every tracker).
+    async fn any<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let n = self.trackers.len();
+        let start = self.first.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            match call(self.trackers[idx].clone()).await {
+                Err(e) if e.is_unreachable() => {
+                    self.first.store((idx + 1) % n, Ordering::Relaxed);
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(ClientError::BadUrl(String::new())))
+    }
+
+    pub async fn assign(&self) -> Result<Assignment, ClientError> {
+        self.any(|t| async move { t.assign().await }).await
+    }
+
+    /// Tells the trackers a node did not answer, so they stop choosing it (each checks first).
+    pub async fn report_unreachable(&self, node: &str) {
+        let reports = self.trackers.iter().map(|t| t.report_unreachable(node));
+        futures_util::future::join_all(reports).await;
+    }
+}
+
+impl Endpoint {
+    pub fn new(server: Option<&str>, trackers: &[String]) -> Result<Self, ClientError> {
+        match server {
+            Some(s) => Ok(Endpoint::Server(Client::new(s)?)),
+            None => Ok(Endpoint::Trackers(TrackerSet::new(trackers)?)),
+        }
+    }
+
+    /// Uploads a file; through trackers, asks for a node and, if that node fails before
+    /// acknowledging, asks again (trackers stop choosing a node once it misses heartbeats).
+    pub async fn upload_file(
+        &self,
+        path: &Path,
+        progress: impl Fn(u64) + Send + Sync + Clone + 'static,
+    ) -> Result<UploadResponse, ClientError> {
+        let trackers = match self {
+            Endpoint::Server(c) => return c.upload_file(path, progress).await,
+            Endpoint::Trackers(t) => t,
+        };
+        let mut last = None;
+        for _ in 0..UPLOAD_ATTEMPTS {
+            let assignment = trackers.assign().await?;
+            let base = assignment.url.trim_end_matches("/v1/files");
+            let node = Client::new(base)?;
+            match node.upload_file(path, progress.clone()).await {
+                Err(e) if e.is_unreachable() => {
+                    if matches!(e, ClientError::Transport { .. }) {
+                        trackers.report_unreachable(base).await;
+                    }
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(ClientError::BadUrl(String::new())))
+    }
+
+    pub async fn download_to(
+        &self,
+        fileid: &str,
+        path: &Path,
+        progress: impl Fn(u64, Option<u64>) + Clone,
+    ) -> Result<u64, ClientError> {
+        match self {
+            Endpoint::Server(c) => c.download_to(fileid, path, progress).await,
+            // The tracker answers 302 to a node; the client follows it.
+            Endpoint::Trackers(t) => {
+                t.any(|c| {
+                    let progress = progress.clone();
+                    async move { c.download_to(fileid, path, progress).await }
+                })
+                .await
+            }
+        }
+    }
+
+    pub async fn stat(&self, fileid: &str) -> Result<FileStat, ClientError> {
+        match self {
+            Endpoint::Server(c) => c.stat(fileid).await,
+            Endpoint::Trackers(t) => t.any(|c| async move { c.stat(fileid).await }).await,
+        }
+    }
+
+    pub async fn delete(&self, fileid: &str) -> Result<(), ClientError> {
+        match self {
+            Endpoint::Server(c) => c.delete(fileid).await,
+            Endpoint::Trackers(t) => t.any(|c| async move { c.delete(fileid).await }).await,
+        }
+    }
+}
