@@ -48,10 +48,15 @@ pub fn node_id(data: &Path) -> std::io::Result<String> {
 /// What this node would say in a heartbeat now.
 pub fn heartbeat(state: &StorageState, link: &ClusterLink) -> Heartbeat {
     let store = state.store();
-    let free_bytes = store.free_bytes().unwrap_or_else(|e| {
+    let disk_free = store.free_bytes().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot read free space; reporting none");
         0
     });
+    let room = state
+        .config()
+        .capacity
+        .map_or(u64::MAX, |c| c.saturating_sub(store.bytes()));
+    let free_bytes = disk_free.min(room);
     Heartbeat {
         node_id: link.node_id.clone(),
         group: state.config().group.to_string(),

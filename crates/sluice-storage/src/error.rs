@@ -30,6 +30,8 @@ pub enum ApiError {
     RangeNotSatisfiable { size: u64 },
     #[error("the server's disk is full")]
     NoSpace,
+    #[error("this node is full (its configured capacity is reached); try another group")]
+    Full,
     #[error("stored data is damaged; the error was logged")]
     Corrupt,
     #[error("the server is shutting down")]
@@ -50,7 +52,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            ApiError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::NoSpace | ApiError::Full => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Corrupt | ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }

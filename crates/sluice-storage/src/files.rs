@@ -29,13 +29,8 @@ pub(crate) async fn upload(
     State(state): State<StorageState>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let limit = state.config().max_upload_size;
     let headers = request.headers();
-    if let Some(len) = content_length(headers)? {
-        if len > limit {
-            return Err(ApiError::TooLarge { limit });
-        }
-    }
+    let limit = UploadLimit::for_upload(&state, content_length(headers)?)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or(""));
@@ -48,7 +43,7 @@ pub(crate) async fn upload(
         let multipart = <Multipart as axum::extract::FromRequest<()>>::from_request(request, &())
             .await
             .map_err(|e| ApiError::BadRequest(format!("bad multipart body: {e}")))?;
-        upload_multipart(&state, multipart, limit).await?
+        upload_multipart(&state, multipart, &limit).await?
     } else {
         let content_type = match content_type {
             None => DEFAULT_CONTENT_TYPE.to_owned(),
@@ -56,14 +51,14 @@ pub(crate) async fn upload(
             Some(_) => return Err(ApiError::BadRequest("invalid Content-Type".into())),
         };
         let key = state.store().new_key()?;
-        let mut writer = state.store().writer(key, content_type, limit);
+        let mut writer = state.store().writer(key, content_type, limit.bytes);
         let idle = state.config().body_idle_timeout;
         let mut body = request.into_body().into_data_stream();
         while let Some(chunk) = within(idle, body.next()).await? {
             let chunk = chunk
                 .map_err(|e| ApiError::BadRequest(format!("request body ended early: {e}")))?;
             state.metrics().received(chunk.len());
-            writer.write(chunk).await?;
+            writer.write(chunk).await.map_err(|e| limit.explain(e))?;
         }
         let size = writer.received();
         (writer, size)
@@ -97,14 +92,60 @@ pub(crate) async fn upload(
     Ok(response)
 }
 
+/// How much an upload may write, and whether that bound is the node's capacity (507) rather
+/// than the per-upload maximum (413).
+pub(crate) struct UploadLimit {
+    pub bytes: u64,
+    by_capacity: bool,
+    max_upload_size: u64,
+}
+
+impl UploadLimit {
+    /// Checks a declared length against both bounds before anything is read.
+    pub fn for_upload(state: &StorageState, declared: Option<u64>) -> Result<Self, ApiError> {
+        let max_upload_size = state.config().max_upload_size;
+        let room = state
+            .config()
+            .capacity
+            .map(|c| c.saturating_sub(state.store().bytes()));
+        if declared.is_some_and(|len| len > max_upload_size) {
+            return Err(ApiError::TooLarge {
+                limit: max_upload_size,
+            });
+        }
+        if room == Some(0) || room.zip(declared).is_some_and(|(room, len)| len > room) {
+            return Err(ApiError::Full);
+        }
+        let bytes = room.map_or(max_upload_size, |r| r.min(max_upload_size));
+        Ok(Self {
+            bytes,
+            by_capacity: bytes < max_upload_size,
+            max_upload_size,
+        })
+    }
+
+    /// Names the bound a writer ran into.
+    pub fn explain(&self, e: sluice_blob::BlobError) -> ApiError {
+        match e {
+            sluice_blob::BlobError::TooLarge { .. } if self.by_capacity => ApiError::Full,
+            sluice_blob::BlobError::TooLarge { .. } => ApiError::TooLarge {
+                limit: self.max_upload_size,
+            },
+            other => other.into(),
+        }
+    }
+}
+
 async fn upload_multipart(
     state: &StorageState,
     mut multipart: Multipart,
-    limit: u64,
+    limit: &UploadLimit,
 ) -> Result<(BlobWriter, u64), ApiError> {
     let bad = |e: axum::extract::multipart::MultipartError| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge { limit }
+            ApiError::TooLarge {
+                limit: limit.max_upload_size,
+            }
         } else {
             ApiError::BadRequest(format!("bad multipart body: {e}"))
         }
@@ -124,11 +165,11 @@ async fn upload_multipart(
             }
         };
         let key = state.store().new_key()?;
-        let mut writer = state.store().writer(key, content_type, limit);
+        let mut writer = state.store().writer(key, content_type, limit.bytes);
         let idle = state.config().body_idle_timeout;
         while let Some(chunk) = within(idle, field.chunk()).await?.map_err(bad)? {
             state.metrics().received(chunk.len());
-            writer.write(chunk).await?;
+            writer.write(chunk).await.map_err(|e| limit.explain(e))?;
         }
         let size = writer.received();
         return Ok((writer, size));

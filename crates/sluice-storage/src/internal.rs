@@ -14,7 +14,7 @@ use sluice_proto::cluster::CLUSTER_SECRET_HEADER;
 
 use crate::StorageState;
 use crate::error::ApiError;
-use crate::files::{body_stream, within};
+use crate::files::{UploadLimit, body_stream, within};
 
 fn authorise(state: &StorageState, headers: &HeaderMap) -> Result<(), ApiError> {
     match &state.config().cluster_secret {
@@ -57,15 +57,19 @@ pub(crate) async fn put_replica(
         .filter(|ct| is_valid_content_type(ct))
         .unwrap_or(DEFAULT_CONTENT_TYPE)
         .to_owned();
-    let mut writer = state
-        .store()
-        .writer(id.key, content_type, state.config().max_upload_size);
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let limit = UploadLimit::for_upload(&state, declared)?;
+    let mut writer = state.store().writer(id.key, content_type, limit.bytes);
     let idle = state.config().body_idle_timeout;
     let mut body = request.into_body().into_data_stream();
     while let Some(chunk) = within(idle, body.next()).await? {
         let chunk =
             chunk.map_err(|e| ApiError::BadRequest(format!("replica body ended early: {e}")))?;
-        writer.write(chunk).await?;
+        writer.write(chunk).await.map_err(|e| limit.explain(e))?;
     }
     writer.commit().await?;
     Ok(StatusCode::CREATED)

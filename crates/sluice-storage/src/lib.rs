@@ -36,6 +36,8 @@ pub struct StorageConfig {
     pub body_idle_timeout: std::time::Duration,
     /// Connection limit and request-head deadline.
     pub http: HttpLimits,
+    /// Most bytes of files this node holds; `None`: as much as the disk takes.
+    pub capacity: Option<u64>,
     /// `SLUICE_CLUSTER_SECRET`: required on `/v1/internal` calls when set.
     pub cluster_secret: Option<sluice_proto::SecretSet>,
 }

@@ -641,3 +641,45 @@ async fn hot_files_are_served_from_memory_until_deleted() {
     assert_eq!(get(&node, path, &[]).await.0, StatusCode::NOT_FOUND);
     assert_eq!(metric(&metrics().await, "sluice_hot_cache_bytes"), 0);
 }
+
+#[tokio::test]
+async fn a_full_node_refuses_with_507_and_keeps_what_it_has() {
+    let node = TestNode::start_with(NodeSettings {
+        capacity: Some(100_000),
+        ..NodeSettings::default()
+    })
+    .await;
+    let first = upload(&node, pattern(60_000), "image/jpeg").await;
+    let c = reqwest::Client::new();
+    // Declared too large for the room left.
+    let r = c
+        .post(format!("{}/v1/files", node.url))
+        .body(pattern(60_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert!(error_text(&r.bytes().await.unwrap()).contains("full"));
+    // Chunked: found full while streaming.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..6).map(|_| Ok(vec![3u8; 10_000])).collect();
+    let r = c
+        .post(format!("{}/v1/files", node.url))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
+    }
+    // What fits still goes in; what was there is intact.
+    upload(&node, pattern(30_000), "image/jpeg").await;
+    let (status, _, body) = get(&node, first["url"].as_str().unwrap(), &[]).await;
+    assert_eq!((status, body), (StatusCode::OK, pattern(60_000)));
+    assert_eq!(node.state.store().files(), 2);
+    wait_until("temp files removed", Duration::from_secs(10), || async {
+        node.temp_files().is_empty()
+    })
+    .await;
+}

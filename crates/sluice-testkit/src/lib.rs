@@ -26,6 +26,7 @@ pub struct NodeSettings {
     pub block_size: u32,
     pub body_idle_timeout: Duration,
     pub max_connections: usize,
+    pub capacity: Option<u64>,
 }
 
 impl Default for NodeSettings {
@@ -36,6 +37,7 @@ impl Default for NodeSettings {
             block_size: 64 * 1024,
             body_idle_timeout: Duration::from_secs(60),
             max_connections: 1000,
+            capacity: None,
         }
     }
 }
@@ -101,6 +103,7 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
             max_upload_size: settings.max_upload_size,
             body_idle_timeout: settings.body_idle_timeout,
             cluster_secret: None,
+            capacity: settings.capacity,
             http: sluice_storage::HttpLimits {
                 max_connections: settings.max_connections,
                 ..sluice_storage::HttpLimits::default()

@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// Milliseconds between heartbeats to the trackers.
     #[arg(long)]
     pub heartbeat_interval_ms: Option<u64>,
+    /// Most bytes of files this node holds (e.g. 500GiB); uploads past it get 507.
+    #[arg(long)]
+    pub capacity: Option<ByteSize>,
+    /// Free space kept back; below it, trackers send this node no uploads.
+    #[arg(long)]
+    pub free_space_reserve: Option<ByteSize>,
 }
 
 #[derive(Args, Debug)]

@@ -40,6 +40,8 @@ pub struct ServeConfig {
     pub heartbeat_interval_ms: u64,
     /// Free space the node keeps back; below it, trackers send it no uploads.
     pub free_space_reserve: ByteSize,
+    /// Most bytes of files the node holds (uploads past it get 507); default: the disk's size.
+    pub capacity: Option<ByteSize>,
     /// Copies (this node included) an upload needs before its 201; fewer gets 503.
     pub min_copies: usize,
     /// Milliseconds a peer may take to store a replica before the upload goes on without it.
@@ -66,6 +68,7 @@ impl Default for ServeConfig {
             advertise: None,
             heartbeat_interval_ms: 2000,
             free_space_reserve: ByteSize(1 << 30),
+            capacity: None,
             min_copies: 1,
             replication_timeout_ms: 5000,
             catch_up_interval_ms: 1000,
@@ -114,6 +117,12 @@ impl ServeConfig {
         }
         if let Some(v) = args.heartbeat_interval_ms {
             config.heartbeat_interval_ms = v;
+        }
+        if let Some(v) = args.capacity {
+            config.capacity = Some(v);
+        }
+        if let Some(v) = args.free_space_reserve {
+            config.free_space_reserve = v;
         }
         Ok(config)
     }

@@ -33,6 +33,7 @@ pub fn storage_state(
             body_idle_timeout: Duration::from_secs(config.raw.body_idle_timeout_secs),
             http: config.http_limits(),
             cluster_secret: crate::storage::cluster_secret(),
+            capacity: config.raw.capacity.map(|c| c.0),
         },
         replication,
     )
