@@ -4,14 +4,14 @@
 //! key, plus a record in a redb index ([`record`]). A blob is written to `tmp/`, fsynced, renamed
 //! into place (directory fsynced), and only then indexed: an index entry therefore always points
 //! at a whole, durable file. What a crash can leave is swept on the next open: everything in
-//! `tmp/`, and data files no index entry names (see [`sweep`]; skipped after a clean close).
+//! temp files, and data files no index entry names (see [`sweep`]; skipped after a clean close).
 //!
 //! ```text
 //! DATA/FORMAT            "sluice-blob 1": refuses to open a directory of another format
 //! DATA/CLEAN             present only between a clean close and the next open
 //! DATA/index.redb        key -> BlobMeta, plus file and byte counters
 //! DATA/blobs/ab/cd/KEY   data files, two levels of 256 directories by the key's first bytes
-//! DATA/tmp/KEY           blobs being written
+//! DATA/blobs/ab/cd/KEY.tmp  blobs being written
 //! ```
 
 pub mod hot;
@@ -34,7 +34,7 @@ pub use hot::{HotCache, HotCacheLimits, HotFile};
 pub use index::{OpKind, OplogEntry, StoreCounters};
 pub use reader::{BlobReader, CHUNK_BYTES, Chunk};
 pub use record::{BlobMeta, BlobState};
-pub use sweep::{data_file_paths, walk_data_files};
+pub use sweep::{data_file_paths, temp_file_paths, walk_data_files};
 pub use writer::BlobWriter;
 
 const FORMAT_FILE: &str = "FORMAT";
@@ -135,9 +135,9 @@ impl BlobStore {
     pub fn open(root: &Path, options: BlobStoreOptions) -> Result<Self, BlobError> {
         std::fs::create_dir_all(root)?;
         check_format(root)?;
-        let tmp = root.join("tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
+        // Temp files live beside their final place (see `tmp_path`); a `tmp/` directory is only
+        // what a pre-release build left, and holds nothing worth keeping.
+        let _ = std::fs::remove_dir_all(root.join("tmp"));
         std::fs::create_dir_all(root.join("blobs"))?;
         let marker = root.join(CLEAN_MARKER);
         let closed_cleanly = marker.exists();
@@ -340,8 +340,13 @@ impl BlobStore {
             .join(key.to_string())
     }
 
+    /// Where a blob is written before it is complete: beside its final place, so concurrent
+    /// uploads spread over the shard directories instead of queueing on one directory's lock,
+    /// and the final rename stays within one directory.
     pub(crate) fn tmp_path(&self, key: &BlobKey) -> PathBuf {
-        self.inner.root.join("tmp").join(key.to_string())
+        let mut path = self.blob_path(key);
+        path.set_extension(sweep::TEMP_SUFFIX);
+        path
     }
 
     pub(crate) fn is_closing(&self) -> bool {

@@ -1,5 +1,6 @@
 //! The orphan sweep: after a crash, a data file can exist that no index entry names (renamed
-//! into place but not yet indexed, or deleted from the index but not yet unlinked). Once per
+//! into place but not yet indexed, or deleted from the index but not yet unlinked), and temp
+//! files of uploads the crash cut off. Once per
 //! open, a background thread walks `blobs/` and removes such files, sparing any written since
 //! this open began (those belong to uploads now in flight).
 
@@ -24,17 +25,29 @@ pub(crate) fn start(store: BlobStore) {
     }
 }
 
+/// The extension of a blob being written.
+pub(crate) const TEMP_SUFFIX: &str = "tmp";
+
 /// Returns how many files it removed.
 pub(crate) fn sweep(store: &BlobStore, started: SystemTime) -> std::io::Result<usize> {
     let mut removed = 0;
     let mut failure = None;
-    walk_data_files(store.root(), &mut |path, key| {
+    walk_shards(store.root(), &mut |path, name| {
         if store.is_closing() {
             return Ok(false);
         }
         if std::fs::metadata(path)?.modified()? >= started {
             return Ok(true);
         }
+        if is_temp(path) {
+            // Written before this open and never finished: the writer is gone.
+            std::fs::remove_file(path)?;
+            removed += 1;
+            return Ok(true);
+        }
+        let Ok(key) = BlobKey::parse(name) else {
+            return Ok(true);
+        };
         match store.index().get(&key) {
             Ok(Some(_)) => {}
             Ok(None) => {
@@ -61,6 +74,17 @@ pub fn walk_data_files(
     root: &Path,
     visit: &mut dyn FnMut(&Path, BlobKey) -> std::io::Result<bool>,
 ) -> std::io::Result<()> {
+    walk_shards(root, &mut |path, name| match BlobKey::parse(name) {
+        Ok(key) => visit(path, key),
+        Err(_) => Ok(true),
+    })
+}
+
+/// Calls `visit` with every entry of every shard directory, until it returns `Ok(false)`.
+fn walk_shards(
+    root: &Path,
+    visit: &mut dyn FnMut(&Path, &str) -> std::io::Result<bool>,
+) -> std::io::Result<()> {
     for level1 in std::fs::read_dir(root.join("blobs"))? {
         let level1 = level1?;
         if !level1.file_type()?.is_dir() {
@@ -73,12 +97,8 @@ pub fn walk_data_files(
             }
             for entry in std::fs::read_dir(level2.path())? {
                 let entry = entry?;
-                let key = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| BlobKey::parse(n).ok());
-                if let Some(key) = key {
-                    if !visit(&entry.path(), key)? {
+                if let Some(name) = entry.file_name().to_str() {
+                    if !visit(&entry.path(), name)? {
                         return Ok(());
                     }
                 }
@@ -86,6 +106,22 @@ pub fn walk_data_files(
         }
     }
     Ok(())
+}
+
+/// Blobs being written (or left half-written by a crash), for tests and tools.
+pub fn temp_file_paths(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut paths = Vec::new();
+    walk_shards(root, &mut |path, _| {
+        if is_temp(path) {
+            paths.push(path.to_owned());
+        }
+        Ok(true)
+    })?;
+    Ok(paths)
+}
+
+fn is_temp(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == TEMP_SUFFIX)
 }
 
 /// Paths of every data file under `root` (for tests and tools; the server never lists).

@@ -51,6 +51,18 @@ impl BlobWriter {
         self.key
     }
 
+    /// The whole content, if none of it has gone to disk yet (uploads under ~1 MiB): lets a
+    /// caller send it elsewhere while `commit` runs.
+    pub fn in_memory(&self) -> Option<Bytes> {
+        self.file
+            .is_none()
+            .then(|| Bytes::copy_from_slice(&self.pending))
+    }
+
+    pub fn content_type(&self) -> &str {
+        &self.content_type
+    }
+
     pub fn received(&self) -> u64 {
         self.received
     }
@@ -146,6 +158,9 @@ impl BlobWriter {
 }
 
 fn create_temp(path: &Path, layout: &BlockLayout) -> Result<File, BlobError> {
+    if let Some(dir) = path.parent() {
+        ensure_shard_dir(dir)?;
+    }
     let mut file = File::options()
         .write(true)
         .create_new(true)
@@ -175,23 +190,26 @@ fn write_blocks(
     file.write_all(&out).map_err(BlobError::from_io)
 }
 
-/// Renames a finished temp file into its place and makes the rename durable.
+/// Renames a finished temp file into its place (same directory) and makes the rename durable.
 fn place(tmp: &Path, final_path: &Path) -> Result<(), BlobError> {
-    let dir = final_path
-        .parent()
-        .ok_or_else(|| BlobError::Io(std::io::Error::other("blob path has no parent")))?;
-    if !dir.exists() {
-        std::fs::create_dir_all(dir)?;
-        // New shard directories must survive a crash too.
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-            if let Some(grand) = parent.parent() {
-                sync_dir(grand)?;
-            }
+    std::fs::rename(tmp, final_path)?;
+    sync_dir(final_path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Creates a blob's shard directory on first use, durably: a crash must not lose the directory
+/// of a file already acknowledged.
+fn ensure_shard_dir(dir: &Path) -> Result<(), BlobError> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(BlobError::from_io)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+        if let Some(grand) = parent.parent() {
+            sync_dir(grand)?;
         }
     }
-    std::fs::rename(tmp, final_path)?;
-    sync_dir(dir)
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), BlobError> {

@@ -53,7 +53,7 @@ async fn read_all(
 }
 
 fn tmp_entries(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir.join("tmp")).unwrap().count()
+    sluice_blob::temp_file_paths(dir).unwrap().len()
 }
 
 #[tokio::test]
@@ -180,7 +180,7 @@ async fn abandoned_writer_leaves_nothing() {
     assert_eq!(
         tmp_entries(dir.path()),
         1,
-        "big writes reach tmp/ before commit"
+        "big writes reach a temp file before commit"
     );
     drop(w);
     assert_eq!(tmp_entries(dir.path()), 0);
@@ -215,31 +215,28 @@ async fn reopen_clears_tmp_and_sweeps_orphans() {
     std::fs::remove_file(dir.path().join("CLEAN")).unwrap();
 
     // What a crash can leave: a half-written temp file, and a placed but unindexed data file.
-    std::fs::write(
-        dir.path().join("tmp/aaaaaaaaaaaaaaaaaaaaaaaaaa"),
-        b"partial",
-    )
-    .unwrap();
     let orphan_dir = dir.path().join("blobs/ff/ff");
     std::fs::create_dir_all(&orphan_dir).unwrap();
+    let partial = orphan_dir.join("777777777777777777777777ba.tmp");
     let orphan = orphan_dir.join("777777777777777777777777aa");
-    std::fs::write(&orphan, b"orphan").unwrap();
     let old = std::time::SystemTime::now() - Duration::from_secs(60);
-    std::fs::File::options()
-        .write(true)
-        .open(&orphan)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    for path in [&partial, &orphan] {
+        std::fs::write(path, b"left by a crash").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
 
     let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
     assert!(
         !dir.path().join("CLEAN").exists(),
         "the marker lasts only until the next open"
     );
-    assert_eq!(tmp_entries(dir.path()), 0);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while orphan.exists() {
+    while orphan.exists() || partial.exists() {
         assert!(Instant::now() < deadline, "sweep did not remove the orphan");
         tokio::time::sleep(POLL).await;
     }

@@ -13,6 +13,7 @@ use sluice_proto::{FileId, UploadResponse};
 
 use crate::StorageState;
 use crate::error::ApiError;
+use crate::replication::ReplicaSource;
 
 /// Parses the id in a path and checks it belongs to this node's group.
 fn parse_local_id(state: &StorageState, text: &str) -> Result<FileId, ApiError> {
@@ -64,15 +65,43 @@ pub(crate) async fn upload(
         (writer, size)
     };
     let key = writer.key();
-    writer.commit().await?;
     let id = FileId::new(state.config().group.clone(), key);
-    if let Some(r) = state.replication() {
-        if let Err(e) = r.replicate_put(state.store(), &id).await {
-            // Too few copies: take it back everywhere, so the client retries elsewhere and no
-            // half-acknowledged file lingers.
-            let _ = state.store().delete(key).await;
-            r.replicate_delete(&id).await;
-            return Err(e.into());
+    match state.replication() {
+        None => {
+            writer.commit().await?;
+        }
+        Some(r) => {
+            // A small body still in memory goes to the peers while it is made durable here, so
+            // an upload waits for the slower of the two rather than both in turn. A larger one
+            // is sent from the stored file afterwards.
+            let replicated = match writer.in_memory() {
+                Some(body) => {
+                    let source = ReplicaSource::Memory {
+                        body,
+                        content_type: writer.content_type().to_owned(),
+                    };
+                    let (local, remote) =
+                        tokio::join!(writer.commit(), r.replicate_put(state.store(), &id, source));
+                    if let Err(e) = local {
+                        // Peers may hold a copy the client will never hear of: take it back.
+                        r.replicate_delete(&id).await;
+                        return Err(e.into());
+                    }
+                    remote
+                }
+                None => {
+                    writer.commit().await?;
+                    r.replicate_put(state.store(), &id, ReplicaSource::Stored)
+                        .await
+                }
+            };
+            if let Err(e) = replicated {
+                // Too few copies: take it back everywhere, so the client retries elsewhere and
+                // no half-acknowledged file lingers.
+                let _ = state.store().delete(key).await;
+                r.replicate_delete(&id).await;
+                return Err(e.into());
+            }
         }
     }
     let fileid = id.to_string();

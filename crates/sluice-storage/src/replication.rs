@@ -61,6 +61,15 @@ pub struct Replication {
     peers_known: AtomicBool,
 }
 
+/// Where the bytes of a replica come from.
+pub enum ReplicaSource {
+    Memory {
+        body: bytes::Bytes,
+        content_type: String,
+    },
+    Stored,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicationError {
     #[error("only {have} of the {need} copies required are possible or were made")]
@@ -190,14 +199,18 @@ impl Replication {
         Ok(())
     }
 
-    /// Sends a freshly stored file to every active peer; `Ok(copies)` if enough hold it.
+    /// What a replica is made from: bytes still in memory (small uploads, sent while the local
+    /// commit runs), or the file as stored here.
     pub async fn replicate_put(
         &self,
         store: &BlobStore,
         id: &FileId,
+        source: ReplicaSource,
     ) -> Result<usize, ReplicationError> {
         let peers = self.targets();
-        let sends = peers.iter().map(|peer| self.send_replica(store, id, peer));
+        let sends = peers
+            .iter()
+            .map(|peer| self.send_replica(store, id, peer, &source));
         let results = futures_util::future::join_all(sends).await;
         let mut copies = 1;
         for (peer, result) in peers.iter().zip(results) {
@@ -222,33 +235,46 @@ impl Replication {
         store: &BlobStore,
         id: &FileId,
         peer: &NodeView,
+        source: &ReplicaSource,
     ) -> Result<(), String> {
-        let reader = store
-            .open_reader(id.key)
-            .map_err(|e| e.to_string())?
-            .ok_or("file vanished")?;
-        let size = reader.meta().size;
-        let content_type = reader.meta().content_type.clone();
-        let body =
-            futures_util::stream::try_unfold((reader, 0u64), move |(reader, at)| async move {
-                if at >= size {
-                    return Ok::<_, BlobError>(None);
-                }
-                let chunk = reader.read_chunk(at, size, CHUNK_BYTES).await?;
-                let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
-                Ok(Some((
-                    futures_util::stream::iter(chunk.into_iter().map(Ok::<_, BlobError>)),
-                    (reader, at + len),
-                )))
-            })
-            .try_flatten();
+        let (body, size, content_type) = match source {
+            ReplicaSource::Memory { body, content_type } => (
+                reqwest::Body::from(body.clone()),
+                body.len() as u64,
+                content_type.clone(),
+            ),
+            ReplicaSource::Stored => {
+                let reader = store
+                    .open_reader(id.key)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("file vanished")?;
+                let size = reader.meta().size;
+                let content_type = reader.meta().content_type.clone();
+                let stream = futures_util::stream::try_unfold(
+                    (reader, 0u64),
+                    move |(reader, at)| async move {
+                        if at >= size {
+                            return Ok::<_, BlobError>(None);
+                        }
+                        let chunk = reader.read_chunk(at, size, CHUNK_BYTES).await?;
+                        let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
+                        Ok(Some((
+                            futures_util::stream::iter(chunk.into_iter().map(Ok::<_, BlobError>)),
+                            (reader, at + len),
+                        )))
+                    },
+                )
+                .try_flatten();
+                (reqwest::Body::wrap_stream(stream), size, content_type)
+            }
+        };
         let request = self
             .client
             .put(format!("{}/v1/internal/blobs/{id}", peer.url))
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .header(reqwest::header::CONTENT_LENGTH, size)
             .timeout(self.config.timeout)
-            .body(reqwest::Body::wrap_stream(body));
+            .body(body);
         let response = self
             .authorise(request)
             .send()

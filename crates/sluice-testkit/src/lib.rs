@@ -71,11 +71,9 @@ impl TestNode {
         self.dir.path()
     }
 
-    /// The files left in the store's `tmp/` directory: uploads not yet committed.
+    /// Temp files of the store: uploads not yet committed.
     pub fn temp_files(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.dir.path().join("tmp"))
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default()
+        sluice_blob::temp_file_paths(self.dir.path()).unwrap_or_default()
     }
 
     /// Stops serving and waits for the server task to end.

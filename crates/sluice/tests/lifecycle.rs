@@ -22,7 +22,11 @@ fn sigterm_lets_an_upload_in_flight_finish() {
     wait_for(
         "the upload to reach the server",
         Duration::from_secs(10),
-        || std::fs::read_dir(data.path().join("tmp")).map_or(0, |d| d.count()) > 0,
+        || {
+            !sluice_blob::temp_file_paths(data.path())
+                .unwrap_or_default()
+                .is_empty()
+        },
     );
     served.signal("TERM");
     s.write_all(&vec![9u8; 1_500_000]).unwrap();
@@ -91,19 +95,17 @@ fn sigkill_loses_no_acknowledged_file_and_leaves_no_leftovers() {
         let got = http::blocking_get(&format!("{}/v1/files/{fileid}", served.url));
         assert!(got == *body, "{fileid} differs after SIGKILL");
     }
-    assert_eq!(
-        std::fs::read_dir(data.path().join("tmp")).unwrap().count(),
-        0,
-        "tmp/ cleared"
-    );
-    // Data files and index agree once the sweep has run: no orphan stays behind.
+    // Once the sweep has run, data files and index agree and no temp file is left.
     wait_for(
-        "data files on disk to equal files indexed",
+        "no orphan and no temp file left",
         Duration::from_secs(30),
         || {
             let indexed = http::metric(&served.url, "sluice_store_files");
             assert!(indexed >= acked.len() as u64);
             indexed == data_files(data.path()) as u64
+                && sluice_blob::temp_file_paths(data.path())
+                    .unwrap_or_default()
+                    .is_empty()
         },
     );
 }
