@@ -12,7 +12,12 @@ cargo build --release --quiet -p sluice
 SLUICE=target/release/sluice
 work=$(mktemp -d "${SLUICE_BENCH_DIR:-$PWD/target}/cluster.XXXXXX")
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  grep -h -E "ERROR|WARN" "$work"/*.log 2>/dev/null | sort | uniq -c | sort -rn | head -5 >&2 || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up() { for _ in $(seq 200); do curl -sf "$1/healthz" >/dev/null && return; sleep 0.05; done; echo "$1 did not start" >&2; exit 1; }
@@ -32,8 +37,17 @@ for _ in $(seq 200); do
   sleep 0.05
 done
 
-run() { "$SLUICE" bench "$1" --server "$2" -c "$conns" -n "$requests" --size "$3" --files 2000 --json; }
-field() { python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(f\"{r['requests_per_sec']:.0f}/s p99 {r['p99_ms']:.1f} ms\" + ('' if r['failed']==0 else f\" ({r['failed']} failed)\"))" "$1"; }
+run() { "$SLUICE" bench "$1" --server "$2" -c "$conns" -n "$requests" --size "$3" --files 2000 --json || true; }
+field() {
+  python3 - "$1" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+text = f"{r['requests_per_sec']:.0f}/s p99 {r['p99_ms']:.1f} ms"
+if r["failed"]:
+    text += f" ({r['failed']} failed: {r['first_error']})"
+print(text)
+PY
+}
 
 printf '%-16s %-28s %-28s\n' "" "single node" "two-node group (fsync on both)"
 for size in 5KB 64KiB; do

@@ -343,9 +343,21 @@ impl BlobStore {
     /// Where a blob is written before it is complete: beside its final place, so concurrent
     /// uploads spread over the shard directories instead of queueing on one directory's lock,
     /// and the final rename stays within one directory.
+    /// Each writer gets its own name, so two writers of one key (a replica pushed by a peer
+    /// while catch-up fetches the same file) never touch each other's temp file.
     pub(crate) fn tmp_path(&self, key: &BlobKey) -> PathBuf {
+        let mut nonce = [0u8; 4];
+        // Uniqueness among concurrent writers of one key is all that matters here; a failed
+        // random read falls back to the clock.
+        if getrandom::fill(&mut nonce).is_err() {
+            nonce = (now_ms() as u32).to_le_bytes();
+        }
         let mut path = self.blob_path(key);
-        path.set_extension(sweep::TEMP_SUFFIX);
+        path.set_extension(format!(
+            "{:08x}.{}",
+            u32::from_le_bytes(nonce),
+            sweep::TEMP_SUFFIX
+        ));
         path
     }
 

@@ -321,3 +321,28 @@ async fn oplog_orders_puts_and_deletes_and_tombstones_refuse_resurrection() {
         "the oplog survives a restart"
     );
 }
+
+#[tokio::test]
+async fn two_writers_of_one_key_do_not_trip_over_each_other() {
+    // A replica pushed by a peer and the same file fetched by catch-up can arrive together.
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let key = store.new_key().unwrap();
+    let data = pattern(3 << 20, 4);
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let mut w = store.writer(key, "video/mp4".into(), u64::MAX);
+        w.write(Bytes::from(data.clone())).await.unwrap();
+        writers.push(w);
+    }
+    let commits = writers.into_iter().map(|w| tokio::spawn(w.commit()));
+    for c in commits {
+        c.await.unwrap().unwrap();
+    }
+    assert_eq!(store.files(), 1);
+    assert_eq!(
+        read_all(&store, key, 0, data.len() as u64).await.unwrap(),
+        data
+    );
+    assert_eq!(tmp_entries(dir.path()), 0);
+}
