@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use sluice_blob::{BlobMeta, BlobReader, BlobWriter, CHUNK_BYTES, Chunk, HotFile};
+use sluice_blob::{BlobError, BlobMeta, BlobReader, BlobWriter, CHUNK_BYTES, Chunk, HotFile};
 use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
 use sluice_proto::range::{RangeRequest, request_for};
 use sluice_proto::{FileId, UploadResponse};
@@ -289,13 +289,20 @@ pub(crate) async fn download(
     }
     let body = match source {
         Source::Hot(hot) => body_from_parts(slice_parts(&hot.parts, start, end).collect()),
-        Source::Disk(reader) => {
+        Source::Disk(mut reader) => {
             // A whole small file is read in one go and offered to the hot cache.
             let cacheable = start == 0 && end == size && store.hot().admits(size);
             let max = if cacheable { size } else { CHUNK_BYTES };
             // Read (and verify) the first chunk before answering, so a damaged small file gets
-            // a clean 500 rather than a truncated 200.
-            let first = reader.read_chunk(start, end, max).await?;
+            // a clean 500 rather than a truncated 200, or, in a group, is repaired from a peer
+            // and served.
+            let first = match reader.read_chunk(start, end, max).await {
+                Err(BlobError::Corrupt { .. }) if repair(&state, &id).await => {
+                    reader = store.open_reader(id.key)?.ok_or(ApiError::NotFound)?;
+                    reader.read_chunk(start, end, max).await?
+                }
+                other => other?,
+            };
             if cacheable {
                 store.offer_to_hot_cache(id.key, reader.meta().clone(), first.clone());
             }
@@ -303,6 +310,31 @@ pub(crate) async fn download(
         }
     };
     response.body(body).map_err(|_| ApiError::Internal)
+}
+
+/// Replaces a damaged local copy with a peer's; false when no peer could provide one.
+pub(crate) async fn repair(state: &StorageState, id: &FileId) -> bool {
+    let Some(r) = state.replication() else {
+        return false;
+    };
+    match r
+        .fetch_from_peers(state.store(), id, state.config().max_upload_size)
+        .await
+    {
+        Ok(true) => {
+            tracing::warn!(fileid = %id, "damaged copy replaced with a peer's");
+            state.metrics_repaired();
+            true
+        }
+        Ok(false) => {
+            tracing::error!(fileid = %id, "damaged copy and no peer has a good one");
+            false
+        }
+        Err(e) => {
+            tracing::error!(fileid = %id, error = %e, "repair from a peer failed");
+            false
+        }
+    }
 }
 
 /// Opens a local file, or fetches it from a peer first when this node has not caught up.

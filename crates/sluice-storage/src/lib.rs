@@ -10,6 +10,7 @@ mod files;
 mod internal;
 mod metrics;
 pub mod replication;
+pub mod scrub;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -54,6 +55,18 @@ struct Inner {
     /// Present when the node belongs to a cluster group.
     replication: Option<Arc<replication::Replication>>,
     metrics: Arc<HttpMetrics>,
+    counters: NodeCounters,
+}
+
+/// What the node counts besides HTTP traffic.
+#[derive(Default)]
+pub struct NodeCounters {
+    /// Damaged copies replaced with a peer's.
+    pub repaired: std::sync::atomic::AtomicU64,
+    /// Files the scrub has read through.
+    pub scrubbed_files: std::sync::atomic::AtomicU64,
+    /// Damaged files the scrub found.
+    pub scrub_damaged: std::sync::atomic::AtomicU64,
 }
 
 impl StorageState {
@@ -72,6 +85,7 @@ impl StorageState {
                 config,
                 replication,
                 metrics: Arc::default(),
+                counters: NodeCounters::default(),
             }),
         }
     }
@@ -86,6 +100,17 @@ impl StorageState {
 
     pub fn replication(&self) -> Option<&Arc<replication::Replication>> {
         self.inner.replication.as_ref()
+    }
+
+    pub fn counters(&self) -> &NodeCounters {
+        &self.inner.counters
+    }
+
+    pub(crate) fn metrics_repaired(&self) {
+        self.inner
+            .counters
+            .repaired
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn metrics(&self) -> &HttpMetrics {

@@ -26,6 +26,25 @@ pub(crate) async fn render(State(state): State<StorageState>) -> impl IntoRespon
         "Bytes of file content held by this node.",
         store.bytes(),
     );
+    let c = state.counters();
+    render_counter(
+        &mut out,
+        "sluice_repairs_total",
+        "Damaged copies replaced with a peer's.",
+        c.repaired.load(Ordering::Relaxed),
+    );
+    render_counter(
+        &mut out,
+        "sluice_scrub_files_total",
+        "Files the background scrub has read through.",
+        c.scrubbed_files.load(Ordering::Relaxed),
+    );
+    render_counter(
+        &mut out,
+        "sluice_scrub_damaged_total",
+        "Damaged files the background scrub found.",
+        c.scrub_damaged.load(Ordering::Relaxed),
+    );
     let hot = store.hot();
     render_counter(
         &mut out,

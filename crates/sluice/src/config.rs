@@ -42,6 +42,10 @@ pub struct ServeConfig {
     pub free_space_reserve: ByteSize,
     /// Most bytes of files the node holds (uploads past it get 507); default: the disk's size.
     pub capacity: Option<ByteSize>,
+    /// Seconds between background scrub passes (each reads and verifies every file).
+    pub scrub_interval_secs: u64,
+    /// How fast the scrub reads.
+    pub scrub_bytes_per_sec: ByteSize,
     /// Copies (this node included) an upload needs before its 201; fewer gets 503.
     pub min_copies: usize,
     /// Milliseconds a peer may take to store a replica before the upload goes on without it.
@@ -69,6 +73,8 @@ impl Default for ServeConfig {
             heartbeat_interval_ms: 2000,
             free_space_reserve: ByteSize(1 << 30),
             capacity: None,
+            scrub_interval_secs: 24 * 3600,
+            scrub_bytes_per_sec: ByteSize(20 << 20),
             min_copies: 1,
             replication_timeout_ms: 5000,
             catch_up_interval_ms: 1000,
@@ -163,6 +169,10 @@ impl ServeConfig {
             "max_connections must be at least 1"
         );
         anyhow::ensure!(self.min_copies >= 1, "min_copies must be at least 1");
+        anyhow::ensure!(
+            self.scrub_interval_secs >= 1 && self.scrub_bytes_per_sec.0 >= 1024,
+            "scrub_interval_secs must be at least 1 and scrub_bytes_per_sec at least 1KiB"
+        );
         anyhow::ensure!(
             self.replication_timeout_ms >= 10 && self.catch_up_interval_ms >= 10,
             "replication_timeout_ms and catch_up_interval_ms must be at least 10"

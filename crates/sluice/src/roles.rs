@@ -39,6 +39,49 @@ pub fn storage_state(
     )
 }
 
+/// The background tasks of a role, stopped together at shutdown.
+pub struct Background {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    pub fn new() -> Self {
+        Self {
+            stop: tokio::sync::watch::channel(false).0,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// A future that resolves when [`Background::stop`] is called; hand one to each task.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    }
+
+    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
+    }
+
+    /// Tells every task to stop and waits for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The scrub settings from config.
+pub fn scrub_config(config: &ValidServeConfig) -> sluice_storage::scrub::ScrubConfig {
+    sluice_storage::scrub::ScrubConfig {
+        interval: Duration::from_secs(config.raw.scrub_interval_secs),
+        bytes_per_sec: config.raw.scrub_bytes_per_sec.0,
+    }
+}
+
 /// Runs `server` (which stops accepting when its shutdown future resolves) until a signal,
 /// then gives requests in flight `grace` to finish.
 pub async fn serve_until_signal<F, Fut>(grace: Duration, server: F) -> anyhow::Result<()>

@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
 use crate::config::ServeConfig;
-use crate::roles::{init_logging, open_store, serve_until_signal, storage_state};
+use crate::roles::{
+    Background, init_logging, open_store, scrub_config, serve_until_signal, storage_state,
+};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
@@ -41,18 +43,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         interval,
         free_space_reserve: config.raw.free_space_reserve.0,
     };
-    let beats = {
-        let (state, tracker) = (state.clone(), tracker.clone());
-        tokio::spawn(async move {
+    let mut background = Background::new();
+    {
+        let (state, tracker, stopped) = (state.clone(), tracker.clone(), background.stopped());
+        background.spawn(async move {
+            let mut stopped = std::pin::pin!(stopped);
             let mut ticks = tokio::time::interval(link.interval);
             loop {
-                ticks.tick().await;
-                tracker
-                    .registry()
-                    .heartbeat(cluster::heartbeat(&state, &link));
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        tracker.registry().heartbeat(cluster::heartbeat(&state, &link));
+                    }
+                    () = &mut stopped => return,
+                }
             }
-        })
-    };
+        });
+    }
+    background.spawn(sluice_storage::scrub::run_scrub(
+        state.clone(),
+        scrub_config(&config),
+        background.stopped(),
+    ));
 
     tracing::info!(
         http = %url,
@@ -78,7 +89,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    beats.abort();
+    background.stop().await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

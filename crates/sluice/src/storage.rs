@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 
 use crate::cli::StorageArgs;
 use crate::config::ServeConfig;
-use crate::roles::{init_logging, open_store, serve_until_signal, storage_state};
+use crate::roles::{
+    Background, init_logging, open_store, scrub_config, serve_until_signal, storage_state,
+};
 
 pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     init_logging();
@@ -60,22 +62,23 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
         files = store.files(),
         "sluice storage is ready"
     );
-    let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
-    let sync = {
-        let (store, group) = (store.clone(), config.group.clone());
+    let mut background = Background::new();
+    {
+        let (store, group, stopped) = (store.clone(), config.group.clone(), background.stopped());
         let limit = config.raw.max_upload_size.0;
-        tokio::spawn(async move {
-            replication
-                .run_catch_up(store, group, limit, async move {
-                    let _ = sync_stopped.await;
-                })
-                .await;
-        })
-    };
-    let (stop_beats, beats_stopped) = tokio::sync::oneshot::channel::<()>();
-    let beats = tokio::spawn(cluster::run_heartbeats(state.clone(), link, async move {
-        let _ = beats_stopped.await;
-    }));
+        background
+            .spawn(async move { replication.run_catch_up(store, group, limit, stopped).await });
+    }
+    background.spawn(cluster::run_heartbeats(
+        state.clone(),
+        link,
+        background.stopped(),
+    ));
+    background.spawn(sluice_storage::scrub::run_scrub(
+        state.clone(),
+        scrub_config(&config),
+        background.stopped(),
+    ));
     let result = serve_until_signal(
         Duration::from_secs(config.raw.shutdown_grace_secs),
         move |stop| {
@@ -85,10 +88,7 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
         },
     )
     .await;
-    let _ = stop_beats.send(());
-    let _ = stop_sync.send(());
-    let _ = beats.await;
-    let _ = sync.await;
+    background.stop().await;
     store.close().await;
     tracing::info!("stopped");
     result

@@ -436,3 +436,77 @@ fn the_cli_survives_a_dead_tracker_and_a_node_killed_mid_uploads() {
     });
     drop(c);
 }
+
+fn metric(node: &Served, name: &str) -> u64 {
+    let out = curl(&["-sS", &format!("{}/metrics", node.url)]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Flips one byte of a file's data on a node's disk.
+fn damage(data_dir: &std::path::Path, fileid: &str) {
+    let key = fileid.split('/').nth(1).unwrap();
+    let path = sluice_blob::data_file_paths(data_dir)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.file_name().unwrap() == key)
+        .expect("the node holds the file");
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[100] ^= 0xff;
+    std::fs::write(&path, raw).unwrap();
+}
+
+#[test]
+fn damaged_copies_are_repaired_from_a_peer_on_read_and_by_the_scrub() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let t = tracker(dirs[0].path());
+    let a = storage(dirs[1].path(), "g1", &[&t], Some(SECRET));
+    let config = dirs[0].path().join("b.toml");
+    std::fs::write(
+        &config,
+        "scrub_interval_secs = 1\nscrub_bytes_per_sec = \"1GiB\"\n",
+    )
+    .unwrap();
+    let b_dir = dirs[2].path().to_str().unwrap();
+    let b = Served::spawn(
+        &[
+            "storage",
+            "--group",
+            "g1",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            b_dir,
+            "--heartbeat-interval-ms",
+            "100",
+            "--tracker",
+            &t.url,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("SLUICE_CLUSTER_SECRET", SECRET)],
+    );
+    wait_for("a and b active", WAIT, || {
+        states(&t).iter().filter(|(_, _, s)| s == "active").count() == 2
+    });
+    let one: Vec<u8> = (0..20_000u32).map(|k| k as u8).collect();
+    let two: Vec<u8> = (0..30_000u32).map(|k| (k / 3) as u8).collect();
+    let id1 = upload_via(&t, &one);
+    let id2 = upload_via(&t, &two);
+    wait_for("both files on b", WAIT, || node_files(&b) == 2);
+
+    // Damage met on read: repaired from a, and served whole.
+    damage(dirs[2].path(), &id1);
+    assert_eq!(get_from(&b, &id1), ("200".into(), one));
+    assert!(metric(&b, "sluice_repairs_total") >= 1);
+
+    // Damage nobody reads: the scrub finds and repairs it.
+    damage(dirs[2].path(), &id2);
+    wait_for("the scrub to repair the second file", WAIT, || {
+        metric(&b, "sluice_scrub_damaged_total") >= 1 && metric(&b, "sluice_repairs_total") >= 2
+    });
+    drop(a); // b must now serve it from its own, repaired copy
+    assert_eq!(get_from(&b, &id2), ("200".into(), two));
+}

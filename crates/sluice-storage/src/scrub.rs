@@ -1,0 +1,100 @@
+//! The background scrub: reads every file of the node now and then, checking each block's
+//! checksum, so damage is found before a reader meets it; in a group, a damaged copy is
+//! replaced with a peer's. Reading is paced (`bytes_per_sec`) so serving traffic comes first.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sluice_blob::{BlobError, CHUNK_BYTES};
+use sluice_proto::FileId;
+
+use crate::StorageState;
+
+#[derive(Debug, Clone)]
+pub struct ScrubConfig {
+    /// Pause between the end of one pass and the start of the next.
+    pub interval: Duration,
+    /// Reading pace.
+    pub bytes_per_sec: u64,
+}
+
+/// Scrubs until `shutdown` resolves.
+pub async fn run_scrub(
+    state: StorageState,
+    config: ScrubConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(config.interval) => {}
+            () = &mut shutdown => return,
+        }
+        let pass = scrub_pass(&state, &config);
+        tokio::select! {
+            result = pass => match result {
+                Ok((files, damaged)) => tracing::info!(files, damaged, "scrub pass done"),
+                Err(e) => tracing::warn!(error = %e, "scrub pass stopped early"),
+            },
+            () = &mut shutdown => return,
+        }
+    }
+}
+
+/// One pass over every file; returns (files checked, damaged found).
+async fn scrub_pass(state: &StorageState, config: &ScrubConfig) -> Result<(u64, u64), BlobError> {
+    let root = state.store().root().to_owned();
+    let keys = tokio::task::spawn_blocking(move || {
+        let mut keys = Vec::new();
+        sluice_blob::walk_data_files(&root, &mut |_, key| {
+            keys.push(key);
+            Ok(true)
+        })
+        .map(|()| keys)
+    })
+    .await
+    .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))??;
+    let (mut files, mut damaged) = (0, 0);
+    for key in keys {
+        // Deleted since the walk, or an orphan awaiting the sweep: nothing to check.
+        let Some(reader) = state.store().open_reader(key)? else {
+            continue;
+        };
+        let size = reader.meta().size;
+        let mut at = 0;
+        let mut intact = true;
+        while at < size {
+            match reader.read_chunk(at, size, CHUNK_BYTES).await {
+                Ok(chunk) => {
+                    let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
+                    at += len;
+                    let pause =
+                        Duration::from_secs_f64(len as f64 / config.bytes_per_sec.max(1) as f64);
+                    tokio::time::sleep(pause).await;
+                }
+                Err(BlobError::Corrupt { .. }) => {
+                    intact = false;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        files += 1;
+        state
+            .counters()
+            .scrubbed_files
+            .fetch_add(1, Ordering::Relaxed);
+        if !intact {
+            damaged += 1;
+            state
+                .counters()
+                .scrub_damaged
+                .fetch_add(1, Ordering::Relaxed);
+            let id = FileId::new(state.config().group.clone(), key);
+            crate::files::repair(state, &id).await;
+        }
+    }
+    Ok((files, damaged))
+}
