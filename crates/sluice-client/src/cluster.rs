@@ -96,8 +96,18 @@ impl Endpoint {
             Endpoint::Trackers(t) => t,
         };
         let mut last = None;
-        for _ in 0..UPLOAD_ATTEMPTS {
-            let assignment = trackers.assign().await?;
+        for attempt in 0..UPLOAD_ATTEMPTS {
+            let assignment = match trackers.assign().await {
+                Ok(a) => a,
+                // No group writable this moment (a node just failed, its group re-syncing):
+                // back off briefly and ask again.
+                Err(e) if e.status() == Some(503) && attempt + 1 < UPLOAD_ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                    last = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let base = assignment.url.trim_end_matches("/v1/files");
             let node = Client::new(base)?;
             match node.upload_file(path, progress.clone()).await {

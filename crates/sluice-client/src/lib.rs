@@ -235,6 +235,22 @@ impl Client {
         let _ = self.http.post(&url).json(&body).send().await;
     }
 
+    /// `DELETE /v1/cluster/nodes/{id}` on a tracker: retires a node for good.
+    pub async fn retire_node(
+        &self,
+        node: &str,
+        force: bool,
+        secret: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/v1/cluster/nodes/{node}?force={force}", self.base);
+        let mut request = self.http.delete(&url);
+        if let Some(secret) = secret {
+            request = request.header(sluice_proto::cluster::CLUSTER_SECRET_HEADER, secret);
+        }
+        check(send(request, &url).await?, &url).await?;
+        Ok(())
+    }
+
     /// `GET /v1/assign` of a tracker: where to send an upload.
     pub async fn assign(&self) -> Result<sluice_proto::cluster::Assignment, ClientError> {
         let url = format!("{}/v1/assign", self.base);

@@ -106,7 +106,13 @@ pub async fn run_heartbeats(
                         .json::<HeartbeatAnswer>()
                         .await
                         .map_err(|e| format!("unreadable answer: {e}")),
-                    Ok(r) => Err(format!("answered {}", r.status())),
+                    Ok(r) => {
+                        let status = r.status();
+                        Err(format!(
+                            "answered {status}: {}",
+                            r.text().await.unwrap_or_default()
+                        ))
+                    }
                     Err(e) => Err(e.to_string()),
                 }
             }

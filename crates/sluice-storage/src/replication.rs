@@ -388,8 +388,9 @@ impl Replication {
         }
     }
 
-    /// One pass over every known peer; true if this node is level with all that answered and
-    /// at least the active ones answered.
+    /// One pass over every known peer; true if this node is level with every peer it could
+    /// reach. A peer that cannot be reached does not make us "behind": if it is down it takes
+    /// no writes, and what it had is on the peers that took its replicas.
     async fn catch_up_round(&self, store: &BlobStore, group: &GroupName, limit: u64) -> bool {
         let mut level = self.peers_known.load(Ordering::Relaxed);
         for peer in self.peers() {
@@ -400,10 +401,7 @@ impl Replication {
                 Ok(true) => {}
                 Ok(false) => level = false,
                 Err(e) => {
-                    tracing::debug!(peer = %peer.url, error = %e, "catch-up with peer interrupted");
-                    if peer.state == NodeState::Active {
-                        level = false;
-                    }
+                    tracing::debug!(peer = %peer.url, error = %e, "catch-up with peer interrupted")
                 }
             }
         }

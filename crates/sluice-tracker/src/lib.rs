@@ -19,7 +19,7 @@ use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, Heartbeat, HeartbeatAnswer};
 use sluice_proto::{ErrorBody, FileId, GroupName, SecretSet};
 use tokio::net::TcpListener;
 
-pub use registry::{Placement, Registry};
+pub use registry::{Placement, Registry, RetireError};
 
 #[derive(Debug, Clone)]
 pub struct TrackerConfig {
@@ -109,6 +109,7 @@ pub fn cluster_routes() -> Router<TrackerState> {
         .route("/v1/cluster/heartbeat", post(heartbeat))
         .route("/v1/assign", get(assign))
         .route("/v1/cluster/unreachable", post(report_unreachable))
+        .route("/v1/cluster/nodes/{id}", axum::routing::delete(retire_node))
 }
 
 /// Serves the tracker on `listener` until `shutdown` resolves.
@@ -121,19 +122,38 @@ pub async fn run(
     sluice_http::serve(listener, router(state), limits, shutdown).await
 }
 
+/// A cluster call without a valid cluster secret.
+struct Forbidden;
+
+impl IntoResponse for Forbidden {
+    fn into_response(self) -> Response {
+        error(StatusCode::FORBIDDEN, "missing or wrong cluster secret")
+    }
+}
+
+/// Cluster calls must carry one of the cluster secrets when any is set.
+fn check_secret(state: &TrackerState, headers: &HeaderMap) -> Result<(), Forbidden> {
+    let Some(secrets) = &state.inner.config.cluster_secret else {
+        return Ok(());
+    };
+    let given = headers
+        .get(CLUSTER_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if secrets.accepts(given) {
+        Ok(())
+    } else {
+        Err(Forbidden)
+    }
+}
+
 async fn heartbeat(
     State(state): State<TrackerState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(secrets) = &state.inner.config.cluster_secret {
-        let given = headers
-            .get(CLUSTER_SECRET_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !secrets.accepts(given) {
-            return error(StatusCode::FORBIDDEN, "missing or wrong cluster secret");
-        }
+    if let Err(refused) = check_secret(&state, &headers) {
+        return refused.into_response();
     }
     let hb: Heartbeat = match serde_json::from_slice(&body) {
         Ok(hb) => hb,
@@ -149,6 +169,12 @@ async fn heartbeat(
         return error(
             StatusCode::BAD_REQUEST,
             "bad heartbeat: node_id and an http(s) url are required",
+        );
+    }
+    if state.registry().is_retired(&hb.node_id) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "this node was retired from the cluster for good",
         );
     }
     let (group, node, url) = (hb.group.clone(), hb.node_id.clone(), hb.url.clone());
@@ -193,6 +219,32 @@ async fn report_unreachable(
         tracing::warn!(url = %report.url, "node reported unreachable and failed a probe: offline until it heartbeats");
     }
     axum::Json(json!({ "offline": !alive })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct RetireQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `sluice cluster remove`: retires a node for good (admin; needs the cluster secret).
+async fn retire_node(
+    State(state): State<TrackerState>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RetireQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = check_secret(&state, &headers) {
+        return refused.into_response();
+    }
+    match state.registry().retire(&id, q.force) {
+        Ok(()) => {
+            tracing::warn!(node = %id, force = q.force, "node retired from the cluster");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(RetireError::Unknown) => error(StatusCode::NOT_FOUND, RetireError::Unknown.to_string()),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
 }
 
 async fn cluster_view(State(state): State<TrackerState>) -> Response {

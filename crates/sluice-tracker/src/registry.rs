@@ -40,6 +40,7 @@ pub struct Registry {
     /// Turns for tie-breaks and round robin, shared by placement and routing.
     turn: AtomicUsize,
     members_file: Option<PathBuf>,
+    retired: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// What the members file keeps: who belongs where, so a restarted tracker shows a node that is
@@ -48,6 +49,22 @@ pub struct Registry {
 struct MembersFile {
     version: u32,
     nodes: Vec<KnownNode>,
+    /// Nodes retired for good: their heartbeats are refused.
+    #[serde(default)]
+    retired: Vec<String>,
+}
+
+/// Why a node may not be retired yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetireError {
+    #[error("no node has that id")]
+    Unknown,
+    #[error("the node is still up; stop it first (or force)")]
+    StillUp,
+    #[error(
+        "no other active node of its group holds as many files ({0}); its files may live nowhere else (or force)"
+    )]
+    FilesNotElsewhere(u64),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -69,6 +86,7 @@ impl Registry {
             placement,
             turn: AtomicUsize::new(0),
             members_file,
+            retired: Mutex::new(Default::default()),
         };
         registry.load_members();
         registry
@@ -88,6 +106,9 @@ impl Registry {
                 return;
             }
         };
+        if let Ok(mut retired) = self.retired.lock() {
+            retired.extend(file.retired);
+        }
         let Ok(mut groups) = self.groups.lock() else {
             return;
         };
@@ -113,8 +134,53 @@ impl Registry {
         }
     }
 
+    /// Whether the node was retired for good (its heartbeats are refused).
+    pub fn is_retired(&self, node_id: &str) -> bool {
+        self.retired.lock().is_ok_and(|r| r.contains(node_id))
+    }
+
+    /// Removes a node from its group for good. Unless `force`, only a node that is down and
+    /// whose files another active node of the group holds (by count, as last reported).
+    pub fn retire(&self, node_id: &str, force: bool) -> Result<(), RetireError> {
+        let now = Instant::now();
+        let Ok(mut groups) = self.groups.lock() else {
+            return Err(RetireError::Unknown);
+        };
+        let (group, member) = groups
+            .iter()
+            .find_map(|(g, nodes)| nodes.get(node_id).map(|m| (g.clone(), m)))
+            .ok_or(RetireError::Unknown)?;
+        if !force {
+            if self.state_of(member, now) != NodeState::Offline {
+                return Err(RetireError::StillUp);
+            }
+            let files = member.last.files;
+            let covered = groups[&group].values().any(|m| {
+                m.last.node_id != node_id
+                    && self.state_of(m, now) == NodeState::Active
+                    && m.last.files >= files
+            });
+            if !covered {
+                return Err(RetireError::FilesNotElsewhere(files));
+            }
+        }
+        if let Some(nodes) = groups.get_mut(&group) {
+            nodes.remove(node_id);
+        }
+        groups.retain(|_, nodes| !nodes.is_empty());
+        if let Ok(mut retired) = self.retired.lock() {
+            retired.insert(node_id.to_owned());
+        }
+        self.save_members(&groups);
+        Ok(())
+    }
+
     /// Records a heartbeat; returns true when membership changed (a new node, or a new URL).
+    /// A retired node's heartbeat is ignored (false); callers check [`Self::is_retired`] first.
     pub fn heartbeat(&self, hb: Heartbeat) -> bool {
+        if self.is_retired(&hb.node_id) {
+            return false;
+        }
         let Ok(mut groups) = self.groups.lock() else {
             return false;
         };
@@ -146,6 +212,11 @@ impl Registry {
             return;
         };
         let file = MembersFile {
+            retired: self
+                .retired
+                .lock()
+                .map(|r| r.iter().cloned().collect())
+                .unwrap_or_default(),
             version: 1,
             nodes: groups
                 .iter()
@@ -404,6 +475,45 @@ mod tests {
         assert_eq!(r.route("g1"), Err(true));
         r.heartbeat(hb("g1", "a", 1000));
         assert_eq!(r.route("g1"), Ok("http://a".to_string()));
+    }
+
+    #[test]
+    fn retiring_needs_the_node_down_and_its_files_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("members.json");
+        let r = Registry::new(
+            Duration::from_secs(6),
+            Placement::MostFree,
+            Some(file.clone()),
+        );
+        r.heartbeat(Heartbeat {
+            files: 10,
+            ..hb("g1", "a", 1)
+        });
+        r.heartbeat(Heartbeat {
+            files: 9,
+            ..hb("g1", "b", 1)
+        });
+        assert_eq!(r.retire("x", false), Err(RetireError::Unknown));
+        assert_eq!(r.retire("a", false), Err(RetireError::StillUp));
+        // Pretend a went down: mark it unreachable.
+        r.mark_unreachable("http://a");
+        assert_eq!(
+            r.retire("a", false),
+            Err(RetireError::FilesNotElsewhere(10))
+        );
+        r.heartbeat(Heartbeat {
+            files: 10,
+            ..hb("g1", "b", 1)
+        });
+        assert_eq!(r.retire("a", false), Ok(()));
+        assert!(r.view().groups[0].nodes.iter().all(|n| n.id != "a"));
+        // For good: its heartbeats are ignored, across a tracker restart too.
+        assert!(!r.heartbeat(hb("g1", "a", 1)));
+        drop(r);
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, Some(file));
+        assert!(r.is_retired("a"));
+        assert!(r.view().groups[0].nodes.iter().all(|n| n.id != "a"));
     }
 
     #[test]

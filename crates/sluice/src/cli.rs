@@ -99,12 +99,27 @@ pub struct TrackerArgs {
 
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub action: Option<ClusterAction>,
     /// A tracker to ask; repeat for several (the first that answers is used).
-    #[arg(long = "tracker", required = true)]
+    #[arg(long = "tracker", global = true)]
     pub trackers: Vec<String>,
     /// Print the cluster view as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterAction {
+    /// Retire a storage node from its group for good, on every tracker given. Refused while
+    /// the node is up or no other active node of its group holds its files, unless --force.
+    /// Needs SLUICE_CLUSTER_SECRET when the cluster has one.
+    Remove {
+        /// The node's id (see `sluice cluster`).
+        node: String,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -10,7 +10,8 @@ use sluice_client::cluster::Endpoint;
 use sluice_proto::FileId;
 
 use crate::cli::{
-    BenchArgs, BenchMode, ClusterArgs, DeleteArgs, DownloadArgs, StatArgs, TargetArg, UploadArgs,
+    BenchArgs, BenchMode, ClusterAction, ClusterArgs, DeleteArgs, DownloadArgs, StatArgs,
+    TargetArg, UploadArgs,
 };
 use crate::progress::Progress;
 
@@ -100,6 +101,19 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!args.trackers.is_empty(), "give at least one --tracker URL");
+    if let Some(ClusterAction::Remove { node, force }) = &args.action {
+        let secret = crate::storage::cluster_secret();
+        // Every tracker keeps its own registry: each must retire the node.
+        for tracker in &args.trackers {
+            Client::new(tracker)?
+                .retire_node(node, *force, secret.as_ref().map(|s| s.current()))
+                .await
+                .with_context(|| format!("retiring {node} on {tracker}"))?;
+            eprintln!("{tracker}: {node} retired");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut last_error = None;
     for tracker in &args.trackers {
         match Client::new(tracker)?.cluster().await {

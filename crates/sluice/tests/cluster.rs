@@ -244,13 +244,17 @@ fn upload_via(tracker: &Served, body: &[u8]) -> String {
     std::fs::write(&file, body).unwrap();
     let mut fileid = None;
     wait_for("an upload to succeed", WAIT, || {
-        let assign = get_json(&format!("{}/v1/assign", tracker.url));
+        // 503 while no node of any group is writable (a moment after a kill): ask again.
+        let assign = curl(&["-sS", "-f", &format!("{}/v1/assign", tracker.url)]);
+        let Ok(assign) = serde_json::from_slice::<serde_json::Value>(&assign.stdout) else {
+            return false;
+        };
         let out = curl(&[
             "-sS",
             "-f",
             "--data-binary",
             &format!("@{}", file.display()),
-            assign["url"].as_str().unwrap(),
+            assign["url"].as_str().unwrap_or_default(),
         ]);
         if out.status.success() {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -509,4 +513,60 @@ fn damaged_copies_are_repaired_from_a_peer_on_read_and_by_the_scrub() {
     });
     drop(a); // b must now serve it from its own, repaired copy
     assert_eq!(get_from(&b, &id2), ("200".into(), two));
+}
+
+#[test]
+fn a_node_is_retired_for_good_once_its_files_live_elsewhere() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let t = tracker(dirs[0].path());
+    let a = storage(dirs[1].path(), "g1", &[&t], Some(SECRET));
+    let mut b = storage(dirs[2].path(), "g1", &[&t], Some(SECRET));
+    wait_for("a and b active", WAIT, || {
+        states(&t).iter().filter(|(_, _, s)| s == "active").count() == 2
+    });
+    for i in 0..3u8 {
+        upload_via(&t, &[i; 1000]);
+    }
+    wait_for("a holds every file", WAIT, || {
+        node_files(&a) == 3 && node_files(&b) == 3
+    });
+    let view = get_json(&format!("{}/v1/cluster", t.url));
+    let b_id = view["groups"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["url"] == b.url.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let remove = |extra: &[&str]| {
+        let mut args = vec!["cluster", "remove", &b_id, "--tracker", &t.url];
+        args.extend_from_slice(extra);
+        std::process::Command::new(common::BIN)
+            .args(&args)
+            .env("SLUICE_CLUSTER_SECRET", SECRET)
+            .output()
+            .unwrap()
+    };
+    let out = remove(&[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still up"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    // Once the tracker sees b down and a (with every file) active, the removal goes through.
+    wait_for("b retired", WAIT, || remove(&[]).status.success());
+    assert!(states(&t).iter().all(|(_, url, _)| *url != b.url));
+
+    // It stays out even when it comes back.
+    let b = storage(dirs[2].path(), "g1", &[&t], Some(SECRET));
+    wait_for("b refused", WAIT, || {
+        b.drain_log().iter().any(|l| l.contains("retired"))
+    });
+    assert_eq!(states(&t).len(), 1);
 }
