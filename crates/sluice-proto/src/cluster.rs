@@ -27,6 +27,9 @@ pub struct Heartbeat {
     pub free_bytes: u64,
     /// False when the node is short of its free-space reserve: no uploads go to it.
     pub writable: bool,
+    /// Operations its peers have that it has not applied yet.
+    #[serde(default)]
+    pub sync_lag: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +43,9 @@ pub struct NodeView {
     pub writable: bool,
     /// Milliseconds since the tracker last heard from the node.
     pub last_seen_ms: u64,
+    /// Operations its peers have that it has not applied yet, as it last reported.
+    #[serde(default)]
+    pub sync_lag: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -66,6 +66,7 @@ pub fn heartbeat(state: &StorageState, link: &ClusterLink) -> Heartbeat {
         bytes: store.bytes(),
         free_bytes,
         writable: free_bytes > link.free_space_reserve,
+        sync_lag: state.replication().map_or(0, |r| r.sync_lag()),
     }
 }
 

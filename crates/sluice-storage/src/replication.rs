@@ -52,6 +52,8 @@ pub struct Replication {
     cursors: Mutex<BTreeMap<String, u64>>,
     /// False until a catch-up round found this node level with every peer.
     caught_up: AtomicBool,
+    /// Operations each peer has that we have not applied yet, by peer id.
+    lag: Mutex<BTreeMap<String, u64>>,
     /// Peers that pulled our oplog: id -> (url, when).
     pullers: Mutex<BTreeMap<String, (String, std::time::Instant)>>,
     /// Our own URL, sent with oplog pulls so peers learn of us at once.
@@ -101,6 +103,7 @@ impl Replication {
             caught_up: AtomicBool::new(false),
             peers_known: AtomicBool::new(false),
             pullers: Mutex::new(BTreeMap::new()),
+            lag: Mutex::new(BTreeMap::new()),
             advertise,
         })
     }
@@ -150,11 +153,30 @@ impl Replication {
                         free_bytes: 0,
                         writable: false,
                         last_seen_ms: 0,
+                        sync_lag: 0,
                     });
                 }
             }
         }
         targets
+    }
+
+    fn set_lag(&self, peer: &str, ops: u64) {
+        if let Ok(mut lag) = self.lag.lock() {
+            lag.insert(peer.to_owned(), ops);
+        }
+    }
+
+    /// Operations of peers not applied here yet, as of the latest oplog page read from each:
+    /// the "sync lag" a heartbeat reports.
+    pub fn sync_lag(&self) -> u64 {
+        let peers: Vec<String> = self.peers().into_iter().map(|p| p.id).collect();
+        self.lag.lock().map_or(0, |lag| {
+            lag.iter()
+                .filter(|(id, _)| peers.contains(id))
+                .map(|(_, ops)| ops)
+                .sum()
+        })
     }
 
     /// Records that a peer pulled our oplog (it is a member, and alive).
@@ -443,6 +465,7 @@ impl Replication {
                 .json()
                 .await
                 .map_err(|e| e.to_string())?;
+            self.set_lag(&peer.id, page.head.saturating_sub(cursor));
             if page.entries.is_empty() {
                 return Ok(cursor >= page.head);
             }

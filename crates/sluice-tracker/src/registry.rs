@@ -122,6 +122,7 @@ impl Registry {
                 bytes: 0,
                 free_bytes: 0,
                 writable: false,
+                sync_lag: 0,
             };
             groups.entry(n.group).or_default().insert(
                 n.node_id,
@@ -276,6 +277,7 @@ impl Registry {
                             bytes: m.last.bytes,
                             free_bytes: m.last.free_bytes,
                             writable: m.last.writable,
+                            sync_lag: m.last.sync_lag,
                             last_seen_ms: m
                                 .last_seen
                                 .map_or(u64::MAX, |s| now.duration_since(s).as_millis() as u64),
@@ -397,6 +399,7 @@ mod tests {
             bytes: 0,
             free_bytes: free,
             writable: true,
+            sync_lag: 0,
         }
     }
 

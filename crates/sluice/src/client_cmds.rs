@@ -136,8 +136,8 @@ fn cluster_table(view: &sluice_proto::cluster::ClusterView) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:<26} {:<8} {:>10} {:>12} {:>12} {:>9}  URL",
-        "GROUP", "NODE", "STATE", "FILES", "BYTES", "FREE", "SEEN"
+        "{:<10} {:<26} {:<8} {:>10} {:>12} {:>12} {:>8} {:>9}  URL",
+        "GROUP", "NODE", "STATE", "FILES", "BYTES", "FREE", "LAG", "SEEN"
     );
     for g in &view.groups {
         for n in &g.nodes {
@@ -152,13 +152,14 @@ fn cluster_table(view: &sluice_proto::cluster::ClusterView) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<10} {:<26} {:<8} {:>10} {:>12} {:>12} {:>9}  {}",
+                "{:<10} {:<26} {:<8} {:>10} {:>12} {:>12} {:>8} {:>9}  {}",
                 g.name,
                 n.id,
                 state,
                 n.files,
                 sluice_proto::ByteSize(n.bytes).to_string(),
                 sluice_proto::ByteSize(n.free_bytes).to_string(),
+                n.sync_lag,
                 seen,
                 n.url
             );

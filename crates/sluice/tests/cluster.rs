@@ -165,7 +165,10 @@ fn nodes_register_with_every_tracker_and_go_offline_when_killed() {
     );
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(
-        table.contains("g1") && table.contains("g2") && table.contains("active"),
+        table.contains("g1")
+            && table.contains("g2")
+            && table.contains("active")
+            && table.contains("LAG"),
         "{table}"
     );
 
