@@ -30,6 +30,14 @@ pub struct Heartbeat {
     /// Operations its peers have that it has not applied yet.
     #[serde(default)]
     pub sync_lag: u64,
+    /// Copies its uploads need (its write rule); trackers send no uploads to a group with
+    /// fewer active nodes.
+    #[serde(default = "one")]
+    pub min_copies: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

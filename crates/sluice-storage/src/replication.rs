@@ -41,6 +41,8 @@ pub struct ReplicationConfig {
     pub secret: Option<SecretSet>,
     /// Where the per-peer oplog cursors are kept.
     pub cursors_file: PathBuf,
+    /// Trackers to tell when a peer stops answering.
+    pub trackers: Vec<String>,
 }
 
 pub struct Replication {
@@ -179,6 +181,21 @@ impl Replication {
         })
     }
 
+    /// Tells the trackers a peer did not take a replica, so they stop sending it traffic (each
+    /// checks for itself). In the background: an upload does not wait for it.
+    fn report_unreachable(&self, peer_url: &str) {
+        for tracker in &self.config.trackers {
+            let request = self
+                .client
+                .post(format!("{tracker}/v1/cluster/unreachable"))
+                .json(&serde_json::json!({ "url": peer_url }))
+                .timeout(self.config.timeout);
+            tokio::spawn(async move {
+                let _ = request.send().await;
+            });
+        }
+    }
+
     /// Records that a peer pulled our oplog (it is a member, and alive).
     pub fn note_puller(&self, id: &str, url: &str) {
         if id == self.node_id
@@ -190,6 +207,10 @@ impl Replication {
         if let Ok(mut pullers) = self.pullers.lock() {
             pullers.insert(id.to_owned(), (url.to_owned(), std::time::Instant::now()));
         }
+    }
+
+    pub fn min_copies(&self) -> usize {
+        self.config.min_copies
     }
 
     /// What this node should call itself in heartbeats.
@@ -239,7 +260,8 @@ impl Replication {
             match result {
                 Ok(()) => copies += 1,
                 Err(e) => {
-                    tracing::warn!(peer = %peer.url, fileid = %id, error = %e, "replica not stored; the peer will catch up")
+                    tracing::warn!(peer = %peer.url, fileid = %id, error = %e, "replica not stored; the peer will catch up");
+                    self.report_unreachable(&peer.url);
                 }
             }
         }

@@ -123,6 +123,7 @@ impl Registry {
                 free_bytes: 0,
                 writable: false,
                 sync_lag: 0,
+                min_copies: 1,
             };
             groups.entry(n.group).or_default().insert(
                 n.node_id,
@@ -304,7 +305,15 @@ impl Registry {
                     .values()
                     .filter(|m| self.state_of(m, now) == NodeState::Active)
                     .collect();
-                if active.is_empty() || active.iter().any(|m| !m.last.writable) {
+                let write_rule = active
+                    .iter()
+                    .map(|m| m.last.min_copies as usize)
+                    .max()
+                    .unwrap_or(1);
+                if active.is_empty()
+                    || active.len() < write_rule
+                    || active.iter().any(|m| !m.last.writable)
+                {
                     return None;
                 }
                 let room = active.iter().map(|m| m.last.free_bytes).min().unwrap_or(0);
@@ -400,6 +409,7 @@ mod tests {
             free_bytes: free,
             writable: true,
             sync_lag: 0,
+            min_copies: 1,
         }
     }
 
@@ -442,6 +452,18 @@ mod tests {
         );
         r.heartbeat(hb("g2", "b", 10));
         assert!((0..5).all(|_| r.assign().unwrap().group == "g2"));
+    }
+
+    #[test]
+    fn a_group_short_of_its_write_rule_takes_no_uploads() {
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None);
+        r.heartbeat(Heartbeat {
+            min_copies: 2,
+            ..hb("g1", "a", 1000)
+        });
+        assert!(r.assign().is_none());
+        r.heartbeat(hb("g1", "b", 1000));
+        assert_eq!(r.assign().unwrap().group, "g1");
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
                 catch_up_interval: Duration::from_millis(config.raw.catch_up_interval_ms),
                 secret: cluster_secret(),
                 cursors_file: config.raw.data.join("peers.json"),
+                trackers: config.raw.trackers.clone(),
             },
             node_id.clone(),
             advertise.clone(),

@@ -573,3 +573,87 @@ fn a_node_is_retired_for_good_once_its_files_live_elsewhere() {
     });
     assert_eq!(states(&t).len(), 1);
 }
+
+/// A storage node of g1 with extra config lines.
+fn storage_with(data: &std::path::Path, tracker: &Served, config_lines: &str) -> Served {
+    let config = data.with_extension("toml");
+    std::fs::write(&config, config_lines).unwrap();
+    Served::spawn(
+        &[
+            "storage",
+            "--group",
+            "g1",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+            "--heartbeat-interval-ms",
+            "100",
+            "--tracker",
+            &tracker.url,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("SLUICE_CLUSTER_SECRET", SECRET)],
+    )
+}
+
+#[test]
+fn a_frozen_peer_does_not_stall_uploads_and_too_few_copies_are_refused() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let t = tracker(dirs[0].path());
+    let a = storage_with(
+        &dirs[1].path().join("a"),
+        &t,
+        "replication_timeout_ms = 300\n",
+    );
+    let b = storage(dirs[2].path(), "g1", &[&t], Some(SECRET));
+    wait_for("a and b active", WAIT, || {
+        states(&t).iter().filter(|(_, _, s)| s == "active").count() == 2
+    });
+
+    // b stops answering without closing anything (SIGSTOP): a acknowledges after its
+    // replication timeout with its own copy, and b, once thawed, catches up.
+    b.signal("STOP");
+    let out = curl(&[
+        "-sS",
+        "-f",
+        "--data-binary",
+        "frozen-peer",
+        &format!("{}/v1/files", a.url),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["fileid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.signal("CONT");
+    wait_for("b to catch up", WAIT, || {
+        get_from(&b, &id) == ("200".to_string(), b"frozen-peer".to_vec())
+    });
+
+    // A node whose write rule asks for more copies than its group can make refuses, storing
+    // nothing (g1 has three nodes now; it wants four).
+    let lone = storage_with(&dirs[0].path().join("lone"), &t, "min_copies = 4\n");
+    wait_for("lone active", WAIT, || {
+        states(&t).iter().filter(|(_, _, s)| s == "active").count() == 3
+    });
+    let before = node_files(&lone);
+    let out = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--data-binary",
+        "x",
+        &format!("{}/v1/files", lone.url),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "503");
+    assert_eq!(node_files(&lone), before);
+    drop(a);
+}
