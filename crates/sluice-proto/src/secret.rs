@@ -24,6 +24,12 @@ impl SecretSet {
         self.0.first().map_or("", String::as_str)
     }
 
+    /// The cluster rule: with no secrets configured everything passes; otherwise `given` must
+    /// be one of them.
+    pub fn admits(secrets: Option<&SecretSet>, given: Option<&str>) -> bool {
+        secrets.is_none_or(|s| s.accepts(given.unwrap_or("")))
+    }
+
     /// Whether `given` is one of the secrets, in time independent of where they differ.
     pub fn accepts(&self, given: &str) -> bool {
         self.0.iter().fold(false, |ok, s| {

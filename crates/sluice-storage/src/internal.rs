@@ -8,28 +8,22 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use sluice_blob::CHUNK_BYTES;
-use sluice_proto::FileId;
 use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
 use sluice_proto::cluster::CLUSTER_SECRET_HEADER;
+use sluice_proto::{FileId, SecretSet};
 
 use crate::StorageState;
 use crate::error::ApiError;
 use crate::files::{UploadLimit, body_stream, within};
 
 fn authorise(state: &StorageState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match &state.config().cluster_secret {
-        None => Ok(()),
-        Some(secrets) => {
-            let given = headers
-                .get(CLUSTER_SECRET_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            if secrets.accepts(given) {
-                Ok(())
-            } else {
-                Err(ApiError::Forbidden("missing or wrong cluster secret"))
-            }
-        }
+    let given = headers
+        .get(CLUSTER_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if SecretSet::admits(state.config().cluster_secret.as_ref(), given) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("missing or wrong cluster secret"))
     }
 }
 

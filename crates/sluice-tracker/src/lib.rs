@@ -133,14 +133,10 @@ impl IntoResponse for Forbidden {
 
 /// Cluster calls must carry one of the cluster secrets when any is set.
 fn check_secret(state: &TrackerState, headers: &HeaderMap) -> Result<(), Forbidden> {
-    let Some(secrets) = &state.inner.config.cluster_secret else {
-        return Ok(());
-    };
     let given = headers
         .get(CLUSTER_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if secrets.accepts(given) {
+        .and_then(|v| v.to_str().ok());
+    if SecretSet::admits(state.inner.config.cluster_secret.as_ref(), given) {
         Ok(())
     } else {
         Err(Forbidden)

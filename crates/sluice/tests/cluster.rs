@@ -287,14 +287,7 @@ fn get_from(node: &Served, fileid: &str) -> (String, Vec<u8>) {
 }
 
 fn node_files(node: &Served) -> u64 {
-    let out = curl(&["-sS", &format!("{}/metrics", node.url)]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("sluice_store_files ")
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    metric(node, "sluice_store_files ")
 }
 
 #[test]
