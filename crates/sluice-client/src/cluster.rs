@@ -23,20 +23,23 @@ pub enum Endpoint {
 #[derive(Clone)]
 pub struct TrackerSet {
     trackers: Arc<Vec<Client>>,
+    /// The API token, for the nodes uploads are sent to.
+    token: Option<String>,
     /// The tracker to try first; moves on when one fails, so a dead tracker costs one try.
     first: Arc<AtomicUsize>,
 }
 
 impl TrackerSet {
-    pub fn new(urls: &[String]) -> Result<Self, ClientError> {
+    pub fn new(urls: &[String], token: Option<String>) -> Result<Self, ClientError> {
         if urls.is_empty() {
             return Err(ClientError::BadUrl(String::new()));
         }
         let trackers = urls
             .iter()
-            .map(|u| Client::new(u))
+            .map(|u| Client::new(u).map(|c| c.with_token(token.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            token,
             trackers: Arc::new(trackers),
             first: Arc::new(AtomicUsize::new(0)),
         })
@@ -77,10 +80,15 @@ impl TrackerSet {
 }
 
 impl Endpoint {
-    pub fn new(server: Option<&str>, trackers: &[String]) -> Result<Self, ClientError> {
+    /// `token`: `SLUICE_API_TOKEN`, sent on writes.
+    pub fn new(
+        server: Option<&str>,
+        trackers: &[String],
+        token: Option<String>,
+    ) -> Result<Self, ClientError> {
         match server {
-            Some(s) => Ok(Endpoint::Server(Client::new(s)?)),
-            None => Ok(Endpoint::Trackers(TrackerSet::new(trackers)?)),
+            Some(s) => Ok(Endpoint::Server(Client::new(s)?.with_token(token))),
+            None => Ok(Endpoint::Trackers(TrackerSet::new(trackers, token)?)),
         }
     }
 
@@ -109,7 +117,7 @@ impl Endpoint {
                 Err(e) => return Err(e),
             };
             let base = assignment.url.trim_end_matches("/v1/files");
-            let node = Client::new(base)?;
+            let node = Client::new(base)?.with_token(trackers.token.clone());
             match node.upload_file(path, progress.clone()).await {
                 Err(e) if e.is_unreachable() => {
                     if matches!(e, ClientError::Transport { .. }) {

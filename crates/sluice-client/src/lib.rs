@@ -68,6 +68,8 @@ pub struct FileStat {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// `SLUICE_API_TOKEN`, sent on writes when set.
+    token: Option<String>,
 }
 
 const READ_CHUNK: usize = 256 * 1024;
@@ -87,7 +89,24 @@ impl Client {
                 url: base.clone(),
                 message: e.to_string(),
             })?;
-        Ok(Self { http, base })
+        Ok(Self {
+            http,
+            base,
+            token: None,
+        })
+    }
+
+    /// Sends `Authorization: Bearer TOKEN` on uploads and deletes.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    fn authorised(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => request.bearer_auth(t),
+            None => request,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -105,11 +124,12 @@ impl Client {
         content_type: &str,
     ) -> Result<UploadResponse, ClientError> {
         let url = format!("{}/v1/files", self.base);
-        let request = self
-            .http
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(data);
+        let request = self.authorised(
+            self.http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(data),
+        );
         let response = send(request, &url).await?;
         json(response, &url).await
     }
@@ -142,12 +162,13 @@ impl Client {
             }
         });
         let url = format!("{}/v1/files", self.base);
-        let request = self
-            .http
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, guess_content_type(path))
-            .header(reqwest::header::CONTENT_LENGTH, len)
-            .body(reqwest::Body::wrap_stream(stream));
+        let request = self.authorised(
+            self.http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, guess_content_type(path))
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(stream)),
+        );
         let response = send(request, &url).await?;
         json(response, &url).await
     }
@@ -267,7 +288,11 @@ impl Client {
 
     pub async fn delete(&self, fileid: &str) -> Result<(), ClientError> {
         let url = self.file_url(fileid);
-        check(send(self.http.delete(&url), &url).await?, &url).await?;
+        check(
+            send(self.authorised(self.http.delete(&url)), &url).await?,
+            &url,
+        )
+        .await?;
         Ok(())
     }
 

@@ -6,8 +6,10 @@
 //! nginx's `worker_connections`), TCP_NODELAY, a deadline for request heads, and a graceful
 //! shutdown that stops accepting and waits for connections to finish their requests.
 
+pub mod access;
 pub mod metrics;
 
+pub use access::{AccessDenied, AccessPolicy};
 pub use metrics::HttpMetrics;
 
 use std::future::Future;

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod fileid;
 pub mod range;
 pub mod secret;
+pub mod signature;
 pub mod size;
 
 pub use api::{ErrorBody, UploadResponse};

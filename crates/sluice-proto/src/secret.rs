@@ -19,6 +19,11 @@ impl SecretSet {
         (!secrets.is_empty()).then_some(Self(secrets))
     }
 
+    /// Every secret, the current one first.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
     /// The secret to send.
     pub fn current(&self) -> &str {
         self.0.first().map_or("", String::as_str)

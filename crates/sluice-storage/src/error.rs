@@ -38,6 +38,14 @@ pub enum ApiError {
     Unavailable,
     #[error("internal error; the details were logged")]
     Internal,
+    #[error("access denied")]
+    Denied(sluice_http::AccessDenied),
+}
+
+impl From<sluice_http::AccessDenied> for ApiError {
+    fn from(e: sluice_http::AccessDenied) -> Self {
+        ApiError::Denied(e)
+    }
 }
 
 impl ApiError {
@@ -54,6 +62,7 @@ impl ApiError {
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::NoSpace | ApiError::Full => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Corrupt | ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -90,6 +99,9 @@ impl From<crate::replication::ReplicationError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Denied(denied) = self {
+            return denied.into_response();
+        }
         let status = self.status();
         let mut response = (
             status,

@@ -31,7 +31,11 @@ pub(crate) async fn upload(
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let headers = request.headers();
-    let limit = UploadLimit::for_upload(&state, content_length(headers)?)?;
+    let signed_max = state
+        .config()
+        .access
+        .check_write("POST", request.uri(), headers)?;
+    let limit = UploadLimit::for_upload(&state, content_length(headers)?, signed_max)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or(""));
@@ -131,8 +135,15 @@ pub(crate) struct UploadLimit {
 
 impl UploadLimit {
     /// Checks a declared length against both bounds before anything is read.
-    pub fn for_upload(state: &StorageState, declared: Option<u64>) -> Result<Self, ApiError> {
-        let max_upload_size = state.config().max_upload_size;
+    /// `signed_max`: the size a signed upload link allows, if the upload came with one.
+    pub fn for_upload(
+        state: &StorageState,
+        declared: Option<u64>,
+        signed_max: Option<u64>,
+    ) -> Result<Self, ApiError> {
+        let max_upload_size = signed_max.map_or(state.config().max_upload_size, |m| {
+            m.min(state.config().max_upload_size)
+        });
         let room = state
             .config()
             .capacity
@@ -233,9 +244,11 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 pub(crate) async fn download(
     State(state): State<StorageState>,
     method: Method,
+    uri: axum::http::Uri,
     Path(text): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    state.config().access.check_read(&uri)?;
     let id = parse_local_id(&state, &text)?;
     let store = state.store();
     let source = match store.hot().get(&id.key) {
@@ -442,8 +455,14 @@ fn if_range_holds(headers: &HeaderMap, etag: &str) -> bool {
 
 pub(crate) async fn delete(
     State(state): State<StorageState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
     Path(text): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    state
+        .config()
+        .access
+        .check_write("DELETE", &uri, &headers)?;
     let id = parse_local_id(&state, &text)?;
     let had = state.store().delete(id.key).await?;
     // Forwarded even when this node lacked the file: a peer may hold it.

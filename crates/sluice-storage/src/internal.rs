@@ -56,7 +56,7 @@ pub(crate) async fn put_replica(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let limit = UploadLimit::for_upload(&state, declared)?;
+    let limit = UploadLimit::for_upload(&state, declared, None)?;
     let mut writer = state.store().writer(id.key, content_type, limit.bytes);
     let idle = state.config().body_idle_timeout;
     let mut body = request.into_body().into_data_stream();

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, HotCacheLimits};
-pub use sluice_http::{HttpLimits, HttpMetrics};
+pub use sluice_http::{AccessPolicy, HttpLimits, HttpMetrics};
 
 /// What a storage node needs to know; the binary builds it from flags, env and config file.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub struct StorageConfig {
     pub body_idle_timeout: std::time::Duration,
     /// Connection limit and request-head deadline.
     pub http: HttpLimits,
+    /// Signed-link and API-token rules for reads and writes.
+    pub access: sluice_http::AccessPolicy,
     /// Most bytes of files this node holds; `None`: as much as the disk takes.
     pub capacity: Option<u64>,
     /// `SLUICE_CLUSTER_SECRET`: required on `/v1/internal` calls when set.

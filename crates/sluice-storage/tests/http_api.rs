@@ -683,3 +683,146 @@ async fn a_full_node_refuses_with_507_and_keeps_what_it_has() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn signed_links_guard_reads_and_tokens_guard_writes() {
+    use sluice_proto::SecretSet;
+    use sluice_proto::signature::{sign_download, sign_upload};
+    let url_secret = SecretSet::parse("new-secret,old-secret").unwrap();
+    let tokens = SecretSet::parse("tok").unwrap();
+    let node = TestNode::start_with(NodeSettings {
+        access: sluice_storage::AccessPolicy {
+            url_secret: Some(url_secret.clone()),
+            api_tokens: Some(tokens.clone()),
+        },
+        ..NodeSettings::default()
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    // Writes: 401 without the token, 201 with it.
+    let r = c
+        .post(format!("{}/v1/files", node.url))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(error_text(&r.bytes().await.unwrap()).contains("Bearer"));
+    let r = c
+        .post(format!("{}/v1/files", node.url))
+        .bearer_auth("wrong")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = c
+        .post(format!("{}/v1/files", node.url))
+        .bearer_auth("tok")
+        .body(pattern(1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let path = v["url"].as_str().unwrap().to_owned();
+
+    // A signed upload link: what a phone gets from its app backend.
+    let link = sign_upload(&tokens, "POST", "/v1/files", now + 60, 500);
+    let r = c
+        .post(format!("{}{link}", node.url))
+        .body(pattern(400))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = c
+        .post(format!("{}{link}", node.url))
+        .body(pattern(600))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the link's size cap holds"
+    );
+    let expired = sign_upload(&tokens, "POST", "/v1/files", now - 1, 500);
+    let r = c
+        .post(format!("{}{expired}", node.url))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(error_text(&r.bytes().await.unwrap()).contains("expired"));
+    // The URL secret is not a write key.
+    let wrong_key = sign_upload(&url_secret, "POST", "/v1/files", now + 60, 500);
+    let r = c
+        .post(format!("{}{wrong_key}", node.url))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Reads: 403 with a reason unless signed.
+    for (query, reason) in [
+        (String::new(), "needs a signature"),
+        (
+            sign_download(&url_secret, &path, now - 1)
+                .split_once('?')
+                .unwrap()
+                .1
+                .to_owned(),
+            "expired",
+        ),
+        (
+            sign_download(&url_secret, "/v1/files/g1/other", now + 60)
+                .split_once('?')
+                .unwrap()
+                .1
+                .to_owned(),
+            "does not match",
+        ),
+        ("expires=abc&sig=zz".to_owned(), "malformed"),
+    ] {
+        let (status, _, body) = get(&node, &format!("{path}?{query}"), &[]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{query}");
+        assert!(
+            error_text(&body).contains(reason),
+            "{query}: {}",
+            error_text(&body)
+        );
+    }
+    let signed = sign_download(&url_secret, &path, now + 60);
+    let (status, _, body) = get(&node, &signed, &[]).await;
+    assert_eq!((status, body), (StatusCode::OK, pattern(1000)));
+    // Rotation: a link signed with the old secret still opens.
+    let old = sign_download(&SecretSet::parse("old-secret").unwrap(), &path, now + 60);
+    assert_eq!(get(&node, &old, &[]).await.0, StatusCode::OK);
+    let head = c.head(format!("{}{path}", node.url)).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::FORBIDDEN);
+
+    // Deletes need the token; probes and scrapers need nothing.
+    let r = c
+        .delete(format!("{}{path}", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = c
+        .delete(format!("{}{path}", node.url))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(get(&node, "/healthz", &[]).await.0, StatusCode::OK);
+    assert_eq!(get(&node, "/metrics", &[]).await.0, StatusCode::OK);
+}

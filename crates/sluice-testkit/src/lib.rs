@@ -27,6 +27,7 @@ pub struct NodeSettings {
     pub body_idle_timeout: Duration,
     pub max_connections: usize,
     pub capacity: Option<u64>,
+    pub access: sluice_storage::AccessPolicy,
 }
 
 impl Default for NodeSettings {
@@ -38,6 +39,7 @@ impl Default for NodeSettings {
             body_idle_timeout: Duration::from_secs(60),
             max_connections: 1000,
             capacity: None,
+            access: sluice_storage::AccessPolicy::default(),
         }
     }
 }
@@ -102,6 +104,7 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
             body_idle_timeout: settings.body_idle_timeout,
             cluster_secret: None,
             capacity: settings.capacity,
+            access: settings.access.clone(),
             http: sluice_storage::HttpLimits {
                 max_connections: settings.max_connections,
                 ..sluice_storage::HttpLimits::default()

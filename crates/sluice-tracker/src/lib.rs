@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +28,8 @@ pub struct TrackerConfig {
     pub placement: Placement,
     /// When set, heartbeats must carry one of these secrets.
     pub cluster_secret: Option<SecretSet>,
+    /// Signed-link and API-token rules: the tracker redirects nothing the nodes would refuse.
+    pub access: sluice_http::AccessPolicy,
     /// Where the members file lives (the tracker's `--data`); `None` keeps it in memory only.
     pub members_file: Option<std::path::PathBuf>,
     pub http: HttpLimits,
@@ -271,10 +273,25 @@ fn redirect(status: StatusCode, location: &str) -> Response {
     }
 }
 
-async fn redirect_upload(State(state): State<TrackerState>, RawQuery(query): RawQuery) -> Response {
+async fn redirect_upload(
+    State(state): State<TrackerState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(denied) = state
+        .inner
+        .config
+        .access
+        .check_write("POST", &uri, &headers)
+    {
+        return denied.into_response();
+    }
     match state.registry().assign() {
         // 307 keeps the method and body: the client re-sends its upload to the node.
-        Some(a) => redirect(StatusCode::TEMPORARY_REDIRECT, &with_query(a.url, query)),
+        Some(a) => redirect(
+            StatusCode::TEMPORARY_REDIRECT,
+            &with_query(a.url, uri.query().map(str::to_owned)),
+        ),
         None => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no storage group can take an upload now",
@@ -320,10 +337,13 @@ fn file_location(
 
 async fn redirect_read(
     State(state): State<TrackerState>,
+    uri: axum::http::Uri,
     Path(text): Path<String>,
-    RawQuery(query): RawQuery,
 ) -> Response {
-    match file_location(&state, &text, query) {
+    if let Err(denied) = state.inner.config.access.check_read(&uri) {
+        return denied.into_response();
+    }
+    match file_location(&state, &text, uri.query().map(str::to_owned)) {
         Ok(url) => redirect(StatusCode::FOUND, &url),
         Err(e) => e.into_response(),
     }
@@ -331,10 +351,19 @@ async fn redirect_read(
 
 async fn redirect_write(
     State(state): State<TrackerState>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
     Path(text): Path<String>,
-    RawQuery(query): RawQuery,
 ) -> Response {
-    match file_location(&state, &text, query) {
+    if let Err(denied) = state
+        .inner
+        .config
+        .access
+        .check_write("DELETE", &uri, &headers)
+    {
+        return denied.into_response();
+    }
+    match file_location(&state, &text, uri.query().map(str::to_owned)) {
         Ok(url) => redirect(StatusCode::TEMPORARY_REDIRECT, &url),
         Err(e) => e.into_response(),
     }

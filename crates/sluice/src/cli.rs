@@ -33,6 +33,9 @@ pub enum Command {
     Stat(StatArgs),
     /// Load-test a server: requests/s, MB/s and latency percentiles.
     Bench(BenchArgs),
+    /// Print PATH with an expiring signature appended (SLUICE_URL_SECRET; with --upload,
+    /// an upload link keyed with SLUICE_API_TOKEN).
+    Sign(SignArgs),
 }
 
 #[derive(Args, Debug)]
@@ -172,6 +175,24 @@ pub struct StatArgs {
     pub fileid: String,
     #[command(flatten)]
     pub target: TargetArg,
+}
+
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    /// The URL path, e.g. /v1/files/g1/k5x2...
+    pub path: String,
+    /// Seconds the link stays valid.
+    #[arg(long)]
+    pub ttl: u64,
+    /// Sign an upload link (for a phone to upload with, without the API token).
+    #[arg(long)]
+    pub upload: bool,
+    /// For --upload: the largest body the link allows.
+    #[arg(long)]
+    pub max_size: Option<ByteSize>,
+    /// For --upload: the method the link allows.
+    #[arg(long, default_value = "POST")]
+    pub method: String,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]

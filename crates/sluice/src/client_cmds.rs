@@ -9,6 +9,7 @@ use sluice_client::bench::{BenchKind, BenchPlan};
 use sluice_client::cluster::Endpoint;
 use sluice_proto::FileId;
 
+use crate::cli::SignArgs;
 use crate::cli::{
     BenchArgs, BenchMode, ClusterAction, ClusterArgs, DeleteArgs, DownloadArgs, StatArgs,
     TargetArg, UploadArgs,
@@ -16,7 +17,18 @@ use crate::cli::{
 use crate::progress::Progress;
 
 fn endpoint(target: &TargetArg) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::new(target.server.as_deref(), &target.trackers)?)
+    Ok(Endpoint::new(
+        target.server.as_deref(),
+        &target.trackers,
+        api_token(),
+    )?)
+}
+
+/// The first of `SLUICE_API_TOKEN`'s tokens, sent on writes.
+fn api_token() -> Option<String> {
+    crate::roles::access_policy()
+        .api_tokens
+        .map(|t| t.current().to_owned())
 }
 
 pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
@@ -76,7 +88,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .ok()
         .filter(|s| *s <= 1 << 30)
         .context("--size must be at most 1GiB")?;
-    let client = Client::new(&args.server.server)?;
+    let client = Client::new(&args.server.server)?.with_token(api_token());
     let plan = BenchPlan {
         kind: match args.mode {
             BenchMode::Upload => BenchKind::Upload,
@@ -166,4 +178,30 @@ fn cluster_table(view: &sluice_proto::cluster::ClusterView) -> String {
         }
     }
     out
+}
+
+pub fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.path.starts_with('/'),
+        "the path must start with / (e.g. /v1/files/g1/...)"
+    );
+    anyhow::ensure!(!args.path.contains('?'), "give the path without a query");
+    let expires = sluice_http::access::now_unix().saturating_add(args.ttl);
+    let policy = crate::roles::access_policy();
+    let signed = if args.upload {
+        let tokens = policy.api_tokens.context("SLUICE_API_TOKEN is not set")?;
+        let max = args.max_size.context("--upload needs --max-size")?;
+        sluice_proto::signature::sign_upload(
+            &tokens,
+            &args.method.to_ascii_uppercase(),
+            &args.path,
+            expires,
+            max.0,
+        )
+    } else {
+        let secrets = policy.url_secret.context("SLUICE_URL_SECRET is not set")?;
+        sluice_proto::signature::sign_download(&secrets, &args.path, expires)
+    };
+    println!("{signed}");
+    Ok(ExitCode::SUCCESS)
 }

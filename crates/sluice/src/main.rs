@@ -47,6 +47,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Delete(args) => client_cmds::delete(args).await,
         cli::Command::Stat(args) => client_cmds::stat(args).await,
         cli::Command::Bench(args) => client_cmds::bench(args).await,
+        cli::Command::Sign(args) => client_cmds::sign(args),
     }
 }
 

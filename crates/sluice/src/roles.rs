@@ -34,9 +34,24 @@ pub fn storage_state(
             http: config.http_limits(),
             cluster_secret: crate::storage::cluster_secret(),
             capacity: config.raw.capacity.map(|c| c.0),
+            access: access_policy(),
         },
         replication,
     )
+}
+
+/// `SLUICE_URL_SECRET` and `SLUICE_API_TOKEN` from the environment: comma-separated lists,
+/// the first signs, all verify.
+pub fn access_policy() -> sluice_http::AccessPolicy {
+    let list = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| sluice_proto::SecretSet::parse(&v))
+    };
+    sluice_http::AccessPolicy {
+        url_secret: list("SLUICE_URL_SECRET"),
+        api_tokens: list("SLUICE_API_TOKEN"),
+    }
 }
 
 /// The background tasks of a role, stopped together at shutdown.

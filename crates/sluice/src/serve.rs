@@ -33,6 +33,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         placement: Placement::MostFree,
         cluster_secret: None,
         members_file: None,
+        access: crate::roles::access_policy(),
         http: config.http_limits(),
     });
     let link = ClusterLink {
@@ -72,7 +73,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         files = store.files(),
         "sluice serve is ready"
     );
-    if !addr.ip().is_loopback() {
+    if !addr.ip().is_loopback() && crate::roles::access_policy().api_tokens.is_none() {
         tracing::warn!(
             "listening on {addr}, beyond loopback, with no API token: anyone who can reach it can upload and delete"
         );

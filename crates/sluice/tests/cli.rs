@@ -201,3 +201,54 @@ fn serve_answers_cluster_and_assign_for_its_one_node() {
     let assign = get("/v1/assign").unwrap();
     assert_eq!(assign["url"], format!("{}/v1/files", served.url));
 }
+
+/// The README's Python signer, run for real: an IM backend copying it gets the same links.
+const PYTHON_SIGNER: &str = r#"
+import base64, hashlib, hmac, sys
+
+def sign(secret: str, path: str, expires: int) -> str:
+    mac = hmac.new(secret.encode(), f"{path}?expires={expires}".encode(), hashlib.sha256).digest()
+    sig = base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    return f"{path}?expires={expires}&sig={sig}"
+
+print(sign(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"#;
+
+#[test]
+fn sign_matches_the_readme_python_and_needs_its_secret() {
+    let path = "/v1/files/g1/aaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let out = std::process::Command::new(common::BIN)
+        .args(["sign", path, "--ttl", "600"])
+        .env("SLUICE_URL_SECRET", "first,second")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let expires = ours
+        .split("expires=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let python = std::process::Command::new("python3")
+        .args(["-c", PYTHON_SIGNER, "first", path, expires])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        python.status.success(),
+        "{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    assert_eq!(String::from_utf8(python.stdout).unwrap().trim(), ours);
+
+    let out = sluice(&["sign", path, "--ttl", "60"]);
+    assert!(!out.status.success());
+    assert!(stderr_line(&out).contains("SLUICE_URL_SECRET"));
+    let out = sluice(&["sign", "no-slash", "--ttl", "60"]);
+    assert!(!out.status.success());
+}

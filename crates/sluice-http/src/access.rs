@@ -1,0 +1,97 @@
+//! Who may read and write (DESIGN.md §3), the same on every role so none can be used to get
+//! around another: with `SLUICE_URL_SECRET` set, reads need a valid signed link; with
+//! `SLUICE_API_TOKEN` set, writes need `Authorization: Bearer TOKEN` or a signed upload link.
+
+use axum::Json;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use sluice_proto::signature::{SignatureError, verify_download, verify_upload};
+use sluice_proto::{ErrorBody, SecretSet};
+
+/// The secrets a role checks requests against.
+#[derive(Debug, Clone, Default)]
+pub struct AccessPolicy {
+    /// `SLUICE_URL_SECRET`: signs download links.
+    pub url_secret: Option<SecretSet>,
+    /// `SLUICE_API_TOKEN`: bearer tokens for writes, and the keys of signed upload links.
+    pub api_tokens: Option<SecretSet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessDenied {
+    /// 403: a read without a valid signature.
+    BadSignature(SignatureError),
+    /// 401: a write without a token or a valid signed upload link.
+    NoToken(String),
+}
+
+impl IntoResponse for AccessDenied {
+    fn into_response(self) -> Response {
+        match self {
+            AccessDenied::BadSignature(e) => (
+                StatusCode::FORBIDDEN,
+                Json(ErrorBody {
+                    error: e.to_string(),
+                }),
+            )
+                .into_response(),
+            AccessDenied::NoToken(why) => {
+                let mut r =
+                    (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: why })).into_response();
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl AccessPolicy {
+    /// Checks a read of `uri` (its path is what was signed).
+    pub fn check_read(&self, uri: &Uri) -> Result<(), AccessDenied> {
+        match &self.url_secret {
+            None => Ok(()),
+            Some(s) => verify_download(s, uri.path(), uri.query(), now_unix())
+                .map_err(AccessDenied::BadSignature),
+        }
+    }
+
+    /// Checks a write; `Ok(Some(max))` when a signed link allows at most `max` bytes.
+    pub fn check_write(
+        &self,
+        method: &str,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Option<u64>, AccessDenied> {
+        let Some(tokens) = &self.api_tokens else {
+            return Ok(None);
+        };
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Some(token) = bearer {
+            return if tokens.accepts(token.trim()) {
+                Ok(None)
+            } else {
+                Err(AccessDenied::NoToken("the API token is not valid".into()))
+            };
+        }
+        match verify_upload(tokens, method, uri.path(), uri.query(), now_unix()) {
+            Ok(max) => Ok(Some(max)),
+            Err(SignatureError::Missing) => Err(AccessDenied::NoToken(
+                "writes need Authorization: Bearer TOKEN or a signed upload link".into(),
+            )),
+            Err(e) => Err(AccessDenied::NoToken(format!(
+                "signed upload link refused: {e}"
+            ))),
+        }
+    }
+}
