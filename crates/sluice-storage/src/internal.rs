@@ -17,10 +17,19 @@ use crate::error::ApiError;
 use crate::files::{UploadLimit, body_stream, within};
 
 fn authorise(state: &StorageState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let config = state.config();
+    // With reads or writes guarded but no cluster secret, these routes would be the way round
+    // the guard: refuse them outright.
+    let guarded = config.access.url_secret.is_some() || config.access.api_tokens.is_some();
+    if guarded && config.cluster_secret.is_none() {
+        return Err(ApiError::Forbidden(
+            "internal routes are off: SLUICE_URL_SECRET or SLUICE_API_TOKEN is set without SLUICE_CLUSTER_SECRET",
+        ));
+    }
     let given = headers
         .get(CLUSTER_SECRET_HEADER)
         .and_then(|v| v.to_str().ok());
-    if SecretSet::admits(state.config().cluster_secret.as_ref(), given) {
+    if SecretSet::admits(config.cluster_secret.as_ref(), given) {
         Ok(())
     } else {
         Err(ApiError::Forbidden("missing or wrong cluster secret"))

@@ -826,3 +826,25 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
     assert_eq!(get(&node, "/healthz", &[]).await.0, StatusCode::OK);
     assert_eq!(get(&node, "/metrics", &[]).await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn internal_routes_are_no_way_round_the_signed_link_rule() {
+    let node = TestNode::start_with(NodeSettings {
+        access: sluice_storage::AccessPolicy {
+            url_secret: sluice_proto::SecretSet::parse("k"),
+            api_tokens: None,
+        },
+        ..NodeSettings::default()
+    })
+    .await;
+    let v = upload(&node, pattern(100), "image/png").await;
+    let fileid = v["fileid"].as_str().unwrap();
+    for path in [
+        format!("/v1/internal/blobs/{fileid}"),
+        "/v1/internal/oplog".to_owned(),
+    ] {
+        let (status, _, body) = get(&node, &path, &[]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert!(error_text(&body).contains("SLUICE_CLUSTER_SECRET"));
+    }
+}
