@@ -7,9 +7,11 @@
 //! shutdown that stops accepting and waits for connections to finish their requests.
 
 pub mod access;
+pub mod cors;
 pub mod metrics;
 
 pub use access::{AccessDenied, AccessPolicy};
+pub use cors::CorsPolicy;
 pub use metrics::HttpMetrics;
 
 use std::future::Future;

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, HotCacheLimits};
-pub use sluice_http::{AccessPolicy, HttpLimits, HttpMetrics};
+pub use sluice_http::{AccessPolicy, CorsPolicy, HttpLimits, HttpMetrics};
 
 /// What a storage node needs to know; the binary builds it from flags, env and config file.
 #[derive(Debug, Clone)]
@@ -37,6 +37,8 @@ pub struct StorageConfig {
     pub body_idle_timeout: std::time::Duration,
     /// Connection limit and request-head deadline.
     pub http: HttpLimits,
+    /// Which web origins may read.
+    pub cors: sluice_http::CorsPolicy,
     /// Signed-link and API-token rules for reads and writes.
     pub access: sluice_http::AccessPolicy,
     /// Most bytes of files this node holds; `None`: as much as the disk takes.
@@ -154,6 +156,10 @@ pub fn router(state: StorageState) -> Router {
         // Upload size is enforced by the handlers against the configured limit, for raw and
         // multipart bodies alike.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(state.config().cors.clone()),
+            sluice_http::cors::cors,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.inner.metrics.clone(),
             sluice_http::metrics::record,

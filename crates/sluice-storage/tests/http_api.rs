@@ -848,3 +848,93 @@ async fn internal_routes_are_no_way_round_the_signed_link_rule() {
         assert!(error_text(&body).contains("SLUICE_CLUSTER_SECRET"));
     }
 }
+
+#[tokio::test]
+async fn web_players_on_other_origins_may_read() {
+    let node = TestNode::start().await;
+    let v = upload(&node, pattern(2000), "video/mp2t").await;
+    let path = v["url"].as_str().unwrap();
+    let c = reqwest::Client::new();
+    let r = c
+        .get(format!("{}{path}", node.url))
+        .header("origin", "https://player.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    assert!(
+        r.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+            .to_str()
+            .unwrap()
+            .contains("Content-Range")
+    );
+    let r = c
+        .request(reqwest::Method::OPTIONS, format!("{}{path}", node.url))
+        .header("origin", "https://player.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "range")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(
+        r.headers()[header::ACCESS_CONTROL_ALLOW_METHODS]
+            .to_str()
+            .unwrap()
+            .contains("GET")
+    );
+    assert!(
+        r.headers()[header::ACCESS_CONTROL_ALLOW_HEADERS]
+            .to_str()
+            .unwrap()
+            .contains("Range")
+    );
+    // Writes are not opened to other origins.
+    let r = c
+        .post(format!("{}/v1/files", node.url))
+        .header("origin", "https://x.example")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none()
+    );
+
+    let listed = TestNode::start_with(NodeSettings {
+        cors: sluice_storage::CorsPolicy::from_list(&["https://app.example".into()]),
+        ..NodeSettings::default()
+    })
+    .await;
+    let v = upload(&listed, pattern(10), "image/png").await;
+    let url = format!("{}{}", listed.url, v["url"].as_str().unwrap());
+    let r = c
+        .get(&url)
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://app.example"
+    );
+    assert!(
+        r.headers()
+            .get_all(header::VARY)
+            .iter()
+            .any(|v| v == "Origin")
+    );
+    let r = c
+        .get(&url)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()
+            .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .is_none()
+    );
+}

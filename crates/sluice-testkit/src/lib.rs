@@ -28,6 +28,7 @@ pub struct NodeSettings {
     pub max_connections: usize,
     pub capacity: Option<u64>,
     pub access: sluice_storage::AccessPolicy,
+    pub cors: sluice_storage::CorsPolicy,
 }
 
 impl Default for NodeSettings {
@@ -40,6 +41,7 @@ impl Default for NodeSettings {
             max_connections: 1000,
             capacity: None,
             access: sluice_storage::AccessPolicy::default(),
+            cors: sluice_storage::CorsPolicy::AnyOrigin,
         }
     }
 }
@@ -105,6 +107,7 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
             cluster_secret: None,
             capacity: settings.capacity,
             access: settings.access.clone(),
+            cors: settings.cors.clone(),
             http: sluice_storage::HttpLimits {
                 max_connections: settings.max_connections,
                 ..sluice_storage::HttpLimits::default()

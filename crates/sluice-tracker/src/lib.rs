@@ -28,6 +28,8 @@ pub struct TrackerConfig {
     pub placement: Placement,
     /// When set, heartbeats must carry one of these secrets.
     pub cluster_secret: Option<SecretSet>,
+    /// Which web origins may follow its read redirects.
+    pub cors: sluice_http::CorsPolicy,
     /// Signed-link and API-token rules: the tracker redirects nothing the nodes would refuse.
     pub access: sluice_http::AccessPolicy,
     /// Where the members file lives (the tracker's `--data`); `None` keeps it in memory only.
@@ -97,6 +99,10 @@ pub fn router(state: TrackerState) -> Router {
         )
         .route("/metrics", get(render_metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(state.inner.config.cors.clone()),
+            sluice_http::cors::cors,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.inner.metrics.clone(),
             sluice_http::metrics::record,

@@ -46,6 +46,8 @@ pub struct ServeConfig {
     pub scrub_interval_secs: u64,
     /// How fast the scrub reads.
     pub scrub_bytes_per_sec: ByteSize,
+    /// Web origins allowed to read (`["*"]`: any).
+    pub cors_origins: Vec<String>,
     /// Copies (this node included) an upload needs before its 201; fewer gets 503.
     pub min_copies: usize,
     /// Milliseconds a peer may take to store a replica before the upload goes on without it.
@@ -75,6 +77,7 @@ impl Default for ServeConfig {
             capacity: None,
             scrub_interval_secs: 24 * 3600,
             scrub_bytes_per_sec: ByteSize(20 << 20),
+            cors_origins: vec!["*".into()],
             min_copies: 1,
             replication_timeout_ms: 5000,
             catch_up_interval_ms: 1000,

@@ -35,6 +35,7 @@ pub fn storage_state(
             cluster_secret: crate::storage::cluster_secret(),
             capacity: config.raw.capacity.map(|c| c.0),
             access: access_policy(),
+            cors: sluice_http::CorsPolicy::from_list(&config.raw.cors_origins),
         },
         replication,
     )

@@ -34,6 +34,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         cluster_secret: None,
         members_file: None,
         access: crate::roles::access_policy(),
+        cors: sluice_http::CorsPolicy::AnyOrigin,
         http: config.http_limits(),
     });
     let link = ClusterLink {

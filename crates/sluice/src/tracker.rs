@@ -33,6 +33,7 @@ pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
         cluster_secret: secret,
         members_file: Some(args.data.join("members.json")),
         access: crate::roles::access_policy(),
+        cors: sluice_http::CorsPolicy::AnyOrigin,
         http: sluice_http::HttpLimits::default(),
     });
     let listener = TcpListener::bind(args.http)
