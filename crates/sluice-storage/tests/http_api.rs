@@ -938,3 +938,43 @@ async fn web_players_on_other_origins_may_read() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn peers_need_the_cluster_secret_to_push_or_pull() {
+    let node = TestNode::start_with(NodeSettings {
+        cluster_secret: sluice_proto::SecretSet::parse("cs"),
+        ..NodeSettings::default()
+    })
+    .await;
+    let v = upload(&node, pattern(100), "image/png").await;
+    let fileid = v["fileid"].as_str().unwrap();
+    let c = reqwest::Client::new();
+    let internal = format!("{}/v1/internal/blobs/{fileid}", node.url);
+    for secret in [None, Some("wrong")] {
+        let mut get = c.get(&internal);
+        let mut put = c
+            .put(format!(
+                "{}/v1/internal/blobs/g1/aaaaaaaaaaaaaaaaaaaaaaaaaa",
+                node.url
+            ))
+            .body("pushed");
+        let mut oplog = c.get(format!("{}/v1/internal/oplog", node.url));
+        if let Some(s) = secret {
+            get = get.header("sluice-cluster-secret", s);
+            put = put.header("sluice-cluster-secret", s);
+            oplog = oplog.header("sluice-cluster-secret", s);
+        }
+        assert_eq!(get.send().await.unwrap().status(), StatusCode::FORBIDDEN);
+        assert_eq!(put.send().await.unwrap().status(), StatusCode::FORBIDDEN);
+        assert_eq!(oplog.send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    }
+    assert_eq!(node.state.store().files(), 1, "nothing was pushed in");
+    let r = c
+        .get(&internal)
+        .header("sluice-cluster-secret", "cs")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), pattern(100));
+}

@@ -29,6 +29,7 @@ pub struct NodeSettings {
     pub capacity: Option<u64>,
     pub access: sluice_storage::AccessPolicy,
     pub cors: sluice_storage::CorsPolicy,
+    pub cluster_secret: Option<sluice_proto::SecretSet>,
 }
 
 impl Default for NodeSettings {
@@ -42,6 +43,7 @@ impl Default for NodeSettings {
             capacity: None,
             access: sluice_storage::AccessPolicy::default(),
             cors: sluice_storage::CorsPolicy::AnyOrigin,
+            cluster_secret: None,
         }
     }
 }
@@ -104,7 +106,7 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
             group: settings.group.parse().expect("valid group"),
             max_upload_size: settings.max_upload_size,
             body_idle_timeout: settings.body_idle_timeout,
-            cluster_secret: None,
+            cluster_secret: settings.cluster_secret.clone(),
             capacity: settings.capacity,
             access: settings.access.clone(),
             cors: settings.cors.clone(),
