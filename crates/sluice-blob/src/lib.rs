@@ -124,17 +124,18 @@ struct Inner {
     options: BlobStoreOptions,
     hot: HotCache,
     writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Keys with a writer at work (and how many): the sweep leaves their files alone.
+    in_flight: std::sync::Mutex<std::collections::HashMap<BlobKey, usize>>,
     /// Set by `close` so background work (the sweep) lets go of the store.
     closing: std::sync::atomic::AtomicBool,
 }
 
 impl BlobStore {
-    /// Opens or creates a store in `root`, clearing what an interrupted run left in `tmp/` and
-    /// starting a background sweep for orphaned data files. Blocking: call it from
-    /// `spawn_blocking` or before the runtime is busy.
+    /// Opens or creates a store in `root`; after a crash, starts a background sweep for what
+    /// the crash left. Blocking: call it from `spawn_blocking` or before the runtime is busy.
     pub fn open(root: &Path, options: BlobStoreOptions) -> Result<Self, BlobError> {
         std::fs::create_dir_all(root)?;
-        check_format(root)?;
+        let fresh = check_format(root)?;
         // Temp files live beside their final place (see `tmp_path`); a `tmp/` directory is only
         // what a pre-release build left, and holds nothing worth keeping.
         let _ = std::fs::remove_dir_all(root.join("tmp"));
@@ -154,9 +155,10 @@ impl BlobStore {
                 options,
                 writer_thread: std::sync::Mutex::new(Some(writer)),
                 closing: std::sync::atomic::AtomicBool::new(false),
+                in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         };
-        if !closed_cleanly {
+        if !closed_cleanly && !fresh {
             sweep::start(store.clone());
         }
         Ok(store)
@@ -361,6 +363,31 @@ impl BlobStore {
         path
     }
 
+    /// Removes what a crash left (temp files, unindexed data files) now, on this thread;
+    /// returns how many files went. Files of writers at work are left alone, so this is safe
+    /// while the store is in use. (The open after a crash starts it in the background.)
+    pub fn sweep_orphans(&self) -> io::Result<usize> {
+        sweep::sweep(self)
+    }
+
+    /// Marks `key` as being written until the returned guard drops.
+    pub(crate) fn begin_write(&self, key: BlobKey) -> InFlight {
+        if let Ok(mut map) = self.inner.in_flight.lock() {
+            *map.entry(key).or_insert(0) += 1;
+        }
+        InFlight {
+            store: self.clone(),
+            key,
+        }
+    }
+
+    pub(crate) fn is_in_flight(&self, key: &BlobKey) -> bool {
+        self.inner
+            .in_flight
+            .lock()
+            .is_ok_and(|m| m.contains_key(key))
+    }
+
     pub(crate) fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Relaxed)
     }
@@ -370,10 +397,30 @@ impl BlobStore {
     }
 }
 
-fn check_format(root: &Path) -> Result<(), BlobError> {
+/// Checks (or, in an empty directory, writes) the format marker; true for a fresh store.
+/// A writer at work on a key; see [`BlobStore::begin_write`].
+pub(crate) struct InFlight {
+    store: BlobStore,
+    key: BlobKey,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.store.inner.in_flight.lock() {
+            if let Some(n) = map.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+fn check_format(root: &Path) -> Result<bool, BlobError> {
     let path = root.join(FORMAT_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) if text == FORMAT_LINE => Ok(()),
+        Ok(text) if text == FORMAT_LINE => Ok(false),
         Ok(text) => Err(BlobError::WrongFormat(text.trim().to_owned())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let non_empty = std::fs::read_dir(root)?.next().is_some();
@@ -382,7 +429,7 @@ fn check_format(root: &Path) -> Result<(), BlobError> {
                     "no FORMAT file in a non-empty directory".into(),
                 ));
             }
-            write_durably(&path, FORMAT_LINE.as_bytes())
+            write_durably(&path, FORMAT_LINE.as_bytes()).map(|()| true)
         }
         Err(e) => Err(e.into()),
     }

@@ -1,21 +1,18 @@
 //! The orphan sweep: after a crash, a data file can exist that no index entry names (renamed
 //! into place but not yet indexed, or deleted from the index but not yet unlinked), and temp
-//! files of uploads the crash cut off. Once per
-//! open, a background thread walks `blobs/` and removes such files, sparing any written since
-//! this open began (those belong to uploads now in flight).
+//! files of uploads the crash cut off. On an open that follows a crash, a background thread
+//! walks `blobs/` and removes such files, sparing those of keys with a writer at work.
 
 use std::path::Path;
-use std::time::SystemTime;
 
 use sluice_proto::BlobKey;
 
 use crate::BlobStore;
 
 pub(crate) fn start(store: BlobStore) {
-    let started = SystemTime::now();
     let spawned = std::thread::Builder::new()
         .name("sluice-orphan-sweep".into())
-        .spawn(move || match sweep(&store, started) {
+        .spawn(move || match sweep(&store) {
             Ok(0) => tracing::debug!("orphan sweep found nothing"),
             Ok(n) => tracing::info!(removed = n, "orphan sweep removed unindexed data files"),
             Err(e) => tracing::warn!(error = %e, "orphan sweep stopped early"),
@@ -29,29 +26,31 @@ pub(crate) fn start(store: BlobStore) {
 pub(crate) const TEMP_SUFFIX: &str = "tmp";
 
 /// Returns how many files it removed.
-pub(crate) fn sweep(store: &BlobStore, started: SystemTime) -> std::io::Result<usize> {
+pub(crate) fn sweep(store: &BlobStore) -> std::io::Result<usize> {
     let mut removed = 0;
     let mut failure = None;
     walk_shards(store.root(), &mut |path, name| {
         if store.is_closing() {
             return Ok(false);
         }
-        if std::fs::metadata(path)?.modified()? >= started {
+        // `KEY` or `KEY.NONCE.tmp`; anything else is not ours to judge.
+        let Ok(key) = BlobKey::parse(name.split('.').next().unwrap_or_default()) else {
+            return Ok(true);
+        };
+        // A writer registers its key before it creates any file and deregisters only after
+        // indexing, so checking "in flight" before "indexed" cannot miss a file of a live upload.
+        if store.is_in_flight(&key) {
             return Ok(true);
         }
         if is_temp(path) {
-            // Written before this open and never finished: the writer is gone.
-            std::fs::remove_file(path)?;
+            remove_if_present(path)?;
             removed += 1;
             return Ok(true);
         }
-        let Ok(key) = BlobKey::parse(name) else {
-            return Ok(true);
-        };
         match store.index().get(&key) {
             Ok(Some(_)) => {}
             Ok(None) => {
-                std::fs::remove_file(path)?;
+                remove_if_present(path)?;
                 removed += 1;
             }
             Err(e) => {
@@ -132,4 +131,12 @@ pub fn data_file_paths(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> 
         Ok(true)
     })?;
     Ok(paths)
+}
+
+/// A file may vanish under the sweep (a delete's own unlink, a writer finishing): fine.
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }

@@ -28,11 +28,14 @@ pub struct BlobWriter {
     /// The temp file once the first flush created it; small blobs never need one before commit.
     file: Option<File>,
     tmp: Arc<TempFileGuard>,
+    /// Keeps the crash sweep off this key's files until the writer is done.
+    _in_flight: crate::InFlight,
 }
 
 impl BlobWriter {
     pub(crate) fn new(store: BlobStore, key: BlobKey, content_type: String, limit: u64) -> Self {
         let layout = BlockLayout::new(store.options().block_size);
+        let in_flight = store.begin_write(key);
         let tmp = Arc::new(TempFileGuard(Mutex::new(Some(store.tmp_path(&key)))));
         Self {
             store,
@@ -44,6 +47,7 @@ impl BlobWriter {
             received: 0,
             file: None,
             tmp,
+            _in_flight: in_flight,
         }
     }
 

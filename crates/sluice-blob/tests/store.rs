@@ -346,3 +346,36 @@ async fn two_writers_of_one_key_do_not_trip_over_each_other() {
     );
     assert_eq!(tmp_entries(dir.path()), 0);
 }
+
+#[tokio::test]
+async fn the_sweep_never_touches_a_live_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let kept = put(&store, &pattern(10, 1), 10).await;
+    // A large upload in progress: its temp file is on disk, its key not yet indexed.
+    let key = store.new_key().unwrap();
+    let mut w = store.writer(key, "video/mp4".into(), u64::MAX);
+    w.write(Bytes::from(pattern(3 << 20, 2))).await.unwrap();
+    assert_eq!(tmp_entries(dir.path()), 1);
+    // And a leftover of a crashed one.
+    let leftover = dir
+        .path()
+        .join("blobs/ff/ff/777777777777777777777777ba.0000beef.tmp");
+    std::fs::create_dir_all(leftover.parent().unwrap()).unwrap();
+    std::fs::write(&leftover, b"x").unwrap();
+
+    assert_eq!(store.sweep_orphans().unwrap(), 1);
+    assert!(!leftover.exists());
+    assert_eq!(
+        tmp_entries(dir.path()),
+        1,
+        "the live upload's temp file stays"
+    );
+    w.commit().await.unwrap();
+    assert_eq!(store.sweep_orphans().unwrap(), 0);
+    assert_eq!(
+        read_all(&store, key, 0, 3 << 20).await.unwrap(),
+        pattern(3 << 20, 2)
+    );
+    assert_eq!(read_all(&store, kept, 0, 10).await.unwrap(), pattern(10, 1));
+}
