@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 # Programs the tests drive as real third-party clients.
 needed=()
 command -v curl >/dev/null 2>&1 || needed+=(curl)
+command -v djpeg >/dev/null 2>&1 || needed+=(libjpeg-turbo-progs)
 if [ ${#needed[@]} -gt 0 ]; then
   echo "test.sh: installing ${needed[*]}" >&2
   sudo=""

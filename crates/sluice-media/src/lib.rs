@@ -1,0 +1,6 @@
+//! Media formats, pure and I/O-free: bytes in, structure out. Fuzzed and property-tested.
+//!
+//! Today: where the scans of a (progressive) JPEG end, so a file still arriving can be cut at
+//! its last whole scan and closed into an image any decoder shows.
+
+pub mod jpeg;
