@@ -65,18 +65,16 @@ impl HttpMetrics {
 /// Records route, method, status, latency and bytes out for every request.
 pub async fn record(State(m): State<Arc<HttpMetrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
+    // `MatchedPath` is a shared string: cloning it costs no allocation per request.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = request.method().clone();
     let response = next.run(request).await;
     let method_label = method_label(&method);
     m.requests
-        .inc_by(&[&route, method_label, response.status().as_str()], 1);
+        .inc_by(&[route, method_label, response.status().as_str()], 1);
     m.latency
-        .observe(&[&route, method_label], started.elapsed().as_secs_f64());
+        .observe(&[route, method_label], started.elapsed().as_secs_f64());
     if method != Method::HEAD {
         let len = response
             .headers()

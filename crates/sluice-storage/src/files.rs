@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::replication::ReplicaSource;
 
 /// Parses the id in a path and checks it belongs to this node's group.
-fn parse_local_id(state: &StorageState, text: &str) -> Result<FileId, ApiError> {
+pub(crate) fn parse_local_id(state: &StorageState, text: &str) -> Result<FileId, ApiError> {
     let id =
         FileId::parse(text).map_err(|e| ApiError::BadRequest(format!("malformed file id: {e}")))?;
     if id.group != state.config().group {

@@ -8,13 +8,13 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use sluice_blob::CHUNK_BYTES;
+use sluice_proto::SecretSet;
 use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
 use sluice_proto::cluster::CLUSTER_SECRET_HEADER;
-use sluice_proto::{FileId, SecretSet};
 
 use crate::StorageState;
 use crate::error::ApiError;
-use crate::files::{UploadLimit, body_stream, within};
+use crate::files::{UploadLimit, body_stream, parse_local_id, within};
 
 fn authorise(state: &StorageState, headers: &HeaderMap) -> Result<(), ApiError> {
     let config = state.config();
@@ -36,15 +36,6 @@ fn authorise(state: &StorageState, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
-fn local_id(state: &StorageState, text: &str) -> Result<FileId, ApiError> {
-    let id =
-        FileId::parse(text).map_err(|e| ApiError::BadRequest(format!("malformed file id: {e}")))?;
-    if id.group != state.config().group {
-        return Err(ApiError::NotFound);
-    }
-    Ok(id)
-}
-
 /// A replica from a peer: stored under the id the peer gave it.
 pub(crate) async fn put_replica(
     State(state): State<StorageState>,
@@ -52,7 +43,7 @@ pub(crate) async fn put_replica(
     request: Request,
 ) -> Result<StatusCode, ApiError> {
     authorise(&state, request.headers())?;
-    let id = local_id(&state, &text)?;
+    let id = parse_local_id(&state, &text)?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -84,7 +75,7 @@ pub(crate) async fn delete_replica(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     authorise(&state, &headers)?;
-    let id = local_id(&state, &text)?;
+    let id = parse_local_id(&state, &text)?;
     state.store().delete(id.key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -97,7 +88,7 @@ pub(crate) async fn get_local(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorise(&state, &headers)?;
-    let id = local_id(&state, &text)?;
+    let id = parse_local_id(&state, &text)?;
     let reader = state
         .store()
         .open_reader(id.key)?

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Served, sluice};
+use common::{Served, curl, sluice, sluice_ok};
 
 fn stderr_line(out: &std::process::Output) -> String {
     let text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
@@ -20,19 +20,13 @@ fn upload_download_stat_delete() {
     std::fs::write(&a, vec![1u8; 10_000]).unwrap();
     std::fs::write(&b, (0..300_000u32).map(|i| i as u8).collect::<Vec<_>>()).unwrap();
 
-    let out = sluice(&[
+    let stdout = sluice_ok(&[
         "upload",
         a.to_str().unwrap(),
         b.to_str().unwrap(),
         "--server",
         &served.url,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
     let ids: Vec<&str> = stdout.lines().collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.iter().all(|id| id.starts_with("g1/")));
@@ -184,10 +178,7 @@ fn serve_answers_cluster_and_assign_for_its_one_node() {
     let data = tempfile::tempdir().unwrap();
     let served = Served::start(data.path(), &["--heartbeat-interval-ms", "50"]);
     let get = |path: &str| {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "-f", &format!("{}{path}", served.url)])
-            .output()
-            .unwrap();
+        let out = curl(&["-sS", "-f", &format!("{}{path}", served.url)]);
         serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()
     };
     common::wait_for(

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Served, sluice, wait_for};
+use common::{Served, curl, sluice, sluice_ok, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -55,10 +55,7 @@ fn storage(
 }
 
 fn get_json(url: &str) -> serde_json::Value {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-f", url])
-        .output()
-        .expect("curl");
+    let out = curl(&["-sS", "-f", url]);
     assert!(
         out.status.success(),
         "GET {url}: {}",
@@ -120,20 +117,18 @@ fn nodes_register_with_every_tracker_and_go_offline_when_killed() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("clip.mp4");
     std::fs::write(&file, vec![5u8; 100_000]).unwrap();
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-f",
-            "-L",
-            "--post301",
-            "--post302",
-            "--post303",
-            "--data-binary",
-        ])
-        .arg(format!("@{}", file.display()))
-        .arg(format!("{}/v1/files", t1.url))
-        .output()
-        .unwrap();
+    let data = format!("@{}", file.display());
+    let out = curl(&[
+        "-sS",
+        "-f",
+        "-L",
+        "--post301",
+        "--post302",
+        "--post303",
+        "--data-binary",
+        &data,
+        &format!("{}/v1/files", t1.url),
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -143,27 +138,17 @@ fn nodes_register_with_every_tracker_and_go_offline_when_killed() {
         .as_str()
         .unwrap()
         .to_owned();
-    let back = std::process::Command::new("curl")
-        .args(["-sS", "-f", "-L"])
-        .arg(format!("{}/v1/files/{fileid}", t2.url))
-        .output()
-        .unwrap();
+    let back = curl(&["-sS", "-f", "-L", &format!("{}/v1/files/{fileid}", t2.url)]);
     assert_eq!(back.stdout, vec![5u8; 100_000]);
 
     // The table.
-    let out = sluice(&[
+    let table = sluice_ok(&[
         "cluster",
         "--tracker",
         "http://127.0.0.1:1",
         "--tracker",
         &t1.url,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8(out.stdout).unwrap();
     assert!(
         table.contains("g1")
             && table.contains("g2")
@@ -193,27 +178,10 @@ fn heartbeats_without_the_secret_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let t = tracker(dir.path());
     let body = r#"{"node_id":"x","group":"g1","url":"http://127.0.0.1:9","state":"active","files":0,"bytes":0,"free_bytes":0,"writable":true}"#;
-    for headers in [vec![], vec!["-H", "sluice-cluster-secret: wrong"]] {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-H",
-                "content-type: application/json",
-                "-d",
-                body,
-            ])
-            .args(&headers)
-            .arg(format!("{}/v1/cluster/heartbeat", t.url))
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
-    }
-    let out = std::process::Command::new("curl")
-        .args([
+    let url = format!("{}/v1/cluster/heartbeat", t.url);
+    let status = |secret: Option<&str>| {
+        let header = secret.map(|s| format!("sluice-cluster-secret: {s}"));
+        let mut args = vec![
             "-sS",
             "-o",
             "/dev/null",
@@ -223,20 +191,16 @@ fn heartbeats_without_the_secret_are_refused() {
             "content-type: application/json",
             "-d",
             body,
-            "-H",
-        ])
-        .arg(format!("sluice-cluster-secret: {SECRET}"))
-        .arg(format!("{}/v1/cluster/heartbeat", t.url))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
-}
-
-fn curl(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("curl")
-        .args(args)
-        .output()
-        .expect("curl")
+        ];
+        if let Some(h) = &header {
+            args.extend(["-H", h.as_str()]);
+        }
+        args.push(&url);
+        String::from_utf8(curl(&args).stdout).unwrap()
+    };
+    assert_eq!(status(None), "403");
+    assert_eq!(status(Some("wrong")), "403");
+    assert_eq!(status(Some(SECRET)), "200");
 }
 
 /// Asks the tracker where to upload and sends it there, asking again when the node chosen is

@@ -115,6 +115,25 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// Runs curl (a real third-party client) with `args`.
+pub fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(args)
+        .output()
+        .expect("curl is installed (scripts/test.sh installs it)")
+}
+
+/// Runs the CLI, asserts it succeeded, and returns its stdout.
+pub fn sluice_ok(args: &[&str]) -> String {
+    let out = sluice(args);
+    assert!(
+        out.status.success(),
+        "sluice {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
 pub fn sluice(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
