@@ -39,7 +39,7 @@ pub(crate) enum IndexOp {
     Insert {
         key: BlobKey,
         meta: BlobMeta,
-        done: oneshot::Sender<Result<(), BlobError>>,
+        done: oneshot::Sender<Result<Adoption, BlobError>>,
     },
     Remove {
         key: BlobKey,
@@ -88,7 +88,7 @@ impl Index {
         ))
     }
 
-    pub async fn insert(&self, key: BlobKey, meta: BlobMeta) -> Result<(), BlobError> {
+    pub async fn insert(&self, key: BlobKey, meta: BlobMeta) -> Result<Adoption, BlobError> {
         let (done, rx) = oneshot::channel();
         self.ops
             .send(IndexOp::Insert { key, meta, done })
@@ -161,11 +161,37 @@ fn run_writer(db: &Database, counters: &StoreCounters, mut rx: mpsc::Receiver<In
     }
 }
 
+/// What an insert did to the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adoption {
+    /// The key was new.
+    New,
+    /// The new version replaced this shorter, incomplete one.
+    Replaced(BlobMeta),
+    /// The index kept the version it had (complete, or at least as long).
+    Kept(BlobMeta),
+}
+
+/// Whether `new` should replace `old` for the same key. Complete files never change; an
+/// incomplete one gives way to the whole file, to a longer prefix, or to its abandoned
+/// final state.
+pub(crate) fn supersedes(new: &BlobMeta, old: &BlobMeta) -> bool {
+    use crate::record::BlobState::{Abandoned, Partial};
+    if old.state.is_complete() {
+        return false;
+    }
+    new.state.is_complete()
+        || new.size > old.size
+        || (new.size == old.size
+            && matches!(old.state, Partial { .. })
+            && matches!(new.state, Abandoned { .. }))
+}
+
 /// What one operation will answer once the batch commits.
 enum Outcome {
     Inserted(
-        oneshot::Sender<Result<(), BlobError>>,
-        Result<(), BlobError>,
+        oneshot::Sender<Result<Adoption, BlobError>>,
+        Result<Adoption, BlobError>,
     ),
     Removed(
         oneshot::Sender<Result<Option<BlobMeta>, BlobError>>,
@@ -193,16 +219,32 @@ fn apply_batch(db: &Database, counters: &StoreCounters, batch: &mut Vec<IndexOp>
                             outcomes.push(Outcome::Inserted(done, Err(BlobError::Deleted)));
                             continue;
                         }
-                        // Files never change: a second put of a key (a replica arriving twice)
-                        // is a no-op.
-                        if blobs.get(k)?.is_none() {
-                            blobs.insert(k, meta.encode().as_slice())?;
-                            files += 1;
-                            bytes += meta.size;
-                            head += 1;
-                            oplog.insert(head, OplogEntry::encode(OpKind::Put, &key).as_slice())?;
-                        }
-                        outcomes.push(Outcome::Inserted(done, Ok(())));
+                        // Complete files never change: a second put of a key (a replica arriving
+                        // twice) is a no-op. Incomplete ones grow (see `supersedes`); each step
+                        // is logged so peers catching up fetch the newer version.
+                        let old = match blobs.get(k)? {
+                            Some(v) => Some(BlobMeta::decode(v.value())?),
+                            None => None,
+                        };
+                        let adoption = match old {
+                            None => {
+                                files += 1;
+                                Adoption::New
+                            }
+                            Some(old) if supersedes(&meta, &old) => {
+                                bytes -= old.size;
+                                Adoption::Replaced(old)
+                            }
+                            Some(old) => {
+                                outcomes.push(Outcome::Inserted(done, Ok(Adoption::Kept(old))));
+                                continue;
+                            }
+                        };
+                        blobs.insert(k, meta.encode().as_slice())?;
+                        bytes += meta.size;
+                        head += 1;
+                        oplog.insert(head, OplogEntry::encode(OpKind::Put, &key).as_slice())?;
+                        outcomes.push(Outcome::Inserted(done, Ok(adoption)));
                     }
                     IndexOp::Remove { key, done } => {
                         let k = key.as_bytes().as_slice();

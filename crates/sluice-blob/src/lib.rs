@@ -31,7 +31,7 @@ use std::sync::atomic::Ordering;
 use sluice_proto::BlobKey;
 
 pub use hot::{HotCache, HotCacheLimits, HotFile};
-pub use index::{OpKind, OplogEntry, StoreCounters};
+pub use index::{Adoption, OpKind, OplogEntry, StoreCounters};
 pub use reader::{BlobReader, CHUNK_BYTES, Chunk};
 pub use record::{BlobMeta, BlobState};
 pub use sweep::{data_file_paths, temp_file_paths, walk_data_files};
@@ -195,32 +195,38 @@ impl BlobStore {
     /// blocking pool doubled the cost of a small download; the data reads, which can wait on
     /// the disk, still avoid blocking (see [`BlobReader::read_chunk`]).
     pub fn open_reader(&self, key: BlobKey) -> Result<Option<BlobReader>, BlobError> {
-        let Some(meta) = self.inner.index.get(&key)? else {
+        let Some(mut meta) = self.inner.index.get(&key)? else {
             return Ok(None);
         };
-        match std::fs::File::open(self.blob_path(&key)) {
-            Ok(file) => Ok(Some(BlobReader::new(key, meta, file))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Deleted between the lookup and the open, or lost: tell which.
-                if self.inner.index.get(&key)?.is_some() {
-                    tracing::error!(%key, "indexed blob has no data file");
-                    return Err(BlobError::Corrupt { key, block: 0 });
+        // An incomplete blob can be replaced by a longer one between the lookup and the open
+        // (its old data file is then unlinked): look again, a few times.
+        for _ in 0..4 {
+            match std::fs::File::open(self.data_path(&key, &meta)) {
+                Ok(file) => return Ok(Some(BlobReader::new(key, meta, file))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // Deleted between the lookup and the open, replaced, or lost: tell which.
+                    match self.inner.index.get(&key)? {
+                        None => return Ok(None),
+                        Some(now) if now != meta => meta = now,
+                        Some(_) => break,
+                    }
                 }
-                Ok(None)
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => Err(e.into()),
         }
+        tracing::error!(%key, "indexed blob has no data file");
+        Err(BlobError::Corrupt { key, block: 0 })
     }
 
     /// Deletes a blob; `false` if there was none. The index entry goes first, so a crash
     /// between the two steps leaves an orphan file for the sweep, never a dangling entry.
     pub async fn delete(&self, key: BlobKey) -> Result<bool, BlobError> {
-        let Some(_) = self.inner.index.remove(key).await? else {
+        let Some(old) = self.inner.index.remove(key).await? else {
             return Ok(false);
         };
         // After the index entry is gone, never before: see `HotCache::insert_if_indexed`.
         self.inner.hot.remove(&key);
-        let path = self.blob_path(&key);
+        let path = self.data_path(&key, &old);
         blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -252,7 +258,8 @@ impl BlobStore {
     /// Offers a whole file, just read and verified from disk, to the hot cache.
     pub fn offer_to_hot_cache(&self, key: BlobKey, meta: BlobMeta, parts: Chunk) {
         let hot = &self.inner.hot;
-        if hot.admits(meta.size) {
+        // Incomplete blobs are replaced as they grow: only complete ones may be cached.
+        if hot.admits(meta.size) && meta.state.is_complete() {
             hot.insert_if_indexed(key, HotFile { meta, parts }, || {
                 matches!(self.inner.index.get(&key), Ok(Some(_)))
             });
@@ -342,7 +349,18 @@ impl BlobStore {
             .join(key.to_string())
     }
 
-    /// Where a blob is written before it is complete: beside its final place, so concurrent
+    /// The data file of one version of a blob: `KEY` once complete; `KEY.SIZE.part` for a
+    /// prefix still short of the whole, so each longer prefix is a new file and a reader of an
+    /// older one keeps reading what it opened.
+    pub(crate) fn data_path(&self, key: &BlobKey, meta: &BlobMeta) -> PathBuf {
+        let mut path = self.blob_path(key);
+        if !meta.state.is_complete() {
+            path.set_extension(format!("{}.{}", meta.size, sweep::PART_SUFFIX));
+        }
+        path
+    }
+
+    /// Where a blob is written before it is durable: beside its final place, so concurrent
     /// uploads spread over the shard directories instead of queueing on one directory's lock,
     /// and the final rename stays within one directory.
     /// Each writer gets its own name, so two writers of one key (a replica pushed by a peer

@@ -5,24 +5,40 @@ use crate::BlobError;
 
 const RECORD_V1: u8 = 1;
 
-/// Where a blob stands in its life. Only `Complete` exists today; files still arriving
-/// (progressive uploads) will add states without changing how complete ones are read.
+/// Where a blob stands in its life. A progressive upload is stored first as the prefix that
+/// has arrived (`Partial`), replaced by longer prefixes and finally by the whole file
+/// (`Complete`), or left as it stands when its sender goes away (`Abandoned`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlobState {
     Complete,
+    /// A prefix of a file of `total` bytes that is still arriving.
+    Partial {
+        total: u64,
+    },
+    /// A prefix of a file of `total` bytes whose sender stopped: it will not grow.
+    Abandoned {
+        total: u64,
+    },
 }
 
 impl BlobState {
     fn code(self) -> u8 {
         match self {
             BlobState::Complete => 1,
+            BlobState::Partial { .. } => 2,
+            BlobState::Abandoned { .. } => 3,
         }
     }
 
-    fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(BlobState::Complete),
-            _ => None,
+    pub fn is_complete(self) -> bool {
+        self == BlobState::Complete
+    }
+
+    /// The declared length of the whole file, for a blob still short of it.
+    pub fn total(self) -> Option<u64> {
+        match self {
+            BlobState::Complete => None,
+            BlobState::Partial { total } | BlobState::Abandoned { total } => Some(total),
         }
     }
 }
@@ -51,6 +67,11 @@ impl BlobMeta {
         out.extend_from_slice(&self.block_size.to_le_bytes());
         out.extend_from_slice(&ct_len.to_le_bytes());
         out.extend_from_slice(&ct[..usize::from(ct_len)]);
+        // Incomplete blobs carry their declared total after the content type; complete ones
+        // are byte-for-byte what the first release wrote.
+        if let Some(total) = self.state.total() {
+            out.extend_from_slice(&total.to_le_bytes());
+        }
         out
     }
 
@@ -60,14 +81,20 @@ impl BlobMeta {
         if version != RECORD_V1 {
             return Err(bad());
         }
-        let (&state, rest) = rest.split_first().ok_or_else(bad)?;
-        let state = BlobState::from_code(state).ok_or_else(bad)?;
+        let (&state_code, rest) = rest.split_first().ok_or_else(bad)?;
         let size = u64::from_le_bytes(take(rest, 0)?);
         let created_ms = u64::from_le_bytes(take(rest, 8)?);
         let block_size = u32::from_le_bytes(take(rest, 16)?);
         let ct_len = usize::from(u16::from_le_bytes(take(rest, 20)?));
         let ct = rest.get(22..22 + ct_len).ok_or_else(bad)?;
         let content_type = String::from_utf8(ct.to_vec()).map_err(|_| bad())?;
+        let total = || take(rest, 22 + ct_len).map(u64::from_le_bytes);
+        let state = match state_code {
+            1 => BlobState::Complete,
+            2 => BlobState::Partial { total: total()? },
+            3 => BlobState::Abandoned { total: total()? },
+            _ => return Err(bad()),
+        };
         Ok(Self {
             size,
             content_type,
@@ -92,8 +119,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn roundtrip(size in any::<u64>(), created_ms in any::<u64>(), bs in any::<u32>(), ct in "[ -~]{0,200}") {
-            let m = BlobMeta { size, content_type: ct, created_ms, block_size: bs, state: BlobState::Complete };
+        fn roundtrip(size in any::<u64>(), created_ms in any::<u64>(), bs in any::<u32>(), ct in "[ -~]{0,200}", code in 1u8..=3, total in any::<u64>()) {
+            let state = match code {
+                1 => BlobState::Complete,
+                2 => BlobState::Partial { total },
+                _ => BlobState::Abandoned { total },
+            };
+            let m = BlobMeta { size, content_type: ct, created_ms, block_size: bs, state };
             prop_assert_eq!(BlobMeta::decode(&m.encode()).unwrap(), m);
         }
 

@@ -24,6 +24,8 @@ pub(crate) fn start(store: BlobStore) {
 
 /// The extension of a blob being written.
 pub(crate) const TEMP_SUFFIX: &str = "tmp";
+/// The extension of an incomplete blob's data file (`KEY.SIZE.part`).
+pub(crate) const PART_SUFFIX: &str = "part";
 
 /// Returns how many files it removed.
 pub(crate) fn sweep(store: &BlobStore) -> std::io::Result<usize> {
@@ -48,8 +50,10 @@ pub(crate) fn sweep(store: &BlobStore) -> std::io::Result<usize> {
             return Ok(true);
         }
         match store.index().get(&key) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
+            // A data file is kept only if it is the one the index names: a shorter prefix
+            // replaced just before a crash goes too.
+            Ok(Some(meta)) if store.data_path(&key, &meta) == path => {}
+            Ok(_) => {
                 remove_if_present(path)?;
                 removed += 1;
             }

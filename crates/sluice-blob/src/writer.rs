@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Buf, Bytes, BytesMut};
 use sluice_proto::BlobKey;
 
+use crate::index::Adoption;
 use crate::layout::BlockLayout;
 use crate::record::{BlobMeta, BlobState};
 use crate::{BlobError, BlobStore, blocking, now_ms};
@@ -25,6 +26,7 @@ pub struct BlobWriter {
     layout: BlockLayout,
     pending: BytesMut,
     received: u64,
+    state: BlobState,
     /// The temp file once the first flush created it; small blobs never need one before commit.
     file: Option<File>,
     tmp: Arc<TempFileGuard>,
@@ -45,6 +47,7 @@ impl BlobWriter {
             layout,
             pending: BytesMut::new(),
             received: 0,
+            state: BlobState::Complete,
             file: None,
             tmp,
             _in_flight: in_flight,
@@ -53,6 +56,11 @@ impl BlobWriter {
 
     pub fn key(&self) -> BlobKey {
         self.key
+    }
+
+    /// Stores the blob as a prefix of a longer file (progressive uploads) rather than complete.
+    pub fn set_state(&mut self, state: BlobState) {
+        self.state = state;
     }
 
     /// The whole content, if none of it has gone to disk yet (uploads under ~1 MiB): lets a
@@ -119,6 +127,9 @@ impl BlobWriter {
     /// Makes the blob durable and visible: fsync, rename into place, fsync the directory, then
     /// index it. Runs to completion in its own task even if the caller goes away, so a client
     /// that disconnects at this point leaves a whole blob, never half of one.
+    ///
+    /// Returns the version the index holds afterwards: this one, or, when the store already
+    /// had the key complete (or a longer prefix of it), that one.
     pub async fn commit(mut self) -> Result<BlobMeta, BlobError> {
         let rest = self.pending.split().freeze();
         let meta = BlobMeta {
@@ -126,12 +137,13 @@ impl BlobWriter {
             content_type: std::mem::take(&mut self.content_type),
             created_ms: now_ms(),
             block_size: self.layout.block_size,
-            state: BlobState::Complete,
+            state: self.state,
         };
         let task = tokio::spawn(async move {
             let file = self.file.take();
             let layout = self.layout;
-            let final_path = self.store.blob_path(&self.key);
+            let final_path = self.store.data_path(&self.key, &meta);
+            let placed = final_path.clone();
             let tmp = self.tmp.clone();
             blocking(move || {
                 let tmp_path = tmp.path();
@@ -147,14 +159,38 @@ impl BlobWriter {
                 Ok(())
             })
             .await?;
-            if let Err(e) = self.store.index().insert(self.key, meta.clone()).await {
-                // Not indexed (a deleted key, or the index failed): the placed file must go,
-                // or it would linger until a crash-recovery sweep.
-                let path = self.store.blob_path(&self.key);
-                let _ = blocking(move || Ok(std::fs::remove_file(path)?)).await;
-                return Err(e);
+            let store = &self.store;
+            let unlink = |path: PathBuf| {
+                blocking(move || match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                    _ => Ok(()),
+                })
+            };
+            match store.index().insert(self.key, meta.clone()).await {
+                Err(e) => {
+                    // Not indexed (a deleted key, or the index failed): the placed file must
+                    // go, or it would linger until a crash-recovery sweep.
+                    let _ = unlink(placed).await;
+                    Err(e)
+                }
+                Ok(Adoption::New) => Ok(meta),
+                Ok(Adoption::Replaced(old)) => {
+                    store.hot().remove(&self.key);
+                    let old_path = store.data_path(&self.key, &old);
+                    if old_path != placed {
+                        unlink(old_path).await?;
+                    }
+                    Ok(meta)
+                }
+                Ok(Adoption::Kept(current)) => {
+                    // Ours lost (a late, shorter replica): remove it unless it is the very
+                    // file the index names (the same version written twice).
+                    if store.data_path(&self.key, &current) != placed {
+                        unlink(placed).await?;
+                    }
+                    Ok(current)
+                }
             }
-            Ok(meta)
         });
         task.await
             .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?

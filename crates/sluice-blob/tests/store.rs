@@ -379,3 +379,105 @@ async fn the_sweep_never_touches_a_live_upload() {
     );
     assert_eq!(read_all(&store, kept, 0, 10).await.unwrap(), pattern(10, 1));
 }
+
+async fn put_version(
+    store: &BlobStore,
+    key: sluice_proto::BlobKey,
+    data: &[u8],
+    state: sluice_blob::BlobState,
+) -> sluice_blob::BlobMeta {
+    let mut w = store.writer(key, "image/jpeg".into(), u64::MAX);
+    w.set_state(state);
+    w.write(Bytes::copy_from_slice(data)).await.unwrap();
+    w.commit().await.unwrap()
+}
+
+#[tokio::test]
+async fn incomplete_blobs_grow_into_complete_ones_and_never_back() {
+    use sluice_blob::BlobState::{Abandoned, Complete, Partial};
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
+    let whole = pattern(10_000, 3);
+    let key = store.new_key().unwrap();
+    let total = whole.len() as u64;
+    let head_before = store.oplog_head().unwrap();
+
+    let first = put_version(&store, key, &whole[..3000], Partial { total }).await;
+    assert_eq!(first.state, Partial { total });
+    // A reader of the first prefix keeps reading it while a longer one replaces it.
+    let old_reader = store.open_reader(key).unwrap().unwrap();
+    let longer = put_version(&store, key, &whole[..6000], Partial { total }).await;
+    assert_eq!(longer.size, 6000);
+    let chunk = old_reader.read_chunk(0, 3000, u64::MAX).await.unwrap();
+    assert_eq!(chunk.concat(), &whole[..3000]);
+    // A late, shorter replica changes nothing and leaves no file behind.
+    let kept = put_version(&store, key, &whole[..3000], Partial { total }).await;
+    assert_eq!(kept.size, 6000);
+    assert_eq!(
+        read_all(&store, key, 0, u64::MAX).await.unwrap(),
+        &whole[..6000]
+    );
+    assert_eq!(sluice_blob::data_file_paths(dir.path()).unwrap().len(), 0);
+    assert_eq!(store.bytes(), 6000);
+
+    let done = put_version(&store, key, &whole, Complete).await;
+    assert_eq!(done.state, Complete);
+    assert_eq!(read_all(&store, key, 0, u64::MAX).await.unwrap(), whole);
+    assert_eq!((store.files(), store.bytes()), (1, total));
+    // Only the complete data file is left, and nothing incomplete replaces it.
+    assert_eq!(sluice_blob::data_file_paths(dir.path()).unwrap().len(), 1);
+    let after = put_version(&store, key, &whole[..8000], Abandoned { total }).await;
+    assert_eq!(after.state, Complete);
+    assert_eq!(read_all(&store, key, 0, u64::MAX).await.unwrap(), whole);
+    // Every adopted version is in the oplog (peers fetch the newer one); refused ones are not.
+    assert_eq!(store.oplog_head().unwrap(), head_before + 3);
+    let mut walked = 0;
+    sluice_blob::walk_data_files(dir.path(), &mut |_, _| {
+        walked += 1;
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(walked, 1);
+    assert_eq!(store.sweep_orphans().unwrap(), 0);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sweep_removes_a_stale_prefix_and_keeps_the_indexed_one() {
+    use sluice_blob::BlobState::Partial;
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
+    let whole = pattern(5000, 9);
+    let key = store.new_key().unwrap();
+    put_version(&store, key, &whole[..2000], Partial { total: 5000 }).await;
+    let shard = sluice_blob::temp_file_paths(dir.path()).unwrap();
+    assert!(shard.is_empty());
+    // What a crash between adopting a longer prefix and unlinking the old one leaves.
+    let names = |dir: &std::path::Path| {
+        let mut v = Vec::new();
+        for l1 in std::fs::read_dir(dir.join("blobs")).unwrap() {
+            for l2 in std::fs::read_dir(l1.unwrap().path()).unwrap() {
+                for f in std::fs::read_dir(l2.unwrap().path()).unwrap() {
+                    v.push(f.unwrap().path());
+                }
+            }
+        }
+        v
+    };
+    let indexed = names(dir.path()).pop().unwrap();
+    assert!(
+        indexed
+            .to_str()
+            .unwrap()
+            .ends_with(&format!("{key}.2000.part"))
+    );
+    let stale = indexed.with_file_name(format!("{key}.1000.part"));
+    std::fs::copy(&indexed, &stale).unwrap();
+    assert_eq!(store.sweep_orphans().unwrap(), 1);
+    assert_eq!(names(dir.path()), vec![indexed]);
+    assert_eq!(
+        read_all(&store, key, 0, u64::MAX).await.unwrap(),
+        &whole[..2000]
+    );
+    store.close().await;
+}

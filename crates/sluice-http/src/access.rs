@@ -46,6 +46,13 @@ impl IntoResponse for AccessDenied {
     }
 }
 
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
@@ -63,6 +70,21 @@ impl AccessPolicy {
         }
     }
 
+    /// Checks a request that only a token holder may make (admin calls, the event stream):
+    /// the bearer token when API tokens are set, nothing otherwise.
+    pub fn check_bearer(&self, headers: &HeaderMap) -> Result<(), AccessDenied> {
+        let Some(tokens) = &self.api_tokens else {
+            return Ok(());
+        };
+        match bearer(headers) {
+            Some(token) if tokens.accepts(token.trim()) => Ok(()),
+            Some(_) => Err(AccessDenied::NoToken("the API token is not valid".into())),
+            None => Err(AccessDenied::NoToken(
+                "this needs Authorization: Bearer TOKEN".into(),
+            )),
+        }
+    }
+
     /// Checks a write; `Ok(Some(max))` when a signed link allows at most `max` bytes.
     pub fn check_write(
         &self,
@@ -73,11 +95,7 @@ impl AccessPolicy {
         let Some(tokens) = &self.api_tokens else {
             return Ok(None);
         };
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if let Some(token) = bearer {
+        if let Some(token) = bearer(headers) {
             return if tokens.accepts(token.trim()) {
                 Ok(None)
             } else {

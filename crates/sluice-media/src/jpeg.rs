@@ -33,6 +33,8 @@ pub enum JpegError {
     NotJpeg,
     #[error("malformed JPEG at byte {0}")]
     Malformed(usize),
+    #[error("a JPEG scan is longer than the {0} bytes tracked")]
+    ScanTooLong(usize),
 }
 
 impl ScanBoundaries {
@@ -55,61 +57,89 @@ impl ScanBoundaries {
 
 /// Reads the structure of `data`, which may be any prefix of a JPEG file.
 pub fn scan_boundaries(data: &[u8]) -> Result<ScanBoundaries, JpegError> {
+    check_soi(data)?;
+    let mut out = ScanBoundaries::default();
+    parse_from(data, 0, 2, &mut out)?;
+    Ok(out)
+}
+
+fn check_soi(data: &[u8]) -> Result<(), JpegError> {
     if data.len() >= 2 && (data[0] != 0xFF || data[1] != SOI) {
         return Err(JpegError::NotJpeg);
     }
-    let mut out = ScanBoundaries::default();
-    let mut at = 2;
+    Ok(())
+}
+
+/// Parses segments of `data` (the file's bytes from offset `base` on) starting at local offset
+/// `at`, adding what it finds to `out` in file offsets. Returns the local offset parsing can
+/// resume from later: just past the last complete scan, or `at` when none completed.
+fn parse_from(
+    data: &[u8],
+    base: usize,
+    mut at: usize,
+    out: &mut ScanBoundaries,
+) -> Result<usize, JpegError> {
+    let mut resume = at;
     loop {
         // Between segments: a marker, possibly preceded by fill bytes.
-        let Some(marker_at) = next_marker(data, at)? else {
-            return Ok(out);
+        let Some(marker_at) = next_marker(data, at).map_err(|e| e.shifted(base))? else {
+            return Ok(resume);
         };
         let Some(&marker) = data.get(marker_at + 1) else {
-            return Ok(out);
+            return Ok(resume);
         };
         match marker {
             EOI => {
-                out.eoi_end = Some(marker_at + 2);
-                return Ok(out);
+                out.eoi_end = Some(base + marker_at + 2);
+                return Ok(marker_at + 2);
             }
             TEM | 0xD0..=0xD7 => {
                 at = marker_at + 2;
                 continue;
             }
-            SOI => return Err(JpegError::Malformed(marker_at)),
+            SOI => return Err(JpegError::Malformed(base + marker_at)),
             _ => {}
         }
         // A segment with a length.
         let Some(len_bytes) = data.get(marker_at + 2..marker_at + 4) else {
-            return Ok(out);
+            return Ok(resume);
         };
         let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
         if len < 2 {
-            return Err(JpegError::Malformed(marker_at + 2));
+            return Err(JpegError::Malformed(base + marker_at + 2));
         }
         let segment_end = marker_at + 2 + len;
         if segment_end > data.len() {
-            return Ok(out);
+            return Ok(resume);
         }
         if is_sof(marker) {
             out.progressive = matches!(marker, 0xC2 | 0xC6 | 0xCA | 0xCE);
-            out.header_end = segment_end;
+            out.header_end = base + segment_end;
         }
         if marker != SOS {
             at = segment_end;
             continue;
         }
         if out.header_end == 0 {
-            return Err(JpegError::Malformed(marker_at));
+            return Err(JpegError::Malformed(base + marker_at));
         }
         // Entropy-coded data runs to the next marker that is not stuffing, restart or fill.
         match entropy_end(data, segment_end) {
             Some(end) => {
-                out.scan_ends.push(end);
+                out.scan_ends.push(base + end);
                 at = end;
+                resume = end;
             }
-            None => return Ok(out),
+            None => return Ok(resume),
+        }
+    }
+}
+
+impl JpegError {
+    fn shifted(self, base: usize) -> Self {
+        match self {
+            JpegError::Malformed(at) => JpegError::Malformed(base + at),
+            other => other,
         }
     }
 }
@@ -167,6 +197,86 @@ pub fn viewable_prefix(data: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Follows a JPEG as it arrives, chunk by chunk, keeping only the bytes since the last complete
+/// scan (the part a later chunk can still change): memory stays near the largest scan, however
+/// large the file, and no byte is parsed more than once per chunk of its scan.
+#[derive(Debug, Clone)]
+pub struct ScanTracker {
+    layout: ScanBoundaries,
+    /// Bytes from file offset `base` on, not yet part of a complete scan.
+    tail: Vec<u8>,
+    base: usize,
+    /// Where parsing restarts inside `tail`.
+    resume: usize,
+    received: usize,
+    max_tail: usize,
+    failed: Option<JpegError>,
+}
+
+impl ScanTracker {
+    /// `max_tail`: the most bytes kept while a scan is incomplete; a longer scan stops the
+    /// tracking (the file is then treated as opaque bytes).
+    pub fn new(max_tail: usize) -> Self {
+        Self {
+            layout: ScanBoundaries::default(),
+            tail: Vec::new(),
+            base: 0,
+            resume: 2,
+            received: 0,
+            max_tail,
+            failed: None,
+        }
+    }
+
+    /// Adds the next bytes of the file. Once an error is returned the tracker stays failed.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), JpegError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.received += bytes.len();
+        if self.layout.eoi_end.is_some() {
+            return Ok(());
+        }
+        self.tail.extend_from_slice(bytes);
+        let result = (|| {
+            if self.base == 0 {
+                check_soi(&self.tail)?;
+                if self.tail.len() < 2 {
+                    return Ok(());
+                }
+            }
+            let resume = parse_from(&self.tail, self.base, self.resume, &mut self.layout)?;
+            // Everything before the resume point is settled: drop it.
+            self.tail.drain(..resume);
+            self.base += resume;
+            self.resume = 0;
+            if self.tail.len() > self.max_tail {
+                return Err(JpegError::ScanTooLong(self.max_tail));
+            }
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+            self.tail = Vec::new();
+        }
+        result
+    }
+
+    pub fn layout(&self) -> &ScanBoundaries {
+        &self.layout
+    }
+
+    /// Bytes pushed so far.
+    pub fn received(&self) -> usize {
+        self.received
+    }
+
+    /// Whether the bytes so far are (the start of) a well-formed JPEG.
+    pub fn is_jpeg(&self) -> bool {
+        self.failed.is_none()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,7 +325,56 @@ mod tests {
         assert_eq!(scan_boundaries(&[0xFF]).unwrap(), ScanBoundaries::default());
     }
 
+    /// The tracker fed in pieces agrees with a parse of the whole prefix.
+    fn tracked(data: &[u8], cuts: &[usize]) -> Result<ScanBoundaries, JpegError> {
+        let mut tracker = ScanTracker::new(usize::MAX);
+        let mut at = 0;
+        for &cut in cuts.iter().chain([data.len()].iter()) {
+            let cut = cut.clamp(at, data.len());
+            tracker.push(&data[at..cut])?;
+            at = cut;
+        }
+        Ok(tracker.layout().clone())
+    }
+
+    #[test]
+    fn tracker_matches_whole_parse_on_every_split() {
+        let mut f = vec![0xFF, SOI];
+        f.extend_from_slice(&[0xFF, 0xC2, 0x00, 0x08, 8, 0, 1, 0, 1, 1]);
+        f.extend_from_slice(&[0xFF, SOS, 0x00, 0x06, 1, 2, 3, 4, 0x12, 0xFF, 0x00, 0x34]);
+        f.extend_from_slice(&[0xFF, 0xD3, 0x56, 0xFF, 0xC4, 0x00, 0x03, 9]);
+        f.extend_from_slice(&[0xFF, SOS, 0x00, 0x06, 1, 2, 3, 4, 0x78, 0x9A, 0xFF, EOI]);
+        for len in 0..=f.len() {
+            for a in 0..=len {
+                for b in a..=len {
+                    assert_eq!(tracked(&f[..len], &[a, b]), scan_boundaries(&f[..len]));
+                }
+            }
+        }
+        let mut small = ScanTracker::new(4);
+        assert_eq!(small.push(&f), Ok(()), "a whole file leaves no tail");
+        let mut small = ScanTracker::new(4);
+        assert!(small.push(&f[..20]).is_err());
+        assert!(!small.is_jpeg());
+    }
+
     proptest! {
+        #[test]
+        fn tracker_agrees_with_whole_parse(
+            body in proptest::collection::vec(prop_oneof![Just(0xFFu8), Just(0xDA), Just(0), any::<u8>()], 0..300),
+            cuts in proptest::collection::vec(0usize..320, 0..6),
+        ) {
+            let mut data = vec![0xFF, SOI, 0xFF, 0xC2, 0x00, 0x03, 1];
+            data.extend_from_slice(&body);
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            match (tracked(&data, &cuts), scan_boundaries(&data)) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                (a, b) => prop_assert!(false, "tracker {:?} vs whole {:?}", a, b),
+            }
+        }
+
         #[test]
         fn never_panics_and_stays_in_bounds(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut with_soi = vec![0xFF, SOI];

@@ -10,6 +10,7 @@ pub mod range;
 pub mod secret;
 pub mod signature;
 pub mod size;
+pub mod tus;
 
 pub use api::{ErrorBody, UploadResponse};
 pub use fileid::{BlobKey, FileId, FileIdError, GroupName};

@@ -40,6 +40,18 @@ pub enum ApiError {
     Internal,
     #[error("access denied")]
     Denied(sluice_http::AccessDenied),
+    #[error("Upload-Offset does not match: the upload is at {expected}")]
+    OffsetMismatch { expected: u64 },
+    #[error("a PATCH body must be Content-Type: application/offset+octet-stream")]
+    WrongBodyType,
+    #[error("this server speaks tus 1.0.0: send Tus-Resumable: 1.0.0")]
+    TusVersion,
+    #[error("the body does not match Upload-Checksum; nothing of it was kept")]
+    ChecksumMismatch,
+    #[error("Upload-Checksum must be `sha1 BASE64` or `sha256 BASE64`")]
+    BadChecksum,
+    #[error("another request is busy with this upload; try again")]
+    Busy,
 }
 
 impl From<sluice_http::AccessDenied> for ApiError {
@@ -64,6 +76,15 @@ impl ApiError {
             ApiError::Corrupt | ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Denied(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::OffsetMismatch { .. } => StatusCode::CONFLICT,
+            ApiError::WrongBodyType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TusVersion => StatusCode::PRECONDITION_FAILED,
+            // tus's checksum extension: 460 Checksum Mismatch.
+            ApiError::ChecksumMismatch => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            ApiError::BadChecksum => StatusCode::BAD_REQUEST,
+            ApiError::Busy => StatusCode::LOCKED,
         }
     }
 }
@@ -119,6 +140,12 @@ impl IntoResponse for ApiError {
             }
             ApiError::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::TusVersion => {
+                headers.insert("tus-version", HeaderValue::from_static("1.0.0"));
+            }
+            ApiError::OffsetMismatch { expected } => {
+                headers.insert("upload-offset", HeaderValue::from(expected));
             }
             _ => {}
         }

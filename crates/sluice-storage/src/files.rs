@@ -253,7 +253,22 @@ pub(crate) async fn download(
     let store = state.store();
     let source = match store.hot().get(&id.key) {
         Some(hot) => Source::Hot(hot),
-        None => Source::Disk(open_or_fetch(&state, &id).await?),
+        None => {
+            let reader = open_or_fetch(&state, &id).await?;
+            if !reader.meta().state.is_complete() {
+                let follow = uri
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|p| p == "follow=1"));
+                let request = crate::partial::Incomplete {
+                    id: &id,
+                    method: &method,
+                    headers: &headers,
+                    follow,
+                };
+                return crate::partial::serve(&state, request, reader).await;
+            }
+            Source::Disk(reader)
+        }
     };
     let meta = source.meta();
     let etag = format!("\"{}\"", id.key);
@@ -435,7 +450,7 @@ fn body_from_parts(parts: Vec<Bytes>) -> Body {
 }
 
 /// `If-None-Match` uses weak comparison (RFC 9110 §13.1.2).
-fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use sluice_blob::CHUNK_BYTES;
+use sluice_blob::{BlobState, CHUNK_BYTES};
 use sluice_proto::SecretSet;
 use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
 use sluice_proto::cluster::CLUSTER_SECRET_HEADER;
@@ -15,6 +15,32 @@ use sluice_proto::cluster::CLUSTER_SECRET_HEADER;
 use crate::StorageState;
 use crate::error::ApiError;
 use crate::files::{UploadLimit, body_stream, parse_local_id, within};
+
+/// Carries an incomplete blob's state between peers: `partial TOTAL` or `abandoned TOTAL`.
+/// Absent for complete files, so older peers keep working.
+pub(crate) const BLOB_STATE_HEADER: &str = "sluice-blob-state";
+
+pub(crate) fn blob_state_header(state: BlobState) -> Option<String> {
+    match state {
+        BlobState::Complete => None,
+        BlobState::Partial { total } => Some(format!("partial {total}")),
+        BlobState::Abandoned { total } => Some(format!("abandoned {total}")),
+    }
+}
+
+pub(crate) fn parse_blob_state(value: Option<&str>) -> Result<BlobState, ApiError> {
+    let Some(value) = value else {
+        return Ok(BlobState::Complete);
+    };
+    let bad = || ApiError::BadRequest(format!("bad {BLOB_STATE_HEADER}"));
+    let (name, total) = value.split_once(' ').ok_or_else(bad)?;
+    let total = total.parse().map_err(|_| bad())?;
+    match name {
+        "partial" => Ok(BlobState::Partial { total }),
+        "abandoned" => Ok(BlobState::Abandoned { total }),
+        _ => Err(bad()),
+    }
+}
 
 fn authorise(state: &StorageState, headers: &HeaderMap) -> Result<(), ApiError> {
     let config = state.config();
@@ -56,8 +82,15 @@ pub(crate) async fn put_replica(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
+    let blob_state = parse_blob_state(
+        request
+            .headers()
+            .get(BLOB_STATE_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    )?;
     let limit = UploadLimit::for_upload(&state, declared, None)?;
     let mut writer = state.store().writer(id.key, content_type, limit.bytes);
+    writer.set_state(blob_state);
     let idle = state.config().body_idle_timeout;
     let mut body = request.into_body().into_data_stream();
     while let Some(chunk) = within(idle, body.next()).await? {
@@ -96,7 +129,11 @@ pub(crate) async fn get_local(
     let size = reader.meta().size;
     let content_type = reader.meta().content_type.clone();
     let first = reader.read_chunk(0, size, CHUNK_BYTES).await?;
-    Response::builder()
+    let mut response = Response::builder();
+    if let Some(v) = blob_state_header(reader.meta().state) {
+        response = response.header(BLOB_STATE_HEADER, v);
+    }
+    response
         .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, size)
         .body(body_stream(reader, first, 0, size))

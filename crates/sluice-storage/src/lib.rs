@@ -6,11 +6,15 @@
 
 pub mod cluster;
 mod error;
+pub mod events;
 mod files;
 mod internal;
 mod metrics;
+mod partial;
+pub mod progressive;
 pub mod replication;
 pub mod scrub;
+mod tus;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,6 +49,10 @@ pub struct StorageConfig {
     pub capacity: Option<u64>,
     /// `SLUICE_CLUSTER_SECRET`: required on `/v1/internal` calls when set.
     pub cluster_secret: Option<sluice_proto::SecretSet>,
+    /// Progressive uploads (tus at `/v1/uploads`).
+    pub progressive: progressive::ProgressiveConfig,
+    /// Where `file.*` events are posted besides `/v1/events`.
+    pub webhook: Option<events::WebhookConfig>,
 }
 
 /// Shared state of one storage node; cheap to clone.
@@ -60,6 +68,8 @@ struct Inner {
     replication: Option<Arc<replication::Replication>>,
     metrics: Arc<HttpMetrics>,
     counters: NodeCounters,
+    uploads: progressive::Uploads,
+    events: events::Events,
 }
 
 /// What the node counts besides HTTP traffic.
@@ -74,7 +84,9 @@ pub struct NodeCounters {
 }
 
 impl StorageState {
-    pub fn new(store: BlobStore, config: StorageConfig) -> Self {
+    /// Blocking (reloads upload sessions from disk); call it inside the runtime, since the
+    /// webhook sender starts here.
+    pub fn new(store: BlobStore, config: StorageConfig) -> std::io::Result<Self> {
         Self::with_replication(store, config, None)
     }
 
@@ -82,16 +94,32 @@ impl StorageState {
         store: BlobStore,
         config: StorageConfig,
         replication: Option<Arc<replication::Replication>>,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        let uploads = progressive::Uploads::open(&store, &config.progressive)?;
+        let events = events::Events::new(config.webhook.clone());
+        Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 config,
                 replication,
                 metrics: Arc::default(),
                 counters: NodeCounters::default(),
+                uploads,
+                events,
             }),
-        }
+        })
+    }
+
+    pub(crate) fn uploads(&self) -> &progressive::Uploads {
+        &self.inner.uploads
+    }
+
+    pub fn events(&self) -> &events::Events {
+        &self.inner.events
+    }
+
+    pub fn progressive_config(&self) -> &progressive::ProgressiveConfig {
+        &self.inner.config.progressive
     }
 
     pub fn store(&self) -> &BlobStore {
@@ -147,6 +175,19 @@ pub fn router(state: StorageState) -> Router {
                 .delete(internal::delete_replica),
         )
         .route("/v1/internal/oplog", get(internal::oplog))
+        .route(
+            "/v1/uploads",
+            post(tus::create).options(tus::options).fallback(tus::other),
+        )
+        .route(
+            "/v1/uploads/{id}",
+            axum::routing::head(tus::head)
+                .patch(tus::patch)
+                .delete(tus::terminate)
+                .options(tus::options)
+                .fallback(tus::other),
+        )
+        .route("/v1/events", get(events::stream))
         .route(
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),

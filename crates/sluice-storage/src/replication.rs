@@ -281,11 +281,12 @@ impl Replication {
         peer: &NodeView,
         source: &ReplicaSource,
     ) -> Result<(), String> {
-        let (body, size, content_type) = match source {
+        let (body, size, content_type, blob_state) = match source {
             ReplicaSource::Memory { body, content_type } => (
                 reqwest::Body::from(body.clone()),
                 body.len() as u64,
                 content_type.clone(),
+                None,
             ),
             ReplicaSource::Stored => {
                 let reader = store
@@ -294,6 +295,7 @@ impl Replication {
                     .ok_or("file vanished")?;
                 let size = reader.meta().size;
                 let content_type = reader.meta().content_type.clone();
+                let blob_state = crate::internal::blob_state_header(reader.meta().state);
                 let stream = futures_util::stream::try_unfold(
                     (reader, 0u64),
                     move |(reader, at)| async move {
@@ -309,12 +311,21 @@ impl Replication {
                     },
                 )
                 .try_flatten();
-                (reqwest::Body::wrap_stream(stream), size, content_type)
+                (
+                    reqwest::Body::wrap_stream(stream),
+                    size,
+                    content_type,
+                    blob_state,
+                )
             }
         };
-        let request = self
+        let mut request = self
             .client
-            .put(format!("{}/v1/internal/blobs/{id}", peer.url))
+            .put(format!("{}/v1/internal/blobs/{id}", peer.url));
+        if let Some(v) = blob_state {
+            request = request.header(crate::internal::BLOB_STATE_HEADER, v);
+        }
+        let request = request
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .header(reqwest::header::CONTENT_LENGTH, size)
             .timeout(self.config.timeout)
@@ -398,7 +409,15 @@ impl Replication {
             .and_then(|v| v.to_str().ok())
             .unwrap_or(sluice_proto::api::DEFAULT_CONTENT_TYPE)
             .to_owned();
+        let blob_state = crate::internal::parse_blob_state(
+            response
+                .headers()
+                .get(crate::internal::BLOB_STATE_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        )
+        .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?;
         let mut writer = store.writer(id.key, content_type, limit);
+        writer.set_state(blob_state);
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             writer.write(chunk.map_err(io)?).await?;
@@ -500,7 +519,11 @@ impl Replication {
                 }
                 match item.op {
                     OplogOp::Put => {
-                        let have = store.stat(id.key).map_err(|e| e.to_string())?.is_some();
+                        // An incomplete copy is fetched again: the peer's may be longer.
+                        let have = store
+                            .stat(id.key)
+                            .map_err(|e| e.to_string())?
+                            .is_some_and(|m| m.state.is_complete());
                         if !have && !store.is_deleted(id.key).map_err(|e| e.to_string())? {
                             self.fetch_from(store, &id, &peer.url, limit)
                                 .await

@@ -1,6 +1,8 @@
 //! Boots Sluice nodes on 127.0.0.1 with ephemeral ports and temporary data directories, so
 //! tests talk to real servers over real sockets and never share a port or a directory.
 
+pub mod images;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,8 @@ pub struct NodeSettings {
     pub access: sluice_storage::AccessPolicy,
     pub cors: sluice_storage::CorsPolicy,
     pub cluster_secret: Option<sluice_proto::SecretSet>,
+    pub progressive: sluice_storage::progressive::ProgressiveConfig,
+    pub webhook: Option<sluice_storage::events::WebhookConfig>,
 }
 
 impl Default for NodeSettings {
@@ -44,6 +48,8 @@ impl Default for NodeSettings {
             access: sluice_storage::AccessPolicy::default(),
             cors: sluice_storage::CorsPolicy::AnyOrigin,
             cluster_secret: None,
+            progressive: Default::default(),
+            webhook: None,
         }
     }
 }
@@ -60,10 +66,23 @@ impl TestNode {
             .await
             .expect("bind 127.0.0.1:0");
         let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let state_for_server = state.clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sluice_storage::run(listener, state.clone(), async move {
-            let _ = stopped.await;
-        }));
+        let (stop_watchdog, watchdog_stopped) = oneshot::channel::<()>();
+        tokio::spawn(sluice_storage::progressive::run_watchdog(
+            state.clone(),
+            async move {
+                let _ = watchdog_stopped.await;
+            },
+        ));
+        let task = tokio::spawn(async move {
+            let served = sluice_storage::run(listener, state_for_server, async move {
+                let _ = stopped.await;
+            })
+            .await;
+            let _ = stop_watchdog.send(());
+            served
+        });
         Self {
             url,
             state,
@@ -114,8 +133,11 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
                 max_connections: settings.max_connections,
                 ..sluice_storage::HttpLimits::default()
             },
+            progressive: settings.progressive.clone(),
+            webhook: settings.webhook.clone(),
         },
     )
+    .expect("storage state")
 }
 
 fn sluice_blob_open(

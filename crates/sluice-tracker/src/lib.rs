@@ -89,6 +89,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 pub fn router(state: TrackerState) -> Router {
     cluster_routes()
         .route("/v1/files", post(redirect_upload))
+        .route("/v1/uploads", post(redirect_upload))
         .route(
             "/v1/files/{*fileid}",
             get(redirect_read).delete(redirect_write),
@@ -293,11 +294,18 @@ async fn redirect_upload(
         return denied.into_response();
     }
     match state.registry().assign() {
-        // 307 keeps the method and body: the client re-sends its upload to the node.
-        Some(a) => redirect(
-            StatusCode::TEMPORARY_REDIRECT,
-            &with_query(a.url, uri.query().map(str::to_owned)),
-        ),
+        // 307 keeps the method and body: the client re-sends its upload (or its tus
+        // creation) to the node.
+        Some(a) => {
+            let target = match uri.path() {
+                "/v1/uploads" => format!("{}/v1/uploads", a.url.trim_end_matches("/v1/files")),
+                _ => a.url,
+            };
+            redirect(
+                StatusCode::TEMPORARY_REDIRECT,
+                &with_query(target, uri.query().map(str::to_owned)),
+            )
+        }
         None => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no storage group can take an upload now",

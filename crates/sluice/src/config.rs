@@ -54,6 +54,14 @@ pub struct ServeConfig {
     pub replication_timeout_ms: u64,
     /// Milliseconds between catch-up rounds (pulling peers' oplogs).
     pub catch_up_interval_ms: u64,
+    /// Progressive uploads: the share that must arrive before a file gets its id, when the
+    /// upload names neither `q` nor `mts` (1.0: when it is whole).
+    pub default_q: f64,
+    /// Progressive uploads: a sender quiet this long leaves its file finalised at what arrived.
+    pub abandon_after_ms: u64,
+    /// Where `file.committed|completed|abandoned` events are POSTed (signed with
+    /// `SLUICE_WEBHOOK_SECRET` when set).
+    pub webhook_url: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -81,11 +89,33 @@ impl Default for ServeConfig {
             min_copies: 1,
             replication_timeout_ms: 5000,
             catch_up_interval_ms: 1000,
+            default_q: 1.0,
+            abandon_after_ms: 600_000,
+            webhook_url: None,
         }
     }
 }
 
 impl ValidServeConfig {
+    pub fn progressive(&self) -> sluice_storage::progressive::ProgressiveConfig {
+        sluice_storage::progressive::ProgressiveConfig {
+            default_q: self.raw.default_q,
+            abandon_after: std::time::Duration::from_millis(self.raw.abandon_after_ms),
+            public_url: self.raw.advertise.clone(),
+            ..Default::default()
+        }
+    }
+
+    pub fn webhook(&self) -> Option<sluice_storage::events::WebhookConfig> {
+        let secret = std::env::var("SLUICE_WEBHOOK_SECRET")
+            .ok()
+            .and_then(|v| sluice_proto::SecretSet::parse(&v));
+        self.raw
+            .webhook_url
+            .clone()
+            .map(|url| sluice_storage::events::WebhookConfig::new(url, secret))
+    }
+
     pub fn http_limits(&self) -> sluice_storage::HttpLimits {
         sluice_storage::HttpLimits {
             max_connections: self.raw.max_connections,
@@ -184,7 +214,20 @@ impl ServeConfig {
             self.heartbeat_interval_ms >= 10,
             "heartbeat_interval_ms must be at least 10"
         );
-        for url in self.trackers.iter().chain(&self.advertise) {
+        anyhow::ensure!(
+            self.default_q > 0.0 && self.default_q <= 1.0,
+            "default_q must be more than 0 and at most 1"
+        );
+        anyhow::ensure!(
+            self.abandon_after_ms >= 100,
+            "abandon_after_ms must be at least 100"
+        );
+        for url in self
+            .trackers
+            .iter()
+            .chain(&self.advertise)
+            .chain(&self.webhook_url)
+        {
             anyhow::ensure!(
                 url.starts_with("http://") || url.starts_with("https://"),
                 "{url:?} is not an http(s) URL"

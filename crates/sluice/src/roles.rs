@@ -24,8 +24,8 @@ pub fn storage_state(
     config: &ValidServeConfig,
     store: BlobStore,
     replication: Option<std::sync::Arc<sluice_storage::replication::Replication>>,
-) -> StorageState {
-    StorageState::with_replication(
+) -> anyhow::Result<StorageState> {
+    let state = StorageState::with_replication(
         store,
         StorageConfig {
             group: config.group.clone(),
@@ -36,9 +36,13 @@ pub fn storage_state(
             capacity: config.raw.capacity.map(|c| c.0),
             access: access_policy(),
             cors: sluice_http::CorsPolicy::from_list(&config.raw.cors_origins),
+            progressive: config.progressive(),
+            webhook: config.webhook(),
         },
         replication,
     )
+    .context("reloading upload sessions")?;
+    Ok(state)
 }
 
 /// `SLUICE_URL_SECRET` and `SLUICE_API_TOKEN` from the environment: comma-separated lists,

@@ -18,7 +18,7 @@ use crate::roles::{
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let config = ServeConfig::load(&args)?;
-    let state = storage_state(&config, open_store(&config).await?, None);
+    let state = storage_state(&config, open_store(&config).await?, None)?;
     let store = state.store().clone();
     let listener = TcpListener::bind(config.raw.http)
         .await
@@ -61,6 +61,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
+    background.spawn(sluice_storage::progressive::run_watchdog(
+        state.clone(),
+        background.stopped(),
+    ));
     background.spawn(sluice_storage::scrub::run_scrub(
         state.clone(),
         scrub_config(&config),

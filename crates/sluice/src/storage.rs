@@ -45,7 +45,10 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
         )
         .context("replication client")?,
     );
-    let state = storage_state(&config, store.clone(), Some(replication.clone()));
+    let mut config = config;
+    // Clients redirected here by a tracker must come back here for their upload's PATCHes.
+    config.raw.advertise = Some(advertise.clone());
+    let state = storage_state(&config, store.clone(), Some(replication.clone()))?;
     let link = ClusterLink {
         trackers: config.raw.trackers.clone(),
         node_id,
@@ -73,6 +76,10 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     background.spawn(cluster::run_heartbeats(
         state.clone(),
         link,
+        background.stopped(),
+    ));
+    background.spawn(sluice_storage::progressive::run_watchdog(
+        state.clone(),
         background.stopped(),
     ));
     background.spawn(sluice_storage::scrub::run_scrub(

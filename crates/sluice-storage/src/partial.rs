@@ -1,0 +1,232 @@
+//! Reading a file that is not whole yet (DESIGN.md §3): `200` with `Sluice-Complete: false`,
+//! `Sluice-Received`, `Sluice-Total`, `Cache-Control: no-store` and an ETag that changes as
+//! bytes arrive. A JPEG is cut at its last complete scan and closed with EOI, so any decoder
+//! shows it; `?follow=1` streams the bytes as they arrive until the file is whole or its
+//! sender is gone, so a browser paints it progressively.
+//!
+//! Bytes come from the upload session while this node is receiving the file, and from the
+//! stored prefix otherwise (a peer of the receiving node, or after the sender left).
+
+use std::fs::File;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sluice_blob::{BlobReader, CHUNK_BYTES};
+use sluice_proto::FileId;
+
+use crate::StorageState;
+use crate::error::ApiError;
+use crate::progressive::{READ_CHUNK, Session, read_at};
+
+const EOI: [u8; 2] = [0xFF, 0xD9];
+
+pub(crate) struct Incomplete<'a> {
+    pub id: &'a FileId,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub follow: bool,
+}
+
+pub(crate) async fn serve(
+    state: &StorageState,
+    request: Incomplete<'_>,
+    reader: BlobReader,
+) -> Result<Response, ApiError> {
+    if let Some(session) = state.uploads().live(&request.id.key) {
+        if session.view().ending.is_none() {
+            let path = session.data_path().to_owned();
+            // The session may end (and unlink its file) at any moment; then the stored
+            // version is the one to serve.
+            if let Ok(file) = File::open(path) {
+                return from_session(&request, &session, Arc::new(file)).await;
+            }
+        }
+    }
+    from_store(state, &request, reader).await
+}
+
+fn head(
+    request: &Incomplete<'_>,
+    content_type: &str,
+    received: u64,
+    total: u64,
+    served: Option<u64>,
+) -> axum::http::response::Builder {
+    let mut b = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-store")
+        .header("sluice-complete", "false")
+        .header("sluice-received", received)
+        .header("sluice-total", total);
+    if let Some(len) = served {
+        b = b
+            .header(header::CONTENT_LENGTH, len)
+            .header(header::ETAG, format!("\"{}-{len}\"", request.id.key));
+    }
+    b
+}
+
+async fn from_session(
+    request: &Incomplete<'_>,
+    session: &Arc<Session>,
+    file: Arc<File>,
+) -> Result<Response, ApiError> {
+    let view = session.view();
+    let content_type = session.record().content_type;
+    if request.follow {
+        let builder = head(request, &content_type, view.received, view.total, None);
+        if *request.method == Method::HEAD {
+            return builder.body(Body::empty()).map_err(|_| ApiError::Internal);
+        }
+        return builder
+            .body(follow(session, file))
+            .map_err(|_| ApiError::Internal);
+    }
+    // A JPEG up to its last whole scan (plus EOI unless it already ends with it); anything
+    // else as far as it has arrived.
+    let (cut, close) = if view.jpeg {
+        let cut = view.viewable.ok_or(ApiError::Internal)?;
+        let closed = cut >= 2 && read_at(file.clone(), cut - 2, 2).await?[..] == EOI;
+        (cut, !closed)
+    } else {
+        (view.received, false)
+    };
+    let served = cut + if close { 2 } else { 0 };
+    let etag = format!("\"{}-{served}\"", request.id.key);
+    if crate::files::if_none_match(request.headers, &etag) {
+        return not_modified(&etag);
+    }
+    let builder = head(
+        request,
+        &content_type,
+        view.received,
+        view.total,
+        Some(served),
+    );
+    if *request.method == Method::HEAD {
+        return builder.body(Body::empty()).map_err(|_| ApiError::Internal);
+    }
+    let tail = close.then(|| Bytes::from_static(&EOI));
+    builder
+        .body(file_body(file, cut, tail))
+        .map_err(|_| ApiError::Internal)
+}
+
+/// `0..end` of a data file in pieces, then `tail`.
+fn file_body(file: Arc<File>, end: u64, tail: Option<Bytes>) -> Body {
+    let body = futures_util::stream::try_unfold(0u64, move |at| {
+        let file = file.clone();
+        async move {
+            if at >= end {
+                return Ok::<_, ApiError>(None);
+            }
+            let len = READ_CHUNK.min((end - at) as usize);
+            let bytes = read_at(file, at, len).await?;
+            Ok(Some((bytes, at + len as u64)))
+        }
+    });
+    let tail = futures_util::stream::iter(tail.map(Ok));
+    Body::from_stream(body.chain(tail))
+}
+
+/// The bytes as they arrive, until the session ends.
+fn follow(session: &Arc<Session>, file: Arc<File>) -> Body {
+    let rx = session.watch();
+    let stream = futures_util::stream::try_unfold((rx, 0u64), move |(mut rx, at)| {
+        let file = file.clone();
+        async move {
+            loop {
+                let view = rx.borrow_and_update().clone();
+                if at < view.received {
+                    let len = READ_CHUNK.min((view.received - at) as usize);
+                    let bytes = read_at(file, at, len).await?;
+                    return Ok::<_, ApiError>(Some((bytes, (rx, at + len as u64))));
+                }
+                if view.ending.is_some() || view.received >= view.total {
+                    return Ok(None);
+                }
+                if rx.changed().await.is_err() {
+                    return Ok(None);
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+async fn from_store(
+    state: &StorageState,
+    request: &Incomplete<'_>,
+    reader: BlobReader,
+) -> Result<Response, ApiError> {
+    let meta = reader.meta().clone();
+    let total = meta.state.total().unwrap_or(meta.size);
+    let first = reader.read_chunk(0, meta.size, CHUNK_BYTES).await?;
+    let looks_jpeg = first.first().is_some_and(|b| b.starts_with(&[0xFF, 0xD8]));
+    if looks_jpeg && meta.size <= state.progressive_config().max_scan_tail as u64 {
+        // An image: read it whole and cut it at its last complete scan.
+        let mut data = first.concat();
+        let mut at = data.len() as u64;
+        while at < meta.size {
+            let chunk = reader.read_chunk(at, meta.size, CHUNK_BYTES).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            for part in chunk {
+                at += part.len() as u64;
+                data.extend_from_slice(&part);
+            }
+        }
+        if let Some(view) = sluice_media::jpeg::viewable_prefix(&data) {
+            let etag = format!("\"{}-{}\"", request.id.key, view.len());
+            if crate::files::if_none_match(request.headers, &etag) {
+                return not_modified(&etag);
+            }
+            let builder = head(
+                request,
+                &meta.content_type,
+                meta.size,
+                total,
+                Some(view.len() as u64),
+            );
+            let body = if *request.method == Method::HEAD {
+                Body::empty()
+            } else {
+                Body::from(view)
+            };
+            return builder.body(body).map_err(|_| ApiError::Internal);
+        }
+    }
+    let etag = format!("\"{}-{}\"", request.id.key, meta.size);
+    if crate::files::if_none_match(request.headers, &etag) {
+        return not_modified(&etag);
+    }
+    let builder = head(
+        request,
+        &meta.content_type,
+        meta.size,
+        total,
+        Some(meta.size),
+    );
+    if *request.method == Method::HEAD {
+        return builder.body(Body::empty()).map_err(|_| ApiError::Internal);
+    }
+    let size = meta.size;
+    builder
+        .body(crate::files::body_stream(reader, first, 0, size))
+        .map_err(|_| ApiError::Internal)
+}
+
+fn not_modified(etag: &str) -> Result<Response, ApiError> {
+    Response::builder()
+        .status(StatusCode::NOT_MODIFIED)
+        .header(header::ETAG, etag)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::empty())
+        .map_err(|_| ApiError::Internal)
+}
