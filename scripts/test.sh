@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Programs the tests drive as real third-party clients.
 needed=()
+command -v python3 >/dev/null 2>&1 || needed+=(python3 python3-pip)
 command -v curl >/dev/null 2>&1 || needed+=(curl)
 command -v djpeg >/dev/null 2>&1 || needed+=(libjpeg-turbo-progs)
 if [ ${#needed[@]} -gt 0 ]; then
@@ -14,6 +15,12 @@ if [ ${#needed[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq "${needed[@]}" >/dev/null
+fi
+# tuspy, the stock Python tus client, drives the tus server in the tests.
+if ! python3 -c "import tusclient" >/dev/null 2>&1; then
+  echo "test.sh: installing tuspy" >&2
+  python3 -m pip install --quiet tuspy 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages tuspy
 fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"

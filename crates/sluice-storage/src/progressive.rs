@@ -349,7 +349,9 @@ impl Session {
             interrupt: watch::channel(0).0,
             last_activity_ms: AtomicU64::new(now_ms()),
         });
-        session.touch();
+        if let Ok(progress) = session.progress.try_lock() {
+            session.publish(&progress);
+        }
         session
     }
 

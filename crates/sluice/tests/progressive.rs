@@ -1,0 +1,216 @@
+//! Progressive uploads across processes: through a tracker into a replicating group (the
+//! committed part is on the peer before the upload ends), and across a SIGKILL of the node
+//! (acknowledged bytes survive and the upload resumes).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Served, curl, wait_for};
+use sluice_proto::tus::encode_metadata;
+use sluice_testkit::images::{djpeg_dimensions, progressive_jpeg};
+
+const WAIT: Duration = Duration::from_secs(20);
+const SECRET: &str = "s3cret-for-tests";
+
+/// Runs curl with `-D -`, dropping the body; returns the status lines and headers.
+fn curl_head(args: &[&str]) -> String {
+    let mut all = vec!["-sS", "-D", "-", "-o", "/dev/null"];
+    all.extend_from_slice(args);
+    let out = curl(&all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of `name` in the last response of `head` (after redirects).
+fn header(head: &str, name: &str) -> Option<String> {
+    let last = head.rsplit("HTTP/1.1 ").next()?;
+    last.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+fn status(head: &str) -> String {
+    head.rsplit("HTTP/1.1 ").next().unwrap_or_default()[..3].to_owned()
+}
+
+fn patch(url: &str, offset: usize, file: &std::path::Path) -> String {
+    curl_head(&[
+        "-X",
+        "PATCH",
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        "-H",
+        &format!("Upload-Offset: {offset}"),
+        "-H",
+        "Content-Type: application/offset+octet-stream",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        url,
+    ])
+}
+
+fn get(url: &str) -> (String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("b");
+    let out = curl(&["-sS", "-D", "-", "-o", body.to_str().unwrap(), url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = String::from_utf8_lossy(&out.stdout).into_owned();
+    (head, std::fs::read(body).unwrap_or_default())
+}
+
+#[test]
+fn through_a_tracker_the_committed_part_is_on_the_peer_before_the_upload_ends() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let env = [("SLUICE_CLUSTER_SECRET", SECRET)];
+    let t = Served::spawn(
+        &[
+            "tracker",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            dirs[0].path().to_str().unwrap(),
+        ],
+        &env,
+    );
+    let node = |dir: &std::path::Path| {
+        Served::spawn(
+            &[
+                "storage",
+                "--group",
+                "g1",
+                "--http",
+                "127.0.0.1:0",
+                "--data",
+                dir.to_str().unwrap(),
+                "--heartbeat-interval-ms",
+                "100",
+                "--tracker",
+                &t.url,
+            ],
+            &env,
+        )
+    };
+    let a = node(dirs[1].path());
+    let b = node(dirs[2].path());
+    wait_for("both nodes active", WAIT, || {
+        let out = curl(&["-sS", &format!("{}/v1/cluster", t.url)]);
+        String::from_utf8_lossy(&out.stdout)
+            .matches("\"active\"")
+            .count()
+            == 2
+    });
+
+    let image = progressive_jpeg(400, 300, 31);
+    let half = image.len() / 2;
+    let files = dirs[3].path();
+    std::fs::write(files.join("first"), &image[..half]).unwrap();
+    std::fs::write(files.join("rest"), &image[half..]).unwrap();
+    // Creation at the tracker: 307 to a node, whose Location is its own absolute URL.
+    let meta = encode_metadata([("content-type", "image/jpeg"), ("q", "0.3")]);
+    let head = curl_head(&[
+        "-L",
+        "-X",
+        "POST",
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        "-H",
+        &format!("Upload-Length: {}", image.len()),
+        "-H",
+        &format!("Upload-Metadata: {meta}"),
+        &format!("{}/v1/uploads", t.url),
+    ]);
+    assert!(head.starts_with("HTTP/1.1 307"), "{head}");
+    assert_eq!(status(&head), "201", "{head}");
+    let upload = header(&head, "location").unwrap();
+    let (taker, peer) = if upload.starts_with(&a.url) {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert!(upload.starts_with(&taker.url), "{upload}");
+
+    let head = patch(&upload, 0, &files.join("first"));
+    assert_eq!(status(&head), "204", "{head}");
+    let fileid = header(&head, "sluice-file-id").expect("committed at q = 0.3");
+    // The peer already holds the committed part: a receiver routed there sees an image.
+    let (head, body) = get(&format!("{}/v1/files/{fileid}", peer.url));
+    assert_eq!(status(&head), "200", "{head}");
+    assert_eq!(header(&head, "sluice-complete").as_deref(), Some("false"));
+    assert_eq!(djpeg_dimensions(&body), Ok((400, 300)));
+    // So does a read through the tracker.
+    let (head, body) = get(&format!("{}/v1/files/{fileid}", t.url));
+    assert_eq!(
+        status(&head),
+        "302",
+        "curl without -L stops at the redirect: {head}"
+    );
+    assert!(body.is_empty());
+
+    let head = patch(&upload, half, &files.join("rest"));
+    assert_eq!(status(&head), "204", "{head}");
+    for node in [taker, peer] {
+        let (head, body) = get(&format!("{}/v1/files/{fileid}", node.url));
+        assert_eq!(status(&head), "200");
+        assert_eq!(header(&head, "sluice-complete"), None);
+        assert_eq!(body, image, "whole on {}", node.url);
+    }
+}
+
+#[test]
+fn sigkill_mid_upload_loses_no_acknowledged_byte_and_the_upload_resumes() {
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let image = progressive_jpeg(400, 300, 41);
+    let cut = image.len() * 6 / 10;
+    std::fs::write(files.path().join("first"), &image[..cut]).unwrap();
+    std::fs::write(files.path().join("rest"), &image[cut..]).unwrap();
+    let server = Served::start(data.path(), &[]);
+    let meta = encode_metadata([("content-type", "image/jpeg"), ("q", "0.3")]);
+    let head = curl_head(&[
+        "-X",
+        "POST",
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        "-H",
+        &format!("Upload-Length: {}", image.len()),
+        "-H",
+        &format!("Upload-Metadata: {meta}"),
+        &format!("{}/v1/uploads", server.url),
+    ]);
+    let location = header(&head, "location").unwrap();
+    let head = patch(
+        &format!("{}{location}", server.url),
+        0,
+        &files.path().join("first"),
+    );
+    assert_eq!(header(&head, "upload-offset"), Some(cut.to_string()));
+    let fileid = header(&head, "sluice-file-id").unwrap();
+    drop(server); // SIGKILL
+
+    let server = Served::start(data.path(), &[]);
+    let upload = format!("{}{location}", server.url);
+    let head = curl_head(&["-I", "-H", "Tus-Resumable: 1.0.0", &upload]);
+    assert_eq!(
+        header(&head, "upload-offset"),
+        Some(cut.to_string()),
+        "{head}"
+    );
+    assert_eq!(header(&head, "sluice-file-id"), Some(fileid.clone()));
+    let (head, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    assert_eq!(header(&head, "sluice-complete").as_deref(), Some("false"));
+    assert_eq!(djpeg_dimensions(&body), Ok((400, 300)));
+    let head = patch(&upload, cut, &files.path().join("rest"));
+    assert_eq!(status(&head), "204", "{head}");
+    let (_, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    assert_eq!(body, image);
+}
