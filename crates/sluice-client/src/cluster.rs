@@ -80,6 +80,37 @@ impl TrackerSet {
 }
 
 impl Endpoint {
+    /// A progressive upload: to the server, or created at the first tracker that answers (its
+    /// 307 sends the creation to a node, whose own URL takes the PATCHes).
+    pub async fn upload_progressive(
+        &self,
+        data: bytes::Bytes,
+        plan: &crate::progressive::ProgressivePlan,
+        events: &mut dyn FnMut(crate::progressive::ProgressiveEvent),
+    ) -> Result<crate::progressive::ProgressiveOutcome, ClientError> {
+        let trackers = match self {
+            Endpoint::Server(c) => return c.upload_progressive(data, plan, events).await,
+            Endpoint::Trackers(t) => t,
+        };
+        let mut last = None;
+        for tracker in trackers.trackers.iter() {
+            let mut committed = false;
+            let mut watch = |e: crate::progressive::ProgressiveEvent| {
+                committed |= matches!(e, crate::progressive::ProgressiveEvent::Committed { .. });
+                events(e)
+            };
+            match tracker
+                .upload_progressive(data.clone(), plan, &mut watch)
+                .await
+            {
+                // Once the id is out the file is that one: no starting over elsewhere.
+                Err(e) if e.is_unreachable() && !committed => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(ClientError::BadUrl(String::new())))
+    }
+
     /// `token`: `SLUICE_API_TOKEN`, sent on writes.
     pub fn new(
         server: Option<&str>,

@@ -150,6 +150,34 @@ pub struct UploadArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub target: TargetArg,
+    /// Send images progressively: baseline JPEG and PNG become progressive JPEG, and each id
+    /// prints the moment the server commits the file (at its minimal transport size) while
+    /// the rest uploads.
+    #[arg(long)]
+    pub progressive: bool,
+    /// Share of the file that must arrive before it gets its id (0 < q <= 1); default: chosen
+    /// from the throughput measured on the first chunks.
+    #[arg(long, requires = "progressive", value_parser = parse_q)]
+    pub q: Option<f64>,
+    /// Bytes per PATCH (each answer acknowledges what arrived).
+    #[arg(long, requires = "progressive", default_value = "16KiB")]
+    pub chunk: sluice_proto::ByteSize,
+    /// Send at most this many bytes per second (e.g. `100KiB`).
+    #[arg(long, requires = "progressive")]
+    pub limit_rate: Option<sluice_proto::ByteSize>,
+    /// Without --q: how soon the id should come on the link measured, in milliseconds.
+    #[arg(long, requires = "progressive", default_value_t = 1500)]
+    pub id_budget_ms: u64,
+    /// Who sends, for the server's events (the IM user id).
+    #[arg(long, requires = "progressive")]
+    pub sender: Option<String>,
+    /// Who receives, for the server's events.
+    #[arg(long, requires = "progressive")]
+    pub receiver: Option<String>,
+}
+
+fn parse_q(text: &str) -> Result<f64, String> {
+    sluice_proto::tus::parse_q(text).map_err(|e| e.to_string())
 }
 
 #[derive(Args, Debug)]

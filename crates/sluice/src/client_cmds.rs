@@ -33,6 +33,14 @@ fn api_token() -> Option<String> {
 
 pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
     let client = endpoint(&args.target)?;
+    if args.progressive {
+        for path in &args.files {
+            upload_progressive(&client, path, &args)
+                .await
+                .with_context(|| format!("uploading {}", path.display()))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     // Stops at the first failure so line k of the output always belongs to argument k.
     for path in &args.files {
         let len = std::fs::metadata(path).map(|m| m.len()).ok();
@@ -204,4 +212,88 @@ pub fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     };
     println!("{signed}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// One file, progressively: converted to progressive JPEG when it is an image, its id printed
+/// the moment it is committed, then the rest sent.
+async fn upload_progressive(
+    client: &sluice_client::cluster::Endpoint,
+    path: &std::path::Path,
+    args: &UploadArgs,
+) -> anyhow::Result<()> {
+    use sluice_client::progressive::{ProgressiveEvent, ProgressivePlan};
+    use std::io::Write;
+    let original = tokio::fs::read(path).await?;
+    let name = path.display().to_string();
+    let (data, content_type) = match sluice_transcode::to_progressive(&original) {
+        Ok(image) => {
+            eprintln!(
+                "{name}: {} ({} -> {} bytes)",
+                image.conversion.describe(),
+                original.len(),
+                image.jpeg.len()
+            );
+            (image.jpeg, "image/jpeg".to_owned())
+        }
+        Err(sluice_transcode::TranscodeError::NotAnImage) => {
+            eprintln!("{name}: not a JPEG or PNG; sent as it is");
+            let ct = sluice_client::guess_content_type(path).to_owned();
+            (original, ct)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut filename = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if content_type == "image/jpeg" && !filename.ends_with(".jpg") {
+        filename = format!(
+            "{}.jpg",
+            path.file_stem().unwrap_or_default().to_string_lossy()
+        );
+    }
+    let plan = ProgressivePlan {
+        q: args.q,
+        chunk: usize::try_from(args.chunk.0).unwrap_or(usize::MAX),
+        limit_rate: args.limit_rate.map(|r| r.0),
+        id_budget: std::time::Duration::from_millis(args.id_budget_ms),
+        filename,
+        content_type,
+        sender: args.sender.clone(),
+        receiver: args.receiver.clone(),
+    };
+    let total = data.len() as u64;
+    let progress = Progress::new(name.clone());
+    let mut on_event = |event: ProgressiveEvent| match event {
+        ProgressiveEvent::MtsChosen {
+            q,
+            mts,
+            bytes_per_sec,
+        } => {
+            progress.finish();
+            eprintln!(
+                "{name}: dynamic MTS: link measured at {:.0} KiB/s, q = {q:.2} (the id after {mts} of {total} bytes)",
+                bytes_per_sec / 1024.0
+            );
+        }
+        ProgressiveEvent::Acknowledged(n) => progress.update(n, Some(total)),
+        ProgressiveEvent::Committed { fileid, .. } => {
+            // The sender is done: say so at once, on stdout, before the rest uploads.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{fileid}");
+            let _ = out.flush();
+        }
+    };
+    let outcome = client
+        .upload_progressive(data.into(), &plan, &mut on_event)
+        .await?;
+    progress.finish();
+    eprintln!(
+        "{name}: id after {:.3} s, complete after {:.3} s ({} bytes, q = {:.2})",
+        outcome.time_to_id.as_secs_f64(),
+        outcome.time_to_complete.as_secs_f64(),
+        outcome.size,
+        outcome.q
+    );
+    Ok(())
 }

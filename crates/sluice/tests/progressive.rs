@@ -214,3 +214,200 @@ fn sigkill_mid_upload_loses_no_acknowledged_byte_and_the_upload_resumes() {
     let (_, body) = get(&format!("{}/v1/files/{fileid}", server.url));
     assert_eq!(body, image);
 }
+
+/// Pixels as djpeg decodes them (PNM).
+fn djpeg_pixels(jpeg: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("djpeg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(jpeg).unwrap();
+    child.wait_with_output().unwrap().stdout
+}
+
+#[test]
+fn the_cli_prints_the_id_at_the_mts_then_finishes_the_upload() {
+    use std::io::BufRead;
+    let data = tempfile::tempdir().unwrap();
+    let server = Served::start(data.path(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let photo = work.path().join("photo.jpg");
+    let baseline = sluice_testkit::images::baseline_jpeg(640, 480, 12);
+    std::fs::write(&photo, &baseline).unwrap();
+    // At 40 KiB/s a photo of this size takes seconds: plenty to look at the file while the
+    // rest is still on its way.
+    let rate = "40KiB";
+    let mut child = std::process::Command::new(common::BIN)
+        .args([
+            "upload",
+            photo.to_str().unwrap(),
+            "--server",
+            &server.url,
+            "--progressive",
+        ])
+        .args(["--q", "0.3", "--limit-rate", rate, "--sender", "alice"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut fileid = String::new();
+    stdout.read_line(&mut fileid).unwrap();
+    let fileid = fileid.trim().to_owned();
+    assert!(fileid.starts_with("g1/"), "{fileid:?}");
+    // The id came out before the upload ended: the file is still incomplete, yet an image.
+    let (head, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    assert_eq!(
+        header(&head, "sluice-complete").as_deref(),
+        Some("false"),
+        "{head}"
+    );
+    assert_eq!(djpeg_dimensions(&body), Ok((640, 480)));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("baseline JPEG made progressive losslessly"),
+        "{stderr}"
+    );
+    // The whole file is the baseline's coefficients in progressive order: the same pixels.
+    let (head, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    assert_eq!(header(&head, "sluice-complete"), None);
+    assert!(
+        sluice_media::jpeg::scan_boundaries(&body)
+            .unwrap()
+            .progressive
+    );
+    assert_eq!(djpeg_pixels(&body), djpeg_pixels(&baseline));
+    // It says when the id came and when the upload ended.
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("id after"))
+        .expect(&stderr);
+    let secs: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(secs[0] < secs[1], "{line}");
+}
+
+#[test]
+fn without_q_the_cli_measures_the_link_and_chooses_the_mts() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Served::start(data.path(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let photo = work.path().join("photo.jpg");
+    std::fs::write(&photo, progressive_jpeg(640, 480, 13)).unwrap();
+    let len = std::fs::metadata(&photo).unwrap().len();
+    // 60 KiB/s with the id wanted within 0.1 s: 6 KiB, less than a fifth of the photo, so
+    // the floor (q = 0.2) applies.
+    assert!(len > 50_000, "the photo is large enough to measure: {len}");
+    let out = common::sluice(&[
+        "upload",
+        photo.to_str().unwrap(),
+        "--server",
+        &server.url,
+        "--progressive",
+        "--limit-rate",
+        "60KiB",
+        "--chunk",
+        "4KiB",
+        "--id-budget-ms",
+        "100",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("dynamic MTS"))
+        .expect(&stderr);
+    assert!(line.contains("q = 0.20"), "{line}");
+    let fileid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (_, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    assert_eq!(
+        body,
+        std::fs::read(&photo).unwrap(),
+        "already progressive: sent unchanged"
+    );
+
+    // On a fast link (no limit) the whole file fits the budget: q = 1.
+    let out = common::sluice(&[
+        "upload",
+        photo.to_str().unwrap(),
+        "--server",
+        &server.url,
+        "--progressive",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("q = 1.00"), "{stderr}");
+}
+
+#[test]
+fn the_cli_converts_png_and_refuses_bad_input_in_one_line() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Served::start(data.path(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let ppm = sluice_testkit::images::photo_ppm(120, 90, 2);
+    let rgb = &ppm[ppm.len() - 120 * 90 * 3..];
+    let mut png = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut png, 120, 90);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().unwrap();
+        writer.write_image_data(rgb).unwrap();
+    }
+    let path = work.path().join("drawing.png");
+    std::fs::write(&path, &png).unwrap();
+    let out = common::sluice(&[
+        "upload",
+        path.to_str().unwrap(),
+        "--server",
+        &server.url,
+        "--progressive",
+        "--q",
+        "0.5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fileid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (head, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    assert_eq!(header(&head, "content-type").as_deref(), Some("image/jpeg"));
+    assert_eq!(djpeg_dimensions(&body), Ok((120, 90)));
+
+    // A damaged JPEG, and a bad q: one line, non-zero exit.
+    let broken = work.path().join("broken.jpg");
+    let baseline = sluice_testkit::images::baseline_jpeg(100, 100, 1);
+    std::fs::write(&broken, &baseline[..baseline.len() / 2]).unwrap();
+    for args in [
+        vec![
+            "upload",
+            broken.to_str().unwrap(),
+            "--server",
+            &server.url,
+            "--progressive",
+        ],
+        vec![
+            "upload",
+            path.to_str().unwrap(),
+            "--server",
+            &server.url,
+            "--progressive",
+            "--q",
+            "0",
+        ],
+    ] {
+        let out = common::sluice(&args);
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        assert!(!text.is_empty());
+        assert!(out.stdout.is_empty());
+    }
+}
