@@ -120,8 +120,9 @@ impl Client {
         while offset < len || fileid.is_none() {
             let end = (offset + chunk).min(len);
             if let Some(rate) = plan.limit_rate {
-                // Send no faster than `rate`: wait until the bytes so far are due.
-                let due = Duration::from_secs_f64(offset as f64 / rate.max(1) as f64);
+                // Send no faster than `rate`: a chunk goes once its last byte is due, so its
+                // acknowledgement never comes sooner than the link would allow.
+                let due = Duration::from_secs_f64(end as f64 / rate.max(1) as f64);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     tokio::time::sleep(wait).await;
                 }

@@ -16,10 +16,13 @@ pub fn photo_ppm(width: u32, height: u32, seed: u32) -> Vec<u8> {
             rng ^= rng << 13;
             rng ^= rng >> 17;
             rng ^= rng << 5;
-            let noise = (rng % 24) as f32 - 12.0;
+            // Sensor-like grain, milder than white noise at full scale.
+            let noise = (rng % 9) as f32 - 4.0;
             let (fx, fy) = (x as f32 / w, y as f32 / h);
             let s = seed as f32;
-            let wave = ((fx * 9.0 + s).sin() * (fy * 7.0 - s).cos()) * 60.0;
+            let wave = ((fx * 9.0 + s).sin() * (fy * 7.0 - s).cos()) * 60.0
+                // Fine texture (foliage, fabric): detail for the AC scans to carry.
+                + ((x as f32 * 0.37 + s).sin() * (y as f32 * 0.29).cos()) * 14.0;
             let dx = fx - 0.5 - (s * 0.1).sin() * 0.2;
             let dy = fy - 0.5;
             let disc = if dx * dx + dy * dy < 0.06 { 70.0 } else { 0.0 };

@@ -8,10 +8,11 @@
 //! - A PNG is decoded and encoded at quality 90; its eXIf chunk (orientation) goes into the
 //!   JPEG's APP1.
 //!
-//! The scan script is libjpeg's default (`jpeg_simple_progression` under the libjpeg-turbo
-//! profile): DC first, then luma AC 1-5, so the first scans already show a recognisable
-//! picture at about a tenth and a quarter of the bytes. See `bench/encoders` for how the
-//! candidates compare.
+//! The scan script starts as libjpeg's default does (`jpeg_simple_progression` under the
+//! libjpeg-turbo profile): DC first, then luma AC 1-5, so the first scans already show a
+//! recognisable picture within about a tenth of the bytes; its last scan, which holds most of
+//! the file, is split into five frequency bands so later commits and sharpening steps exist
+//! too. See `bench/encoders.sh` for how the candidates compare.
 
 mod libjpeg;
 

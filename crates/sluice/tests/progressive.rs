@@ -300,7 +300,7 @@ fn without_q_the_cli_measures_the_link_and_chooses_the_mts() {
     let server = Served::start(data.path(), &[]);
     let work = tempfile::tempdir().unwrap();
     let photo = work.path().join("photo.jpg");
-    std::fs::write(&photo, progressive_jpeg(640, 480, 13)).unwrap();
+    std::fs::write(&photo, progressive_jpeg(1024, 768, 13)).unwrap();
     let len = std::fs::metadata(&photo).unwrap().len();
     // 60 KiB/s with the id wanted within 0.1 s: 6 KiB, less than a fifth of the photo, so
     // the floor (q = 0.2) applies.
