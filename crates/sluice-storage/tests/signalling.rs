@@ -350,3 +350,87 @@ async fn curl_speaks_the_raw_protocol() {
     .await;
     assert_eq!(std::fs::read(&whole).unwrap(), image);
 }
+
+#[tokio::test]
+async fn tus_needs_the_token_or_a_signed_upload_link() {
+    let tokens = sluice_proto::SecretSet::parse("t0ken").unwrap();
+    let node = TestNode::start_with(NodeSettings {
+        access: sluice_storage::AccessPolicy {
+            url_secret: None,
+            api_tokens: Some(tokens.clone()),
+        },
+        ..NodeSettings::default()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let create = |url: String, token: Option<&str>, length: usize| {
+        let mut r = client
+            .post(url)
+            .header(TUS.0, TUS.1)
+            .header("upload-length", length);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let base = format!("{}/v1/uploads", node.url);
+    assert_eq!(
+        create(base.clone(), None, 10).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        create(base.clone(), Some("wrong"), 10)
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Created with the token: its PATCHes need the token too.
+    let r = create(base.clone(), Some("t0ken"), 10).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let upload = format!("{}{}", node.url, r.headers()["location"].to_str().unwrap());
+    let patch = |url: String, token: Option<&str>| {
+        let mut r = client
+            .patch(url)
+            .header(TUS.0, TUS.1)
+            .header("upload-offset", 0)
+            .header("content-type", "application/offset+octet-stream")
+            .body(vec![1u8; 10]);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(
+        patch(upload.clone(), None).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        patch(upload, Some("t0ken")).await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // A phone with a signed upload link: the link caps the size, and the unguessable upload
+    // id it gets back is its credential for the PATCHes.
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let link = sluice_proto::signature::sign_upload(&tokens, "POST", "/v1/uploads", expires, 1000);
+    let signed = format!("{}{link}", node.url);
+    assert_eq!(
+        create(signed.clone(), None, 5000).await.unwrap().status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    let r = create(signed, None, 10).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let upload = format!("{}{}", node.url, r.headers()["location"].to_str().unwrap());
+    let r = patch(upload, None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let fileid = r.headers()["sluice-file-id"].to_str().unwrap().to_owned();
+    let body = reqwest::get(format!("{}/v1/files/{fileid}", node.url))
+        .await
+        .unwrap();
+    assert_eq!(body.bytes().await.unwrap().as_ref(), &[1u8; 10]);
+}

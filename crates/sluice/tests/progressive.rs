@@ -68,6 +68,39 @@ fn get(url: &str) -> (String, Vec<u8>) {
     (head, std::fs::read(body).unwrap_or_default())
 }
 
+/// A webhook endpoint on a thread: answers 204 and keeps each (event header, body).
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<(String, String)>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut length, mut event) = (0usize, String::new());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if let Some(v) = lower.strip_prefix("sluice-event:") {
+                    event = v.trim().to_owned();
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+            let _ = tx.send((event, String::from_utf8_lossy(&body).into_owned()));
+        }
+    });
+    (url, rx)
+}
+
 #[test]
 fn through_a_tracker_the_committed_part_is_on_the_peer_before_the_upload_ends() {
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -82,7 +115,11 @@ fn through_a_tracker_the_committed_part_is_on_the_peer_before_the_upload_ends() 
         ],
         &env,
     );
+    // Every node posts to the IM server's webhook, whichever takes the upload.
+    let (hook, posts) = webhook_receiver();
     let node = |dir: &std::path::Path| {
+        let config = dir.with_extension("toml");
+        std::fs::write(&config, format!("webhook_url = \"{hook}\"\n")).unwrap();
         Served::spawn(
             &[
                 "storage",
@@ -96,6 +133,8 @@ fn through_a_tracker_the_committed_part_is_on_the_peer_before_the_upload_ends() 
                 "100",
                 "--tracker",
                 &t.url,
+                "--config",
+                config.to_str().unwrap(),
             ],
             &env,
         )
@@ -164,6 +203,12 @@ fn through_a_tracker_the_committed_part_is_on_the_peer_before_the_upload_ends() 
         assert_eq!(header(&head, "sluice-complete"), None);
         assert_eq!(body, image, "whole on {}", node.url);
     }
+    let got: Vec<(String, String)> = (0..2)
+        .map(|_| posts.recv_timeout(WAIT).expect("webhook posts"))
+        .collect();
+    assert_eq!(got[0].0, "file.committed");
+    assert_eq!(got[1].0, "file.completed");
+    assert!(got.iter().all(|(_, body)| body.contains(&fileid)));
 }
 
 #[test]
