@@ -93,25 +93,54 @@ impl WebhookConfig {
 pub struct Events {
     stream: broadcast::Sender<FileEvent>,
     webhook: Option<mpsc::Sender<FileEvent>>,
+    counts: std::sync::Arc<EventCounts>,
+}
+
+/// What `/metrics` shows of signalling.
+pub struct EventCounts {
+    /// Events emitted, by name.
+    pub emitted: sluice_metrics::CounterVec,
+    /// Events the webhook never delivered (queue full, or every attempt failed).
+    pub webhook_lost: std::sync::atomic::AtomicU64,
 }
 
 impl Events {
     /// Starts the webhook sender, when one is configured; it stops when the hub is dropped.
     pub fn new(webhook: Option<WebhookConfig>) -> Self {
         let (stream, _) = broadcast::channel(BROADCAST_DEPTH);
+        let counts = std::sync::Arc::new(EventCounts {
+            emitted: sluice_metrics::CounterVec::new(
+                "sluice_upload_events_total",
+                "Progressive upload events emitted, by event.",
+                &["event"],
+            ),
+            webhook_lost: std::sync::atomic::AtomicU64::new(0),
+        });
         let webhook = webhook.map(|config| {
             let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
-            tokio::spawn(run_webhook(config, rx));
+            tokio::spawn(run_webhook(config, rx, counts.clone()));
             tx
         });
-        Self { stream, webhook }
+        Self {
+            stream,
+            webhook,
+            counts,
+        }
+    }
+
+    pub fn counts(&self) -> &EventCounts {
+        &self.counts
     }
 
     pub fn emit(&self, event: FileEvent) {
         tracing::info!(event = event.kind.name(), fileid = %event.fileid, received = event.received, total = event.total, "progressive upload");
+        self.counts.emitted.inc_by(&[event.kind.name()], 1);
         let _ = self.stream.send(event.clone());
         if let Some(queue) = &self.webhook {
             if queue.try_send(event).is_err() {
+                self.counts
+                    .webhook_lost
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!("webhook queue is full; an event was dropped");
             }
         }
@@ -135,7 +164,11 @@ pub fn sign_body(secret: &str, body: &[u8]) -> String {
         .collect()
 }
 
-async fn run_webhook(config: WebhookConfig, mut queue: mpsc::Receiver<FileEvent>) {
+async fn run_webhook(
+    config: WebhookConfig,
+    mut queue: mpsc::Receiver<FileEvent>,
+    counts: std::sync::Arc<EventCounts>,
+) {
     let client = match reqwest::Client::builder().timeout(config.timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -167,6 +200,9 @@ async fn run_webhook(config: WebhookConfig, mut queue: mpsc::Receiver<FileEvent>
                         Err(e) => e.to_string(),
                     };
                     if attempt == config.attempts {
+                        counts
+                            .webhook_lost
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::error!(url = %config.url, fileid = %event.fileid, event = event.kind.name(), %why, "webhook gave up on an event");
                         break;
                     }

@@ -64,6 +64,20 @@ pub(crate) async fn render(State(state): State<StorageState>) -> impl IntoRespon
         "Bytes of file content in the hot cache.",
         hot.bytes(),
     );
+    let events = state.events().counts();
+    events.emitted.render(&mut out);
+    render_counter(
+        &mut out,
+        "sluice_webhook_lost_total",
+        "Events the webhook never delivered (queue full or every attempt failed).",
+        events.webhook_lost.load(Ordering::Relaxed),
+    );
+    render_gauge(
+        &mut out,
+        "sluice_upload_sessions",
+        "Progressive (tus) upload sessions this node holds.",
+        state.uploads().count() as u64,
+    );
     (
         [(
             header::CONTENT_TYPE,

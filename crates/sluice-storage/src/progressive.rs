@@ -314,6 +314,11 @@ impl Uploads {
         }
     }
 
+    /// Sessions held (ended ones linger until the watchdog forgets them).
+    pub fn count(&self) -> usize {
+        self.sessions.lock().map_or(0, |m| m.len())
+    }
+
     /// Every session, for the watchdog sweep.
     fn all(&self) -> Vec<Arc<Session>> {
         self.sessions

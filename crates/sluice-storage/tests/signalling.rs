@@ -175,6 +175,19 @@ async fn events_reach_the_stream_and_the_webhook_signed_and_retried() {
         let v: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v["fileid"], fileid.as_str());
     }
+    let metrics = reqwest::get(format!("{}/metrics", node.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "sluice_upload_events_total{event=\"file.committed\"} 1",
+        "sluice_upload_events_total{event=\"file.completed\"} 1",
+        "sluice_webhook_lost_total 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
