@@ -493,8 +493,10 @@ impl Session {
             (Some(h), Some(want)) if failure.is_none() => h.finish() != want.digest,
             _ => false,
         };
-        if checksum_failed || (failure.is_some() && body.checksum.is_some()) {
-            // Nothing of a body that does not match its checksum is kept.
+        let not_jpeg = expects_jpeg(&record) && !progress.tracker.is_jpeg();
+        if checksum_failed || not_jpeg || (failure.is_some() && body.checksum.is_some()) {
+            // Nothing of a body that fails its checksum, or that breaks the JPEG, is kept: the
+            // file stays a valid image whatever becomes of the upload.
             self.truncate(&mut progress, start, state).await?;
             return Err(failure.unwrap_or(ApiError::ChecksumMismatch));
         }

@@ -414,6 +414,42 @@ async fn bad_patches_are_refused_and_corrupt_nothing() {
     let r = patch(&url, 6, &garbage[6..]).await;
     assert!(r.status().is_client_error());
     assert_eq!(node.state.store().files(), files_before);
+
+    // A valid image that turns to garbage after its id: the garbage is refused and not kept,
+    // so the file, finalised, is still an image.
+    let image = progressive_jpeg(320, 240, 9);
+    let url = create(
+        &node,
+        image.len(),
+        &[("content-type", "image/jpeg"), ("q", "0.3")],
+    )
+    .await;
+    let part = image.len() * 6 / 10;
+    let fileid = file_id(patch(&url, 0, &image[..part]).await.headers()).unwrap();
+    let mut bad = image[part..part + 100].to_vec();
+    bad.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xD8]);
+    let r = patch(&url, part, &bad).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = client()
+        .head(&url)
+        .header(TUS.0, TUS.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["upload-offset"], part.to_string().as_str());
+    let r = client()
+        .delete(&url)
+        .header(TUS.0, TUS.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (status, h, body) = get(&node, &fileid).await;
+    assert_eq!(
+        (status, &h["sluice-complete"]),
+        (StatusCode::OK, &"false".parse().unwrap())
+    );
+    assert_eq!(djpeg_dimensions(&body), Ok((320, 240)));
 }
 
 #[tokio::test]
