@@ -270,12 +270,49 @@ pub(crate) async fn download(
             Source::Disk(reader)
         }
     };
-    let meta = source.meta();
     let etag = format!("\"{}\"", id.key);
+    let request = LocalRead {
+        key: id.key,
+        etag: &etag,
+        method: &method,
+        headers: &headers,
+    };
+    serve_local(store, request, source, || repair(&state, &id)).await
+}
+
+/// A read of a complete file this process holds (storage nodes, and edges' caches).
+pub struct LocalRead<'a> {
+    pub key: sluice_proto::BlobKey,
+    /// The strong ETag to send (the file id's key, quoted).
+    pub etag: &'a str,
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+}
+
+/// Serves a complete file from `source`: conditionals, a Range (206/416), HEAD, and the
+/// first chunk read and verified before the head goes out. A damaged first chunk calls
+/// `repair`; if it returns true the file is opened again and served.
+pub async fn serve_local<R, Fut>(
+    store: &sluice_blob::BlobStore,
+    request: LocalRead<'_>,
+    source: Source,
+    repair: R,
+) -> Result<Response, ApiError>
+where
+    R: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let LocalRead {
+        key,
+        etag,
+        method,
+        headers,
+    } = request;
+    let meta = source.meta();
     let size = meta.size;
 
     let mut response = Response::builder()
-        .header(header::ETAG, &etag)
+        .header(header::ETAG, etag)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CONTENT_TYPE, &meta.content_type)
         // A file never changes once complete, so caches may keep it as long as they like.
@@ -287,7 +324,7 @@ pub(crate) async fn download(
             ),
         );
 
-    if if_none_match(&headers, &etag) {
+    if if_none_match(headers, etag) {
         return response
             .status(StatusCode::NOT_MODIFIED)
             .body(Body::empty())
@@ -296,7 +333,7 @@ pub(crate) async fn download(
 
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     // If-Range: a range only applies to the representation the client already has.
-    let range_header = range_header.filter(|_| if_range_holds(&headers, &etag));
+    let range_header = range_header.filter(|_| if_range_holds(headers, etag));
     let (status, start, end) = match request_for(range_header, size) {
         Err(e) => return Err(ApiError::BadRequest(e.to_string())),
         Ok(RangeRequest::Unsatisfiable) => return Err(ApiError::RangeNotSatisfiable { size }),
@@ -312,7 +349,7 @@ pub(crate) async fn download(
     response = response
         .status(status)
         .header(header::CONTENT_LENGTH, end - start);
-    if method == Method::HEAD {
+    if *method == Method::HEAD {
         return response.body(Body::empty()).map_err(|_| ApiError::Internal);
     }
     let body = match source {
@@ -325,14 +362,14 @@ pub(crate) async fn download(
             // a clean 500 rather than a truncated 200, or, in a group, is repaired from a peer
             // and served.
             let first = match reader.read_chunk(start, end, max).await {
-                Err(BlobError::Corrupt { .. }) if repair(&state, &id).await => {
-                    reader = store.open_reader(id.key)?.ok_or(ApiError::NotFound)?;
+                Err(BlobError::Corrupt { .. }) if repair().await => {
+                    reader = store.open_reader(key)?.ok_or(ApiError::NotFound)?;
                     reader.read_chunk(start, end, max).await?
                 }
                 other => other?,
             };
             if cacheable {
-                store.offer_to_hot_cache(id.key, reader.meta().clone(), first.clone());
+                store.offer_to_hot_cache(key, reader.meta().clone(), first.clone());
             }
             body_stream(reader, first, start, end)
         }
@@ -387,7 +424,7 @@ async fn open_or_fetch(state: &StorageState, id: &FileId) -> Result<BlobReader, 
 }
 
 /// Where a download's bytes come from.
-enum Source {
+pub enum Source {
     Hot(HotFile),
     Disk(BlobReader),
 }
