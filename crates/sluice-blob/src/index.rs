@@ -43,6 +43,9 @@ pub(crate) enum IndexOp {
     },
     Remove {
         key: BlobKey,
+        /// Remember the key as deleted (a store of record); false for a cache forgetting a
+        /// copy it may fetch again.
+        tombstone: bool,
         done: oneshot::Sender<Result<Option<BlobMeta>, BlobError>>,
     },
 }
@@ -97,10 +100,18 @@ impl Index {
         rx.await.map_err(|_| BlobError::Closed)?
     }
 
-    pub async fn remove(&self, key: BlobKey) -> Result<Option<BlobMeta>, BlobError> {
+    pub async fn remove(
+        &self,
+        key: BlobKey,
+        tombstone: bool,
+    ) -> Result<Option<BlobMeta>, BlobError> {
         let (done, rx) = oneshot::channel();
         self.ops
-            .send(IndexOp::Remove { key, done })
+            .send(IndexOp::Remove {
+                key,
+                tombstone,
+                done,
+            })
             .await
             .map_err(|_| BlobError::Closed)?;
         rx.await.map_err(|_| BlobError::Closed)?
@@ -246,7 +257,11 @@ fn apply_batch(db: &Database, counters: &StoreCounters, batch: &mut Vec<IndexOp>
                         oplog.insert(head, OplogEntry::encode(OpKind::Put, &key).as_slice())?;
                         outcomes.push(Outcome::Inserted(done, Ok(adoption)));
                     }
-                    IndexOp::Remove { key, done } => {
+                    IndexOp::Remove {
+                        key,
+                        tombstone,
+                        done,
+                    } => {
                         let k = key.as_bytes().as_slice();
                         let old = match blobs.remove(k)? {
                             Some(v) => Some(BlobMeta::decode(v.value())?),
@@ -257,7 +272,7 @@ fn apply_batch(db: &Database, counters: &StoreCounters, batch: &mut Vec<IndexOp>
                             bytes -= m.size;
                         }
                         // Recorded even for a file this node never had, so it is refused later.
-                        if tombstones.insert(k, crate::now_ms())?.is_none() {
+                        if tombstone && tombstones.insert(k, crate::now_ms())?.is_none() {
                             head += 1;
                             oplog.insert(
                                 head,

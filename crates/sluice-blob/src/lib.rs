@@ -221,7 +221,17 @@ impl BlobStore {
     /// Deletes a blob; `false` if there was none. The index entry goes first, so a crash
     /// between the two steps leaves an orphan file for the sweep, never a dangling entry.
     pub async fn delete(&self, key: BlobKey) -> Result<bool, BlobError> {
-        let Some(old) = self.inner.index.remove(key).await? else {
+        self.remove(key, true).await
+    }
+
+    /// Forgets a blob without remembering it was deleted, so the same key may be stored again
+    /// later (a cache evicting a copy). Not logged in the oplog.
+    pub async fn evict(&self, key: BlobKey) -> Result<bool, BlobError> {
+        self.remove(key, false).await
+    }
+
+    async fn remove(&self, key: BlobKey, tombstone: bool) -> Result<bool, BlobError> {
+        let Some(old) = self.inner.index.remove(key, tombstone).await? else {
             return Ok(false);
         };
         // After the index entry is gone, never before: see `HotCache::insert_if_indexed`.

@@ -481,3 +481,30 @@ async fn sweep_removes_a_stale_prefix_and_keeps_the_indexed_one() {
     );
     store.close().await;
 }
+
+#[tokio::test]
+async fn an_evicted_key_can_be_stored_again_but_a_deleted_one_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
+    let data = pattern(3000, 1);
+    let key = put(&store, &data, 700).await;
+    let head = store.oplog_head().unwrap();
+    assert!(store.evict(key).await.unwrap());
+    assert!(store.open_reader(key).unwrap().is_none());
+    assert_eq!((store.files(), store.bytes()), (0, 0));
+    assert_eq!(
+        store.oplog_head().unwrap(),
+        head,
+        "a cache's evictions are not logged"
+    );
+    assert!(!store.is_deleted(key).unwrap());
+    let mut w = store.writer(key, "image/jpeg".into(), u64::MAX);
+    w.write(Bytes::from(data.clone())).await.unwrap();
+    w.commit().await.unwrap();
+    assert_eq!(read_all(&store, key, 0, u64::MAX).await.unwrap(), data);
+    assert!(store.delete(key).await.unwrap());
+    let mut w = store.writer(key, "image/jpeg".into(), u64::MAX);
+    w.write(Bytes::from(data)).await.unwrap();
+    assert!(matches!(w.commit().await, Err(BlobError::Deleted)));
+    store.close().await;
+}

@@ -106,3 +106,36 @@ pub struct Assignment {
     /// The node's upload URL: `{node url}/v1/files`.
     pub url: String,
 }
+
+/// What an edge tells every tracker, every heartbeat interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeHeartbeat {
+    pub edge_id: String,
+    /// The URL clients should use for this edge.
+    pub url: String,
+    /// The region it serves; `None` serves clients of no region in particular.
+    pub region: Option<String>,
+    /// Bytes its cache can take before it evicts.
+    pub cache_free: u64,
+    pub cache_files: u64,
+}
+
+/// An edge as a tracker knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeView {
+    pub id: String,
+    pub url: String,
+    pub region: Option<String>,
+    pub cache_free: u64,
+    pub cache_files: u64,
+    /// Whether it was heard from recently; only live edges get clients.
+    pub live: bool,
+    pub last_seen_ms: u64,
+}
+
+/// `POST /v1/preload` on a tracker: warm a file on the edges of a region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreloadRequest {
+    pub fileid: String,
+    pub region: String,
+}

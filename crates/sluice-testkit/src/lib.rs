@@ -2,6 +2,7 @@
 //! tests talk to real servers over real sockets and never share a port or a directory.
 
 pub mod images;
+pub mod link;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -169,5 +170,65 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// An edge running inside the test process, in front of `origin`.
+pub struct TestEdge {
+    pub url: String,
+    pub state: sluice_edge::EdgeState,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestEdge {
+    /// Starts an edge whose cache lives in `cache_dir` (pass the same one to a restarted edge).
+    pub async fn start(cache_dir: &Path, config: sluice_edge::EdgeConfig) -> Self {
+        let dir = cache_dir.to_owned();
+        let state = tokio::task::spawn_blocking(move || sluice_edge::EdgeState::open(&dir, config))
+            .await
+            .expect("open task")
+            .expect("open edge cache");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let url = format!("http://{}", listener.local_addr().expect("local addr"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sluice_edge::run(listener, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            url,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// An edge config for `origin` with a cache of `cache_size` bytes and everything else open.
+    pub fn config(origin: &str, cache_size: u64) -> sluice_edge::EdgeConfig {
+        sluice_edge::EdgeConfig {
+            origin: origin.to_owned(),
+            cache_size,
+            region: None,
+            access: sluice_storage::AccessPolicy::default(),
+            cors: sluice_storage::CorsPolicy::AnyOrigin,
+            http: sluice_storage::HttpLimits::default(),
+            cluster_secret: None,
+            hot_cache: sluice_blob::HotCacheLimits::default(),
+        }
+    }
+
+    /// Stops serving, waits for the server, and closes the cache cleanly.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let store = self.state.store().clone();
+        drop(self.state);
+        store.close().await;
     }
 }

@@ -21,6 +21,8 @@ pub enum Command {
     Tracker(TrackerArgs),
     /// Run a storage node of a group, registered with one or more trackers.
     Storage(StorageArgs),
+    /// Run an edge: a caching proxy near users in front of an origin (serve, node or tracker).
+    Edge(EdgeArgs),
     /// Show the cluster: groups, nodes, state, files, bytes and free space.
     Cluster(ClusterArgs),
     /// Upload files; prints one file id per line, in argument order.
@@ -82,6 +84,37 @@ pub struct StorageArgs {
 pub enum PlacementArg {
     MostFree,
     RoundRobin,
+}
+
+#[derive(Args, Debug)]
+pub struct EdgeArgs {
+    /// Where files come from on a miss: a `sluice serve`, a storage node or a tracker.
+    #[arg(long)]
+    pub origin: String,
+    /// Address for the edge's HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8088")]
+    pub http: SocketAddr,
+    /// Cache directory (created if missing; survives restarts).
+    #[arg(long, default_value = "sluice-edge-cache")]
+    pub cache: PathBuf,
+    /// Most bytes of files kept; least recently used files go first (e.g. `10GiB`).
+    #[arg(long, default_value = "1GiB")]
+    pub cache_size: ByteSize,
+    /// The region this edge serves (trackers route clients of that region here).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// A tracker to register with; repeat for several.
+    #[arg(long = "tracker")]
+    pub trackers: Vec<String>,
+    /// The URL clients should use for this edge (default: the listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Memory for the cache of small hot files.
+    #[arg(long, default_value = "256MiB")]
+    pub hot_cache_size: ByteSize,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
 }
 
 #[derive(Args, Debug)]

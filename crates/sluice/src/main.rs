@@ -4,6 +4,7 @@
 mod cli;
 mod client_cmds;
 mod config;
+mod edge;
 mod progress;
 mod roles;
 mod serve;
@@ -41,6 +42,7 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
         cli::Command::Tracker(args) => tracker::run(args).await.map(|()| ExitCode::SUCCESS),
         cli::Command::Storage(args) => storage::run(args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::Edge(args) => edge::run(args).await.map(|()| ExitCode::SUCCESS),
         cli::Command::Cluster(args) => client_cmds::cluster(args).await,
         cli::Command::Upload(args) => client_cmds::upload(args).await,
         cli::Command::Download(args) => client_cmds::download(args).await,

@@ -1,0 +1,363 @@
+//! `GET|HEAD /v1/files/{fileid}` at an edge: a hit from the cache, or a miss served from the
+//! file's fill as it arrives; a range far beyond what the fill has reached, and a file still
+//! arriving at the origin, are proxied instead (never cached).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use sluice_proto::range::{ByteRange, RangeRequest};
+use sluice_proto::{BlobKey, FileId, SecretSet};
+use sluice_storage::{LocalRead, LocalSource, serve_local};
+
+use crate::fill::{Fill, FillState, OriginHead, Refusal};
+use crate::{EdgeError, EdgeMetrics, EdgeState};
+
+/// A range that starts further than this beyond what a fill has received is fetched from the
+/// origin directly: a seek into an uncached video does not wait for the bytes before it.
+const JOIN_WINDOW: u64 = 1 << 20;
+/// Bytes read from a spool at a time.
+const SPOOL_CHUNK: u64 = 256 * 1024;
+/// Headers of an origin answer passed on when proxying.
+const PASSED_ON: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-range",
+    "accept-ranges",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "sluice-complete",
+    "sluice-received",
+    "sluice-total",
+];
+
+pub(crate) async fn get_file(
+    State(edge): State<EdgeState>,
+    method: Method,
+    uri: Uri,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match serve(&edge, &method, &uri, &text, &headers).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn serve(
+    edge: &EdgeState,
+    method: &Method,
+    uri: &Uri,
+    text: &str,
+    headers: &HeaderMap,
+) -> Result<Response, EdgeError> {
+    edge.config().access.check_read(uri)?;
+    let id = FileId::parse(text)
+        .map_err(|e| EdgeError::BadRequest(format!("malformed file id: {e}")))?;
+    let key = crate::cache::cache_key(&id);
+    let etag = format!("\"{}\"", id.key);
+    let range = match headers.get(header::RANGE) {
+        None => None,
+        Some(v) => {
+            let text = v
+                .to_str()
+                .map_err(|_| EdgeError::BadRequest("malformed Range header".into()))?;
+            ByteRange::parse(text).map_err(|e| EdgeError::BadRequest(e.to_string()))?;
+            Some(text.to_owned())
+        }
+    };
+    if let Some(response) = hit(edge, key, &etag, method, headers).await? {
+        return Ok(response);
+    }
+    EdgeMetrics::add(&edge.metrics().misses, 1);
+    let fill = edge.fills().join_or_start(edge, &id, key);
+    let mut watch = fill.watch();
+    loop {
+        let state = watch.borrow_and_update().clone();
+        match state {
+            FillState::Connecting => {
+                // Until the size is known, only a range near the start waits for the fill.
+                if range.as_deref().is_some_and(|r| !starts_near(r, 0)) {
+                    return proxy(edge, &id, method, range.as_deref()).await;
+                }
+            }
+            FillState::Receiving { head, received } => {
+                let wanted = resolve(range.as_deref(), head.size);
+                if let RangeRequest::Partial { start, .. } = wanted {
+                    if start > received.saturating_add(JOIN_WINDOW) {
+                        return proxy(edge, &id, method, range.as_deref()).await;
+                    }
+                }
+                match from_spool(&fill, &head, wanted, &etag, method, headers) {
+                    Some(response) => return response,
+                    // The fill ended between our look and the open: look again.
+                    None => continue,
+                }
+            }
+            FillState::Done { .. } => {
+                // Cached now (unless too large to cache): serve it like any hit.
+                return match hit(edge, key, &etag, method, headers).await? {
+                    Some(response) => Ok(response),
+                    None => proxy(edge, &id, method, range.as_deref()).await,
+                };
+            }
+            FillState::Refused(Refusal::Incomplete | Refusal::NoSpool(_)) => {
+                return proxy(edge, &id, method, range.as_deref()).await;
+            }
+            FillState::Refused(Refusal::Status { status, body }) => {
+                return Err(EdgeError::Origin { status, body });
+            }
+            FillState::Refused(Refusal::Unavailable(why)) => {
+                return Err(EdgeError::Unavailable(why));
+            }
+        }
+        if watch.changed().await.is_err() {
+            return Err(EdgeError::Internal);
+        }
+    }
+}
+
+/// Whether a Range header asks for bytes within [`JOIN_WINDOW`] of `from`.
+fn starts_near(range: &str, from: u64) -> bool {
+    match ByteRange::parse(range) {
+        Ok(Some(ByteRange::From { first, .. })) => first <= from.saturating_add(JOIN_WINDOW),
+        Ok(None) => true,
+        _ => false,
+    }
+}
+
+fn resolve(range: Option<&str>, size: u64) -> RangeRequest {
+    sluice_proto::range::request_for(range, size).unwrap_or(RangeRequest::Full)
+}
+
+/// Answers from the cache, if the file is there whole.
+async fn hit(
+    edge: &EdgeState,
+    key: BlobKey,
+    etag: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Option<Response>, EdgeError> {
+    let store = edge.store();
+    let source = match store.hot().get(&key) {
+        Some(hot) => LocalSource::Hot(hot),
+        None => match store.open_reader(key)? {
+            Some(reader) => LocalSource::Disk(reader),
+            None => return Ok(None),
+        },
+    };
+    let read = LocalRead {
+        key,
+        etag,
+        method,
+        headers,
+    };
+    match serve_local(store, read, source, || async { false }).await {
+        Ok(mut response) => {
+            edge.cache().touch(key);
+            let m = edge.metrics();
+            EdgeMetrics::add(&m.hits, 1);
+            if *method != Method::HEAD {
+                let sent = content_length(&response);
+                EdgeMetrics::add(&m.bytes_from_cache, sent);
+            }
+            response
+                .headers_mut()
+                .insert("sluice-cache", HeaderValue::from_static("hit"));
+            Ok(Some(response))
+        }
+        Err(sluice_storage::ApiError::Corrupt) => {
+            // A damaged copy is dropped and fetched again, never served.
+            tracing::warn!("damaged cached file dropped");
+            edge.cache().drop_file(store, key).await?;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn content_length(response: &Response) -> u64 {
+    response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Answers from a fill's spool: the head now, the bytes as the fill writes them. `None` if
+/// the spool is gone (the fill just finished).
+fn from_spool(
+    fill: &Arc<Fill>,
+    head: &OriginHead,
+    wanted: RangeRequest,
+    etag: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Option<Result<Response, EdgeError>> {
+    let spool = match File::open(&fill.spool) {
+        Ok(f) => Arc::new(f),
+        Err(_) => return None,
+    };
+    let size = head.size;
+    let mut builder = Response::builder()
+        .header(header::ETAG, etag)
+        .header(header::CONTENT_TYPE, &head.content_type)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+        .header("sluice-cache", "miss");
+    if if_none_match(headers, etag) {
+        return Some(
+            builder
+                .status(StatusCode::NOT_MODIFIED)
+                .body(Body::empty())
+                .map_err(|_| EdgeError::Internal),
+        );
+    }
+    let (status, start, end) = match wanted {
+        RangeRequest::Full => (StatusCode::OK, 0, size),
+        RangeRequest::Partial { start, end } => {
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{size}", end - 1),
+            );
+            (StatusCode::PARTIAL_CONTENT, start, end)
+        }
+        RangeRequest::Unsatisfiable => {
+            return Some(Err(EdgeError::Local(
+                sluice_storage::ApiError::RangeNotSatisfiable { size },
+            )));
+        }
+    };
+    builder = builder
+        .status(status)
+        .header(header::CONTENT_LENGTH, end - start);
+    let body = if *method == Method::HEAD {
+        Body::empty()
+    } else {
+        spool_body(fill.watch(), spool, start, end)
+    };
+    Some(builder.body(body).map_err(|_| EdgeError::Internal))
+}
+
+/// `start..end` of a spool, each byte sent once the fill has written it.
+fn spool_body(
+    watch: tokio::sync::watch::Receiver<FillState>,
+    spool: Arc<File>,
+    start: u64,
+    end: u64,
+) -> Body {
+    let stream = futures_util::stream::try_unfold((watch, start), move |(mut watch, at)| {
+        let spool = spool.clone();
+        async move {
+            loop {
+                if at >= end {
+                    return Ok(None);
+                }
+                let available = match &*watch.borrow_and_update() {
+                    FillState::Receiving { received, .. } => *received,
+                    FillState::Done { head } => head.size,
+                    FillState::Refused(_) | FillState::Connecting => {
+                        return Err(std::io::Error::other("the origin fetch failed"));
+                    }
+                };
+                if at < available.min(end) {
+                    let len = (available.min(end) - at).min(SPOOL_CHUNK) as usize;
+                    let file = spool.clone();
+                    let bytes = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; len];
+                        file.read_exact_at(&mut buf, at).map(|()| buf)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)??;
+                    return Ok(Some((Bytes::from(bytes), (watch, at + len as u64))));
+                }
+                if watch.changed().await.is_err() {
+                    return Err(std::io::Error::other("the origin fetch ended"));
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/") == etag
+        })
+}
+
+/// Passes one request through to the origin (a far range, or a file still arriving there):
+/// nothing is cached.
+async fn proxy(
+    edge: &EdgeState,
+    id: &FileId,
+    method: &Method,
+    range: Option<&str>,
+) -> Result<Response, EdgeError> {
+    EdgeMetrics::add(&edge.metrics().origin_fetches, 1);
+    let response = edge
+        .origin()
+        .get(id, range)
+        .await
+        .map_err(EdgeError::Unavailable)?;
+    let status = response.status().as_u16();
+    if status >= 500 {
+        return Err(EdgeError::Unavailable(format!("origin answered {status}")));
+    }
+    let mut builder = Response::builder()
+        .status(status)
+        .header("sluice-cache", "miss");
+    for name in PASSED_ON {
+        if let Some(v) = response.headers().get(*name) {
+            builder = builder.header(*name, v.as_bytes());
+        }
+    }
+    let body = if *method == Method::HEAD {
+        Body::empty()
+    } else {
+        let metrics_edge = edge.clone();
+        Body::from_stream(response.bytes_stream().map(move |chunk| {
+            if let Ok(c) = &chunk {
+                EdgeMetrics::add(&metrics_edge.metrics().bytes_from_origin, c.len() as u64);
+            }
+            chunk
+        }))
+    };
+    builder.body(body).map_err(|_| EdgeError::Internal)
+}
+
+/// `POST /v1/internal/preload/{fileid}` (trackers, with the cluster secret): starts a fill so
+/// the first real request is a hit. Answers at once.
+pub(crate) async fn preload(
+    State(edge): State<EdgeState>,
+    Path(text): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, EdgeError> {
+    let given = headers
+        .get(sluice_proto::cluster::CLUSTER_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if !SecretSet::admits(edge.config().cluster_secret.as_ref(), given) {
+        return Err(EdgeError::Forbidden("missing or wrong cluster secret"));
+    }
+    let id = FileId::parse(&text)
+        .map_err(|e| EdgeError::BadRequest(format!("malformed file id: {e}")))?;
+    let key = crate::cache::cache_key(&id);
+    if edge.store().stat(key)?.is_none() {
+        edge.fills().join_or_start(&edge, &id, key);
+    }
+    Ok(StatusCode::ACCEPTED)
+}

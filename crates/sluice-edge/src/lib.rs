@@ -1,0 +1,158 @@
+//! The edge role (DESIGN.md §1 on `000_*.txt`): a caching proxy near users. A request for
+//! `/v1/files/{fileid}` is answered from the disk cache when the file is there
+//! (`Sluice-Cache: hit`); otherwise it joins the one origin fetch of that file and streams the
+//! bytes as they arrive (`Sluice-Cache: miss`). Signed URLs are checked here exactly as on
+//! storage nodes, and signature parameters are never part of the cache key.
+//!
+//! [`run`] takes a bound listener and a shutdown future, like every role.
+
+pub mod cache;
+mod error;
+mod files;
+pub mod fill;
+mod metrics;
+pub mod origin;
+pub mod registration;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use sluice_blob::{BlobStore, BlobStoreOptions};
+use sluice_http::{AccessPolicy, CorsPolicy, HttpLimits};
+use sluice_proto::SecretSet;
+use tokio::net::TcpListener;
+
+pub use error::EdgeError;
+pub use metrics::EdgeMetrics;
+
+/// What an edge needs to know; the binary builds it from flags, env and config file.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    /// A `sluice serve`, a storage node or a tracker.
+    pub origin: String,
+    /// Bytes of files the cache holds at most; least recently used files go first.
+    pub cache_size: u64,
+    pub region: Option<String>,
+    pub access: AccessPolicy,
+    pub cors: CorsPolicy,
+    pub http: HttpLimits,
+    /// Required on `/v1/internal` (preload requests from trackers) when set.
+    pub cluster_secret: Option<SecretSet>,
+    /// Memory for the hot cache of small files.
+    pub hot_cache: sluice_blob::HotCacheLimits,
+}
+
+/// Shared state of one edge; cheap to clone.
+#[derive(Clone)]
+pub struct EdgeState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EdgeConfig,
+    store: BlobStore,
+    cache: cache::CacheIndex,
+    fills: fill::Fills,
+    origin: origin::Origin,
+    metrics: EdgeMetrics,
+    http_metrics: Arc<sluice_http::HttpMetrics>,
+    spool: PathBuf,
+}
+
+impl EdgeState {
+    /// Opens the cache in `dir` (files in `dir/files`, fills in progress in `dir/spool`).
+    /// Blocking: walks the cache to rebuild its LRU order.
+    pub fn open(dir: &Path, config: EdgeConfig) -> Result<Self, EdgeError> {
+        let spool = dir.join("spool");
+        // Spools belong to fills of a previous run: nothing in them is worth keeping.
+        let _ = std::fs::remove_dir_all(&spool);
+        std::fs::create_dir_all(&spool).map_err(|e| EdgeError::Setup(e.to_string()))?;
+        let store = BlobStore::open(
+            &dir.join("files"),
+            BlobStoreOptions {
+                hot_cache: config.hot_cache,
+                ..BlobStoreOptions::default()
+            },
+        )
+        .map_err(|e| EdgeError::Setup(e.to_string()))?;
+        let cache = cache::CacheIndex::load(&store, config.cache_size)
+            .map_err(|e| EdgeError::Setup(e.to_string()))?;
+        let origin = origin::Origin::new(&config.origin, config.access.url_secret.clone())
+            .map_err(EdgeError::Setup)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                cache,
+                fills: fill::Fills::default(),
+                origin,
+                metrics: EdgeMetrics::default(),
+                http_metrics: Arc::default(),
+                spool,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &EdgeConfig {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.inner.store
+    }
+
+    pub fn cache(&self) -> &cache::CacheIndex {
+        &self.inner.cache
+    }
+
+    pub fn fills(&self) -> &fill::Fills {
+        &self.inner.fills
+    }
+
+    pub fn origin(&self) -> &origin::Origin {
+        &self.inner.origin
+    }
+
+    pub fn metrics(&self) -> &EdgeMetrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn spool_dir(&self) -> &Path {
+        &self.inner.spool
+    }
+}
+
+/// The edge's HTTP routes.
+pub fn router(state: EdgeState) -> Router {
+    Router::new()
+        .route("/v1/files/{*fileid}", get(files::get_file))
+        .route("/v1/internal/preload/{*fileid}", post(files::preload))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/metrics", get(metrics::render))
+        .fallback(|| async { EdgeError::NoRoute })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(state.config().cors.clone()),
+            sluice_http::cors::cors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.inner.http_metrics.clone(),
+            sluice_http::metrics::record,
+        ))
+        .with_state(state)
+}
+
+/// Serves the edge on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    state: EdgeState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = state.config().http.clone();
+    sluice_http::serve(listener, router(state), limits, shutdown).await
+}

@@ -1,0 +1,92 @@
+//! Edges register with the trackers by heartbeat (URL, region, free cache), so trackers can
+//! send each region's clients to a live edge of that region and ask its edges to preload.
+
+use std::time::Duration;
+
+use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, EdgeHeartbeat};
+
+use crate::EdgeState;
+
+pub struct Registration {
+    pub trackers: Vec<String>,
+    /// The URL clients should use for this edge.
+    pub advertise: String,
+    pub interval: Duration,
+}
+
+/// This edge's id: made once and kept in the cache directory, so it survives restarts.
+pub fn edge_id(dir: &std::path::Path) -> std::io::Result<String> {
+    let path = dir.join("EDGE_ID");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_owned());
+        }
+    }
+    let mut bytes = [0u8; sluice_proto::fileid::KEY_BYTES];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let id = sluice_proto::BlobKey::from_bytes(bytes).to_string();
+    std::fs::write(&path, format!("{id}\n"))?;
+    Ok(id)
+}
+
+/// Heartbeats every tracker each interval until `shutdown`.
+pub async fn run(
+    edge: EdgeState,
+    registration: Registration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let id = match edge_id(edge.store().root().parent().unwrap_or(edge.store().root())) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make an edge id; not registering with trackers");
+            return;
+        }
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(registration.interval)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the tracker client");
+            return;
+        }
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut ticks = tokio::time::interval(registration.interval);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut shutdown => return,
+        }
+        let cache = edge.cache();
+        let beat = EdgeHeartbeat {
+            edge_id: id.clone(),
+            url: registration.advertise.clone(),
+            region: edge.config().region.clone(),
+            cache_free: cache.capacity().saturating_sub(cache.bytes()),
+            cache_files: cache.files(),
+        };
+        let sends = registration.trackers.iter().map(|tracker| {
+            let mut request = client
+                .post(format!(
+                    "{}/v1/edges/heartbeat",
+                    tracker.trim_end_matches('/')
+                ))
+                .json(&beat);
+            if let Some(secret) = &edge.config().cluster_secret {
+                request = request.header(CLUSTER_SECRET_HEADER, secret.current());
+            }
+            async move { (tracker, request.send().await) }
+        });
+        for (tracker, result) in futures_util::future::join_all(sends).await {
+            match result {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => {
+                    tracing::warn!(%tracker, status = %r.status(), "tracker refused the edge heartbeat")
+                }
+                Err(e) => tracing::debug!(%tracker, error = %e, "tracker unreachable"),
+            }
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! An edge in front of a real storage node, over a real (simulated-network) link: hits and
+//! misses, one origin fetch for many clients who all get bytes as they arrive, ranges, LRU
+//! eviction that survives a restart, origin trouble, signed URLs, incomplete files, attacks.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use sluice_testkit::link::Link;
+use sluice_testkit::{NodeSettings, TestEdge, TestNode, wait_until};
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect()
+}
+
+async fn upload(node: &TestNode, body: Vec<u8>) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/files", node.url))
+        .header("content-type", "video/mp4")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<serde_json::Value>().await.unwrap()["fileid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn get(
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut r = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.unwrap();
+    let (s, h) = (r.status(), r.headers().clone());
+    (s, h, r.bytes().await.unwrap().to_vec())
+}
+
+fn cache_header(h: &reqwest::header::HeaderMap) -> &str {
+    h.get("sluice-cache").map_or("", |v| v.to_str().unwrap())
+}
+
+async fn metric(edge: &TestEdge, name: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", edge.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in metrics"))
+}
+
+#[tokio::test]
+async fn miss_then_hit_with_the_origin_headers_and_conditionals() {
+    let node = TestNode::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
+    let data = pattern(300_000, 1);
+    let id = upload(&node, data.clone()).await;
+    let url = format!("{}/v1/files/{id}", edge.url);
+
+    let (s, h, body) = get(&url, &[]).await;
+    assert_eq!((s, cache_header(&h)), (StatusCode::OK, "miss"));
+    assert_eq!(body, data);
+    assert_eq!(h["content-type"], "video/mp4");
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    let (_, origin_h, _) = get(&format!("{}/v1/files/{id}", node.url), &[]).await;
+    assert_eq!(
+        origin_h["etag"].to_str().unwrap(),
+        etag,
+        "the origin's ETag"
+    );
+
+    wait_until("the file is cached", Duration::from_secs(10), || async {
+        edge.state.cache().files() == 1
+    })
+    .await;
+    let (s, h, body) = get(&url, &[]).await;
+    assert_eq!((s, cache_header(&h)), (StatusCode::OK, "hit"));
+    assert_eq!(body, data);
+    let (s, h, body) = get(&url, &[("range", "bytes=1000-1999")]).await;
+    assert_eq!((s, cache_header(&h)), (StatusCode::PARTIAL_CONTENT, "hit"));
+    assert_eq!(body, &data[1000..2000]);
+    let (s, _, _) = get(&url, &[("if-none-match", &etag)]).await;
+    assert_eq!(s, StatusCode::NOT_MODIFIED);
+    let (s, h, _) = get(&url, &[("range", "bytes=400000-")]).await;
+    assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(h["content-range"], "bytes */300000");
+    assert_eq!(metric(&edge, "sluice_edge_origin_fetches_total").await, 1);
+    // The 416 is an error answer, not a hit.
+    assert_eq!(metric(&edge, "sluice_edge_hits_total").await, 3);
+    assert_eq!(
+        metric(&edge, "sluice_edge_bytes_from_origin_total").await,
+        300_000
+    );
+    assert!(metric(&edge, "sluice_edge_bytes_from_cache_total").await >= 301_000);
+
+    // Unknown and malformed ids: the origin's 404, our 400.
+    let (s, h, body) = get(
+        &format!("{}/v1/files/g1/aaaaaaaaaaaaaaaaaaaaaaaaaa", edge.url),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(cache_header(&h), "miss");
+    let (s, _, body) = get(&format!("{}/v1/files/nonsense", edge.url), &[]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("malformed file id"));
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_misses_make_one_fetch_and_every_client_streams_as_bytes_arrive() {
+    let node = TestNode::start().await;
+    let link = Link::start(&node.url).await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&link.url, 64 << 20)).await;
+    let data = pattern(2 << 20, 2);
+    let id = upload(&node, data.clone()).await;
+    // 1 MB/s: the whole file takes about two seconds to reach the edge.
+    link.set_rate(1_000_000);
+    let url = format!("{}/v1/files/{id}", edge.url);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut r = reqwest::get(&url).await.unwrap();
+                assert_eq!(cache_header(r.headers()), "miss");
+                let mut got = Vec::new();
+                while got.len() < 64 * 1024 {
+                    got.extend_from_slice(&r.chunk().await.unwrap().unwrap());
+                }
+                let early = std::time::Instant::now();
+                (r, got, early)
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for c in clients {
+        streams.push(c.await.unwrap());
+    }
+    // Every client had its first 64 KiB while the file was still on its way.
+    assert_eq!(
+        edge.state.cache().files(),
+        0,
+        "not cached yet: bytes came as they arrived"
+    );
+    for (mut r, mut got, _) in streams {
+        while let Some(chunk) = r.chunk().await.unwrap() {
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, data);
+    }
+    assert_eq!(metric(&edge, "sluice_edge_origin_fetches_total").await, 1);
+    assert_eq!(link.connections(), 1, "one connection to the origin");
+    wait_until("cached", Duration::from_secs(10), || async {
+        edge.state.cache().files() == 1
+    })
+    .await;
+    let (_, h, _) = get(&url, &[]).await;
+    assert_eq!(cache_header(&h), "hit");
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn a_seek_into_an_uncached_file_does_not_wait_for_the_whole_file() {
+    let node = TestNode::start().await;
+    let link = Link::start(&node.url).await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&link.url, 64 << 20)).await;
+    let data = pattern(6 << 20, 3);
+    let id = upload(&node, data.clone()).await;
+    link.set_rate(2_000_000);
+    let url = format!("{}/v1/files/{id}", edge.url);
+    let started = std::time::Instant::now();
+    let (s, h, body) = get(&url, &[("range", "bytes=5000000-5000099")]).await;
+    assert_eq!((s, cache_header(&h)), (StatusCode::PARTIAL_CONTENT, "miss"));
+    assert_eq!(h["content-range"], "bytes 5000000-5000099/6291456");
+    assert_eq!(body, &data[5_000_000..5_000_100]);
+    // The whole file would take three seconds over this link; the seek did not wait for it.
+    assert!(
+        edge.state.cache().files() == 0,
+        "answered before any fill finished"
+    );
+    // A range near the start joins the fill.
+    let (s, h, body) = get(&url, &[("range", "bytes=10-19")]).await;
+    assert_eq!((s, cache_header(&h)), (StatusCode::PARTIAL_CONTENT, "miss"));
+    assert_eq!(body, &data[10..20]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn least_recently_used_files_are_evicted_and_the_cache_survives_a_restart() {
+    let node = TestNode::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let size = 100_000;
+    let mut edge =
+        TestEdge::start(cache.path(), TestEdge::config(&node.url, 3 * size as u64)).await;
+    let mut ids = Vec::new();
+    for i in 0..4u8 {
+        ids.push(upload(&node, pattern(size, i)).await);
+    }
+    let fetch = |edge_url: String, id: String| async move {
+        let (s, h, body) = get(&format!("{edge_url}/v1/files/{id}"), &[]).await;
+        assert_eq!(s, StatusCode::OK);
+        (cache_header(&h).to_owned(), body)
+    };
+    for id in &ids[..3] {
+        assert_eq!(fetch(edge.url.clone(), id.clone()).await.0, "miss");
+    }
+    wait_until("three cached", Duration::from_secs(10), || async {
+        edge.state.cache().files() == 3
+    })
+    .await;
+    // Use the first again, then bring in a fourth: the second is the least recently used.
+    assert_eq!(fetch(edge.url.clone(), ids[0].clone()).await.0, "hit");
+    fetch(edge.url.clone(), ids[3].clone()).await;
+    wait_until("the fourth cached", Duration::from_secs(10), || async {
+        metric(&edge, "sluice_edge_evictions_total").await == 1
+    })
+    .await;
+    assert!(edge.state.cache().bytes() <= 3 * size as u64);
+    assert_eq!(fetch(edge.url.clone(), ids[0].clone()).await.0, "hit");
+    assert_eq!(fetch(edge.url.clone(), ids[3].clone()).await.0, "hit");
+    let (state, body) = fetch(edge.url.clone(), ids[1].clone()).await;
+    assert_eq!((state.as_str(), body), ("miss", pattern(size, 1)));
+
+    // A restarted edge has what it had.
+    wait_until("settled", Duration::from_secs(10), || async {
+        edge.state.cache().files() == 3
+    })
+    .await;
+    edge.stop().await;
+    edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 3 * size as u64)).await;
+    assert_eq!(edge.state.cache().files(), 3);
+    let (state, body) = fetch(edge.url.clone(), ids[1].clone()).await;
+    assert_eq!((state.as_str(), body), ("hit", pattern(size, 1)));
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn with_the_origin_down_cached_files_are_served_and_others_fail_fast() {
+    let node = TestNode::start().await;
+    let link = Link::start(&node.url).await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&link.url, 64 << 20)).await;
+    let cached = upload(&node, pattern(50_000, 4)).await;
+    let other = upload(&node, pattern(50_000, 5)).await;
+    get(&format!("{}/v1/files/{cached}", edge.url), &[]).await;
+    wait_until("cached", Duration::from_secs(10), || async {
+        edge.state.cache().files() == 1
+    })
+    .await;
+    link.set_down(true);
+    let (s, h, _) = get(&format!("{}/v1/files/{cached}", edge.url), &[]).await;
+    assert_eq!((s, cache_header(&h)), (StatusCode::OK, "hit"));
+    let started = std::time::Instant::now();
+    let (s, _, body) = get(&format!("{}/v1/files/{other}", edge.url), &[]).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("origin is unavailable"),
+        "{v}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "fails fast");
+
+    // Back by itself once the origin is.
+    link.set_down(false);
+    let (s, h, body) = get(&format!("{}/v1/files/{other}", edge.url), &[]).await;
+    assert_eq!((s, cache_header(&h)), (StatusCode::OK, "miss"));
+    assert_eq!(body, pattern(50_000, 5));
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn signed_urls_are_checked_and_signatures_stay_out_of_the_cache_key() {
+    let secrets = sluice_proto::SecretSet::parse("edge-secret,older").unwrap();
+    let access = sluice_storage::AccessPolicy {
+        url_secret: Some(secrets.clone()),
+        api_tokens: None,
+    };
+    let node = TestNode::start_with(NodeSettings {
+        access: access.clone(),
+        ..NodeSettings::default()
+    })
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    let mut config = TestEdge::config(&node.url, 64 << 20);
+    config.access = access;
+    let edge = TestEdge::start(cache.path(), config).await;
+    // Upload straight to the node (writes are open: no API token set).
+    let data = pattern(10_000, 6);
+    let id = upload(&node, data.clone()).await;
+    let path = format!("/v1/files/{id}");
+    let now = sluice_http::access::now_unix();
+    let sign = |expires: u64| sluice_proto::signature::sign_download(&secrets, &path, expires);
+
+    let (s, _, body) = get(&format!("{}{path}", edge.url), &[]).await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (s, h, body) = get(&format!("{}{}", edge.url, sign(now + 60)), &[]).await;
+    assert_eq!((s, cache_header(&h)), (StatusCode::OK, "miss"));
+    assert_eq!(body, data);
+    wait_until("cached", Duration::from_secs(10), || async {
+        edge.state.cache().files() == 1
+    })
+    .await;
+    // Another valid signature: the same cache entry.
+    let (s, h, _) = get(&format!("{}{}", edge.url, sign(now + 120)), &[]).await;
+    assert_eq!((s, cache_header(&h)), (StatusCode::OK, "hit"));
+    let tampered = sign(now + 60).replace(&format!("{}", now + 60), &format!("{}", now + 6000));
+    let expired = sign(now - 1);
+    for bad in [tampered, expired, format!("{path}?expires=x&sig=y")] {
+        let (s, h, body) = get(&format!("{}{bad}", edge.url), &[]).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{bad}");
+        assert_eq!(cache_header(&h), "", "refused before the cache: {bad}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["error"].is_string());
+    }
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn files_still_arriving_are_passed_through_never_cached() {
+    let node = TestNode::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
+    let image = sluice_testkit::images::progressive_jpeg(320, 240, 3);
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/v1/uploads", node.url))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", image.len())
+        .header(
+            "upload-metadata",
+            sluice_proto::tus::encode_metadata([("content-type", "image/jpeg"), ("q", "0.3")]),
+        )
+        .send()
+        .await
+        .unwrap();
+    let upload = format!("{}{}", node.url, r.headers()["location"].to_str().unwrap());
+    let patch = |offset: usize, bytes: Vec<u8>| {
+        client
+            .patch(&upload)
+            .header("tus-resumable", "1.0.0")
+            .header("upload-offset", offset)
+            .header("content-type", "application/offset+octet-stream")
+            .body(bytes)
+            .send()
+    };
+    let half = image.len() / 2;
+    let r = patch(0, image[..half].to_vec()).await.unwrap();
+    let id = r.headers()["sluice-file-id"].to_str().unwrap().to_owned();
+    let url = format!("{}/v1/files/{id}", edge.url);
+    for _ in 0..2 {
+        let (s, h, body) = get(&url, &[]).await;
+        assert_eq!((s, cache_header(&h)), (StatusCode::OK, "miss"));
+        assert_eq!(h["sluice-complete"], "false");
+        assert_eq!(
+            sluice_testkit::images::djpeg_dimensions(&body),
+            Ok((320, 240))
+        );
+    }
+    assert_eq!(edge.state.cache().files(), 0);
+    patch(half, image[half..].to_vec()).await.unwrap();
+    let (_, h, body) = get(&url, &[]).await;
+    assert_eq!(
+        (cache_header(&h), body.as_slice()),
+        ("miss", image.as_slice())
+    );
+    wait_until("cached once whole", Duration::from_secs(10), || async {
+        edge.state.cache().files() == 1
+    })
+    .await;
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_client_holds_nothing_back_and_tricks_get_clear_errors() {
+    let node = TestNode::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
+    let data = pattern(8 << 20, 7);
+    let id = upload(&node, data.clone()).await;
+    let url = format!("{}/v1/files/{id}", edge.url);
+    // A client that reads one chunk and stalls.
+    let mut stalled = reqwest::get(&url).await.unwrap();
+    stalled.chunk().await.unwrap();
+    // Another client gets everything, and the fill completes, while the first sits there.
+    let (s, _, body) = get(&url, &[]).await;
+    assert_eq!((s, body.len()), (StatusCode::OK, data.len()));
+    wait_until(
+        "cached despite the stalled client",
+        Duration::from_secs(10),
+        || async { edge.state.cache().files() == 1 },
+    )
+    .await;
+    drop(stalled);
+
+    // Path tricks never reach a file.
+    let raw = |path: &'static str| {
+        let addr = edge.url.trim_start_matches("http://").to_owned();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    for path in [
+        "/v1/files/../../etc/passwd",
+        "/v1/files/g1/..%2f..%2fetc%2fpasswd",
+        "/v1/files/%2e%2e/%2e%2e/etc/passwd",
+        "/v1/files/g1/aaaaaaaaaaaaaaaaaaaaaaaaaa/../../x",
+    ] {
+        let answer = raw(path).await;
+        let status: u16 = answer[9..12].parse().unwrap();
+        assert!(matches!(status, 400 | 404), "{path}: {answer}");
+    }
+    // Ranges that overflow; a huge query; repeated parameters.
+    for range in [
+        "bytes=18446744073709551615-",
+        "bytes=0-99999999999999999999999",
+        "bytes=5-1",
+    ] {
+        let (s, _, _) = get(&url, &[("range", range)]).await;
+        assert!(matches!(s.as_u16(), 200 | 206 | 400 | 416), "{range}: {s}");
+    }
+    let (s, _, _) = get(&url, &[("range", "bytes=18446744073709551615-")]).await;
+    assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
+    // A huge query is refused or ignored, never a server error (and never a different file).
+    let addr = edge.url.trim_start_matches("http://").to_owned();
+    let status = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /v1/files/{id}?x={} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "a".repeat(200_000)
+        );
+        let _ = s.write_all(request.as_bytes()).await;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out[..out.len().min(12)]).into_owned()
+    };
+    assert!(
+        status.is_empty() || status.starts_with("HTTP/1.1 4") || status.starts_with("HTTP/1.1 200"),
+        "{status}"
+    );
+    edge.stop().await;
+}
