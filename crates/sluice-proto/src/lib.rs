@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cluster;
 pub mod fileid;
+pub mod net;
 pub mod range;
 pub mod secret;
 pub mod signature;

@@ -2,6 +2,7 @@
 //! uploads go (`GET /v1/assign`, or a 307 from `POST /v1/files`), and routes reads to an active
 //! node of a file's group (302). It holds only soft state, so any number run side by side.
 
+mod edges;
 mod registry;
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, Heartbeat, HeartbeatAnswer};
 use sluice_proto::{ErrorBody, FileId, GroupName, SecretSet};
 use tokio::net::TcpListener;
 
+pub use edges::EdgeRegistry;
 pub use registry::{Placement, Registry, RetireError};
 
 #[derive(Debug, Clone)]
@@ -35,6 +37,10 @@ pub struct TrackerConfig {
     /// Where the members file lives (the tracker's `--data`); `None` keeps it in memory only.
     pub members_file: Option<std::path::PathBuf>,
     pub http: HttpLimits,
+    /// Client address prefixes and their regions, for routing without `?region=`.
+    pub regions: Vec<(sluice_proto::net::IpPrefix, String)>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<sluice_proto::net::IpPrefix>,
 }
 
 #[derive(Clone)]
@@ -44,6 +50,7 @@ pub struct TrackerState {
 
 struct Inner {
     registry: Registry,
+    edges: EdgeRegistry,
     config: TrackerConfig,
     metrics: Arc<HttpMetrics>,
     /// Checks nodes reported unreachable.
@@ -60,6 +67,7 @@ impl TrackerState {
         Self {
             inner: Arc::new(Inner {
                 registry,
+                edges: EdgeRegistry::new(config.offline_after),
                 config,
                 metrics: Arc::default(),
                 probe: reqwest::Client::builder()
@@ -73,9 +81,21 @@ impl TrackerState {
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
     }
+
+    pub fn edges(&self) -> &EdgeRegistry {
+        &self.inner.edges
+    }
+
+    pub fn config(&self) -> &TrackerConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn probe(&self) -> &reqwest::Client {
+        &self.inner.probe
+    }
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
         axum::Json(ErrorBody {
@@ -119,6 +139,10 @@ pub fn cluster_routes() -> Router<TrackerState> {
         .route("/v1/assign", get(assign))
         .route("/v1/cluster/unreachable", post(report_unreachable))
         .route("/v1/cluster/nodes/{id}", axum::routing::delete(retire_node))
+        .route("/v1/edges/heartbeat", post(edges::heartbeat))
+        .route("/v1/edges", get(edges::list))
+        .route("/v1/route/{*fileid}", get(edges::route))
+        .route("/v1/preload", post(edges::preload))
 }
 
 /// Serves the tracker on `listener` until `shutdown` resolves.
@@ -132,7 +156,7 @@ pub async fn run(
 }
 
 /// A cluster call without a valid cluster secret.
-struct Forbidden;
+pub(crate) struct Forbidden;
 
 impl IntoResponse for Forbidden {
     fn into_response(self) -> Response {
@@ -141,7 +165,7 @@ impl IntoResponse for Forbidden {
 }
 
 /// Cluster calls must carry one of the cluster secrets when any is set.
-fn check_secret(state: &TrackerState, headers: &HeaderMap) -> Result<(), Forbidden> {
+pub(crate) fn check_secret(state: &TrackerState, headers: &HeaderMap) -> Result<(), Forbidden> {
     let given = headers
         .get(CLUSTER_SECRET_HEADER)
         .and_then(|v| v.to_str().ok());
@@ -266,7 +290,7 @@ async fn assign(State(state): State<TrackerState>) -> Response {
     }
 }
 
-fn redirect(status: StatusCode, location: &str) -> Response {
+pub(crate) fn redirect(status: StatusCode, location: &str) -> Response {
     let mut r = status.into_response();
     match HeaderValue::from_str(location) {
         Ok(v) => {
@@ -314,7 +338,7 @@ async fn redirect_upload(
 }
 
 /// Why a file request cannot be routed.
-enum RouteError {
+pub(crate) enum RouteError {
     BadId(sluice_proto::FileIdError),
     GroupDown,
     UnknownGroup,
@@ -336,7 +360,7 @@ impl IntoResponse for RouteError {
 }
 
 /// Where a request for `text` should go: a node of its group.
-fn file_location(
+pub(crate) fn file_location(
     state: &TrackerState,
     text: &str,
     query: Option<String>,
@@ -383,7 +407,7 @@ async fn redirect_write(
     }
 }
 
-fn with_query(url: String, query: Option<String>) -> String {
+pub(crate) fn with_query(url: String, query: Option<String>) -> String {
     match query {
         Some(q) if !q.is_empty() => format!("{url}?{q}"),
         _ => url,
@@ -410,6 +434,12 @@ async fn render_metrics(State(state): State<TrackerState>) -> Response {
         "sluice_tracker_nodes",
         "Storage nodes known to this tracker.",
         nodes.count() as u64,
+    );
+    sluice_metrics::render_gauge(
+        &mut out,
+        "sluice_tracker_live_edges",
+        "Edges heard from recently.",
+        state.edges().view().iter().filter(|e| e.live).count() as u64,
     );
     sluice_metrics::render_gauge(
         &mut out,

@@ -131,6 +131,13 @@ pub struct TrackerArgs {
     /// How uploads are spread over groups.
     #[arg(long, value_enum, default_value = "most-free")]
     pub placement: PlacementArg,
+    /// Clients from an address prefix belong to a region, e.g. `10.8.0.0/16=eu`; repeat.
+    /// `GET /v1/route/{fileid}` sends them to an edge of that region.
+    #[arg(long = "region-map", value_name = "PREFIX=REGION")]
+    pub region_map: Vec<String>,
+    /// A proxy in front of this tracker whose X-Forwarded-For is believed; repeat.
+    #[arg(long = "trusted-proxy", value_name = "PREFIX")]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Args, Debug)]

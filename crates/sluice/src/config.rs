@@ -62,6 +62,10 @@ pub struct ServeConfig {
     /// Where `file.committed|completed|abandoned` events are POSTed (signed with
     /// `SLUICE_WEBHOOK_SECRET` when set).
     pub webhook_url: Option<String>,
+    /// Client address prefixes and their regions (`"10.8.0.0/16" = "eu"`), for edge routing.
+    pub regions: std::collections::BTreeMap<String, String>,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -92,8 +96,36 @@ impl Default for ServeConfig {
             default_q: 1.0,
             abandon_after_ms: 600_000,
             webhook_url: None,
+            regions: Default::default(),
+            trusted_proxies: Vec::new(),
         }
     }
+}
+
+/// `PREFIX -> REGION` pairs, checked.
+pub fn parse_regions<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) -> anyhow::Result<Vec<(sluice_proto::net::IpPrefix, String)>> {
+    pairs
+        .map(|(prefix, region)| {
+            anyhow::ensure!(
+                !region.is_empty()
+                    && region.len() <= 64
+                    && region.bytes().all(|b| b.is_ascii_graphic()),
+                "region {region:?} must be a short name without spaces"
+            );
+            Ok((
+                sluice_proto::net::IpPrefix::parse(prefix)?,
+                region.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+pub fn parse_prefixes(list: &[String]) -> anyhow::Result<Vec<sluice_proto::net::IpPrefix>> {
+    list.iter()
+        .map(|p| Ok(sluice_proto::net::IpPrefix::parse(p)?))
+        .collect()
 }
 
 impl ValidServeConfig {
@@ -237,6 +269,8 @@ impl ServeConfig {
             self.header_read_timeout_secs > 0 && self.body_idle_timeout_secs > 0,
             "header_read_timeout_secs and body_idle_timeout_secs must be at least 1"
         );
+        parse_regions(self.regions.iter().map(|(p, r)| (p.as_str(), r.as_str())))?;
+        parse_prefixes(&self.trusted_proxies)?;
         let blob = BlobStoreOptions {
             block_size,
             hot_cache: HotCacheLimits {

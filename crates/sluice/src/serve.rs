@@ -36,6 +36,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         access: crate::roles::access_policy(),
         cors: sluice_http::CorsPolicy::AnyOrigin,
         http: config.http_limits(),
+        regions: crate::config::parse_regions(
+            config
+                .raw
+                .regions
+                .iter()
+                .map(|(p, r)| (p.as_str(), r.as_str())),
+        )?,
+        trusted_proxies: crate::config::parse_prefixes(&config.raw.trusted_proxies)?,
     });
     let link = ClusterLink {
         trackers: Vec::new(),

@@ -18,6 +18,14 @@ pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("data directory {}", args.data.display()))?;
+    let regions = crate::config::parse_regions(
+        args.region_map
+            .iter()
+            .map(|pair| pair.split_once('=').unwrap_or((pair.as_str(), ""))),
+    )
+    .context("--region-map PREFIX=REGION")?;
+    let trusted_proxies =
+        crate::config::parse_prefixes(&args.trusted_proxies).context("--trusted-proxy")?;
     let secret = cluster_secret();
     if secret.is_none() {
         tracing::warn!(
@@ -35,6 +43,8 @@ pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
         access: crate::roles::access_policy(),
         cors: sluice_http::CorsPolicy::AnyOrigin,
         http: sluice_http::HttpLimits::default(),
+        regions,
+        trusted_proxies,
     });
     let listener = TcpListener::bind(args.http)
         .await

@@ -1,0 +1,223 @@
+//! Edges as processes in a cluster: they register with the tracker, which routes each region's
+//! clients to them (by `?region=`, or by address through trusted proxies) and asks them to
+//! preload; signed URLs hold at every step.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Served, curl, wait_for};
+
+const WAIT: Duration = Duration::from_secs(20);
+const SECRET: &str = "cluster-s3cret";
+const URL_SECRET: &str = "url-s3cret";
+const TOKEN: &str = "api-t0ken";
+
+fn env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("SLUICE_CLUSTER_SECRET", SECRET),
+        ("SLUICE_URL_SECRET", URL_SECRET),
+    ]
+}
+
+fn edge(dir: &std::path::Path, tracker: &Served, region: &str) -> Served {
+    Served::spawn(
+        &[
+            "edge",
+            "--origin",
+            &tracker.url,
+            "--http",
+            "127.0.0.1:0",
+            "--cache",
+            dir.to_str().unwrap(),
+            "--cache-size",
+            "64MiB",
+            "--region",
+            region,
+            "--tracker",
+            &tracker.url,
+        ],
+        &env(),
+    )
+}
+
+/// Status, headers and body of a GET (redirects not followed unless `-L` is in `extra`).
+fn get(url: &str, extra: &[&str]) -> (String, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("b");
+    let mut args = vec!["-sS", "-D", "-", "-o", body.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = curl(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = String::from_utf8_lossy(&out.stdout).into_owned();
+    let last = head
+        .rsplit("HTTP/1.1 ")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    (
+        last[..3].to_owned(),
+        last,
+        std::fs::read(body).unwrap_or_default(),
+    )
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+fn signed(path: &str) -> String {
+    let secrets = sluice_proto::SecretSet::parse(URL_SECRET).unwrap();
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    sluice_proto::signature::sign_download(&secrets, path, expires)
+}
+
+#[test]
+fn trackers_route_regions_to_their_edges_and_edges_preload() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut tracker_env = env();
+    tracker_env.push(("SLUICE_API_TOKEN", TOKEN));
+    let tracker = Served::spawn(
+        &[
+            "tracker",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            dirs[0].path().to_str().unwrap(),
+            "--region-map",
+            "127.0.0.0/8=asia",
+            "--region-map",
+            "10.9.0.0/16=eu",
+            "--trusted-proxy",
+            "127.0.0.1",
+        ],
+        &tracker_env,
+    );
+    let node = Served::spawn(
+        &[
+            "storage",
+            "--group",
+            "g1",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            dirs[1].path().to_str().unwrap(),
+            "--heartbeat-interval-ms",
+            "100",
+            "--tracker",
+            &tracker.url,
+        ],
+        &env(),
+    );
+    let eu = edge(dirs[2].path(), &tracker, "eu");
+    let asia = edge(dirs[3].path(), &tracker, "asia");
+    wait_for("both edges live and the node active", WAIT, || {
+        let out = curl(&["-sS", &format!("{}/v1/edges", tracker.url)]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let live = v["edges"]
+            .as_array()
+            .map_or(0, |e| e.iter().filter(|e| e["live"] == true).count());
+        let cluster = curl(&["-sS", &format!("{}/v1/cluster", tracker.url)]);
+        live == 2 && String::from_utf8_lossy(&cluster.stdout).contains("\"active\"")
+    });
+
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("clip.mp4");
+    let data: Vec<u8> = (0..400_000u32).map(|i| (i * 7) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let out = curl(&[
+        "-sS",
+        "-f",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &format!("{}/v1/files", node.url),
+    ]);
+    let fileid = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["fileid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let route = signed(&format!("/v1/files/{fileid}")).replacen("/v1/files/", "/v1/route/", 1);
+
+    // Unsigned: refused at the tracker, as at the node and the edges.
+    let (status, _, _) = get(&format!("{}/v1/route/{fileid}?region=eu", tracker.url), &[]);
+    assert_eq!(status, "403");
+    // ?region= picks the edge; the signature goes along (region does not).
+    let (status, head, _) = get(&format!("{}{route}&region=eu", tracker.url), &[]);
+    assert_eq!(status, "302");
+    let location = header(&head, "location").unwrap();
+    assert!(
+        location.starts_with(&format!("{}/v1/files/{fileid}?expires=", eu.url)),
+        "{location}"
+    );
+    assert!(!location.contains("region="), "{location}");
+    let (status, head, body) = get(&location, &[]);
+    assert_eq!(
+        (status.as_str(), header(&head, "sluice-cache").as_deref()),
+        ("200", Some("miss"))
+    );
+    assert_eq!(body, data);
+    // No parameter: the client's address decides. Straight from 127.0.0.1: asia.
+    let (_, head, _) = get(&format!("{}{route}", tracker.url), &[]);
+    assert!(header(&head, "location").unwrap().starts_with(&asia.url));
+    // Through a trusted proxy (127.0.0.1) for a client in 10.9/16: eu.
+    let (_, head, _) = get(
+        &format!("{}{route}", tracker.url),
+        &["-H", "X-Forwarded-For: 10.9.0.5"],
+    );
+    assert!(header(&head, "location").unwrap().starts_with(&eu.url));
+    // A region with no edge: the origin (a node of the file's group).
+    let (_, head, _) = get(&format!("{}{route}&region=mars", tracker.url), &[]);
+    assert!(header(&head, "location").unwrap().starts_with(&node.url));
+
+    // Preload: authenticated, then the asia edge has the file before anyone asks it.
+    let body = format!("{{\"fileid\":\"{fileid}\",\"region\":\"asia\"}}");
+    let preload = |token: Option<&str>| {
+        let mut args = vec![
+            "-sS".to_owned(),
+            "-o".into(),
+            "/dev/null".into(),
+            "-w".into(),
+            "%{http_code}".into(),
+            "-X".into(),
+            "POST".into(),
+            "-H".into(),
+            "Content-Type: application/json".into(),
+            "--data".into(),
+            body.clone(),
+        ];
+        if let Some(t) = token {
+            args.push("-H".into());
+            args.push(format!("Authorization: Bearer {t}"));
+        }
+        args.push(format!("{}/v1/preload", tracker.url));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        String::from_utf8_lossy(&curl(&args).stdout).into_owned()
+    };
+    assert_eq!(preload(None), "401");
+    assert_eq!(preload(Some(TOKEN)), "202");
+    wait_for("the asia edge preloaded the file", WAIT, || {
+        let out = curl(&["-sS", &format!("{}/metrics", asia.url)]);
+        String::from_utf8_lossy(&out.stdout).contains("sluice_edge_cache_files 1")
+    });
+    let (status, head, body) = get(
+        &format!("{}{}", asia.url, signed(&format!("/v1/files/{fileid}"))),
+        &[],
+    );
+    assert_eq!(
+        (status.as_str(), header(&head, "sluice-cache").as_deref()),
+        ("200", Some("hit"))
+    );
+    assert_eq!(body, data);
+}
