@@ -223,13 +223,14 @@ async fn least_recently_used_files_are_evicted_and_the_cache_survives_a_restart(
         assert_eq!(s, StatusCode::OK);
         (cache_header(&h).to_owned(), body)
     };
-    for id in &ids[..3] {
+    // One at a time, each cached before the next, so their order of use is known.
+    for (n, id) in ids[..3].iter().enumerate() {
         assert_eq!(fetch(edge.url.clone(), id.clone()).await.0, "miss");
+        wait_until("cached in turn", Duration::from_secs(10), || async {
+            edge.state.cache().files() == n as u64 + 1
+        })
+        .await;
     }
-    wait_until("three cached", Duration::from_secs(10), || async {
-        edge.state.cache().files() == 3
-    })
-    .await;
     // Use the first again, then bring in a fourth: the second is the least recently used.
     assert_eq!(fetch(edge.url.clone(), ids[0].clone()).await.0, "hit");
     fetch(edge.url.clone(), ids[3].clone()).await;

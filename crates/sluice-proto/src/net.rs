@@ -90,7 +90,7 @@ pub fn client_address(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpPr
 }
 
 /// The region of the longest prefix in `map` that holds `ip`.
-pub fn region_of<'a>(ip: IpAddr, map: &'a [(IpPrefix, String)]) -> Option<&'a str> {
+pub fn region_of(ip: IpAddr, map: &[(IpPrefix, String)]) -> Option<&str> {
     map.iter()
         .filter(|(p, _)| p.contains(ip))
         .max_by_key(|(p, _)| p.len())
