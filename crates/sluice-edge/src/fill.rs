@@ -174,10 +174,8 @@ async fn run(edge: &EdgeState, id: &FileId, fill: &Fill) -> FillState {
             return FillState::Refused(Refusal::NoSpool(e.to_string()));
         }
     };
-    fill.state.send_replace(FillState::Receiving {
-        head: head.clone(),
-        received: 0,
-    });
+    // Clients join once the first bytes are safely in the spool: if the spool cannot take
+    // them (a full disk), they are proxied instead of starting a body that cannot finish.
     let mut received = 0u64;
     let mut body = response.bytes_stream();
     while let Some(chunk) = body.next().await {

@@ -480,3 +480,69 @@ async fn a_slow_client_holds_nothing_back_and_tricks_get_clear_errors() {
     );
     edge.stop().await;
 }
+
+/// A small filesystem of its own for the cache (tmpfs; the tests run as root, as CI does).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CI runs tests as root)"
+        );
+        Self { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_cache_disk_filled_by_another_process_degrades_to_proxying() {
+    let disk = SmallDisk::mount("4m");
+    let node = TestNode::start().await;
+    let cache = disk.dir.path().join("cache");
+    let edge = TestEdge::start(&cache, TestEdge::config(&node.url, 64 << 20)).await;
+    let data = pattern(1 << 20, 8);
+    let id = upload(&node, data.clone()).await;
+    // Another process takes every byte left on the disk.
+    let hog = disk.dir.path().join("hog");
+    let mut f = std::fs::File::create(&hog).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    use std::io::Write;
+    while f.write_all(&chunk).is_ok() {}
+    let _ = f.sync_all();
+    drop(f);
+    let url = format!("{}/v1/files/{id}", edge.url);
+    for _ in 0..2 {
+        let (s, h, body) = get(&url, &[]).await;
+        assert_eq!((s, cache_header(&h)), (StatusCode::OK, "miss"));
+        assert_eq!(body, data, "served whole, straight from the origin");
+    }
+    assert_eq!(edge.state.cache().files(), 0);
+    // Room again: caching resumes by itself.
+    std::fs::remove_file(&hog).unwrap();
+    get(&url, &[]).await;
+    wait_until(
+        "cached once there is room",
+        Duration::from_secs(10),
+        || async { edge.state.cache().files() == 1 },
+    )
+    .await;
+    let (_, h, body) = get(&url, &[]).await;
+    assert_eq!((cache_header(&h), body), ("hit", data));
+    edge.stop().await;
+}
