@@ -336,7 +336,13 @@ async fn signed_urls_are_checked_and_signatures_stay_out_of_the_cache_key() {
     assert_eq!((s, cache_header(&h)), (StatusCode::OK, "hit"));
     let tampered = sign(now + 60).replace(&format!("{}", now + 60), &format!("{}", now + 6000));
     let expired = sign(now - 1);
-    for bad in [tampered, expired, format!("{path}?expires=x&sig=y")] {
+    let repeated = format!("{}&expires={}", sign(now + 60), now + 60);
+    for bad in [
+        tampered,
+        expired,
+        format!("{path}?expires=x&sig=y"),
+        repeated,
+    ] {
         let (s, h, body) = get(&format!("{}{bad}", edge.url), &[]).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{bad}");
         assert_eq!(cache_header(&h), "", "refused before the cache: {bad}");

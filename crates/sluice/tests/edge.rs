@@ -221,3 +221,46 @@ fn trackers_route_regions_to_their_edges_and_edges_preload() {
     );
     assert_eq!(body, data);
 }
+
+#[test]
+fn a_bad_edge_command_line_is_one_line_and_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().to_str().unwrap();
+    for args in [
+        vec![
+            "edge",
+            "--origin",
+            "nonsense",
+            "--http",
+            "127.0.0.1:0",
+            "--cache",
+            cache,
+        ],
+        vec![
+            "edge",
+            "--origin",
+            "http://127.0.0.1:1",
+            "--cache-size",
+            "lots",
+            "--cache",
+            cache,
+        ],
+        vec![
+            "edge",
+            "--origin",
+            "http://127.0.0.1:1",
+            "--cache-size",
+            "0",
+            "--cache",
+            cache,
+        ],
+    ] {
+        let out = common::sluice(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        assert!(
+            !text.is_empty() && text.lines().count() <= 3,
+            "{args:?}: {text}"
+        );
+    }
+}
