@@ -347,10 +347,19 @@ pub(crate) async fn preload(
     Path(text): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, EdgeError> {
+    let config = edge.config();
+    let guarded = config.access.url_secret.is_some() || config.access.api_tokens.is_some();
+    if guarded && config.cluster_secret.is_none() {
+        // As on storage nodes: with private media but no cluster secret, internal routes
+        // would be open to anyone; they are closed instead.
+        return Err(EdgeError::Forbidden(
+            "internal routes are off: SLUICE_URL_SECRET or SLUICE_API_TOKEN is set without SLUICE_CLUSTER_SECRET",
+        ));
+    }
     let given = headers
         .get(sluice_proto::cluster::CLUSTER_SECRET_HEADER)
         .and_then(|v| v.to_str().ok());
-    if !SecretSet::admits(edge.config().cluster_secret.as_ref(), given) {
+    if !SecretSet::admits(config.cluster_secret.as_ref(), given) {
         return Err(EdgeError::Forbidden("missing or wrong cluster secret"));
     }
     let id = FileId::parse(&text)

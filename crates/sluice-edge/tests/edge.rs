@@ -336,6 +336,13 @@ async fn signed_urls_are_checked_and_signatures_stay_out_of_the_cache_key() {
     assert_eq!((s, cache_header(&h)), (StatusCode::OK, "hit"));
     let tampered = sign(now + 60).replace(&format!("{}", now + 60), &format!("{}", now + 6000));
     let expired = sign(now - 1);
+    // With private media and no cluster secret, the internal preload route is closed.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/internal/preload/{id}", edge.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let repeated = format!("{}&expires={}", sign(now + 60), now + 60);
     for bad in [
         tampered,
