@@ -9,6 +9,7 @@ needed=()
 command -v python3 >/dev/null 2>&1 || needed+=(python3 python3-pip)
 command -v curl >/dev/null 2>&1 || needed+=(curl)
 command -v djpeg >/dev/null 2>&1 || needed+=(libjpeg-turbo-progs)
+command -v ffmpeg >/dev/null 2>&1 || needed+=(ffmpeg)
 if [ ${#needed[@]} -gt 0 ]; then
   echo "test.sh: installing ${needed[*]}" >&2
   sudo=""

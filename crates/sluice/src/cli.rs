@@ -15,8 +15,11 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run a single-node Sluice: storage and the HTTP API in one process.
-    Serve(ServeArgs),
+    /// Run a single-node Sluice: storage, the HTTP API and (with --rtmp) live streaming in one
+    /// process.
+    Serve(ServeCmd),
+    /// Run the live role alone: RTMP in, RTMP and HTTP-FLV out.
+    Live(LiveArgs),
     /// Run a tracker: the registry of storage nodes, upload placement and read routing.
     Tracker(TrackerArgs),
     /// Run a storage node of a group, registered with one or more trackers.
@@ -66,6 +69,29 @@ pub struct ServeArgs {
     /// Free space kept back; below it, trackers send this node no uploads.
     #[arg(long)]
     pub free_space_reserve: Option<ByteSize>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeCmd {
+    #[command(flatten)]
+    pub node: ServeArgs,
+    /// Address for RTMP (publish and play), e.g. 127.0.0.1:1935; live streaming is off
+    /// without it (or `rtmp` in the config file).
+    #[arg(long)]
+    pub rtmp: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug)]
+pub struct LiveArgs {
+    /// Address for RTMP (publish and play).
+    #[arg(long, default_value = "127.0.0.1:1935")]
+    pub rtmp: SocketAddr,
+    /// Address for HTTP-FLV and the stream list.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub http: SocketAddr,
+    /// Trackers of the cluster (where recordings will be stored); repeat for several.
+    #[arg(long = "tracker")]
+    pub trackers: Vec<String>,
 }
 
 #[derive(Args, Debug)]

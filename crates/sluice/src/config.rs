@@ -66,6 +66,10 @@ pub struct ServeConfig {
     pub regions: std::collections::BTreeMap<String, String>,
     /// Proxies whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<String>,
+    /// `sluice serve`: RTMP address for live streaming (off when unset).
+    pub rtmp: Option<SocketAddr>,
+    /// Most bytes per second one RTMP publisher may send; a faster one is cut off as a flood.
+    pub rtmp_max_ingest_rate: ByteSize,
 }
 
 impl Default for ServeConfig {
@@ -98,6 +102,8 @@ impl Default for ServeConfig {
             webhook_url: None,
             regions: Default::default(),
             trusted_proxies: Vec::new(),
+            rtmp: None,
+            rtmp_max_ingest_rate: ByteSize(12_500_000),
         }
     }
 }
@@ -268,6 +274,10 @@ impl ServeConfig {
         anyhow::ensure!(
             self.header_read_timeout_secs > 0 && self.body_idle_timeout_secs > 0,
             "header_read_timeout_secs and body_idle_timeout_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.rtmp_max_ingest_rate.0 >= 1024,
+            "rtmp_max_ingest_rate must be at least 1KiB"
         );
         parse_regions(self.regions.iter().map(|(p, r)| (p.as_str(), r.as_str())))?;
         parse_prefixes(&self.trusted_proxies)?;

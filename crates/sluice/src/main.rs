@@ -5,6 +5,7 @@ mod cli;
 mod client_cmds;
 mod config;
 mod edge;
+mod live;
 mod progress;
 mod roles;
 mod serve;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
 async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         cli::Command::Serve(args) => serve::run(args).await.map(|()| ExitCode::SUCCESS),
+        cli::Command::Live(args) => live::run(args).await.map(|()| ExitCode::SUCCESS),
         cli::Command::Tracker(args) => tracker::run(args).await.map(|()| ExitCode::SUCCESS),
         cli::Command::Storage(args) => storage::run(args).await.map(|()| ExitCode::SUCCESS),
         cli::Command::Edge(args) => edge::run(args).await.map(|()| ExitCode::SUCCESS),

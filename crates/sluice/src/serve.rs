@@ -9,15 +9,18 @@ use sluice_storage::cluster::{self, ClusterLink};
 use sluice_tracker::{Placement, TrackerConfig, TrackerState};
 use tokio::net::TcpListener;
 
-use crate::cli::ServeArgs;
+use crate::cli::ServeCmd;
 use crate::config::ServeConfig;
 use crate::roles::{
     Background, init_logging, open_store, scrub_config, serve_until_signal, storage_state,
 };
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     init_logging();
-    let config = ServeConfig::load(&args)?;
+    let mut config = ServeConfig::load(&args.node)?;
+    if args.rtmp.is_some() {
+        config.raw.rtmp = args.rtmp;
+    }
     let state = storage_state(&config, open_store(&config).await?, None)?;
     let store = state.store().clone();
     let listener = TcpListener::bind(config.raw.http)
@@ -79,8 +82,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         background.stopped(),
     ));
 
+    // Live streaming, when an RTMP address is configured.
+    let live = sluice_live::LiveState::new(sluice_live::LiveConfig {
+        access: crate::roles::access_policy(),
+        max_ingest_rate: config.raw.rtmp_max_ingest_rate.0,
+        ..sluice_live::LiveConfig::default()
+    });
+    let rtmp_addr = match config.raw.rtmp {
+        None => None,
+        Some(addr) => {
+            let rtmp = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for RTMP on {addr}"))?;
+            let bound = rtmp.local_addr()?;
+            background.spawn({
+                let (live, stopped) = (live.clone(), background.stopped());
+                async move {
+                    if let Err(e) = sluice_live::run_rtmp(rtmp, live, stopped).await {
+                        tracing::error!(error = %e, "RTMP listener failed");
+                    }
+                }
+            });
+            Some(bound)
+        }
+    };
     tracing::info!(
         http = %url,
+        rtmp = %rtmp_addr.map(|a| format!("rtmp://{a}")).unwrap_or_else(|| "off".into()),
         data = %config.raw.data.display(),
         group = %config.group,
         files = store.files(),
@@ -91,8 +119,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "listening on {addr}, beyond loopback, with no API token: anyone who can reach it can upload and delete"
         );
     }
-    let router =
-        sluice_storage::router(state).merge(sluice_tracker::cluster_routes().with_state(tracker));
+    let router = sluice_storage::router(state)
+        .merge(sluice_tracker::cluster_routes().with_state(tracker))
+        .merge(sluice_live::routes(live));
     let limits = config.http_limits();
     serve_until_signal(
         Duration::from_secs(config.raw.shutdown_grace_secs),

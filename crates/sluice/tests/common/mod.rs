@@ -14,6 +14,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 pub struct Served {
     pub child: Child,
     pub url: String,
+    /// `rtmp://host:port` when the role listens for RTMP.
+    pub rtmp: Option<String>,
     pub log: mpsc::Receiver<String>,
 }
 
@@ -50,21 +52,27 @@ impl Served {
                 }
             }
         });
-        let url = loop {
+        let field = |line: &str, name: &str| {
+            line.split(name).nth(1).map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        };
+        let (url, rtmp) = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("sluice serve logs its address within 30 s");
-            if let Some(rest) = line.split("http=").nth(1) {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
+            if let Some(url) = field(&line, "http=") {
+                let rtmp = field(&line, "rtmp=").filter(|r| r.starts_with("rtmp://"));
+                break (url, rtmp);
             }
         };
         Self {
             child,
             url,
+            rtmp,
             log: rx,
         }
     }

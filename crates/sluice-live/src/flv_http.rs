@@ -1,0 +1,125 @@
+//! HTTP-FLV: `GET /live/{app}/{stream}.flv` streams a live stream as an endless FLV file
+//! (what mpegts.js and ffplay read), starting at the last keyframe.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use sluice_media::flv;
+use tokio::sync::broadcast;
+
+use crate::LiveState;
+use crate::hub::{Frame, Subscription};
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(sluice_proto::ErrorBody {
+            error: message.to_owned(),
+        }),
+    )
+        .into_response()
+}
+
+pub(crate) async fn play(
+    State(state): State<LiveState>,
+    uri: Uri,
+    Path((app, file)): Path<(String, String)>,
+) -> Response {
+    if let Err(denied) = state.config().access.check_read(&uri) {
+        return denied.into_response();
+    }
+    let Some(stream) = file.strip_suffix(".flv") else {
+        return error(StatusCode::NOT_FOUND, "live streams are served as .flv");
+    };
+    let Some(channel) = state.hub().get(&app, stream) else {
+        return error(StatusCode::NOT_FOUND, "no such live stream");
+    };
+    let has_video = channel.has_video();
+    let header = Bytes::copy_from_slice(&flv::header(channel.has_audio(), has_video));
+    let subscription = channel.subscribe();
+    let body = futures_util::stream::unfold(
+        (subscription, Some(header), false, has_video),
+        |(mut sub, header, mut skipping, has_video)| async move {
+            if let Some(h) = header {
+                let mut out = BytesMut::from(&h[..]);
+                for f in std::mem::take(&mut sub.start) {
+                    out.extend_from_slice(&f.flv_bytes());
+                }
+                return Some((
+                    Ok::<_, std::convert::Infallible>(out.freeze()),
+                    (sub, None, skipping, has_video),
+                ));
+            }
+            let frames = next_frames(&mut sub, &mut skipping, has_video).await?;
+            let mut out = BytesMut::new();
+            for f in frames {
+                out.extend_from_slice(&f.flv_bytes());
+            }
+            Some((Ok(out.freeze()), (sub, None, skipping, has_video)))
+        },
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "video/x-flv")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// The next frames for an HTTP-FLV player; `None` when the stream ended or the player is too
+/// far behind to catch up.
+async fn next_frames(
+    sub: &mut Subscription,
+    skipping: &mut bool,
+    has_video: bool,
+) -> Option<Vec<Arc<Frame>>> {
+    let mut lags = 0;
+    loop {
+        let first = tokio::select! {
+            frame = sub.live.recv() => frame,
+            () = crate::hub::ended(&mut sub.ended) => return None,
+        };
+        let mut frames = Vec::new();
+        let mut next = Ok(first);
+        loop {
+            match next {
+                Ok(Ok(frame)) => {
+                    if *skipping && (frame.keyframe || !has_video) {
+                        *skipping = false;
+                    }
+                    if !*skipping {
+                        frames.push(frame);
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    lags += 1;
+                    if lags > 5 {
+                        return None;
+                    }
+                    *skipping = true;
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                Err(()) => break,
+            }
+            if frames.len() >= 64 {
+                break;
+            }
+            next = match sub.live.try_recv() {
+                Ok(f) => Ok(Ok(f)),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Ok(Err(broadcast::error::RecvError::Lagged(n)))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    Ok(Err(broadcast::error::RecvError::Closed))
+                }
+                Err(broadcast::error::TryRecvError::Empty) => Err(()),
+            };
+        }
+        if !frames.is_empty() {
+            return Some(frames);
+        }
+    }
+}

@@ -1,0 +1,419 @@
+//! The stream hub: one [`Channel`] per live stream, owned by its publisher, fanned out to any
+//! number of players.
+//!
+//! Each frame is one [`Frame`] shared by every player (an `Arc`), and its wire encodings (RTMP
+//! chunks, FLV tag) are made once, on first use, and shared too: a thousand players cost one
+//! encoding, not a thousand copies. The fan-out is a bounded broadcast channel: the publisher
+//! never waits for anyone; a player that falls behind by more than the channel holds is told
+//! so and skips to the next keyframe, and one that keeps falling behind is dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use sluice_media::flv;
+use sluice_rtmp::Message;
+use sluice_rtmp::amf0::{self, Amf0};
+use tokio::sync::{broadcast, watch};
+
+/// Frames a player may be behind before it skips to the next keyframe.
+pub const PLAYER_BACKLOG: usize = 512;
+/// Most bytes of the current group of pictures kept for players that join.
+pub const GOP_CACHE_BYTES: usize = 16 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    Audio,
+    Video,
+    /// `onMetaData`.
+    Data,
+}
+
+impl FrameKind {
+    fn type_id(self) -> u8 {
+        match self {
+            FrameKind::Audio => flv::TAG_AUDIO,
+            FrameKind::Video => flv::TAG_VIDEO,
+            FrameKind::Data => flv::TAG_SCRIPT,
+        }
+    }
+
+    fn csid(self) -> u32 {
+        match self {
+            FrameKind::Audio => sluice_rtmp::message::CSID_AUDIO,
+            FrameKind::Video => sluice_rtmp::message::CSID_VIDEO,
+            FrameKind::Data => sluice_rtmp::message::CSID_DATA,
+        }
+    }
+}
+
+/// One audio, video or metadata message of a stream, shared by every player.
+pub struct Frame {
+    pub kind: FrameKind,
+    pub timestamp: u32,
+    pub payload: Bytes,
+    pub keyframe: bool,
+    /// RTMP chunks for the usual player (message stream 1, our chunk size).
+    rtmp: OnceLock<Bytes>,
+    flv: OnceLock<Bytes>,
+}
+
+/// The message stream id almost every player gets from createStream.
+pub const USUAL_STREAM_ID: u32 = 1;
+
+impl Frame {
+    pub fn new(kind: FrameKind, timestamp: u32, payload: Bytes) -> Arc<Self> {
+        let keyframe = kind == FrameKind::Video
+            && flv::video_info(&payload).is_some_and(|v| v.keyframe && !v.sequence_header);
+        Arc::new(Self {
+            kind,
+            timestamp,
+            payload,
+            keyframe,
+            rtmp: OnceLock::new(),
+            flv: OnceLock::new(),
+        })
+    }
+
+    fn message(&self, stream_id: u32) -> Message {
+        Message {
+            csid: self.kind.csid(),
+            timestamp: self.timestamp,
+            type_id: self.kind.type_id(),
+            stream_id,
+            payload: self.payload.clone(),
+        }
+    }
+
+    /// The frame as RTMP chunks for a player on `stream_id` receiving chunks of `chunk_size`.
+    pub fn rtmp_bytes(&self, stream_id: u32, chunk_size: u32) -> Bytes {
+        let encode = || sluice_rtmp::chunk::encode_to_bytes(&self.message(stream_id), chunk_size);
+        if stream_id == USUAL_STREAM_ID && chunk_size == crate::CHUNK_SIZE {
+            self.rtmp.get_or_init(encode).clone()
+        } else {
+            encode()
+        }
+    }
+
+    /// The frame as an FLV tag.
+    pub fn flv_bytes(&self) -> Bytes {
+        self.flv
+            .get_or_init(|| flv::tag(self.kind.type_id(), self.timestamp, &self.payload))
+            .clone()
+    }
+}
+
+/// What `/v1/live/streams` says of a stream.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StreamInfo {
+    pub app: String,
+    pub stream: String,
+    pub video_codec: Option<String>,
+    pub audio_codec: Option<String>,
+    pub width: Option<f64>,
+    pub height: Option<f64>,
+    pub frame_rate: Option<f64>,
+    /// Bits per second received, averaged since the publish began.
+    pub bitrate: u64,
+    pub players: usize,
+    pub uptime_secs: u64,
+}
+
+#[derive(Default)]
+struct ChannelState {
+    metadata: Option<Arc<Frame>>,
+    video_header: Option<Arc<Frame>>,
+    audio_header: Option<Arc<Frame>>,
+    /// From the last keyframe on.
+    gop: Vec<Arc<Frame>>,
+    gop_bytes: usize,
+    video_codec: Option<flv::VideoCodec>,
+    audio_codec: Option<flv::AudioCodec>,
+}
+
+/// One live stream.
+pub struct Channel {
+    pub app: String,
+    pub name: String,
+    started: Instant,
+    state: Mutex<ChannelState>,
+    tx: broadcast::Sender<Arc<Frame>>,
+    ended: watch::Sender<bool>,
+    pub bytes_in: AtomicU64,
+    pub players: AtomicUsize,
+}
+
+/// What a new player starts with, and where the rest comes from.
+pub struct Subscription {
+    /// Metadata, sequence headers and the current GOP, in order.
+    pub start: Vec<Arc<Frame>>,
+    pub live: broadcast::Receiver<Arc<Frame>>,
+    pub ended: watch::Receiver<bool>,
+    _count: PlayerCount,
+}
+
+/// Counts a player for as long as it lives.
+struct PlayerCount(Arc<Channel>);
+
+impl Drop for PlayerCount {
+    fn drop(&mut self) {
+        self.0.players.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Channel {
+    fn new(app: &str, name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            app: app.to_owned(),
+            name: name.to_owned(),
+            started: Instant::now(),
+            state: Mutex::default(),
+            tx: broadcast::channel(PLAYER_BACKLOG).0,
+            ended: watch::channel(false).0,
+            bytes_in: AtomicU64::new(0),
+            players: AtomicUsize::new(0),
+        })
+    }
+
+    /// A frame from the publisher: kept as needed for late joiners, and sent to every player.
+    pub fn publish(&self, frame: Arc<Frame>) {
+        self.bytes_in
+            .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        match frame.kind {
+            FrameKind::Data => s.metadata = Some(frame.clone()),
+            FrameKind::Video => {
+                if let Some(info) = flv::video_info(&frame.payload) {
+                    s.video_codec = Some(info.codec);
+                    if info.sequence_header {
+                        s.video_header = Some(frame.clone());
+                    } else if frame.keyframe {
+                        s.gop.clear();
+                        s.gop_bytes = 0;
+                    }
+                }
+            }
+            FrameKind::Audio => {
+                if let Some(info) = flv::audio_info(&frame.payload) {
+                    s.audio_codec = Some(info.codec);
+                    if info.sequence_header {
+                        s.audio_header = Some(frame.clone());
+                    }
+                }
+            }
+        }
+        let is_header = matches!(frame.kind, FrameKind::Data)
+            || s.video_header
+                .as_ref()
+                .is_some_and(|h| Arc::ptr_eq(h, &frame))
+            || s.audio_header
+                .as_ref()
+                .is_some_and(|h| Arc::ptr_eq(h, &frame));
+        // Audio-only streams have no keyframes: keep a bounded tail of them instead.
+        if !is_header && (s.gop_bytes + frame.payload.len() <= GOP_CACHE_BYTES || s.gop.is_empty())
+        {
+            s.gop_bytes += frame.payload.len();
+            s.gop.push(frame.clone());
+        } else if !is_header && s.video_codec.is_none() {
+            let dropped = s.gop.remove(0);
+            s.gop_bytes -= dropped.payload.len();
+            s.gop_bytes += frame.payload.len();
+            s.gop.push(frame.clone());
+        }
+        // Sent while the state is locked, so a subscriber sees each frame exactly once:
+        // either in its start set or from the channel.
+        let _ = self.tx.send(frame);
+    }
+
+    pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut start: Vec<Arc<Frame>> = Vec::new();
+        start.extend(s.metadata.clone());
+        start.extend(s.video_header.clone());
+        start.extend(s.audio_header.clone());
+        start.extend(s.gop.iter().cloned());
+        let live = self.tx.subscribe();
+        drop(s);
+        self.players.fetch_add(1, Ordering::Relaxed);
+        Subscription {
+            start,
+            live,
+            ended: self.ended.subscribe(),
+            _count: PlayerCount(self.clone()),
+        }
+    }
+
+    /// The publisher is gone: players are told and finish.
+    pub fn end(&self) {
+        self.ended.send_replace(true);
+    }
+
+    pub fn has_audio(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| s.audio_codec.is_some())
+            .unwrap_or(false)
+    }
+
+    pub fn has_video(&self) -> bool {
+        self.state
+            .lock()
+            .map(|s| s.video_codec.is_some())
+            .unwrap_or(false)
+    }
+
+    pub fn info(&self) -> StreamInfo {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = s
+            .metadata
+            .as_ref()
+            .and_then(|m| amf0::decode_all(&m.payload).ok())
+            .and_then(|v| v.into_iter().nth(1));
+        let number = |key: &str| {
+            meta.as_ref()
+                .and_then(|m| m.get(key))
+                .and_then(Amf0::as_number)
+        };
+        let uptime = self.started.elapsed();
+        StreamInfo {
+            app: self.app.clone(),
+            stream: self.name.clone(),
+            video_codec: s.video_codec.map(|c| c.name().to_owned()),
+            audio_codec: s.audio_codec.map(|c| c.name().to_owned()),
+            width: number("width"),
+            height: number("height"),
+            frame_rate: number("framerate").or_else(|| number("fps")),
+            bitrate: (self.bytes_in.load(Ordering::Relaxed) as f64 * 8.0
+                / uptime.as_secs_f64().max(1.0)) as u64,
+            players: self.players.load(Ordering::Relaxed),
+            uptime_secs: uptime.as_secs(),
+        }
+    }
+}
+
+/// Every live stream, by app and name.
+#[derive(Default)]
+pub struct Hub {
+    channels: Mutex<HashMap<(String, String), Arc<Channel>>>,
+}
+
+impl Hub {
+    /// Starts a stream; `None` when it already has a publisher.
+    pub fn start(&self, app: &str, name: &str) -> Option<Arc<Channel>> {
+        let mut map = self.channels.lock().ok()?;
+        let key = (app.to_owned(), name.to_owned());
+        if map.contains_key(&key) {
+            return None;
+        }
+        let channel = Channel::new(app, name);
+        map.insert(key, channel.clone());
+        Some(channel)
+    }
+
+    /// Ends a stream (its publisher left).
+    pub fn stop(&self, channel: &Arc<Channel>) {
+        channel.end();
+        if let Ok(mut map) = self.channels.lock() {
+            let key = (channel.app.clone(), channel.name.clone());
+            if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, channel)) {
+                map.remove(&key);
+            }
+        }
+    }
+
+    pub fn get(&self, app: &str, name: &str) -> Option<Arc<Channel>> {
+        self.channels
+            .lock()
+            .ok()?
+            .get(&(app.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    pub fn list(&self) -> Vec<StreamInfo> {
+        let channels: Vec<Arc<Channel>> = self
+            .channels
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        let mut out: Vec<StreamInfo> = channels.iter().map(|c| c.info()).collect();
+        out.sort_by(|a, b| (&a.app, &a.stream).cmp(&(&b.app, &b.stream)));
+        out
+    }
+}
+
+/// Metadata as players receive it: `onMetaData` and its object (the `@setDataFrame` wrapper
+/// publishers send is not for players).
+pub fn metadata_payload(values: &[Amf0]) -> Bytes {
+    Bytes::from(amf0::encode_all(values))
+}
+
+/// Resolves once `flag` is true (or its sender is gone); holds no lock across the wait's end.
+pub async fn ended(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|e| *e).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video(ts: u32, key: bool) -> Arc<Frame> {
+        let b0 = if key { 0x17 } else { 0x27 };
+        Frame::new(
+            FrameKind::Video,
+            ts,
+            Bytes::from(vec![b0, 1, 0, 0, 0, 9, 9]),
+        )
+    }
+
+    #[test]
+    fn late_joiners_start_at_the_last_keyframe_with_headers() {
+        let hub = Hub::default();
+        let ch = hub.start("live", "cam").unwrap();
+        assert!(
+            hub.start("live", "cam").is_none(),
+            "one publisher per stream"
+        );
+        ch.publish(Frame::new(
+            FrameKind::Video,
+            0,
+            Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]),
+        ));
+        ch.publish(Frame::new(
+            FrameKind::Audio,
+            0,
+            Bytes::from_static(&[0xAF, 0, 0x12, 0x10]),
+        ));
+        for ts in 0..10 {
+            ch.publish(video(ts * 40, ts % 5 == 0));
+        }
+        let sub = ch.subscribe();
+        let ts: Vec<u32> = sub.start.iter().map(|f| f.timestamp).collect();
+        // Two headers, then the GOP from the keyframe at 200 ms.
+        assert_eq!(ts, vec![0, 0, 200, 240, 280, 320, 360]);
+        assert!(sub.start[2].keyframe);
+        assert_eq!(ch.players.load(Ordering::Relaxed), 1);
+        drop(sub);
+        assert_eq!(ch.players.load(Ordering::Relaxed), 0);
+        let info = ch.info();
+        assert_eq!(
+            (info.video_codec.as_deref(), info.audio_codec.as_deref()),
+            (Some("h264"), Some("aac"))
+        );
+        hub.stop(&ch);
+        assert!(hub.get("live", "cam").is_none());
+    }
+
+    #[test]
+    fn encodings_are_made_once_and_shared() {
+        let f = video(40, true);
+        let a = f.rtmp_bytes(USUAL_STREAM_ID, crate::CHUNK_SIZE);
+        let b = f.rtmp_bytes(USUAL_STREAM_ID, crate::CHUNK_SIZE);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes, not a copy");
+        assert_ne!(f.rtmp_bytes(2, crate::CHUNK_SIZE).as_ptr(), a.as_ptr());
+        assert_eq!(f.flv_bytes().as_ptr(), f.flv_bytes().as_ptr());
+    }
+}

@@ -1,0 +1,115 @@
+//! The live role (DESIGN.md §1 on `002_*.txt`): publishers push over RTMP, players pull over
+//! RTMP or HTTP-FLV (`/live/{app}/{stream}.flv`), and `GET /v1/live/streams` lists what is
+//! live. The protocol is in `sluice-rtmp` (pure); this crate does the sockets and the fan-out
+//! ([`hub`]).
+//!
+//! [`run_rtmp`] takes a bound listener and a shutdown future, like every role; the HTTP side
+//! is a router ([`routes`]) that `sluice serve` and `sluice live` mount.
+
+mod flv_http;
+pub mod hub;
+mod rtmp;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+pub use hub::{Hub, StreamInfo};
+
+/// The chunk size we send with: large chunks mean fewer headers and fewer writes.
+pub const CHUNK_SIZE: u32 = 4096;
+
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// Longest RTMP message accepted (a keyframe of a high-bitrate stream is a few MB).
+    pub max_message: u32,
+    /// A publisher silent this long is gone; a client that sends nothing during the
+    /// handshake this long too.
+    pub idle_timeout: Duration,
+    /// Most bytes per second a publisher may send, averaged over a few seconds; beyond it the
+    /// connection is closed (a flood, not a stream).
+    pub max_ingest_rate: u64,
+    /// RTMP connections served at once.
+    pub max_connections: usize,
+    /// `SLUICE_URL_SECRET`: when set, publishing and playing need a signed stream name, and
+    /// HTTP-FLV a signed URL.
+    pub access: sluice_http::AccessPolicy,
+    /// Which web origins may play (HTTP-FLV), preflight included.
+    pub cors: sluice_http::CorsPolicy,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            max_message: 8 << 20,
+            idle_timeout: Duration::from_secs(10),
+            max_ingest_rate: 12_500_000,
+            max_connections: 10_000,
+            access: sluice_http::AccessPolicy::default(),
+            cors: sluice_http::CorsPolicy::AnyOrigin,
+        }
+    }
+}
+
+/// Shared state of the live role; cheap to clone.
+#[derive(Clone)]
+pub struct LiveState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: LiveConfig,
+    hub: Hub,
+}
+
+impl LiveState {
+    pub fn new(config: LiveConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                hub: Hub::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &LiveConfig {
+        &self.inner.config
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+}
+
+/// The live role's HTTP routes (HTTP-FLV and the stream list).
+pub fn routes(state: LiveState) -> Router {
+    let cors = Arc::new(state.config().cors.clone());
+    Router::new()
+        .route("/live/{app}/{file}", get(flv_http::play))
+        .route(
+            "/v1/live/streams",
+            get(
+                |axum::extract::State(s): axum::extract::State<LiveState>| async move {
+                    axum::Json(serde_json::json!({ "streams": s.hub().list() }))
+                },
+            ),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            cors,
+            sluice_http::cors::cors,
+        ))
+        .with_state(state)
+}
+
+/// Accepts RTMP connections on `listener` until `shutdown` resolves.
+pub async fn run_rtmp(
+    listener: TcpListener,
+    state: LiveState,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    rtmp::serve(listener, state, shutdown).await
+}

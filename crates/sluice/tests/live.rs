@@ -1,0 +1,386 @@
+//! Live streaming with ffmpeg and ffprobe as the real peers: publish over RTMP, play over
+//! RTMP and HTTP-FLV, one publisher per stream, players told when it ends, signed stream
+//! names, and hostile RTMP input that closes only the connection that sent it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Served, curl, wait_for};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn serve_live(data: &std::path::Path, env: &[(&str, &str)]) -> Served {
+    // A publisher may send 2 MB/s here (the generated test stream is about 40 KB/s).
+    let config = data.join("sluice.toml");
+    std::fs::write(&config, "rtmp_max_ingest_rate = \"2MiB\"\n").unwrap();
+    let served = Served::spawn(
+        &[
+            "serve",
+            "--data",
+            data.join("d").to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--rtmp",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        env,
+    );
+    assert!(served.rtmp.is_some(), "serve says where RTMP listens");
+    served
+}
+
+/// ffmpeg publishing a generated H.264 + AAC stream in real time for `secs` seconds.
+fn publish(url: &str, secs: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "25",
+        ])
+        .args(["-c:a", "aac", "-t", &secs.to_string(), "-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg is installed (scripts/test.sh installs it)")
+}
+
+/// ffprobe's view of a stream: `codec_name[,width,height]` per line.
+fn probe(url: &str) -> Result<Vec<String>, String> {
+    let out = Command::new("ffprobe")
+        .args(["-hide_banner", "-v", "error", "-rw_timeout", "5000000"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,height",
+            "-of",
+            "csv=p=0",
+            url,
+        ])
+        .output()
+        .expect("ffprobe is installed");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_end_matches(',').to_owned())
+        .collect();
+    lines.sort();
+    Ok(lines)
+}
+
+fn streams(served: &Served) -> serde_json::Value {
+    let out = curl(&["-sS", &format!("{}/v1/live/streams", served.url)]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn wait_live(served: &Served, name: &str) {
+    wait_for("the stream to be live", WAIT, || {
+        streams(served)["streams"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["stream"] == name && s["video_codec"] == "h264")
+        })
+    });
+}
+
+#[test]
+fn ffmpeg_publishes_and_players_get_rtmp_and_http_flv() {
+    let data = tempfile::tempdir().unwrap();
+    let served = serve_live(data.path(), &[]);
+    let rtmp = served.rtmp.clone().unwrap();
+    let mut publisher = publish(&format!("{rtmp}/live/cam"), 6);
+    wait_live(&served, "cam");
+
+    let expected = vec!["aac".to_owned(), "h264,320,240".to_owned()];
+    assert_eq!(
+        probe(&format!("{rtmp}/live/cam")),
+        Ok(expected.clone()),
+        "RTMP play"
+    );
+    assert_eq!(
+        probe(&format!("{}/live/live/cam.flv", served.url)),
+        Ok(expected),
+        "HTTP-FLV"
+    );
+    let list = streams(&served);
+    let cam = &list["streams"][0];
+    assert_eq!(
+        (cam["app"].as_str(), cam["audio_codec"].as_str()),
+        (Some("live"), Some("aac"))
+    );
+    assert_eq!(
+        (cam["width"].as_f64(), cam["height"].as_f64()),
+        (Some(320.0), Some(240.0))
+    );
+    assert_eq!(cam["frame_rate"].as_f64(), Some(25.0));
+    assert!(cam["bitrate"].as_u64().unwrap() > 10_000, "{cam}");
+
+    // A second publisher to the live stream is refused.
+    let mut second = publish(&format!("{rtmp}/live/cam"), 2);
+    let status = second.wait().unwrap();
+    assert!(!status.success(), "the second publisher must be refused");
+
+    // A player of the stream is told when it ends, and finishes.
+    let mut player = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-i",
+            &format!("{rtmp}/live/cam"),
+        ])
+        .args(["-f", "null", "-"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let published = publisher.wait().unwrap();
+    assert!(published.success(), "the publisher ran to its end");
+    wait_for("the player to finish after the stream ended", WAIT, || {
+        player.try_wait().unwrap().is_some()
+    });
+    wait_for("the stream to be gone", WAIT, || {
+        streams(&served)["streams"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    });
+    assert!(
+        probe(&format!("{rtmp}/live/cam")).is_err(),
+        "nothing to play now"
+    );
+    let out = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{}/live/live/cam.flv", served.url),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+}
+
+#[test]
+fn with_a_url_secret_publish_and_play_need_signed_names() {
+    const SECRET: &str = "live-s3cret";
+    let data = tempfile::tempdir().unwrap();
+    let served = serve_live(data.path(), &[("SLUICE_URL_SECRET", SECRET)]);
+    let rtmp = served.rtmp.clone().unwrap();
+    let secrets = sluice_proto::SecretSet::parse(SECRET).unwrap();
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let signed = |path: &str| sluice_proto::signature::sign_download(&secrets, path, expires);
+
+    let mut unsigned = publish(&format!("{rtmp}/live/cam"), 2);
+    assert!(
+        !unsigned.wait().unwrap().success(),
+        "unsigned publish refused"
+    );
+    let mut publisher = publish(&format!("{rtmp}{}", signed("/live/cam")), 5);
+    wait_live(&served, "cam");
+    assert!(
+        probe(&format!("{rtmp}/live/cam")).is_err(),
+        "unsigned play refused"
+    );
+    assert!(
+        probe(&format!("{rtmp}{}", signed("/live/cam"))).is_ok(),
+        "signed play"
+    );
+    let flv = format!("{}/live/live/cam.flv", served.url);
+    let status = |url: &str| {
+        let out = curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "2",
+            url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status(&flv), "403");
+    assert!(
+        probe(&format!("{}{}", served.url, signed("/live/live/cam.flv"))).is_ok(),
+        "signed HTTP-FLV"
+    );
+    publisher.kill().unwrap();
+    publisher.wait().unwrap();
+}
+
+/// An RTMP client in bytes: handshake done, then whatever the test sends. Returns whether
+/// the server closed the connection within a few seconds.
+fn closes_after(rtmp: &str, payload: &[u8]) -> bool {
+    let addr = rtmp.trim_start_matches("rtmp://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello = vec![3u8];
+    hello.extend_from_slice(&[7u8; 1536]);
+    s.write_all(&hello).unwrap();
+    let mut answer = vec![0u8; 1 + 2 * 1536];
+    s.read_exact(&mut answer).unwrap();
+    s.write_all(&[0u8; 1536]).unwrap();
+    let _ = s.write_all(payload);
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn chunk(csid: u8, type_id: u8, stream_id: u32, timestamp: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![csid];
+    out.extend_from_slice(&timestamp.to_be_bytes()[1..]);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.push(type_id);
+    out.extend_from_slice(&stream_id.to_le_bytes());
+    for (i, piece) in payload.chunks(128).enumerate() {
+        if i > 0 {
+            out.push(0xC0 | csid);
+        }
+        out.extend_from_slice(piece);
+    }
+    out
+}
+
+fn amf_command(values: &[sluice_rtmp::Amf0]) -> Vec<u8> {
+    sluice_rtmp::amf0::encode_all(values)
+}
+
+#[test]
+fn hostile_rtmp_closes_that_connection_only() {
+    use sluice_rtmp::Amf0;
+    let data = tempfile::tempdir().unwrap();
+    let served = serve_live(data.path(), &[]);
+    let rtmp = served.rtmp.clone().unwrap();
+    let mut publisher = publish(&format!("{rtmp}/live/steady"), 20);
+    wait_live(&served, "steady");
+
+    // Garbage after the handshake (a chunk stream that continues a message never begun).
+    assert!(closes_after(
+        &rtmp,
+        &[0x45, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+    ));
+    // Set Chunk Size of 0, and of more than 2^31.
+    assert!(closes_after(&rtmp, &chunk(2, 1, 0, 0, &0u32.to_be_bytes())));
+    assert!(closes_after(
+        &rtmp,
+        &chunk(2, 1, 0, 0, &0x8000_0001u32.to_be_bytes())
+    ));
+    // A message length that lies (claims 16 MB).
+    assert!(closes_after(
+        &rtmp,
+        &[0x03, 0, 0, 0, 0xFF, 0xFF, 0xFF, 20, 0, 0, 0, 0, 1, 2, 3]
+    ));
+    // A publisher whose timestamps jump back by a minute.
+    let connect = chunk(
+        3,
+        20,
+        0,
+        0,
+        &amf_command(&[
+            Amf0::string("connect"),
+            Amf0::Number(1.0),
+            Amf0::object([("app", Amf0::string("live"))]),
+        ]),
+    );
+    let create = chunk(
+        3,
+        20,
+        0,
+        0,
+        &amf_command(&[Amf0::string("createStream"), Amf0::Number(2.0), Amf0::Null]),
+    );
+    let publish_cmd = chunk(
+        3,
+        20,
+        1,
+        0,
+        &amf_command(&[
+            Amf0::string("publish"),
+            Amf0::Number(3.0),
+            Amf0::Null,
+            Amf0::string("jumpy"),
+            Amf0::string("live"),
+        ]),
+    );
+    let mut jumpy = [connect.clone(), create.clone(), publish_cmd].concat();
+    jumpy.extend(chunk(6, 9, 1, 120_000, &[0x17, 1, 0, 0, 0, 1, 2]));
+    jumpy.extend(chunk(6, 9, 1, 60_000, &[0x27, 1, 0, 0, 0, 1, 2]));
+    assert!(closes_after(&rtmp, &jumpy));
+    // Media on a stream that is not publishing.
+    let mut rogue = [connect.clone(), create.clone()].concat();
+    rogue.extend(chunk(6, 9, 1, 0, &[0x17, 1, 0, 0, 0]));
+    assert!(closes_after(&rtmp, &rogue));
+    // A publisher that floods: 8 MB as fast as it can, against a limit of 2 MB/s.
+    let flood_publish = chunk(
+        3,
+        20,
+        1,
+        0,
+        &amf_command(&[
+            Amf0::string("publish"),
+            Amf0::Number(3.0),
+            Amf0::Null,
+            Amf0::string("flood"),
+            Amf0::string("live"),
+        ]),
+    );
+    let addr = rtmp.trim_start_matches("rtmp://").to_owned();
+    let flooded = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut hello = vec![3u8];
+        hello.extend_from_slice(&[7u8; 1536]);
+        s.write_all(&hello).unwrap();
+        let mut answer = vec![0u8; 1 + 2 * 1536];
+        s.read_exact(&mut answer).unwrap();
+        s.write_all(&[0u8; 1536]).unwrap();
+        s.write_all(&[connect, create, flood_publish].concat())
+            .unwrap();
+        let frame = chunk(6, 9, 1, 0, &vec![0x27; 64 * 1024]);
+        let started = std::time::Instant::now();
+        for i in 0..128u32 {
+            let mut f = frame.clone();
+            f[1..4].copy_from_slice(&(i * 40).to_be_bytes()[1..]);
+            if s.write_all(&f).is_err() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        None
+    });
+    let cut_after = flooded.join().unwrap();
+    assert!(cut_after.is_some(), "the flooding publisher was cut off");
+
+    // The steady stream and the server were never disturbed.
+    assert_eq!(
+        probe(&format!("{rtmp}/live/steady")),
+        Ok(vec!["aac".to_owned(), "h264,320,240".to_owned()])
+    );
+    let list = streams(&served);
+    assert_eq!(list["streams"].as_array().unwrap().len(), 1, "{list}");
+    publisher.kill().unwrap();
+    publisher.wait().unwrap();
+}
