@@ -78,7 +78,9 @@ async fn next_frames(
 ) -> Option<Vec<Arc<Frame>>> {
     let mut lags = 0;
     loop {
+        // Frames before the end: a stream's last frames reach every player.
         let first = tokio::select! {
+            biased;
             frame = sub.live.recv() => frame,
             () = crate::hub::ended(&mut sub.ended) => return None,
         };

@@ -23,6 +23,8 @@ const BATCH_FRAMES: usize = 64;
 const BATCH_BYTES: usize = 256 * 1024;
 /// A player that falls this far behind this many times in a row is dropped.
 const MAX_LAGS: u32 = 5;
+/// A player that accepts no bytes for this long is dropped.
+const PLAYER_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A timestamp this far behind the previous one of the same kind is a broken publisher.
 const MAX_BACKWARDS_MS: u32 = 1000;
 
@@ -94,7 +96,9 @@ impl Playing {
             self.started = true;
             return PlayerStep::Frames(std::mem::take(&mut self.subscription.start));
         }
+        // Frames before the end: a stream's last frames reach every player.
         let first = tokio::select! {
+            biased;
             frame = self.subscription.live.recv() => frame,
             () = ended(&mut self.subscription.ended) => return PlayerStep::Ended,
         };
@@ -237,7 +241,11 @@ impl Connection {
                         let stream_id = playing.as_ref().map_or(1, |p| p.stream_id);
                         let chunk = self.session.out_chunk_size();
                         let parts: Vec<Bytes> = frames.iter().map(|f| f.rtmp_bytes(stream_id, chunk)).collect();
-                        write_all_vectored(&mut writer, &parts).await.map_err(|e| e.to_string())?;
+                        // A player whose socket takes nothing for this long is gone.
+                        tokio::time::timeout(PLAYER_WRITE_TIMEOUT, write_all_vectored(&mut writer, &parts))
+                            .await
+                            .map_err(|_| "player stalled; dropped".to_owned())?
+                            .map_err(|e| e.to_string())?;
                     }
                     PlayerStep::Ended => {
                         if let Some(p) = playing.take() {

@@ -1,0 +1,374 @@
+//! The live role over real sockets with byte-level clients (what ffmpeg in Debian 12 cannot
+//! do): Enhanced RTMP codecs passed through to RTMP and HTTP-FLV players, and a stalled player
+//! that neither slows the publisher nor keeps the others from getting every frame.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sluice_live::{LiveConfig, LiveState};
+use sluice_media::flv;
+use sluice_rtmp::amf0::Amf0;
+use sluice_rtmp::{ChunkDecoder, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct Server {
+    rtmp: String,
+    http: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start() -> Server {
+    // This file tests fan-out, not flood limits: the publisher may send as fast as it likes.
+    let state = LiveState::new(LiveConfig {
+        max_ingest_rate: u64::MAX,
+        ..LiveConfig::default()
+    });
+    let rtmp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (rtmp_addr, http_addr) = (rtmp.local_addr().unwrap(), http.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async move {
+        let _ = stopped.await;
+    };
+    let (s1, s2) = (state.clone(), state.clone());
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        stopped.await;
+        let _ = tx.send(true);
+    });
+    let mut rx2 = rx.clone();
+    tokio::spawn(async move {
+        let mut rx = rx;
+        sluice_live::run_rtmp(rtmp, s1, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await
+    });
+    tokio::spawn(async move {
+        sluice_http::serve(
+            http,
+            sluice_live::routes(s2),
+            Default::default(),
+            async move {
+                let _ = rx2.wait_for(|s| *s).await;
+            },
+        )
+        .await
+    });
+    Server {
+        rtmp: rtmp_addr.to_string(),
+        http: format!("http://{http_addr}"),
+        _stop: stop,
+    }
+}
+
+/// A byte-level RTMP client.
+struct Client {
+    tcp: TcpStream,
+    decoder: ChunkDecoder,
+}
+
+impl Client {
+    async fn connect(addr: &str, app: &str) -> Self {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut hello = vec![3u8];
+        hello.extend_from_slice(&[5u8; 1536]);
+        tcp.write_all(&hello).await.unwrap();
+        let mut answer = vec![0u8; 1 + 2 * 1536];
+        tcp.read_exact(&mut answer).await.unwrap();
+        tcp.write_all(&[0u8; 1536]).await.unwrap();
+        let mut c = Self {
+            tcp,
+            decoder: ChunkDecoder::new(16 << 20),
+        };
+        c.send(Message::command(
+            0,
+            &[
+                Amf0::string("connect"),
+                Amf0::Number(1.0),
+                Amf0::object([("app", Amf0::string(app))]),
+            ],
+        ))
+        .await;
+        c.send(Message::command(
+            0,
+            &[Amf0::string("createStream"), Amf0::Number(2.0), Amf0::Null],
+        ))
+        .await;
+        c
+    }
+
+    async fn send(&mut self, message: Message) {
+        let mut out = BytesMut::new();
+        sluice_rtmp::chunk::encode(&message, 128, &mut out);
+        self.tcp.write_all(&out).await.unwrap();
+    }
+
+    async fn command(&mut self, name: &str, arg: &str) {
+        self.send(Message::command(
+            1,
+            &[
+                Amf0::string(name),
+                Amf0::Number(3.0),
+                Amf0::Null,
+                Amf0::string(arg),
+            ],
+        ))
+        .await;
+    }
+
+    async fn video(&mut self, ts: u32, payload: &[u8]) {
+        self.send(Message {
+            csid: 6,
+            timestamp: ts,
+            type_id: 9,
+            stream_id: 1,
+            payload: Bytes::copy_from_slice(payload),
+        })
+        .await;
+    }
+
+    /// Messages received until `until` returns true for one (or the deadline).
+    async fn read_until(&mut self, mut until: impl FnMut(&Message) -> bool) -> Vec<Message> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            while let Some(m) = self.decoder.next_message().unwrap() {
+                let done = until(&m);
+                got.push(m);
+                if done {
+                    return got;
+                }
+            }
+            let n = tokio::time::timeout_at(deadline, self.tcp.read(&mut buf))
+                .await
+                .expect("the server answers in time")
+                .unwrap();
+            assert!(n > 0, "connection closed early");
+            self.decoder.push(&buf[..n]);
+        }
+    }
+}
+
+fn status(m: &Message) -> Option<String> {
+    let c = sluice_rtmp::Command::parse(m).ok()?;
+    (c.name == "onStatus").then(|| c.args.first()?.get("code")?.as_str().map(str::to_owned))?
+}
+
+/// Enhanced RTMP video for `fourcc`: a sequence start, then `n` coded frames (keyframe every
+/// tenth).
+fn enhanced_frames(fourcc: &[u8; 4], n: u32) -> Vec<Vec<u8>> {
+    let mut out = vec![[&[0x90u8][..], fourcc, &[1, 2, 3, 4]].concat()];
+    for i in 0..n {
+        let b0 = if i % 10 == 0 { 0x91 } else { 0xA1 };
+        out.push([&[b0][..], fourcc, &[0, 0, 0], &i.to_be_bytes(), &[0xEE; 50]].concat());
+    }
+    out
+}
+
+#[tokio::test]
+async fn enhanced_rtmp_hevc_av1_vp9_pass_through_to_rtmp_and_http_flv() {
+    let server = start().await;
+    for (fourcc, codec) in [(b"hvc1", "hevc"), (b"av01", "av1"), (b"vp09", "vp9")] {
+        let name = format!("cam-{codec}");
+        let mut publisher = Client::connect(&server.rtmp, "live").await;
+        publisher.command("publish", &name).await;
+        let started = publisher
+            .read_until(|m| status(m).as_deref() == Some("NetStream.Publish.Start"))
+            .await;
+        assert!(!started.is_empty());
+        let frames = enhanced_frames(fourcc, 25);
+        for (i, f) in frames[..11].iter().enumerate() {
+            publisher.video(i as u32 * 40, f).await;
+        }
+        // Players join now: they start at the last keyframe (coded frame 0) after the
+        // sequence start.
+        let mut player = Client::connect(&server.rtmp, "live").await;
+        player.command("play", &name).await;
+        let flv_url = format!("{}/live/live/{name}.flv", server.http);
+        let mut flv_response = reqwest::get(&flv_url).await.unwrap();
+        assert_eq!(flv_response.headers()["content-type"], "video/x-flv");
+        for (i, f) in frames[11..].iter().enumerate() {
+            publisher.video((i as u32 + 11) * 40, f).await;
+        }
+        let last = frames.last().unwrap().clone();
+        let got = player
+            .read_until(|m| m.type_id == 9 && m.payload[..] == last[..])
+            .await;
+        let video: Vec<&[u8]> = got
+            .iter()
+            .filter(|m| m.type_id == 9)
+            .map(|m| &m.payload[..])
+            .collect();
+        assert_eq!(video[0], &frames[0][..], "{codec}: sequence start first");
+        assert_eq!(
+            &video[1..],
+            frames[1..].iter().map(|f| &f[..]).collect::<Vec<_>>(),
+            "{codec}: bytes untouched"
+        );
+
+        let mut body = Vec::new();
+        while flv::read_tags(&body).map_or(true, |t| {
+            t.iter().filter(|t| t.tag_type == 9).count() < video.len()
+        }) {
+            body.extend_from_slice(&flv_response.chunk().await.unwrap().expect("more FLV"));
+        }
+        let tags = flv::read_tags(&body).unwrap();
+        let flv_video: Vec<&[u8]> = tags
+            .iter()
+            .filter(|t| t.tag_type == 9)
+            .map(|t| &t.data[..])
+            .collect();
+        assert_eq!(
+            flv_video, video,
+            "{codec}: HTTP-FLV carries the same frames"
+        );
+        assert_eq!(flv::video_info(flv_video[1]).unwrap().codec.name(), codec);
+
+        let list: serde_json::Value = reqwest::get(format!("{}/v1/live/streams", server.http))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let entry = list["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stream"] == name.as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(entry["video_codec"], codec);
+        assert_eq!(entry["players"], 2);
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_player_neither_slows_the_publisher_nor_the_others() {
+    let server = start().await;
+    let mut publisher = Client::connect(&server.rtmp, "live").await;
+    publisher.command("publish", "busy").await;
+    publisher
+        .read_until(|m| status(m).as_deref() == Some("NetStream.Publish.Start"))
+        .await;
+    publisher.video(0, &[0x17, 0, 0, 0, 0, 1, 2, 3]).await;
+    // A player that asks and then never reads.
+    let mut stalled = TcpStream::connect(server.http.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"GET /live/live/busy.flv HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut good = reqwest::get(format!("{}/live/live/busy.flv", server.http))
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut body = Vec::new();
+        loop {
+            match good.chunk().await {
+                Ok(Some(c)) => body.extend_from_slice(&c),
+                _ => return body,
+            }
+            if body.len() > 64 << 20 {
+                return body;
+            }
+        }
+    });
+    // 40 MB in 2000 frames of 20 KB, a keyframe every 50, as fast as TCP takes them.
+    let started = std::time::Instant::now();
+    for i in 1..=2000u32 {
+        let mut f = vec![if i % 50 == 0 { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+        f.extend_from_slice(&i.to_be_bytes());
+        f.resize(20_000, 0xAB);
+        publisher.video(i * 40, &f).await;
+    }
+    let publish_time = started.elapsed();
+    assert!(
+        publish_time < Duration::from_secs(20),
+        "the publisher was not held back: {publish_time:?}"
+    );
+    // The stalled player starts reading at last, while the stream goes on at a calmer pace.
+    let stalled_reader = tokio::spawn(async move {
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(15), stalled.read_to_end(&mut raw)).await;
+        raw
+    });
+    for i in 2001..=2150u32 {
+        let mut f = vec![if i % 50 == 0 { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+        f.extend_from_slice(&i.to_be_bytes());
+        f.resize(2_000, 0xAB);
+        publisher.video(i * 40, &f).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The publisher leaves; the good player's body ends with every frame.
+    drop(publisher);
+    let body = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    let tags = flv::read_tags(&body).unwrap();
+    let numbers = |tags: &[flv::Tag]| -> Vec<u32> {
+        tags.iter()
+            .filter(|t| t.tag_type == 9 && t.data.len() >= 9)
+            .map(|t| u32::from_be_bytes(t.data[5..9].try_into().unwrap()))
+            .collect()
+    };
+    let all = numbers(&tags);
+    assert_eq!(
+        all.last(),
+        Some(&2150),
+        "the reading player got the last frame"
+    );
+    assert_eq!(
+        all,
+        (1..=2150).collect::<Vec<u32>>(),
+        "and every frame before it, in order"
+    );
+
+    // The stalled player got a valid FLV that skipped ahead, and resumed on a keyframe.
+    let raw = stalled_reader.await.unwrap();
+    let body_start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = dechunk(&raw[body_start..]);
+    let got = numbers(&flv::read_tags(&body).unwrap());
+    assert!(
+        got.len() < all.len(),
+        "it did not get everything: {}",
+        got.len()
+    );
+    let gap = got
+        .windows(2)
+        .position(|w| w[1] != w[0] + 1)
+        .expect("a skip");
+    assert_eq!(
+        got[gap + 1] % 50,
+        0,
+        "after a skip comes a keyframe: {}",
+        got[gap + 1]
+    );
+}
+
+/// The body of an HTTP/1.1 chunked response (as far as it goes).
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let Ok(size) =
+            usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap_or("0"), 16)
+        else {
+            return out;
+        };
+        if size == 0 || data.len() < line_end + 2 + size {
+            out.extend_from_slice(
+                &data[(line_end + 2).min(data.len())..data.len().min(line_end + 2 + size)],
+            );
+            return out;
+        }
+        out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
+        data = &data[line_end + 4 + size..];
+    }
+}
