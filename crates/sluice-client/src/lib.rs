@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cluster;
 mod content_type;
+pub mod live_bench;
 pub mod progressive;
 
 use std::path::Path;

@@ -78,46 +78,50 @@ async fn next_frames(
 ) -> Option<Vec<Arc<Frame>>> {
     let mut lags = 0;
     loop {
-        // Frames before the end: a stream's last frames reach every player.
+        // Batches before the end: a stream's last frames reach every player.
         let first = tokio::select! {
             biased;
-            frame = sub.live.recv() => frame,
+            batch = sub.live.recv() => batch,
             () = crate::hub::ended(&mut sub.ended) => return None,
         };
         let mut frames = Vec::new();
-        let mut next = Ok(first);
-        loop {
-            match next {
-                Ok(Ok(frame)) => {
-                    if *skipping && (frame.keyframe || !has_video) {
-                        *skipping = false;
-                    }
-                    if !*skipping {
-                        frames.push(frame);
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                Ok(batch) => {
+                    for frame in batch.iter() {
+                        if frame.seq <= sub.start_seq {
+                            continue;
+                        }
+                        if *skipping && (frame.keyframe || !has_video) {
+                            *skipping = false;
+                        }
+                        if !*skipping {
+                            frames.push(frame.clone());
+                        }
                     }
                 }
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                Err(broadcast::error::RecvError::Lagged(_)) => {
                     lags += 1;
                     if lags > 5 {
                         return None;
                     }
                     *skipping = true;
                 }
-                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
-                Err(()) => break,
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
-            if frames.len() >= 64 {
+            if frames.len() >= 256 {
                 break;
             }
             next = match sub.live.try_recv() {
-                Ok(f) => Ok(Ok(f)),
+                Ok(b) => Some(Ok(b)),
                 Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    Ok(Err(broadcast::error::RecvError::Lagged(n)))
+                    Some(Err(broadcast::error::RecvError::Lagged(n)))
                 }
                 Err(broadcast::error::TryRecvError::Closed) => {
-                    Ok(Err(broadcast::error::RecvError::Closed))
+                    Some(Err(broadcast::error::RecvError::Closed))
                 }
-                Err(broadcast::error::TryRecvError::Empty) => Err(()),
+                Err(broadcast::error::TryRecvError::Empty) => None,
             };
         }
         if !frames.is_empty() {

@@ -6,11 +6,15 @@
 //! encoding, not a thousand copies. The fan-out is a bounded broadcast channel: the publisher
 //! never waits for anyone; a player that falls behind by more than the channel holds is told
 //! so and skips to the next keyframe, and one that keeps falling behind is dropped.
+//!
+//! Frames go out in batches, every `merge` interval (100 ms by default), the way SRS merges
+//! writes: a player wakes and writes once per batch rather than once per frame, which is
+//! most of the cost of serving many players; a few tens of milliseconds of latency buy it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_media::flv;
@@ -18,8 +22,12 @@ use sluice_rtmp::Message;
 use sluice_rtmp::amf0::{self, Amf0};
 use tokio::sync::{broadcast, watch};
 
-/// Frames a player may be behind before it skips to the next keyframe.
-pub const PLAYER_BACKLOG: usize = 512;
+/// Batches a player may be behind before it skips to the next keyframe (at 100 ms a batch,
+/// about six seconds).
+pub const PLAYER_BACKLOG: usize = 64;
+/// A batch goes out early once it holds this many bytes, so the backlog a slow player can
+/// hold up stays within `PLAYER_BACKLOG` x this (16 MiB) whatever the publisher sends.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Most bytes of the current group of pictures kept for players that join.
 pub const GOP_CACHE_BYTES: usize = 16 << 20;
 
@@ -51,6 +59,8 @@ impl FrameKind {
 
 /// One audio, video or metadata message of a stream, shared by every player.
 pub struct Frame {
+    /// Order within its stream: a player skips what its start set already held.
+    pub seq: u64,
     pub kind: FrameKind,
     pub timestamp: u32,
     pub payload: Bytes,
@@ -64,10 +74,11 @@ pub struct Frame {
 pub const USUAL_STREAM_ID: u32 = 1;
 
 impl Frame {
-    pub fn new(kind: FrameKind, timestamp: u32, payload: Bytes) -> Arc<Self> {
+    pub fn new(seq: u64, kind: FrameKind, timestamp: u32, payload: Bytes) -> Arc<Self> {
         let keyframe = kind == FrameKind::Video
             && flv::video_info(&payload).is_some_and(|v| v.keyframe && !v.sequence_header);
         Arc::new(Self {
+            seq,
             kind,
             timestamp,
             payload,
@@ -121,8 +132,15 @@ pub struct StreamInfo {
     pub uptime_secs: u64,
 }
 
+/// Frames sent to players together.
+pub type Batch = Arc<Vec<Arc<Frame>>>;
+
 #[derive(Default)]
 struct ChannelState {
+    next_seq: u64,
+    /// Frames published since the last batch went out, and their bytes.
+    pending: Vec<Arc<Frame>>,
+    pending_bytes: usize,
     metadata: Option<Arc<Frame>>,
     video_header: Option<Arc<Frame>>,
     audio_header: Option<Arc<Frame>>,
@@ -139,7 +157,7 @@ pub struct Channel {
     pub name: String,
     started: Instant,
     state: Mutex<ChannelState>,
-    tx: broadcast::Sender<Arc<Frame>>,
+    tx: broadcast::Sender<Batch>,
     ended: watch::Sender<bool>,
     pub bytes_in: AtomicU64,
     pub players: AtomicUsize,
@@ -149,7 +167,9 @@ pub struct Channel {
 pub struct Subscription {
     /// Metadata, sequence headers and the current GOP, in order.
     pub start: Vec<Arc<Frame>>,
-    pub live: broadcast::Receiver<Arc<Frame>>,
+    /// Frames up to this sequence number were in `start`: skip them in batches.
+    pub start_seq: u64,
+    pub live: broadcast::Receiver<Batch>,
     pub ended: watch::Receiver<bool>,
     _count: PlayerCount,
 }
@@ -177,13 +197,16 @@ impl Channel {
         })
     }
 
-    /// A frame from the publisher: kept as needed for late joiners, and sent to every player.
-    pub fn publish(&self, frame: Arc<Frame>) {
+    /// A frame from the publisher: kept as needed for late joiners, and queued for the next
+    /// batch (sent now when `immediate`).
+    pub fn publish(&self, kind: FrameKind, timestamp: u32, payload: Bytes, immediate: bool) {
         self.bytes_in
-            .fetch_add(frame.payload.len() as u64, Ordering::Relaxed);
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
         let Ok(mut s) = self.state.lock() else {
             return;
         };
+        s.next_seq += 1;
+        let frame = Frame::new(s.next_seq, kind, timestamp, payload);
         match frame.kind {
             FrameKind::Data => s.metadata = Some(frame.clone()),
             FrameKind::Video => {
@@ -224,9 +247,25 @@ impl Channel {
             s.gop_bytes += frame.payload.len();
             s.gop.push(frame.clone());
         }
-        // Sent while the state is locked, so a subscriber sees each frame exactly once:
-        // either in its start set or from the channel.
-        let _ = self.tx.send(frame);
+        s.pending_bytes += frame.payload.len();
+        s.pending.push(frame);
+        if immediate || s.pending_bytes >= MAX_BATCH_BYTES {
+            self.send_pending(&mut s);
+        }
+    }
+
+    fn send_pending(&self, s: &mut ChannelState) {
+        if !s.pending.is_empty() {
+            s.pending_bytes = 0;
+            let _ = self.tx.send(Arc::new(std::mem::take(&mut s.pending)));
+        }
+    }
+
+    /// Sends the frames queued since the last batch.
+    pub fn flush(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            self.send_pending(&mut s);
+        }
     }
 
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
@@ -236,20 +275,27 @@ impl Channel {
         start.extend(s.video_header.clone());
         start.extend(s.audio_header.clone());
         start.extend(s.gop.iter().cloned());
+        let start_seq = s.next_seq;
         let live = self.tx.subscribe();
         drop(s);
         self.players.fetch_add(1, Ordering::Relaxed);
         Subscription {
             start,
+            start_seq,
             live,
             ended: self.ended.subscribe(),
             _count: PlayerCount(self.clone()),
         }
     }
 
-    /// The publisher is gone: players are told and finish.
+    /// The publisher is gone: the last frames go out, then players are told and finish.
     pub fn end(&self) {
+        self.flush();
         self.ended.send_replace(true);
+    }
+
+    pub fn is_ended(&self) -> bool {
+        *self.ended.borrow()
     }
 
     pub fn has_audio(&self) -> bool {
@@ -302,8 +348,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts a stream; `None` when it already has a publisher.
-    pub fn start(&self, app: &str, name: &str) -> Option<Arc<Channel>> {
+    /// Starts a stream; `None` when it already has a publisher. With a `merge` interval, a
+    /// task sends each interval's frames as one batch until the stream ends.
+    pub fn start(&self, app: &str, name: &str, merge: Duration) -> Option<Arc<Channel>> {
         let mut map = self.channels.lock().ok()?;
         let key = (app.to_owned(), name.to_owned());
         if map.contains_key(&key) {
@@ -311,6 +358,20 @@ impl Hub {
         }
         let channel = Channel::new(app, name);
         map.insert(key, channel.clone());
+        if !merge.is_zero() {
+            let ticking = Arc::downgrade(&channel);
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(merge);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticks.tick().await;
+                    match ticking.upgrade() {
+                        Some(c) if !c.is_ended() => c.flush(),
+                        _ => return,
+                    }
+                }
+            });
+        }
         Some(channel)
     }
 
@@ -360,41 +421,33 @@ pub async fn ended(flag: &mut watch::Receiver<bool>) {
 mod tests {
     use super::*;
 
-    fn video(ts: u32, key: bool) -> Arc<Frame> {
+    fn video(key: bool) -> Bytes {
         let b0 = if key { 0x17 } else { 0x27 };
-        Frame::new(
-            FrameKind::Video,
-            ts,
-            Bytes::from(vec![b0, 1, 0, 0, 0, 9, 9]),
-        )
+        Bytes::from(vec![b0, 1, 0, 0, 0, 9, 9])
     }
 
     #[test]
     fn late_joiners_start_at_the_last_keyframe_with_headers() {
         let hub = Hub::default();
-        let ch = hub.start("live", "cam").unwrap();
+        let ch = hub.start("live", "cam", Duration::ZERO).unwrap();
         assert!(
-            hub.start("live", "cam").is_none(),
+            hub.start("live", "cam", Duration::ZERO).is_none(),
             "one publisher per stream"
         );
-        ch.publish(Frame::new(
-            FrameKind::Video,
-            0,
-            Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]),
-        ));
-        ch.publish(Frame::new(
-            FrameKind::Audio,
-            0,
-            Bytes::from_static(&[0xAF, 0, 0x12, 0x10]),
-        ));
+        let header = Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]);
+        ch.publish(FrameKind::Video, 0, header, false);
+        let aac = Bytes::from_static(&[0xAF, 0, 0x12, 0x10]);
+        ch.publish(FrameKind::Audio, 0, aac, false);
         for ts in 0..10 {
-            ch.publish(video(ts * 40, ts % 5 == 0));
+            ch.publish(FrameKind::Video, ts * 40, video(ts % 5 == 0), false);
         }
         let sub = ch.subscribe();
         let ts: Vec<u32> = sub.start.iter().map(|f| f.timestamp).collect();
         // Two headers, then the GOP from the keyframe at 200 ms.
         assert_eq!(ts, vec![0, 0, 200, 240, 280, 320, 360]);
         assert!(sub.start[2].keyframe);
+        // Those frames are still queued for the next batch: the player skips them there.
+        assert_eq!(sub.start_seq, 12);
         assert_eq!(ch.players.load(Ordering::Relaxed), 1);
         drop(sub);
         assert_eq!(ch.players.load(Ordering::Relaxed), 0);
@@ -409,7 +462,7 @@ mod tests {
 
     #[test]
     fn encodings_are_made_once_and_shared() {
-        let f = video(40, true);
+        let f = Frame::new(1, FrameKind::Video, 40, video(true));
         let a = f.rtmp_bytes(USUAL_STREAM_ID, crate::CHUNK_SIZE);
         let b = f.rtmp_bytes(USUAL_STREAM_ID, crate::CHUNK_SIZE);
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes, not a copy");

@@ -40,6 +40,9 @@ pub struct LiveConfig {
     pub access: sluice_http::AccessPolicy,
     /// Which web origins may play (HTTP-FLV), preflight included.
     pub cors: sluice_http::CorsPolicy,
+    /// Frames published within this interval go to players as one batch (one wake-up and
+    /// one write per player); zero sends each frame at once.
+    pub merge: Duration,
 }
 
 impl Default for LiveConfig {
@@ -51,6 +54,7 @@ impl Default for LiveConfig {
             max_connections: 10_000,
             access: sluice_http::AccessPolicy::default(),
             cors: sluice_http::CorsPolicy::AnyOrigin,
+            merge: Duration::from_millis(100),
         }
     }
 }

@@ -16,11 +16,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::hub::{Channel, Frame, FrameKind, Subscription, ended, metadata_payload};
+
 use crate::{CHUNK_SIZE, LiveState};
 
-/// Frames or bytes written to a player in one go, at most.
-const BATCH_FRAMES: usize = 64;
-const BATCH_BYTES: usize = 256 * 1024;
+/// Frames written to a player in one go, at most (several batches, when it is behind).
+const BATCH_FRAMES: usize = 256;
 /// A player that falls this far behind this many times in a row is dropped.
 const MAX_LAGS: u32 = 5;
 /// A player that accepts no bytes for this long is dropped.
@@ -62,8 +62,9 @@ pub(crate) async fn serve(
         let (state, stopped) = (state.clone(), stopped.clone());
         tokio::spawn(async move {
             let mut connection = Connection::new(state, peer, seed);
-            if let Err(why) = connection.run(stream, stopped).await {
-                tracing::info!(%peer, %why, "RTMP connection closed");
+            match connection.run(stream, stopped).await {
+                Err(why) => tracing::info!(%peer, %why, "RTMP connection closed"),
+                Ok(how) => tracing::debug!(%peer, how, "RTMP connection ended"),
             }
             connection.cleanup();
             drop(permit);
@@ -96,32 +97,31 @@ impl Playing {
             self.started = true;
             return PlayerStep::Frames(std::mem::take(&mut self.subscription.start));
         }
-        // Frames before the end: a stream's last frames reach every player.
+        // Batches before the end: a stream's last frames reach every player.
         let first = tokio::select! {
             biased;
-            frame = self.subscription.live.recv() => frame,
+            batch = self.subscription.live.recv() => batch,
             () = ended(&mut self.subscription.ended) => return PlayerStep::Ended,
         };
         let mut frames = Vec::new();
-        let mut bytes = 0;
         let mut next = first;
         loop {
             match next {
-                Ok(frame) => {
-                    if self.skipping {
-                        if frame.keyframe || !self.has_video {
-                            self.skipping = false;
-                        } else {
-                            next = self.subscription.live.try_recv().map_err(to_recv);
-                            if matches!(next, Err(broadcast::error::RecvError::Closed)) {
-                                break;
-                            }
+                Ok(batch) => {
+                    for frame in batch.iter() {
+                        if frame.seq <= self.subscription.start_seq {
                             continue;
                         }
+                        if self.skipping && (frame.keyframe || !self.has_video) {
+                            self.skipping = false;
+                        }
+                        if !self.skipping {
+                            frames.push(frame.clone());
+                        }
                     }
-                    self.lags = 0;
-                    bytes += frame.payload.len();
-                    frames.push(frame);
+                    if !self.skipping {
+                        self.lags = 0;
+                    }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     self.lags += 1;
@@ -133,7 +133,7 @@ impl Playing {
                 }
                 Err(broadcast::error::RecvError::Closed) => return PlayerStep::Ended,
             }
-            if frames.len() >= BATCH_FRAMES || bytes >= BATCH_BYTES {
+            if frames.len() >= BATCH_FRAMES {
                 break;
             }
             match self.subscription.live.try_recv() {
@@ -203,7 +203,7 @@ impl Connection {
         &mut self,
         stream: TcpStream,
         mut stopped: watch::Receiver<bool>,
-    ) -> Result<(), String> {
+    ) -> Result<&'static str, String> {
         let (mut reader, mut writer) = stream.into_split();
         let mut buf = vec![0u8; 64 * 1024];
         let idle = self.state.config().idle_timeout;
@@ -221,7 +221,7 @@ impl Connection {
                         // Players may say nothing for long; publishers and handshakes may not.
                         Err(_) if playing.is_some() && self.publishing.is_empty() => continue,
                         Err(_) => return Err(format!("nothing received for {idle:?}")),
-                        Ok(Ok(0)) => return Ok(()),
+                        Ok(Ok(0)) => return Ok("the peer closed"),
                         Ok(Err(e)) => return Err(e.to_string()),
                         Ok(Ok(n)) => n,
                     };
@@ -252,11 +252,11 @@ impl Connection {
                             self.session.end_play(p.stream_id);
                         }
                         self.flush_session(&mut writer).await?;
-                        return Ok(());
+                        return Ok("the stream ended");
                     }
                     PlayerStep::TooSlow => return Err("player too slow; dropped".into()),
                 },
-                () = ended(&mut stopped) => return Ok(()),
+                () = ended(&mut stopped) => return Ok("shutdown"),
             }
         }
     }
@@ -337,7 +337,11 @@ impl Connection {
                         return Ok(None);
                     }
                 };
-                match self.state.hub().start(&self.app, &stream) {
+                match self
+                    .state
+                    .hub()
+                    .start(&self.app, &stream, self.state.config().merge)
+                {
                     None => {
                         self.session.refuse_publish(
                             stream_id,
@@ -364,8 +368,12 @@ impl Connection {
             }
             Event::Metadata { stream_id, values } => {
                 if let Some(p) = self.publishing.get(&stream_id) {
-                    p.channel
-                        .publish(Frame::new(FrameKind::Data, 0, metadata_payload(&values)));
+                    p.channel.publish(
+                        FrameKind::Data,
+                        0,
+                        metadata_payload(&values),
+                        self.immediate(),
+                    );
                 }
             }
             Event::Media(message) => {
@@ -386,8 +394,9 @@ impl Connection {
                     }
                 }
                 *last = Some(message.timestamp);
+                let immediate = self.state.config().merge.is_zero();
                 p.channel
-                    .publish(Frame::new(kind, message.timestamp, message.payload));
+                    .publish(kind, message.timestamp, message.payload, immediate);
             }
             Event::Unpublish { stream_id } => {
                 if let Some(p) = self.publishing.remove(&stream_id) {
@@ -427,6 +436,10 @@ impl Connection {
             Event::StopPlay { .. } => return Ok(Some(PlayChange::Stop)),
         }
         Ok(None)
+    }
+
+    fn immediate(&self) -> bool {
+        self.state.config().merge.is_zero()
     }
 
     /// A publisher that leaves, however it leaves, ends its streams.

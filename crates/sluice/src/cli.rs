@@ -293,13 +293,40 @@ pub struct SignArgs {
 pub enum BenchMode {
     Upload,
     Download,
+    /// One publisher of a generated stream and N players (`--rtmp`, `--players`).
+    Live,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum LiveProtocolArg {
+    Rtmp,
+    Flv,
 }
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     pub mode: BenchMode,
-    #[command(flatten)]
-    pub server: ServerArg,
+    /// Base URL of a Sluice server (upload and download).
+    #[arg(long, env = "SLUICE_SERVER")]
+    pub server: Option<String>,
+    /// live: the stream to publish and play, rtmp://host:port/app/stream.
+    #[arg(long)]
+    pub rtmp: Option<String>,
+    /// live: the stream's HTTP-FLV URL, for `--protocol flv`.
+    #[arg(long)]
+    pub flv: Option<String>,
+    /// live: how players play.
+    #[arg(long, value_enum, default_value = "rtmp")]
+    pub protocol: LiveProtocolArg,
+    /// live: players.
+    #[arg(long, default_value_t = 100)]
+    pub players: usize,
+    /// live: seconds the players play.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// live: bits per second of the generated stream (e.g. 600000).
+    #[arg(long, default_value_t = 600_000)]
+    pub bitrate: u64,
     /// Concurrent connections.
     #[arg(short = 'c', long = "connections", default_value_t = 16)]
     pub connections: usize,

@@ -90,17 +90,24 @@ pub async fn stat(args: StatArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let BenchMode::Live = args.mode {
+        return bench_live(&args).await;
+    }
+    let server = args
+        .server
+        .clone()
+        .context("--server URL (or SLUICE_SERVER) is needed for upload and download")?;
     anyhow::ensure!(args.connections > 0, "-c must be at least 1");
     anyhow::ensure!(args.requests > 0, "-n must be at least 1");
     let size = usize::try_from(args.size.0)
         .ok()
         .filter(|s| *s <= 1 << 30)
         .context("--size must be at most 1GiB")?;
-    let client = Client::new(&args.server.server)?.with_token(api_token());
+    let client = Client::new(&server)?.with_token(api_token());
     let plan = BenchPlan {
         kind: match args.mode {
             BenchMode::Upload => BenchKind::Upload,
-            BenchMode::Download => BenchKind::Download,
+            _ => BenchKind::Download,
         },
         connections: args.connections,
         requests: args.requests,
@@ -296,4 +303,43 @@ async fn upload_progressive(
         outcome.q
     );
     Ok(())
+}
+
+async fn bench_live(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    use sluice_client::live_bench::{LivePlan, LiveProtocol};
+    let rtmp_url = args
+        .rtmp
+        .clone()
+        .context("--rtmp rtmp://host:port/app/stream is needed for bench live")?;
+    anyhow::ensure!(args.players > 0, "--players must be at least 1");
+    anyhow::ensure!(args.bitrate >= 8_000, "--bitrate must be at least 8000");
+    let protocol = match args.protocol {
+        crate::cli::LiveProtocolArg::Rtmp => LiveProtocol::Rtmp,
+        crate::cli::LiveProtocolArg::Flv => LiveProtocol::Flv,
+    };
+    anyhow::ensure!(
+        protocol == LiveProtocol::Rtmp || args.flv.is_some(),
+        "--protocol flv needs --flv http://host:port/live/app/stream.flv"
+    );
+    let plan = LivePlan {
+        rtmp_url,
+        flv_url: args.flv.clone(),
+        protocol,
+        players: args.players,
+        duration: std::time::Duration::from_secs(args.duration.max(1)),
+        bitrate: args.bitrate,
+    };
+    let report = sluice_client::live_bench::run(&plan)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(if report.playing == report.players {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

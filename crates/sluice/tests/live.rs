@@ -384,3 +384,45 @@ fn hostile_rtmp_closes_that_connection_only() {
     publisher.kill().unwrap();
     publisher.wait().unwrap();
 }
+
+#[test]
+fn bench_live_reports_players_frames_and_latency() {
+    let data = tempfile::tempdir().unwrap();
+    let served = serve_live(data.path(), &[]);
+    let rtmp = served.rtmp.clone().unwrap();
+    for (protocol, extra) in [
+        ("rtmp", vec![]),
+        (
+            "flv",
+            vec![
+                "--flv".to_owned(),
+                format!("{}/live/live/b-flv.flv", served.url),
+            ],
+        ),
+    ] {
+        let stream = format!("{rtmp}/live/b-{protocol}");
+        let mut args = vec![
+            "bench",
+            "live",
+            "--rtmp",
+            &stream,
+            "--players",
+            "5",
+            "--duration",
+            "2",
+            "--protocol",
+            protocol,
+            "--json",
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        let out = common::sluice_ok(&args);
+        let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(report["playing"], 5, "{report}");
+        assert!(
+            report["frames_per_player"].as_f64().unwrap() > 10.0,
+            "{report}"
+        );
+        let p50 = report["latency_p50_ms"].as_f64().unwrap();
+        assert!(p50 > 0.0, "{report}");
+    }
+}
