@@ -32,8 +32,17 @@ pub(crate) async fn play(
     if let Err(denied) = state.config().access.check_read(&uri) {
         return denied.into_response();
     }
+    if let Some(stream) = file.strip_suffix(".m3u8") {
+        return playlist(&state, &app, stream);
+    }
+    if let Some(name) = file.strip_suffix(".ts") {
+        return segment(&state, &app, name);
+    }
     let Some(stream) = file.strip_suffix(".flv") else {
-        return error(StatusCode::NOT_FOUND, "live streams are served as .flv");
+        return error(
+            StatusCode::NOT_FOUND,
+            "live streams are .flv, .m3u8 and their .ts segments",
+        );
     };
     let Some(channel) = state.hub().get(&app, stream) else {
         return error(StatusCode::NOT_FOUND, "no such live stream");
@@ -127,5 +136,62 @@ async fn next_frames(
         if !frames.is_empty() {
             return Some(frames);
         }
+    }
+}
+
+/// `/live/{app}/{stream}.m3u8`. With signed URLs, each segment URI in it is signed too:
+/// players (hls.js, Safari) drop the playlist's query when they fetch segments.
+fn playlist(state: &LiveState, app: &str, stream: &str) -> Response {
+    let Some(hls) = state.hls(app, stream) else {
+        return error(StatusCode::NOT_FOUND, "no such live stream");
+    };
+    let secret = state.config().access.url_secret.clone();
+    let expires = sluice_http::access::now_unix() + SEGMENT_LINK_TTL;
+    let text = hls.playlist(|seq| {
+        let name = format!("{stream}-{seq}.ts");
+        match &secret {
+            None => name,
+            Some(s) => {
+                let signed = sluice_proto::signature::sign_download(
+                    s,
+                    &format!("/live/{app}/{name}"),
+                    expires,
+                );
+                signed.rsplit('/').next().unwrap_or_default().to_owned()
+            }
+        }
+    });
+    match text {
+        None => error(
+            StatusCode::NOT_FOUND,
+            "the stream has no segment yet; try again shortly",
+        ),
+        Some(text) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/vnd.apple.mpegurl")
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(Body::from(text))
+            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response")),
+    }
+}
+
+/// How long the segment links a signed playlist hands out stay valid.
+const SEGMENT_LINK_TTL: u64 = 3600;
+
+/// `/live/{app}/{stream}-{seq}.ts`.
+fn segment(state: &LiveState, app: &str, name: &str) -> Response {
+    let found = name
+        .rsplit_once('-')
+        .and_then(|(stream, seq)| Some((stream, seq.parse::<u64>().ok()?)))
+        .and_then(|(stream, seq)| state.hls(app, stream)?.segment(seq));
+    match found {
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no such segment (it may have left the window)",
+        ),
+        Some(data) => Response::builder()
+            .header(header::CONTENT_TYPE, "video/mp2t")
+            .header(header::CACHE_CONTROL, "public, max-age=60")
+            .body(Body::from(data))
+            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response")),
     }
 }

@@ -171,7 +171,7 @@ pub struct Subscription {
     pub start_seq: u64,
     pub live: broadcast::Receiver<Batch>,
     pub ended: watch::Receiver<bool>,
-    _count: PlayerCount,
+    _count: Option<PlayerCount>,
 }
 
 /// Counts a player for as long as it lives.
@@ -268,7 +268,16 @@ impl Channel {
         }
     }
 
+    /// A player's subscription (counted in the stream's players).
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        self.players.fetch_add(1, Ordering::Relaxed);
+        let mut sub = self.follow();
+        sub._count = Some(PlayerCount(self.clone()));
+        sub
+    }
+
+    /// The same frames for the server's own use (the HLS segmenter): not counted as a player.
+    pub fn follow(self: &Arc<Self>) -> Subscription {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut start: Vec<Arc<Frame>> = Vec::new();
         start.extend(s.metadata.clone());
@@ -278,13 +287,12 @@ impl Channel {
         let start_seq = s.next_seq;
         let live = self.tx.subscribe();
         drop(s);
-        self.players.fetch_add(1, Ordering::Relaxed);
         Subscription {
             start,
             start_seq,
             live,
             ended: self.ended.subscribe(),
-            _count: PlayerCount(self.clone()),
+            _count: None,
         }
     }
 

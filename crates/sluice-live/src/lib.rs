@@ -7,6 +7,7 @@
 //! is a router ([`routes`]) that `sluice serve` and `sluice live` mount.
 
 mod flv_http;
+pub mod hls;
 pub mod hub;
 mod rtmp;
 
@@ -43,6 +44,8 @@ pub struct LiveConfig {
     /// Frames published within this interval go to players as one batch (one wake-up and
     /// one write per player); zero sends each frame at once.
     pub merge: Duration,
+    /// HLS segments are cut on the first keyframe at least this long after the last cut.
+    pub hls_target: Duration,
 }
 
 impl Default for LiveConfig {
@@ -55,6 +58,7 @@ impl Default for LiveConfig {
             access: sluice_http::AccessPolicy::default(),
             cors: sluice_http::CorsPolicy::AnyOrigin,
             merge: Duration::from_millis(100),
+            hls_target: Duration::from_secs(2),
         }
     }
 }
@@ -68,6 +72,7 @@ pub struct LiveState {
 struct Inner {
     config: LiveConfig,
     hub: Hub,
+    hls: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<hls::HlsStream>>>,
 }
 
 impl LiveState {
@@ -76,6 +81,7 @@ impl LiveState {
             inner: Arc::new(Inner {
                 config,
                 hub: Hub::default(),
+                hls: std::sync::Mutex::default(),
             }),
         }
     }
@@ -86,6 +92,27 @@ impl LiveState {
 
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    pub fn hls(&self, app: &str, stream: &str) -> Option<Arc<hls::HlsStream>> {
+        let map = self.inner.hls.lock().ok()?;
+        map.get(&(app.to_owned(), stream.to_owned())).cloned()
+    }
+
+    fn set_hls(&self, app: &str, stream: &str, hls: Arc<hls::HlsStream>) {
+        if let Ok(mut map) = self.inner.hls.lock() {
+            map.insert((app.to_owned(), stream.to_owned()), hls);
+        }
+    }
+
+    /// Forgets an ended stream's HLS, unless a new publish replaced it.
+    fn remove_hls(&self, app: &str, stream: &str, hls: &Arc<hls::HlsStream>) {
+        if let Ok(mut map) = self.inner.hls.lock() {
+            let key = (app.to_owned(), stream.to_owned());
+            if map.get(&key).is_some_and(|h| Arc::ptr_eq(h, hls)) {
+                map.remove(&key);
+            }
+        }
     }
 }
 

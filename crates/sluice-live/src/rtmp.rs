@@ -352,6 +352,7 @@ impl Connection {
                     }
                     Some(channel) => {
                         tracing::info!(peer = %self.peer, app = %self.app, %stream, "publishing");
+                        crate::hls::spawn(self.state.clone(), channel.clone());
                         self.session.accept_publish(stream_id, &stream);
                         self.publishing.insert(
                             stream_id,

@@ -6,3 +6,4 @@
 
 pub mod flv;
 pub mod jpeg;
+pub mod ts;

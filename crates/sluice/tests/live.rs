@@ -115,6 +115,39 @@ fn ffmpeg_publishes_and_players_get_rtmp_and_http_flv() {
         Ok(expected),
         "HTTP-FLV"
     );
+    // HLS: a playlist of MPEG-TS segments cut on keyframes, which ffmpeg decodes cleanly.
+    let m3u8 = format!("{}/live/live/cam.m3u8", served.url);
+    wait_for("the first HLS segment", WAIT, || {
+        String::from_utf8_lossy(&curl(&["-sS", &m3u8]).stdout).contains("#EXTINF")
+    });
+    let playlist = String::from_utf8_lossy(&curl(&["-sS", &m3u8]).stdout).into_owned();
+    assert!(playlist.starts_with("#EXTM3U\n"), "{playlist}");
+    assert!(playlist.contains("#EXT-X-TARGETDURATION:2\n"), "{playlist}");
+    assert!(
+        playlist.contains("#EXTINF:2.000,\ncam-0.ts\n"),
+        "{playlist}"
+    );
+    assert!(!playlist.contains("ENDLIST"));
+    // ffprobe lists an HLS stream's streams per program, with blank separators.
+    let mut hls = probe(&m3u8).expect("HLS plays");
+    hls.retain(|l| !l.is_empty());
+    hls.dedup();
+    assert_eq!(
+        hls,
+        vec!["aac".to_owned(), "h264,320,240".to_owned()],
+        "HLS"
+    );
+    let decoded = Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-i"])
+        .arg(format!("{}/live/live/cam-0.ts", served.url))
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
     let list = streams(&served);
     let cam = &list["streams"][0];
     assert_eq!(
@@ -160,6 +193,11 @@ fn ffmpeg_publishes_and_players_get_rtmp_and_http_flv() {
     assert!(
         probe(&format!("{rtmp}/live/cam")).is_err(),
         "nothing to play now"
+    );
+    let ended = String::from_utf8_lossy(&curl(&["-sS", &m3u8]).stdout).into_owned();
+    assert!(
+        ended.ends_with("#EXT-X-ENDLIST\n"),
+        "the playlist says the stream ended: {ended}"
     );
     let out = curl(&[
         "-sS",
@@ -219,6 +257,33 @@ fn with_a_url_secret_publish_and_play_need_signed_names() {
     assert!(
         probe(&format!("{}{}", served.url, signed("/live/live/cam.flv"))).is_ok(),
         "signed HTTP-FLV"
+    );
+    // HLS: the playlist needs a signature, and signs the segment links it hands out.
+    let m3u8 = format!("{}/live/live/cam.m3u8", served.url);
+    assert_eq!(status(&m3u8), "403");
+    let signed_m3u8 = format!("{}{}", served.url, signed("/live/live/cam.m3u8"));
+    wait_for("the first HLS segment", WAIT, || {
+        String::from_utf8_lossy(&curl(&["-sS", &signed_m3u8]).stdout).contains("#EXTINF")
+    });
+    let playlist = String::from_utf8_lossy(&curl(&["-sS", &signed_m3u8]).stdout).into_owned();
+    let segment = playlist
+        .lines()
+        .find(|l| l.starts_with("cam-"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        segment.contains("?expires=") && segment.contains("&sig="),
+        "{segment}"
+    );
+    assert_eq!(
+        status(&format!("{}/live/live/{segment}", served.url)),
+        "200"
+    );
+    let bare = segment.split('?').next().unwrap();
+    assert_eq!(status(&format!("{}/live/live/{bare}", served.url)), "403");
+    assert!(
+        probe(&signed_m3u8).is_ok(),
+        "a player follows the signed segment links"
     );
     publisher.kill().unwrap();
     publisher.wait().unwrap();
