@@ -46,6 +46,12 @@ pub struct LiveConfig {
     pub merge: Duration,
     /// HLS segments are cut on the first keyframe at least this long after the last cut.
     pub hls_target: Duration,
+    /// Asked (POST, JSON) before each publish; anything but 2xx refuses it.
+    pub on_publish: Option<String>,
+    /// Asked before each RTMP play.
+    pub on_play: Option<String>,
+    /// A hook that takes longer refuses (and stalls only the connection that asked).
+    pub hook_timeout: Duration,
 }
 
 impl Default for LiveConfig {
@@ -59,6 +65,9 @@ impl Default for LiveConfig {
             cors: sluice_http::CorsPolicy::AnyOrigin,
             merge: Duration::from_millis(100),
             hls_target: Duration::from_secs(2),
+            on_publish: None,
+            on_play: None,
+            hook_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -73,6 +82,7 @@ struct Inner {
     config: LiveConfig,
     hub: Hub,
     hls: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<hls::HlsStream>>>,
+    hooks: reqwest::Client,
 }
 
 impl LiveState {
@@ -82,6 +92,7 @@ impl LiveState {
                 config,
                 hub: Hub::default(),
                 hls: std::sync::Mutex::default(),
+                hooks: reqwest::Client::new(),
             }),
         }
     }
@@ -92,6 +103,10 @@ impl LiveState {
 
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    pub(crate) fn hook_client(&self) -> &reqwest::Client {
+        &self.inner.hooks
     }
 
     pub fn hls(&self, app: &str, stream: &str) -> Option<Arc<hls::HlsStream>> {

@@ -228,6 +228,16 @@ impl Connection {
                     self.check_rate(n)?;
                     let events = self.session.push(&buf[..n]).map_err(|e| e.to_string())?;
                     for event in events {
+                        // The publish and play hooks: only this connection waits on them.
+                        if let Some(refusal) = self.ask_hook(&event, self.peer).await {
+                            match event {
+                                Event::Publish { stream_id, .. } => self.session.refuse_publish(stream_id, "NetStream.Publish.Denied", &refusal),
+                                Event::Play { stream_id, .. } => self.session.refuse_play(stream_id, "NetStream.Play.Failed", &refusal),
+                                _ => {}
+                            }
+                            tracing::info!(peer = %self.peer, app = %self.app, %refusal, "refused by hook");
+                            continue;
+                        }
                         match self.handle(event)? {
                             Some(PlayChange::Start(p)) => playing = Some(p),
                             Some(PlayChange::Stop) => playing = None,
@@ -437,6 +447,35 @@ impl Connection {
             Event::StopPlay { .. } => return Ok(Some(PlayChange::Stop)),
         }
         Ok(None)
+    }
+
+    /// Asks the configured on_publish/on_play URL about a publish or play: `Some(reason)`
+    /// refuses it. Any answer but 2xx, or none within the hook timeout, refuses.
+    async fn ask_hook(&self, event: &Event, peer: SocketAddr) -> Option<String> {
+        let config = self.state.config();
+        let (action, name, url) = match event {
+            Event::Publish { name, .. } => ("publish", name, config.on_publish.as_ref()?),
+            Event::Play { name, .. } => ("play", name, config.on_play.as_ref()?),
+            _ => return None,
+        };
+        let (stream, query) = name.split_once('?').unwrap_or((name.as_str(), ""));
+        let body = serde_json::json!({
+            "action": action,
+            "app": self.app,
+            "stream": stream,
+            "query": query,
+            "client": peer.ip().to_string(),
+        });
+        let ask = self.state.hook_client().post(url).json(&body).send();
+        match tokio::time::timeout(config.hook_timeout, ask).await {
+            Ok(Ok(r)) if r.status().is_success() => None,
+            Ok(Ok(r)) => Some(format!("the {action} hook answered {}", r.status())),
+            Ok(Err(e)) => Some(format!("the {action} hook failed: {e}")),
+            Err(_) => Some(format!(
+                "the {action} hook did not answer within {:?}",
+                config.hook_timeout
+            )),
+        }
     }
 
     fn immediate(&self) -> bool {

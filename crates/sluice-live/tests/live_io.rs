@@ -19,10 +19,14 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(LiveConfig::default()).await
+}
+
+async fn start_with(config: LiveConfig) -> Server {
     // This file tests fan-out, not flood limits: the publisher may send as fast as it likes.
     let state = LiveState::new(LiveConfig {
         max_ingest_rate: u64::MAX,
-        ..LiveConfig::default()
+        ..config
     });
     let rtmp = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -371,4 +375,71 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&data[line_end + 2..line_end + 2 + size]);
         data = &data[line_end + 4 + size..];
     }
+}
+
+/// A hook endpoint: allows streams named `ok*`, refuses others, and takes 30 s over `slow*`.
+async fn hook_server() -> String {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|axum::Json(v): axum::Json<serde_json::Value>| async move {
+            let stream = v["stream"].as_str().unwrap_or_default().to_owned();
+            if stream.starts_with("slow") {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            if stream.starts_with("ok") && v["app"] == "live" && v["client"] == "127.0.0.1" {
+                axum::http::StatusCode::OK
+            } else {
+                axum::http::StatusCode::FORBIDDEN
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn publish_and_play_hooks_decide_with_a_timeout_that_stalls_no_one_else() {
+    let hook = hook_server().await;
+    let server = start_with(LiveConfig {
+        on_publish: Some(hook.clone()),
+        on_play: Some(hook),
+        hook_timeout: Duration::from_secs(2),
+        ..LiveConfig::default()
+    })
+    .await;
+    let publish = |name: &'static str| {
+        let addr = server.rtmp.clone();
+        async move {
+            let mut c = Client::connect(&addr, "live").await;
+            c.command("publish", name).await;
+            let got = c.read_until(|m| status(m).is_some()).await;
+            (c, status(got.last().unwrap()).unwrap())
+        }
+    };
+    // A slow hook for one stream, and meanwhile an allowed one goes through at once.
+    let slow = tokio::spawn(publish("slow-cam"));
+    let started = std::time::Instant::now();
+    let (_ok, code) = publish("ok-cam").await;
+    assert_eq!(code, "NetStream.Publish.Start");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "not held up by the slow hook"
+    );
+    let (_no, code) = publish("nope").await;
+    assert_eq!(code, "NetStream.Publish.Denied");
+    let (_slow, code) = slow.await.unwrap();
+    assert_eq!(
+        code, "NetStream.Publish.Denied",
+        "a hook that does not answer refuses"
+    );
+    // Play asks too.
+    let mut player = Client::connect(&server.rtmp, "live").await;
+    player.command("play", "ok-cam").await;
+    let got = player.read_until(|m| status(m).is_some()).await;
+    assert_eq!(
+        status(got.last().unwrap()).as_deref(),
+        Some("NetStream.Play.Reset")
+    );
 }

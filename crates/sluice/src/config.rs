@@ -70,6 +70,13 @@ pub struct ServeConfig {
     pub rtmp: Option<SocketAddr>,
     /// Most bytes per second one RTMP publisher may send; a faster one is cut off as a flood.
     pub rtmp_max_ingest_rate: ByteSize,
+    /// Asked (POST, JSON `{action, app, stream, query, client}`) before each publish;
+    /// anything but 2xx refuses it.
+    pub on_publish: Option<String>,
+    /// Asked before each RTMP play.
+    pub on_play: Option<String>,
+    /// Milliseconds a publish/play hook may take; slower refuses.
+    pub hook_timeout_ms: u64,
 }
 
 impl Default for ServeConfig {
@@ -104,6 +111,9 @@ impl Default for ServeConfig {
             trusted_proxies: Vec::new(),
             rtmp: None,
             rtmp_max_ingest_rate: ByteSize(12_500_000),
+            on_publish: None,
+            on_play: None,
+            hook_timeout_ms: 3000,
         }
     }
 }
@@ -265,6 +275,8 @@ impl ServeConfig {
             .iter()
             .chain(&self.advertise)
             .chain(&self.webhook_url)
+            .chain(&self.on_publish)
+            .chain(&self.on_play)
         {
             anyhow::ensure!(
                 url.starts_with("http://") || url.starts_with("https://"),

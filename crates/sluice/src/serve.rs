@@ -86,6 +86,9 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     let live = sluice_live::LiveState::new(sluice_live::LiveConfig {
         access: crate::roles::access_policy(),
         max_ingest_rate: config.raw.rtmp_max_ingest_rate.0,
+        on_publish: config.raw.on_publish.clone(),
+        on_play: config.raw.on_play.clone(),
+        hook_timeout: Duration::from_millis(config.raw.hook_timeout_ms),
         ..sluice_live::LiveConfig::default()
     });
     let rtmp_addr = match config.raw.rtmp {
