@@ -9,6 +9,7 @@
 mod flv_http;
 pub mod hls;
 pub mod hub;
+pub mod record;
 mod rtmp;
 
 use std::future::Future;
@@ -83,18 +84,45 @@ struct Inner {
     hub: Hub,
     hls: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<hls::HlsStream>>>,
     hooks: reqwest::Client,
+    recording: Option<(record::RecordConfig, record::Recordings)>,
 }
 
 impl LiveState {
     pub fn new(config: LiveConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// With every publish recorded into storage (`--record`). Blocking (opens the
+    /// recordings list).
+    pub fn with_recording(
+        config: LiveConfig,
+        record: record::RecordConfig,
+    ) -> std::io::Result<Self> {
+        let list = record::Recordings::open(&record.dir)?;
+        Ok(Self::build(config, Some((record, list))))
+    }
+
+    fn build(
+        config: LiveConfig,
+        recording: Option<(record::RecordConfig, record::Recordings)>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
                 hub: Hub::default(),
                 hls: std::sync::Mutex::default(),
                 hooks: reqwest::Client::new(),
+                recording,
             }),
         }
+    }
+
+    pub fn recordings(&self) -> Option<&record::Recordings> {
+        self.inner.recording.as_ref().map(|(_, list)| list)
+    }
+
+    pub(crate) fn record_config(&self) -> Option<&record::RecordConfig> {
+        self.inner.recording.as_ref().map(|(c, _)| c)
     }
 
     pub fn config(&self) -> &LiveConfig {
@@ -136,6 +164,14 @@ pub fn routes(state: LiveState) -> Router {
     let cors = Arc::new(state.config().cors.clone());
     Router::new()
         .route("/live/{app}/{file}", get(flv_http::play))
+        .route(
+            "/v1/live/recordings",
+            get(
+                |axum::extract::State(s): axum::extract::State<LiveState>| async move {
+                    axum::Json(s.recordings().map(|r| r.list()).unwrap_or_default())
+                },
+            ),
+        )
         .route(
             "/v1/live/streams",
             get(

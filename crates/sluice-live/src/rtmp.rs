@@ -363,6 +363,13 @@ impl Connection {
                     Some(channel) => {
                         tracing::info!(peer = %self.peer, app = %self.app, %stream, "publishing");
                         crate::hls::spawn(self.state.clone(), channel.clone());
+                        if let Some(record) = self.state.record_config() {
+                            crate::record::spawn(
+                                self.state.clone(),
+                                channel.clone(),
+                                record.clone(),
+                            );
+                        }
                         self.session.accept_publish(stream_id, &stream);
                         self.publishing.insert(
                             stream_id,

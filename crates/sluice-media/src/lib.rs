@@ -6,4 +6,5 @@
 
 pub mod flv;
 pub mod jpeg;
+pub mod mp4;
 pub mod ts;

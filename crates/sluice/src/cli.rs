@@ -79,6 +79,9 @@ pub struct ServeCmd {
     /// without it (or `rtmp` in the config file).
     #[arg(long)]
     pub rtmp: Option<SocketAddr>,
+    /// Record every publish into storage as an MP4 (listed at /v1/live/recordings).
+    #[arg(long)]
+    pub record: bool,
 }
 
 #[derive(Args, Debug)]
@@ -89,9 +92,15 @@ pub struct LiveArgs {
     /// Address for HTTP-FLV and the stream list.
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub http: SocketAddr,
-    /// Trackers of the cluster (where recordings will be stored); repeat for several.
+    /// Trackers of the cluster (where recordings are stored); repeat for several.
     #[arg(long = "tracker")]
     pub trackers: Vec<String>,
+    /// Record every publish into the cluster's storage (needs --tracker).
+    #[arg(long)]
+    pub record: bool,
+    /// Directory for recordings in progress and the recordings list.
+    #[arg(long, default_value = "sluice-live")]
+    pub data: std::path::PathBuf,
 }
 
 #[derive(Args, Debug)]

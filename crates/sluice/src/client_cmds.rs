@@ -25,7 +25,7 @@ fn endpoint(target: &TargetArg) -> anyhow::Result<Endpoint> {
 }
 
 /// The first of `SLUICE_API_TOKEN`'s tokens, sent on writes.
-fn api_token() -> Option<String> {
+pub(crate) fn api_token() -> Option<String> {
     crate::roles::access_policy()
         .api_tokens
         .map(|t| t.current().to_owned())

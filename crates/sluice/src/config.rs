@@ -68,6 +68,8 @@ pub struct ServeConfig {
     pub trusted_proxies: Vec<String>,
     /// `sluice serve`: RTMP address for live streaming (off when unset).
     pub rtmp: Option<SocketAddr>,
+    /// `sluice serve`: record every publish into storage (`--record`).
+    pub record: bool,
     /// Most bytes per second one RTMP publisher may send; a faster one is cut off as a flood.
     pub rtmp_max_ingest_rate: ByteSize,
     /// Asked (POST, JSON `{action, app, stream, query, client}`) before each publish;
@@ -110,6 +112,7 @@ impl Default for ServeConfig {
             regions: Default::default(),
             trusted_proxies: Vec::new(),
             rtmp: None,
+            record: false,
             rtmp_max_ingest_rate: ByteSize(12_500_000),
             on_publish: None,
             on_play: None,

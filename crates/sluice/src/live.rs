@@ -10,10 +10,29 @@ use crate::roles::{Background, init_logging, serve_until_signal};
 
 pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
     init_logging();
-    let live = sluice_live::LiveState::new(sluice_live::LiveConfig {
+    let config = sluice_live::LiveConfig {
         access: crate::roles::access_policy(),
         ..sluice_live::LiveConfig::default()
-    });
+    };
+    let live = if args.record {
+        anyhow::ensure!(
+            !args.trackers.is_empty(),
+            "--record needs --tracker (where recordings are stored)"
+        );
+        let store = sluice_client::cluster::Endpoint::new(
+            None,
+            &args.trackers,
+            crate::client_cmds::api_token(),
+        )
+        .context("trackers")?;
+        let record = sluice_live::record::RecordConfig {
+            dir: args.data.clone(),
+            store,
+        };
+        sluice_live::LiveState::with_recording(config, record).context("recordings")?
+    } else {
+        sluice_live::LiveState::new(config)
+    };
     let rtmp = TcpListener::bind(args.rtmp)
         .await
         .with_context(|| format!("listening for RTMP on {}", args.rtmp))?;

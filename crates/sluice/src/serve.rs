@@ -21,6 +21,9 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     if args.rtmp.is_some() {
         config.raw.rtmp = args.rtmp;
     }
+    if args.record {
+        config.raw.record = true;
+    }
     let state = storage_state(&config, open_store(&config).await?, None)?;
     let store = state.store().clone();
     let listener = TcpListener::bind(config.raw.http)
@@ -83,14 +86,27 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     ));
 
     // Live streaming, when an RTMP address is configured.
-    let live = sluice_live::LiveState::new(sluice_live::LiveConfig {
+    let live_config = sluice_live::LiveConfig {
         access: crate::roles::access_policy(),
         max_ingest_rate: config.raw.rtmp_max_ingest_rate.0,
         on_publish: config.raw.on_publish.clone(),
         on_play: config.raw.on_play.clone(),
         hook_timeout: Duration::from_millis(config.raw.hook_timeout_ms),
         ..sluice_live::LiveConfig::default()
-    });
+    };
+    let live = if config.raw.record {
+        // Recordings are uploaded to this very server, like any other file.
+        let store =
+            sluice_client::cluster::Endpoint::new(Some(&url), &[], crate::client_cmds::api_token())
+                .context("recording upload client")?;
+        let record = sluice_live::record::RecordConfig {
+            dir: config.raw.data.join("live"),
+            store,
+        };
+        sluice_live::LiveState::with_recording(live_config, record).context("recordings")?
+    } else {
+        sluice_live::LiveState::new(live_config)
+    };
     let rtmp_addr = match config.raw.rtmp {
         None => None,
         Some(addr) => {

@@ -491,3 +491,66 @@ fn bench_live_reports_players_frames_and_latency() {
         assert!(p50 > 0.0, "{report}");
     }
 }
+
+#[test]
+fn recordings_are_stored_as_mp4_with_moov_first() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::spawn(
+        &[
+            "serve",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--rtmp",
+            "127.0.0.1:0",
+            "--record",
+        ],
+        &[],
+    );
+    let rtmp = served.rtmp.clone().unwrap();
+    let mut publisher = publish(&format!("{rtmp}/live/rec"), 4);
+    assert!(publisher.wait().unwrap().success());
+    let recordings_url = format!("{}/v1/live/recordings", served.url);
+    let mut list = serde_json::Value::Null;
+    wait_for("the recording to be stored", WAIT, || {
+        list = serde_json::from_slice(&curl(&["-sS", &recordings_url]).stdout).unwrap_or_default();
+        list.as_array().is_some_and(|l| !l.is_empty())
+    });
+    let rec = &list[0];
+    assert_eq!(
+        (rec["app"].as_str(), rec["stream"].as_str()),
+        (Some("live"), Some("rec"))
+    );
+    let duration = rec["duration"].as_f64().unwrap();
+    assert!((3.0..=5.0).contains(&duration), "{rec}");
+    let url = format!(
+        "{}/v1/files/{}",
+        served.url,
+        rec["fileid"].as_str().unwrap()
+    );
+    assert_eq!(
+        probe(&url),
+        Ok(vec!["aac".to_owned(), "h264,320,240".to_owned()])
+    );
+    // moov before mdat: a player can start (and seek) after the first bytes.
+    let head = curl(&["-sS", "-r", "0-65535", &url]).stdout;
+    let moov = head
+        .windows(4)
+        .position(|w| w == b"moov")
+        .expect("moov in the first 64 KiB");
+    let mdat = head
+        .windows(4)
+        .position(|w| w == b"mdat")
+        .expect("mdat after it");
+    assert!(moov < mdat);
+    let decoded = Command::new("ffmpeg")
+        .args(["-hide_banner", "-v", "error", "-i", &url, "-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+}

@@ -1,0 +1,360 @@
+//! Recording: each publish is followed (like the HLS segmenter, not counted as a player) and
+//! its H.264 and AAC samples spooled to disk as they arrive; on unpublish the recording
+//! becomes an MP4 with its `moov` first (plays and seeks over HTTP at once), is uploaded into
+//! storage like any file (to `sluice serve` itself, or through the trackers), and listed at
+//! `GET /v1/live/recordings`.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sluice_client::cluster::Endpoint;
+use sluice_media::flv;
+use sluice_media::mp4::{self, Sample, Track, TrackKind};
+use sluice_rtmp::amf0::{self, Amf0};
+
+use crate::LiveState;
+use crate::hub::{Channel, Frame, FrameKind, ended};
+
+/// Where recordings go.
+#[derive(Clone)]
+pub struct RecordConfig {
+    /// Spool files and the recordings list (`recordings.json`).
+    pub dir: PathBuf,
+    /// Storage to upload finished recordings into.
+    pub store: Endpoint,
+}
+
+/// One finished recording, as `GET /v1/live/recordings` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Recording {
+    pub app: String,
+    pub stream: String,
+    pub fileid: String,
+    /// Seconds.
+    pub duration: f64,
+    pub size: u64,
+    /// Unix seconds when the publish began.
+    pub started: u64,
+}
+
+/// The recordings list, kept in `recordings.json` (written atomically on each change).
+pub struct Recordings {
+    file: PathBuf,
+    list: Mutex<Vec<Recording>>,
+}
+
+impl Recordings {
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir.join("spool"))?;
+        // Spools of a previous run's unfinished recordings cannot be finished now (finished
+        // MP4s that could not be stored stay for an operator).
+        for entry in std::fs::read_dir(dir.join("spool"))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "data") {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let file = dir.join("recordings.json");
+        let list = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        Ok(Self {
+            file,
+            list: Mutex::new(list),
+        })
+    }
+
+    pub fn list(&self) -> Vec<Recording> {
+        self.list.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn add(&self, recording: Recording) {
+        let Ok(mut list) = self.list.lock() else {
+            return;
+        };
+        list.push(recording);
+        let tmp = self.file.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&*list)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let mut f = File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &self.file)
+            });
+        if let Err(e) = written {
+            tracing::error!(error = %e, "could not save the recordings list");
+        }
+    }
+}
+
+/// What the recorder has gathered of one stream.
+struct Recorder {
+    spool: File,
+    spool_path: PathBuf,
+    written: u64,
+    video: Option<Track>,
+    audio: Option<Track>,
+    first_video_ts: Option<u32>,
+    audio_frames: u64,
+    width: u16,
+    height: u16,
+}
+
+const AAC_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
+
+impl Recorder {
+    fn sample(&mut self, data: &[u8]) -> std::io::Result<(u64, u32)> {
+        self.spool.write_all(data)?;
+        let at = self.written;
+        self.written += data.len() as u64;
+        Ok((at, data.len() as u32))
+    }
+
+    fn feed(&mut self, frame: &Frame) -> std::io::Result<()> {
+        match frame.kind {
+            FrameKind::Data => {
+                if let Ok(values) = amf0::decode_all(&frame.payload) {
+                    if let Some(meta) = values.get(1) {
+                        let n = |k: &str| meta.get(k).and_then(Amf0::as_number).unwrap_or(0.0);
+                        self.width = n("width") as u16;
+                        self.height = n("height") as u16;
+                    }
+                }
+            }
+            FrameKind::Video => {
+                let Some(info) = flv::video_info(&frame.payload) else {
+                    return Ok(());
+                };
+                if info.codec != flv::VideoCodec::H264 {
+                    return Ok(());
+                }
+                let body = frame.payload.get(5..).unwrap_or_default();
+                if info.sequence_header {
+                    if self.video.is_none() {
+                        self.video = Some(Track {
+                            kind: TrackKind::H264 {
+                                avcc: body.to_vec(),
+                                width: 0,
+                                height: 0,
+                            },
+                            timescale: 1000,
+                            samples: Vec::new(),
+                            last_duration: 40,
+                        });
+                    }
+                    return Ok(());
+                }
+                if self.video.is_none() || (self.first_video_ts.is_none() && !frame.keyframe) {
+                    // A recording starts on a keyframe.
+                    return Ok(());
+                }
+                let first = *self.first_video_ts.get_or_insert(frame.timestamp);
+                let cts = frame.payload.get(2..5).map_or(0, |c| {
+                    let v = (i32::from(c[0]) << 16) | (i32::from(c[1]) << 8) | i32::from(c[2]);
+                    if v & 0x80_0000 != 0 {
+                        v - 0x100_0000
+                    } else {
+                        v
+                    }
+                });
+                let (offset, size) = self.sample(body)?;
+                if let Some(v) = self.video.as_mut() {
+                    v.samples.push(Sample {
+                        offset,
+                        size,
+                        dts: u64::from(frame.timestamp.saturating_sub(first)),
+                        cts,
+                        sync: frame.keyframe,
+                    });
+                }
+            }
+            FrameKind::Audio => {
+                let Some(info) = flv::audio_info(&frame.payload) else {
+                    return Ok(());
+                };
+                if info.codec != flv::AudioCodec::Aac {
+                    return Ok(());
+                }
+                let body = frame.payload.get(2..).unwrap_or_default();
+                if info.sequence_header {
+                    if self.audio.is_none() {
+                        let config = sluice_media::ts::AacConfig::parse(body).ok();
+                        let rate = config
+                            .and_then(|c| AAC_RATES.get(usize::from(c.frequency_index)).copied())
+                            .unwrap_or(44100);
+                        self.audio = Some(Track {
+                            kind: TrackKind::Aac {
+                                asc: body.to_vec(),
+                                sample_rate: rate,
+                                channels: config.map_or(2, |c| u16::from(c.channels)),
+                            },
+                            timescale: rate,
+                            samples: Vec::new(),
+                            last_duration: 1024,
+                        });
+                    }
+                    return Ok(());
+                }
+                // Audio waits for the first video keyframe, so both start together.
+                if self.audio.is_none() || (self.video.is_some() && self.first_video_ts.is_none()) {
+                    return Ok(());
+                }
+                let (offset, size) = self.sample(body)?;
+                let dts = self.audio_frames * 1024;
+                self.audio_frames += 1;
+                if let Some(a) = self.audio.as_mut() {
+                    a.samples.push(Sample {
+                        offset,
+                        size,
+                        dts,
+                        cts: 0,
+                        sync: true,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The finished MP4, written beside the spool; `None` when nothing was recorded.
+    fn finish(mut self) -> std::io::Result<Option<(PathBuf, u64)>> {
+        self.spool.flush()?;
+        let mut tracks = Vec::new();
+        if let Some(mut v) = self.video.take() {
+            if let TrackKind::H264 { width, height, .. } = &mut v.kind {
+                (*width, *height) = (self.width, self.height);
+            }
+            if !v.samples.is_empty() {
+                tracks.push(v);
+            }
+        }
+        if let Some(a) = self.audio.take() {
+            if !a.samples.is_empty() {
+                tracks.push(a);
+            }
+        }
+        if tracks.is_empty() {
+            let _ = std::fs::remove_file(&self.spool_path);
+            return Ok(None);
+        }
+        let duration = mp4::duration_ms(&tracks);
+        let out_path = self.spool_path.with_extension("mp4");
+        let mut out = File::create(&out_path)?;
+        out.write_all(&mp4::header(&tracks, self.written))?;
+        let mut data = File::open(&self.spool_path)?;
+        std::io::copy(&mut data, &mut out)?;
+        out.sync_all()?;
+        let _ = std::fs::remove_file(&self.spool_path);
+        Ok(Some((out_path, duration)))
+    }
+}
+
+/// Starts recording `channel`.
+pub(crate) fn spawn(state: LiveState, channel: Arc<Channel>, config: RecordConfig) {
+    let started = sluice_http::access::now_unix();
+    let name = format!(
+        "{}-{}-{started}-{:x}",
+        channel.app,
+        channel.name,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    let spool_path = config.dir.join("spool").join(format!("{name}.data"));
+    let spool = match File::create(&spool_path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a recording");
+            return;
+        }
+    };
+    let mut recorder = Recorder {
+        spool,
+        spool_path,
+        written: 0,
+        video: None,
+        audio: None,
+        first_video_ts: None,
+        audio_frames: 0,
+        width: 0,
+        height: 0,
+    };
+    tokio::spawn(async move {
+        let mut sub = channel.follow();
+        let mut failed = None;
+        let mut frames: Vec<Arc<Frame>> = std::mem::take(&mut sub.start);
+        loop {
+            // Spool writes are small and sequential; a blocking-pool hop per batch keeps them
+            // off the async threads.
+            let batch = std::mem::take(&mut frames);
+            let mut rec = recorder;
+            let (rec_back, result) = tokio::task::spawn_blocking(move || {
+                let result = batch.iter().try_for_each(|f| rec.feed(f));
+                (rec, result)
+            })
+            .await
+            .unwrap_or_else(|_| unreachable!("the spool task does not panic"));
+            recorder = rec_back;
+            if let Err(e) = result {
+                failed = Some(e);
+                break;
+            }
+            let next = tokio::select! {
+                biased;
+                batch = sub.live.recv() => batch,
+                () = ended(&mut sub.ended) => break,
+            };
+            match next {
+                Ok(batch) => frames.extend(batch.iter().filter(|f| f.seq > sub.start_seq).cloned()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "recording fell behind; frames lost");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        drop(sub);
+        if let Some(e) = failed {
+            tracing::error!(app = %channel.app, stream = %channel.name, error = %e, "recording failed");
+            let _ = std::fs::remove_file(&recorder.spool_path);
+            return;
+        }
+        let finished = tokio::task::spawn_blocking(move || recorder.finish()).await;
+        let (path, duration_ms) = match finished {
+            Ok(Ok(Some(done))) => done,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not finish a recording");
+                return;
+            }
+            Err(_) => return,
+        };
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        match config.store.upload_file(&path, |_| {}).await {
+            Ok(uploaded) => {
+                tracing::info!(app = %channel.app, stream = %channel.name, fileid = %uploaded.fileid, duration_ms, "recording stored");
+                if let Some(list) = state.recordings() {
+                    list.add(Recording {
+                        app: channel.app.clone(),
+                        stream: channel.name.clone(),
+                        fileid: uploaded.fileid,
+                        duration: duration_ms as f64 / 1000.0,
+                        size,
+                        started,
+                    });
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(e) => {
+                // Kept on disk for an operator: a recording is never thrown away silently.
+                tracing::error!(path = %path.display(), error = %e, "could not store a recording; it stays on disk");
+            }
+        }
+    });
+}
