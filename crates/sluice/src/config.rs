@@ -79,6 +79,10 @@ pub struct ServeConfig {
     pub on_play: Option<String>,
     /// Milliseconds a publish/play hook may take; slower refuses.
     pub hook_timeout_ms: u64,
+    /// Seconds a publisher may send nothing before it is taken as gone.
+    pub rtmp_idle_timeout_secs: u64,
+    /// HLS segments are cut on the first keyframe at least this many seconds after the last.
+    pub hls_target_secs: u64,
 }
 
 impl Default for ServeConfig {
@@ -117,6 +121,8 @@ impl Default for ServeConfig {
             on_publish: None,
             on_play: None,
             hook_timeout_ms: 3000,
+            rtmp_idle_timeout_secs: 10,
+            hls_target_secs: 2,
         }
     }
 }
@@ -289,6 +295,10 @@ impl ServeConfig {
         anyhow::ensure!(
             self.header_read_timeout_secs > 0 && self.body_idle_timeout_secs > 0,
             "header_read_timeout_secs and body_idle_timeout_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.rtmp_idle_timeout_secs >= 1 && self.hls_target_secs >= 1,
+            "rtmp_idle_timeout_secs and hls_target_secs must be at least 1"
         );
         anyhow::ensure!(
             self.rtmp_max_ingest_rate.0 >= 1024,

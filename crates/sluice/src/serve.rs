@@ -92,6 +92,8 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
         on_publish: config.raw.on_publish.clone(),
         on_play: config.raw.on_play.clone(),
         hook_timeout: Duration::from_millis(config.raw.hook_timeout_ms),
+        idle_timeout: Duration::from_secs(config.raw.rtmp_idle_timeout_secs),
+        hls_target: Duration::from_secs(config.raw.hls_target_secs),
         ..sluice_live::LiveConfig::default()
     };
     let live = if config.raw.record {

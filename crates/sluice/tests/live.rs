@@ -16,7 +16,11 @@ const WAIT: Duration = Duration::from_secs(20);
 fn serve_live(data: &std::path::Path, env: &[(&str, &str)]) -> Served {
     // A publisher may send 2 MB/s here (the generated test stream is about 40 KB/s).
     let config = data.join("sluice.toml");
-    std::fs::write(&config, "rtmp_max_ingest_rate = \"2MiB\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "rtmp_max_ingest_rate = \"2MiB\"\nrtmp_idle_timeout_secs = 2\n",
+    )
+    .unwrap();
     let served = Served::spawn(
         &[
             "serve",
@@ -439,6 +443,43 @@ fn hostile_rtmp_closes_that_connection_only() {
     let cut_after = flooded.join().unwrap();
     assert!(cut_after.is_some(), "the flooding publisher was cut off");
 
+    // A publisher that goes silent without closing is taken as gone after the idle timeout.
+    let mut silent = TcpStream::connect(rtmp.trim_start_matches("rtmp://")).unwrap();
+    let mut hello = vec![3u8];
+    hello.extend_from_slice(&[7u8; 1536]);
+    silent.write_all(&hello).unwrap();
+    let mut answer = vec![0u8; 1 + 2 * 1536];
+    silent.read_exact(&mut answer).unwrap();
+    silent.write_all(&[0u8; 1536]).unwrap();
+    let quiet_publish = chunk(
+        3,
+        20,
+        1,
+        0,
+        &amf_command(&[
+            Amf0::string("publish"),
+            Amf0::Number(3.0),
+            Amf0::Null,
+            Amf0::string("quiet"),
+            Amf0::string("live"),
+        ]),
+    );
+    silent
+        .write_all(&[connect_for_quiet(), create_for_quiet(), quiet_publish].concat())
+        .unwrap();
+    let listed = |name: &str| {
+        streams(&served)["streams"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["stream"] == name))
+    };
+    wait_for("the silent publisher's stream to appear", WAIT, || {
+        listed("quiet")
+    });
+    wait_for("the silent publisher to be taken as gone", WAIT, || {
+        !listed("quiet")
+    });
+    drop(silent);
+
     // The steady stream and the server were never disturbed.
     assert_eq!(
         probe(&format!("{rtmp}/live/steady")),
@@ -553,4 +594,30 @@ fn recordings_are_stored_as_mp4_with_moov_first() {
         "{}",
         String::from_utf8_lossy(&decoded.stderr)
     );
+}
+
+fn connect_for_quiet() -> Vec<u8> {
+    use sluice_rtmp::Amf0;
+    chunk(
+        3,
+        20,
+        0,
+        0,
+        &amf_command(&[
+            Amf0::string("connect"),
+            Amf0::Number(1.0),
+            Amf0::object([("app", Amf0::string("live"))]),
+        ]),
+    )
+}
+
+fn create_for_quiet() -> Vec<u8> {
+    use sluice_rtmp::Amf0;
+    chunk(
+        3,
+        20,
+        0,
+        0,
+        &amf_command(&[Amf0::string("createStream"), Amf0::Number(2.0), Amf0::Null]),
+    )
 }
