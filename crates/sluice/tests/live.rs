@@ -621,3 +621,84 @@ fn create_for_quiet() -> Vec<u8> {
         &amf_command(&[Amf0::string("createStream"), Amf0::Number(2.0), Amf0::Null]),
     )
 }
+
+#[test]
+fn the_live_role_in_a_cluster_records_through_the_trackers() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tracker = Served::spawn(
+        &[
+            "tracker",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            dirs[0].path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let _node = Served::spawn(
+        &[
+            "storage",
+            "--group",
+            "g1",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            dirs[1].path().to_str().unwrap(),
+            "--heartbeat-interval-ms",
+            "100",
+            "--tracker",
+            &tracker.url,
+        ],
+        &[],
+    );
+    wait_for("the node to be active", WAIT, || {
+        String::from_utf8_lossy(&curl(&["-sS", &format!("{}/v1/cluster", tracker.url)]).stdout)
+            .contains("\"active\"")
+    });
+    let live = Served::spawn(
+        &[
+            "live",
+            "--rtmp",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--tracker",
+            &tracker.url,
+            "--record",
+            "--data",
+            dirs[2].path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let rtmp = live
+        .rtmp
+        .clone()
+        .expect("sluice live says where RTMP listens");
+    let mut publisher = publish(&format!("{rtmp}/live/talk"), 3);
+    assert!(publisher.wait().unwrap().success());
+    let mut list = serde_json::Value::Null;
+    wait_for("the recording to be stored", WAIT, || {
+        list = serde_json::from_slice(
+            &curl(&["-sS", &format!("{}/v1/live/recordings", live.url)]).stdout,
+        )
+        .unwrap_or_default();
+        list.as_array().is_some_and(|l| !l.is_empty())
+    });
+    let fileid = list[0]["fileid"].as_str().unwrap().to_owned();
+    // Readable through the tracker like any file of the cluster.
+    let out = curl(&[
+        "-sS",
+        "-L",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download}",
+        &format!("{}/v1/files/{fileid}", tracker.url),
+    ]);
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(answer.starts_with("200 "), "{answer}");
+    assert_eq!(
+        answer[4..].parse::<u64>().unwrap(),
+        list[0]["size"].as_u64().unwrap()
+    );
+}
