@@ -133,6 +133,39 @@ fn ffmpeg_publishes_and_players_get_rtmp_and_http_flv() {
     );
     assert!(!playlist.contains("ENDLIST"));
     // ffprobe lists an HLS stream's streams per program, with blank separators.
+    // Web players on other sites (hls.js, mpegts.js) may read: CORS, preflight included.
+    let cors = curl(&[
+        "-sS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Origin: https://player.example",
+        &m3u8,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&cors.stdout)
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: *"),
+        "{}",
+        String::from_utf8_lossy(&cors.stdout)
+    );
+    let preflight = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://player.example",
+        "-H",
+        "Access-Control-Request-Method: GET",
+        &format!("{}/live/live/cam.flv", served.url),
+    ]);
+    assert!(String::from_utf8_lossy(&preflight.stdout).starts_with('2'));
     let mut hls = probe(&m3u8).expect("HLS plays");
     hls.retain(|l| !l.is_empty());
     hls.dedup();
