@@ -1,18 +1,15 @@
 //! HTTP-FLV: `GET /live/{app}/{stream}.flv` streams a live stream as an endless FLV file
 //! (what mpegts.js and ffplay read), starting at the last keyframe.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use sluice_media::flv;
-use tokio::sync::broadcast;
 
 use crate::LiveState;
-use crate::hub::{Frame, Subscription};
+use crate::hub::{Feed, FeedStep};
 
 fn error(status: StatusCode, message: &str) -> Response {
     (
@@ -47,96 +44,31 @@ pub(crate) async fn play(
     let Some(channel) = state.hub().get(&app, stream) else {
         return error(StatusCode::NOT_FOUND, "no such live stream");
     };
-    let has_video = channel.has_video();
-    let header = Bytes::copy_from_slice(&flv::header(channel.has_audio(), has_video));
-    let subscription = channel.subscribe();
-    let body = futures_util::stream::unfold(
-        (subscription, Some(header), false, has_video),
-        |(mut sub, header, mut skipping, has_video)| async move {
-            if let Some(h) = header {
-                let mut out = BytesMut::from(&h[..]);
-                for f in std::mem::take(&mut sub.start) {
-                    out.extend_from_slice(&f.flv_bytes());
-                }
-                return Some((
-                    Ok::<_, std::convert::Infallible>(out.freeze()),
-                    (sub, None, skipping, has_video),
-                ));
-            }
-            let frames = next_frames(&mut sub, &mut skipping, has_video).await?;
+    let header = flv::header(channel.has_audio(), channel.has_video());
+    let feed = Feed::new(channel.subscribe());
+    // Each poll sends every frame waiting, as one piece; the first also carries the header.
+    let body =
+        futures_util::stream::unfold((feed, Some(header)), |(mut feed, header)| async move {
+            let FeedStep::Frames(frames) = feed.next(256).await else {
+                return None;
+            };
             let mut out = BytesMut::new();
+            if let Some(h) = header {
+                out.extend_from_slice(&h);
+            }
             for f in frames {
                 out.extend_from_slice(&f.flv_bytes());
             }
-            Some((Ok(out.freeze()), (sub, None, skipping, has_video)))
-        },
-    );
+            Some((
+                Ok::<_, std::convert::Infallible>(out.freeze()),
+                (feed, None),
+            ))
+        });
     Response::builder()
         .header(header::CONTENT_TYPE, "video/x-flv")
         .header(header::CACHE_CONTROL, "no-store")
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
-}
-
-/// The next frames for an HTTP-FLV player; `None` when the stream ended or the player is too
-/// far behind to catch up.
-async fn next_frames(
-    sub: &mut Subscription,
-    skipping: &mut bool,
-    has_video: bool,
-) -> Option<Vec<Arc<Frame>>> {
-    let mut lags = 0;
-    loop {
-        // Batches before the end: a stream's last frames reach every player.
-        let first = tokio::select! {
-            biased;
-            batch = sub.live.recv() => batch,
-            () = crate::hub::ended(&mut sub.ended) => return None,
-        };
-        let mut frames = Vec::new();
-        let mut next = Some(first);
-        while let Some(item) = next {
-            match item {
-                Ok(batch) => {
-                    for frame in batch.iter() {
-                        if frame.seq <= sub.start_seq {
-                            continue;
-                        }
-                        if *skipping && (frame.keyframe || !has_video) {
-                            *skipping = false;
-                        }
-                        if !*skipping {
-                            frames.push(frame.clone());
-                        }
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    lags += 1;
-                    if lags > 5 {
-                        return None;
-                    }
-                    *skipping = true;
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-            if frames.len() >= 256 {
-                break;
-            }
-            next = match sub.live.try_recv() {
-                Ok(b) => Some(Ok(b)),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                    Some(Err(broadcast::error::RecvError::Lagged(n)))
-                }
-                Err(broadcast::error::TryRecvError::Closed) => {
-                    Some(Err(broadcast::error::RecvError::Closed))
-                }
-                Err(broadcast::error::TryRecvError::Empty) => None,
-            };
-        }
-        if !frames.is_empty() {
-            return Some(frames);
-        }
-    }
 }
 
 /// `/live/{app}/{stream}.m3u8`. With signed URLs, each segment URI in it is signed too:

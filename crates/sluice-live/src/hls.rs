@@ -14,7 +14,7 @@ use sluice_media::flv;
 use sluice_media::ts::{AacConfig, AvcConfig, PID_AUDIO, PID_VIDEO, TsWriter, annex_b};
 
 use crate::LiveState;
-use crate::hub::{Channel, Frame, FrameKind, ended};
+use crate::hub::{Channel, Feed, FeedStep, Frame, FrameKind};
 
 /// Segments kept in the playlist's window.
 pub const WINDOW: usize = 6;
@@ -91,15 +91,7 @@ impl HlsStream {
                 let Some(b) = s.building.as_mut() else {
                     return;
                 };
-                // FLV: frame header (1), packet type (1), composition time (3, signed).
-                let cts = frame.payload.get(2..5).map_or(0, |c| {
-                    let v = (i32::from(c[0]) << 16) | (i32::from(c[1]) << 8) | i32::from(c[2]);
-                    if v & 0x80_0000 != 0 {
-                        v - 0x100_0000
-                    } else {
-                        v
-                    }
-                });
+                let cts = flv::composition_time(&frame.payload);
                 let Ok(au) = annex_b(
                     &config,
                     frame.payload.get(5..).unwrap_or_default(),
@@ -239,30 +231,15 @@ pub(crate) fn spawn(state: LiveState, channel: Arc<Channel>) {
     let hls = Arc::new(HlsStream::new(state.config().hls_target));
     state.set_hls(&channel.app, &channel.name, hls.clone());
     tokio::spawn(async move {
-        let mut sub = channel.follow();
-        for f in std::mem::take(&mut sub.start) {
-            hls.feed(&f);
-        }
-        loop {
-            let batch = tokio::select! {
-                biased;
-                batch = sub.live.recv() => batch,
-                () = ended(&mut sub.ended) => break,
-            };
-            match batch {
-                Ok(batch) => {
-                    for f in batch.iter().filter(|f| f.seq > sub.start_seq) {
-                        hls.feed(f);
-                    }
-                }
-                // The segmenter is never slow enough to lag; if it did, the next keyframe
-                // starts a fresh segment.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+        // After a lag (it should never be that slow) the next keyframe starts a segment.
+        let mut feed = Feed::new(channel.follow());
+        while let FeedStep::Frames(frames) = feed.next(usize::MAX).await {
+            for f in &frames {
+                hls.feed(f);
             }
         }
         hls.end();
-        drop(sub);
+        drop(feed);
         tokio::time::sleep(LINGER).await;
         state.remove_hls(&channel.app, &channel.name, &hls);
     });

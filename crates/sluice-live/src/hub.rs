@@ -145,7 +145,7 @@ struct ChannelState {
     video_header: Option<Arc<Frame>>,
     audio_header: Option<Arc<Frame>>,
     /// From the last keyframe on.
-    gop: Vec<Arc<Frame>>,
+    gop: std::collections::VecDeque<Arc<Frame>>,
     gop_bytes: usize,
     video_codec: Option<flv::VideoCodec>,
     audio_codec: Option<flv::AudioCodec>,
@@ -207,45 +207,49 @@ impl Channel {
         };
         s.next_seq += 1;
         let frame = Frame::new(s.next_seq, kind, timestamp, payload);
+        // Headers (metadata, codec configuration) are kept apart from the GOP: a new player
+        // gets the latest of each first.
+        let mut is_header = true;
         match frame.kind {
             FrameKind::Data => s.metadata = Some(frame.clone()),
-            FrameKind::Video => {
-                if let Some(info) = flv::video_info(&frame.payload) {
+            FrameKind::Video => match flv::video_info(&frame.payload) {
+                Some(info) if info.sequence_header => {
                     s.video_codec = Some(info.codec);
-                    if info.sequence_header {
-                        s.video_header = Some(frame.clone());
-                    } else if frame.keyframe {
-                        s.gop.clear();
-                        s.gop_bytes = 0;
-                    }
+                    s.video_header = Some(frame.clone());
                 }
-            }
-            FrameKind::Audio => {
-                if let Some(info) = flv::audio_info(&frame.payload) {
+                info => {
+                    s.video_codec = info.map(|i| i.codec).or(s.video_codec);
+                    is_header = false;
+                }
+            },
+            FrameKind::Audio => match flv::audio_info(&frame.payload) {
+                Some(info) if info.sequence_header => {
                     s.audio_codec = Some(info.codec);
-                    if info.sequence_header {
-                        s.audio_header = Some(frame.clone());
-                    }
+                    s.audio_header = Some(frame.clone());
                 }
-            }
+                info => {
+                    s.audio_codec = info.map(|i| i.codec).or(s.audio_codec);
+                    is_header = false;
+                }
+            },
         }
-        let is_header = matches!(frame.kind, FrameKind::Data)
-            || s.video_header
-                .as_ref()
-                .is_some_and(|h| Arc::ptr_eq(h, &frame))
-            || s.audio_header
-                .as_ref()
-                .is_some_and(|h| Arc::ptr_eq(h, &frame));
-        // Audio-only streams have no keyframes: keep a bounded tail of them instead.
-        if !is_header && (s.gop_bytes + frame.payload.len() <= GOP_CACHE_BYTES || s.gop.is_empty())
-        {
-            s.gop_bytes += frame.payload.len();
-            s.gop.push(frame.clone());
-        } else if !is_header && s.video_codec.is_none() {
-            let dropped = s.gop.remove(0);
-            s.gop_bytes -= dropped.payload.len();
-            s.gop_bytes += frame.payload.len();
-            s.gop.push(frame.clone());
+        if !is_header {
+            if frame.keyframe {
+                s.gop.clear();
+                s.gop_bytes = 0;
+            }
+            let size = frame.payload.len();
+            if s.gop_bytes + size <= GOP_CACHE_BYTES || s.gop.is_empty() {
+                s.gop_bytes += size;
+                s.gop.push_back(frame.clone());
+            } else if s.video_codec.is_none() {
+                // Audio-only streams have no keyframes: keep a bounded tail instead.
+                if let Some(dropped) = s.gop.pop_front() {
+                    s.gop_bytes -= dropped.payload.len();
+                }
+                s.gop_bytes += size;
+                s.gop.push_back(frame.clone());
+            }
         }
         s.pending_bytes += frame.payload.len();
         s.pending.push(frame);
@@ -418,6 +422,103 @@ impl Hub {
 /// publishers send is not for players).
 pub fn metadata_payload(values: &[Amf0]) -> Bytes {
     Bytes::from(amf0::encode_all(values))
+}
+
+/// What a follower of a stream gets next.
+pub enum FeedStep {
+    Frames(Vec<Arc<Frame>>),
+    /// The publisher is gone (every frame before that was delivered).
+    Ended,
+    /// Fell behind by a whole backlog more than [`MAX_LAGS`] times in a row.
+    TooSlow,
+}
+
+/// Lags in a row before a follower is given up.
+pub const MAX_LAGS: u32 = 5;
+
+/// A follower's position in a stream: players (RTMP, HTTP-FLV), the HLS segmenter and the
+/// recorder all read a stream through one. It hands out the start set first, then batches,
+/// skipping frames already in the start set; after a lag it drops frames up to the next
+/// keyframe (any frame, for a stream without video), so what follows always decodes.
+pub struct Feed {
+    subscription: Subscription,
+    started: bool,
+    skipping: bool,
+    lags: u32,
+    /// Whether the stream has shown video (so a skip waits for a keyframe).
+    seen_video: bool,
+}
+
+impl Feed {
+    pub fn new(subscription: Subscription) -> Self {
+        Self {
+            subscription,
+            started: false,
+            skipping: false,
+            lags: 0,
+            seen_video: false,
+        }
+    }
+
+    /// The next frames: all that are waiting, up to about `max` (whole batches).
+    pub async fn next(&mut self, max: usize) -> FeedStep {
+        if !self.started {
+            self.started = true;
+            let start = std::mem::take(&mut self.subscription.start);
+            self.seen_video = start.iter().any(|f| f.kind == FrameKind::Video);
+            return FeedStep::Frames(start);
+        }
+        let mut frames = Vec::new();
+        loop {
+            // Batches before the end: a stream's last frames reach every follower.
+            let received = if frames.is_empty() {
+                tokio::select! {
+                    biased;
+                    batch = self.subscription.live.recv() => batch,
+                    () = ended(&mut self.subscription.ended) => return FeedStep::Ended,
+                }
+            } else {
+                match self.subscription.live.try_recv() {
+                    Ok(batch) => Ok(batch),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => {
+                        Err(broadcast::error::RecvError::Closed)
+                    }
+                    Err(broadcast::error::TryRecvError::Empty) => return FeedStep::Frames(frames),
+                }
+            };
+            match received {
+                Ok(batch) => {
+                    for frame in batch.iter().filter(|f| f.seq > self.subscription.start_seq) {
+                        self.seen_video |= frame.kind == FrameKind::Video;
+                        if self.skipping && (frame.keyframe || !self.seen_video) {
+                            self.skipping = false;
+                        }
+                        if !self.skipping {
+                            frames.push(frame.clone());
+                        }
+                    }
+                    if !self.skipping {
+                        self.lags = 0;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "follower lagged; skipping to the next keyframe");
+                    self.lags += 1;
+                    if self.lags > MAX_LAGS {
+                        return FeedStep::TooSlow;
+                    }
+                    self.skipping = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => return FeedStep::Ended,
+            }
+            if frames.len() >= max {
+                return FeedStep::Frames(frames);
+            }
+        }
+    }
 }
 
 /// Resolves once `flag` is true (or its sender is gone); holds no lock across the wait's end.

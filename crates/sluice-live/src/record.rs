@@ -16,7 +16,7 @@ use sluice_media::mp4::{self, Sample, Track, TrackKind};
 use sluice_rtmp::amf0::{self, Amf0};
 
 use crate::LiveState;
-use crate::hub::{Channel, Frame, FrameKind, ended};
+use crate::hub::{Channel, Feed, FeedStep, Frame, FrameKind};
 
 /// Where recordings go.
 #[derive(Clone)]
@@ -105,10 +105,6 @@ struct Recorder {
     height: u16,
 }
 
-const AAC_RATES: [u32; 13] = [
-    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
-];
-
 impl Recorder {
     fn sample(&mut self, data: &[u8]) -> std::io::Result<(u64, u32)> {
         self.spool.write_all(data)?;
@@ -156,14 +152,7 @@ impl Recorder {
                     return Ok(());
                 }
                 let first = *self.first_video_ts.get_or_insert(frame.timestamp);
-                let cts = frame.payload.get(2..5).map_or(0, |c| {
-                    let v = (i32::from(c[0]) << 16) | (i32::from(c[1]) << 8) | i32::from(c[2]);
-                    if v & 0x80_0000 != 0 {
-                        v - 0x100_0000
-                    } else {
-                        v
-                    }
-                });
+                let cts = flv::composition_time(&frame.payload);
                 let (offset, size) = self.sample(body)?;
                 if let Some(v) = self.video.as_mut() {
                     v.samples.push(Sample {
@@ -186,9 +175,7 @@ impl Recorder {
                 if info.sequence_header {
                     if self.audio.is_none() {
                         let config = sluice_media::ts::AacConfig::parse(body).ok();
-                        let rate = config
-                            .and_then(|c| AAC_RATES.get(usize::from(c.frequency_index)).copied())
-                            .unwrap_or(44100);
+                        let rate = config.map_or(44100, |c| c.sample_rate());
                         self.audio = Some(Track {
                             kind: TrackKind::Aac {
                                 asc: body.to_vec(),
@@ -287,39 +274,32 @@ pub(crate) fn spawn(state: LiveState, channel: Arc<Channel>, config: RecordConfi
         height: 0,
     };
     tokio::spawn(async move {
-        let mut sub = channel.follow();
+        // After a lag (frames lost to the recording) it goes on from the next keyframe.
+        let mut feed = Feed::new(channel.follow());
         let mut failed = None;
-        let mut frames: Vec<Arc<Frame>> = std::mem::take(&mut sub.start);
-        loop {
-            // Spool writes are small and sequential; a blocking-pool hop per batch keeps them
-            // off the async threads.
-            let batch = std::mem::take(&mut frames);
+        while let FeedStep::Frames(frames) = feed.next(usize::MAX).await {
+            // Spool writes are small and sequential; one blocking-pool hop per batch keeps
+            // them off the async threads.
             let mut rec = recorder;
-            let (rec_back, result) = tokio::task::spawn_blocking(move || {
-                let result = batch.iter().try_for_each(|f| rec.feed(f));
+            let outcome = tokio::task::spawn_blocking(move || {
+                let result = frames.iter().try_for_each(|f| rec.feed(f));
                 (rec, result)
             })
-            .await
-            .unwrap_or_else(|_| unreachable!("the spool task does not panic"));
-            recorder = rec_back;
-            if let Err(e) = result {
-                failed = Some(e);
-                break;
-            }
-            let next = tokio::select! {
-                biased;
-                batch = sub.live.recv() => batch,
-                () = ended(&mut sub.ended) => break,
-            };
-            match next {
-                Ok(batch) => frames.extend(batch.iter().filter(|f| f.seq > sub.start_seq).cloned()),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "recording fell behind; frames lost");
+            .await;
+            match outcome {
+                Ok((rec, Ok(()))) => recorder = rec,
+                Ok((rec, Err(e))) => {
+                    recorder = rec;
+                    failed = Some(e.to_string());
+                    break;
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                Err(e) => {
+                    tracing::error!(app = %channel.app, stream = %channel.name, error = %e, "recording task failed");
+                    return;
+                }
             }
         }
-        drop(sub);
+        drop(feed);
         if let Some(e) = failed {
             tracing::error!(app = %channel.app, stream = %channel.name, error = %e, "recording failed");
             let _ = std::fs::remove_file(&recorder.spool_path);
@@ -339,17 +319,22 @@ pub(crate) fn spawn(state: LiveState, channel: Arc<Channel>, config: RecordConfi
         match config.store.upload_file(&path, |_| {}).await {
             Ok(uploaded) => {
                 tracing::info!(app = %channel.app, stream = %channel.name, fileid = %uploaded.fileid, duration_ms, "recording stored");
-                if let Some(list) = state.recordings() {
-                    list.add(Recording {
-                        app: channel.app.clone(),
-                        stream: channel.name.clone(),
-                        fileid: uploaded.fileid,
-                        duration: duration_ms as f64 / 1000.0,
-                        size,
-                        started,
-                    });
-                }
-                let _ = std::fs::remove_file(&path);
+                let recording = Recording {
+                    app: channel.app.clone(),
+                    stream: channel.name.clone(),
+                    fileid: uploaded.fileid,
+                    duration: duration_ms as f64 / 1000.0,
+                    size,
+                    started,
+                };
+                // The list is saved to disk: off the async threads.
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(list) = state.recordings() {
+                        list.add(recording);
+                    }
+                    let _ = std::fs::remove_file(&path);
+                })
+                .await;
             }
             Err(e) => {
                 // Kept on disk for an operator: a recording is never thrown away silently.

@@ -13,16 +13,14 @@ use bytes::Bytes;
 use sluice_rtmp::{Event, ServerSession, SessionConfig};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{Semaphore, watch};
 
-use crate::hub::{Channel, Frame, FrameKind, Subscription, ended, metadata_payload};
+use crate::hub::{Channel, Feed, FeedStep, FrameKind, ended, metadata_payload};
 
 use crate::{CHUNK_SIZE, LiveState};
 
 /// Frames written to a player in one go, at most (several batches, when it is behind).
 const BATCH_FRAMES: usize = 256;
-/// A player that falls this far behind this many times in a row is dropped.
-const MAX_LAGS: u32 = 5;
 /// A player that accepts no bytes for this long is dropped.
 const PLAYER_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A timestamp this far behind the previous one of the same kind is a broken publisher.
@@ -74,82 +72,10 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// One player's position in a stream.
+/// One RTMP player: its message stream and its position in the stream.
 struct Playing {
     stream_id: u32,
-    subscription: Subscription,
-    started: bool,
-    /// After a lag: frames are dropped until the next keyframe.
-    skipping: bool,
-    lags: u32,
-    has_video: bool,
-}
-
-enum PlayerStep {
-    Frames(Vec<Arc<Frame>>),
-    Ended,
-    TooSlow,
-}
-
-impl Playing {
-    async fn next(&mut self) -> PlayerStep {
-        if !self.started {
-            self.started = true;
-            return PlayerStep::Frames(std::mem::take(&mut self.subscription.start));
-        }
-        // Batches before the end: a stream's last frames reach every player.
-        let first = tokio::select! {
-            biased;
-            batch = self.subscription.live.recv() => batch,
-            () = ended(&mut self.subscription.ended) => return PlayerStep::Ended,
-        };
-        let mut frames = Vec::new();
-        let mut next = first;
-        loop {
-            match next {
-                Ok(batch) => {
-                    for frame in batch.iter() {
-                        if frame.seq <= self.subscription.start_seq {
-                            continue;
-                        }
-                        if self.skipping && (frame.keyframe || !self.has_video) {
-                            self.skipping = false;
-                        }
-                        if !self.skipping {
-                            frames.push(frame.clone());
-                        }
-                    }
-                    if !self.skipping {
-                        self.lags = 0;
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    self.lags += 1;
-                    tracing::debug!(missed, "player lagged; skipping to the next keyframe");
-                    if self.lags > MAX_LAGS {
-                        return PlayerStep::TooSlow;
-                    }
-                    self.skipping = true;
-                }
-                Err(broadcast::error::RecvError::Closed) => return PlayerStep::Ended,
-            }
-            if frames.len() >= BATCH_FRAMES {
-                break;
-            }
-            match self.subscription.live.try_recv() {
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                other => next = other.map_err(to_recv),
-            }
-        }
-        PlayerStep::Frames(frames)
-    }
-}
-
-fn to_recv(e: broadcast::error::TryRecvError) -> broadcast::error::RecvError {
-    match e {
-        broadcast::error::TryRecvError::Lagged(n) => broadcast::error::RecvError::Lagged(n),
-        _ => broadcast::error::RecvError::Closed,
-    }
+    feed: Feed,
 }
 
 /// Bytes per second over the last few seconds, for flood detection.
@@ -211,7 +137,7 @@ impl Connection {
         loop {
             let next_frames = async {
                 match playing.as_mut() {
-                    Some(p) => p.next().await,
+                    Some(p) => p.feed.next(BATCH_FRAMES).await,
                     None => std::future::pending().await,
                 }
             };
@@ -247,7 +173,7 @@ impl Connection {
                     self.flush_session(&mut writer).await?;
                 }
                 step = next_frames => match step {
-                    PlayerStep::Frames(frames) => {
+                    FeedStep::Frames(frames) => {
                         let stream_id = playing.as_ref().map_or(1, |p| p.stream_id);
                         let chunk = self.session.out_chunk_size();
                         let parts: Vec<Bytes> = frames.iter().map(|f| f.rtmp_bytes(stream_id, chunk)).collect();
@@ -257,14 +183,14 @@ impl Connection {
                             .map_err(|_| "player stalled; dropped".to_owned())?
                             .map_err(|e| e.to_string())?;
                     }
-                    PlayerStep::Ended => {
+                    FeedStep::Ended => {
                         if let Some(p) = playing.take() {
                             self.session.end_play(p.stream_id);
                         }
                         self.flush_session(&mut writer).await?;
                         return Ok("the stream ended");
                     }
-                    PlayerStep::TooSlow => return Err("player too slow; dropped".into()),
+                    FeedStep::TooSlow => return Err("player too slow; dropped".into()),
                 },
                 () = ended(&mut stopped) => return Ok("shutdown"),
             }
@@ -439,14 +365,9 @@ impl Connection {
                     ),
                     Some(channel) => {
                         self.session.accept_play(stream_id, &stream);
-                        let has_video = channel.has_video();
                         return Ok(Some(PlayChange::Start(Playing {
                             stream_id,
-                            subscription: channel.subscribe(),
-                            started: false,
-                            skipping: false,
-                            lags: 0,
-                            has_video,
+                            feed: Feed::new(channel.subscribe()),
                         })));
                     }
                 }

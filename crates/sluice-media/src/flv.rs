@@ -119,6 +119,19 @@ pub fn video_info(data: &[u8]) -> Option<VideoInfo> {
     })
 }
 
+/// An AVC/HEVC video tag body's composition time offset (presentation minus decode time, ms):
+/// the signed 24-bit field after the packet type. 0 when absent.
+pub fn composition_time(data: &[u8]) -> i32 {
+    data.get(2..5).map_or(0, |c| {
+        let v = (i32::from(c[0]) << 16) | (i32::from(c[1]) << 8) | i32::from(c[2]);
+        if v & 0x80_0000 != 0 {
+            v - 0x100_0000
+        } else {
+            v
+        }
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AudioInfo {
     pub codec: AudioCodec,
@@ -238,6 +251,9 @@ mod tests {
         let aac = audio_info(&[0xAF, 0, 0x12, 0x10]).unwrap();
         assert_eq!((aac.codec, aac.sequence_header), (AudioCodec::Aac, true));
         assert!(!audio_info(&[0xAF, 1]).unwrap().sequence_header);
+        assert_eq!(composition_time(&[0x27, 1, 0, 0, 80]), 80);
+        assert_eq!(composition_time(&[0x27, 1, 0xFF, 0xFF, 0xD8]), -40);
+        assert_eq!(composition_time(&[0x27]), 0);
     }
 
     proptest! {

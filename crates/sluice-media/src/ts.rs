@@ -101,6 +101,14 @@ impl AacConfig {
         })
     }
 
+    /// Samples per second.
+    pub fn sample_rate(&self) -> u32 {
+        const RATES: [u32; 13] = [
+            96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+        ];
+        RATES[usize::from(self.frequency_index).min(RATES.len() - 1)]
+    }
+
     /// The 7-byte ADTS header for a raw frame of `len` bytes.
     pub fn adts(&self, len: usize) -> [u8; 7] {
         let full = len + 7;
@@ -399,6 +407,7 @@ mod tests {
         // AAC LC, 44.1 kHz, stereo: 0x12 0x10.
         let c = AacConfig::parse(&[0x12, 0x10]).unwrap();
         assert_eq!((c.object_type, c.frequency_index, c.channels), (2, 4, 2));
+        assert_eq!(c.sample_rate(), 44100);
         assert_eq!(c.adts(100), [0xFF, 0xF1, 0x50, 0x80, 0x0D, 0x7F, 0xFC]);
     }
 
