@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use sluice_proto::range::{ByteRange, RangeRequest};
 use sluice_proto::{BlobKey, FileId, SecretSet};
-use sluice_storage::{LocalRead, LocalSource, serve_local};
+use sluice_storage::{LocalRead, LocalSource, if_none_match, serve_local};
 
 use crate::fill::{Fill, FillState, OriginHead, Refusal};
 use crate::{EdgeError, EdgeMetrics, EdgeState};
@@ -286,18 +286,6 @@ fn spool_body(
         }
     });
     Body::from_stream(stream)
-}
-
-fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            let t = t.trim();
-            t == "*" || t.trim_start_matches("W/") == etag
-        })
 }
 
 /// Passes one request through to the origin (a far range, or a file still arriving there):

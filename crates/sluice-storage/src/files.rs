@@ -487,7 +487,7 @@ fn body_from_parts(parts: Vec<Bytes>) -> Body {
 }
 
 /// `If-None-Match` uses weak comparison (RFC 9110 §13.1.2).
-pub(crate) fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()

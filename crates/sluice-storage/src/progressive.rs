@@ -111,6 +111,10 @@ pub(crate) struct View {
 
 pub(crate) struct Session {
     pub id: String,
+    /// The declared length and content kind never change: kept apart from the record so the
+    /// per-chunk path reads them without a lock or a clone.
+    length: u64,
+    expects_jpeg: bool,
     data_path: PathBuf,
     record_path: PathBuf,
     record: Mutex<SessionRecord>,
@@ -200,17 +204,7 @@ impl Uploads {
         }
         let file = File::options().read(true).write(true).open(&data_path)?;
         let offset = file.metadata()?.len().min(record.length);
-        let mut tracker = ScanTracker::new(config.max_scan_tail);
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut at = 0;
-        while at < offset {
-            let n = file.read_at(&mut buf[..READ_CHUNK.min((offset - at) as usize)], at)?;
-            if n == 0 {
-                break;
-            }
-            let _ = tracker.push(&buf[..n]);
-            at += n as u64;
-        }
+        let tracker = track_file(&file, offset, config.max_scan_tail)?;
         let key = record.key.as_deref().and_then(|k| BlobKey::parse(k).ok());
         let committed = match key {
             Some(k) => store
@@ -346,6 +340,8 @@ impl Session {
         };
         let session = Arc::new(Self {
             id,
+            length: record.length,
+            expects_jpeg: expects_jpeg(&record),
             data_path,
             record_path,
             record: Mutex::new(record),
@@ -434,7 +430,6 @@ impl Session {
             self.set_mts(&progress, mts)?;
         }
         self.touch();
-        let record = self.record();
         let file = progress.file.clone().ok_or(ApiError::Internal)?;
         let mut hasher = body.checksum.as_ref().map(|c| Digest::new(c.algorithm));
         let mut interrupted = self.interrupt.subscribe();
@@ -459,10 +454,10 @@ impl Session {
                 }
                 Ok(Some(Ok(chunk))) => chunk,
             };
-            if progress.offset + chunk.len() as u64 > record.length {
+            if progress.offset + chunk.len() as u64 > self.length {
                 failure = Some(ApiError::BadRequest(format!(
                     "the body goes past Upload-Length ({})",
-                    record.length
+                    self.length
                 )));
                 break;
             }
@@ -474,15 +469,13 @@ impl Session {
             let (f, c) = (file.clone(), chunk.clone());
             run_blocking(move || f.write_all_at(&c, at)).await?;
             progress.offset += chunk.len() as u64;
-            if progress.tracker.push(&chunk).is_err() && expects_jpeg(&record) {
-                let why = match progress.tracker.push(&[]) {
-                    Err(e) => e.to_string(),
-                    Ok(()) => "not a JPEG".into(),
-                };
-                failure = Some(ApiError::BadRequest(format!(
-                    "the bytes are not a valid JPEG ({why}); the upload cannot go on"
-                )));
-                break;
+            if let Err(why) = progress.tracker.push(&chunk) {
+                if self.expects_jpeg {
+                    failure = Some(ApiError::BadRequest(format!(
+                        "the bytes are not a valid JPEG ({why}); the upload cannot go on"
+                    )));
+                    break;
+                }
             }
             if hasher.is_none() {
                 self.publish(&progress);
@@ -493,7 +486,7 @@ impl Session {
             (Some(h), Some(want)) if failure.is_none() => h.finish() != want.digest,
             _ => false,
         };
-        let not_jpeg = expects_jpeg(&record) && !progress.tracker.is_jpeg();
+        let not_jpeg = self.expects_jpeg && !progress.tracker.is_jpeg();
         if checksum_failed || not_jpeg || (failure.is_some() && body.checksum.is_some()) {
             // Nothing of a body that fails its checksum, or that breaks the JPEG, is kept: the
             // file stays a valid image whatever becomes of the upload.
@@ -541,18 +534,7 @@ impl Session {
         let tracker = run_blocking(move || {
             file.set_len(to)?;
             file.sync_data()?;
-            let mut tracker = ScanTracker::new(max_tail);
-            let mut buf = vec![0u8; READ_CHUNK];
-            let mut at = 0;
-            while at < to {
-                let n = file.read_at(&mut buf[..READ_CHUNK.min((to - at) as usize)], at)?;
-                if n == 0 {
-                    break;
-                }
-                let _ = tracker.push(&buf[..n]);
-                at += n as u64;
-            }
-            Ok(tracker)
+            track_file(&file, to, max_tail)
         })
         .await?;
         progress.offset = to;
@@ -566,7 +548,7 @@ impl Session {
         let jpeg = progress.tracker.is_jpeg() && layout.header_end > 0;
         self.view.send_replace(View {
             received: progress.offset,
-            total: self.record().length,
+            total: self.length,
             jpeg,
             viewable: if jpeg {
                 layout
@@ -599,7 +581,7 @@ impl Session {
         progress: &mut Progress,
         state: &StorageState,
     ) -> Result<(), ApiError> {
-        let length = self.record().length;
+        let length = self.length;
         if progress.offset >= length {
             return self.finish(progress, state, Ending::Completed).await;
         }
@@ -804,6 +786,23 @@ pub async fn run_watchdog(state: StorageState, shutdown: impl std::future::Futur
             state.uploads().forget(&session.id);
         }
     }
+}
+
+/// A scan tracker fed the first `len` bytes of a data file (after a restart or a truncation).
+fn track_file(file: &File, len: u64, max_tail: usize) -> std::io::Result<ScanTracker> {
+    let mut tracker = ScanTracker::new(max_tail);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut at = 0;
+    while at < len {
+        let n = file.read_at(&mut buf[..READ_CHUNK.min((len - at) as usize)], at)?;
+        if n == 0 {
+            break;
+        }
+        // A tracker that fails stays failed; what it says is read from it later.
+        let _ = tracker.push(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(tracker)
 }
 
 fn expects_jpeg(record: &SessionRecord) -> bool {
