@@ -12,14 +12,8 @@ rounds=${1:-3}
 seconds=${2:-8}
 conns=${3:-32}
 
-need=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source bench/lib.sh
+ensure_tools nginx=nginx-light wrk=wrk curl=curl
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --quiet -p sluice
@@ -29,7 +23,6 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 oport=$(free_port); eport=$(free_port); nport=$(free_port)
 wait_up() { for _ in $(seq 100); do curl -sf "$1" -o /dev/null && return 0; sleep 0.1; done; echo "$1 did not come up" >&2; exit 1; }
 
@@ -93,34 +86,5 @@ for size in 64KiB 1MiB; do
   cmp "$work/e.bin" "$work/$size.bin" && cmp "$work/n.bin" "$work/$size.bin"
 done
 
-measure() {
-  local out rps tps
-  out=$(wrk -t1 -c"$conns" -d"${seconds}s" --latency "$1")
-  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  tps=$(awk '/^Transfer\/sec:/ {v=$2; if (v ~ /GB$/) m=1024; else if (v ~ /MB$/) m=1; else if (v ~ /KB$/) m=1/1024; else m=1/1048576; sub(/[A-Z]+$/,"",v); print v*m*1.048576}' <<<"$out")
-  echo "$rps $tps"
-}
-
-declare -A rps mbs
-for size in 64KiB 1MiB; do for server in nginx edge; do rps[$server$size]=0; mbs[$server$size]=0; done; done
 echo "cache hits: rounds=$rounds seconds=$seconds connections=$conns cores=$(nproc)"
-for round in $(seq "$rounds"); do
-  for size in 64KiB 1MiB; do
-    for server in nginx edge; do
-      port=$nport; [ $server = edge ] && port=$eport
-      read -r r m < <(measure "http://127.0.0.1:$port${path[$size]}")
-      printf 'round %d  %-6s %-6s  %10.1f req/s  %9.1f MB/s\n' "$round" "$server" "$size" "$r" "$m"
-      rps[$server$size]=$(python3 -c "print(${rps[$server$size]} + $r)")
-      mbs[$server$size]=$(python3 -c "print(${mbs[$server$size]} + $m)")
-    done
-  done
-done
-echo
-printf '%-6s  %12s %12s  %10s %10s  %s\n' size "nginx req/s" "edge req/s" "nginx MB/s" "edge MB/s" "ratio edge/nginx"
-for size in 64KiB 1MiB; do
-  python3 - "$size" "${rps[nginx$size]}" "${rps[edge$size]}" "${mbs[nginx$size]}" "${mbs[edge$size]}" "$rounds" <<'PY'
-import sys
-size, nr, er, nm, em, n = sys.argv[1], *map(float, sys.argv[2:6]), int(sys.argv[6])
-print(f"{size:<6}  {nr/n:12.1f} {er/n:12.1f}  {nm/n:10.1f} {em/n:10.1f}  req/s {er/nr:.2f}x  MB/s {em/nm:.2f}x")
-PY
-done
+wrk_compare nginx "$nport" edge "$eport"

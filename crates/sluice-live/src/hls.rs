@@ -82,31 +82,30 @@ impl HlsStream {
                     s.writer.has_video = true;
                     return;
                 }
-                let Some(config) = s.avc.clone() else {
+                if s.avc.is_none() {
                     return;
-                };
+                }
                 if frame.keyframe {
                     self.cut_if_due(&mut s, ts);
                 }
-                let Some(b) = s.building.as_mut() else {
+                // Disjoint borrows of the segment, the writer and the configuration.
+                let HlsState {
+                    building: Some(b),
+                    writer,
+                    avc: Some(config),
+                    ..
+                } = &mut *s
+                else {
+                    return;
+                };
+                let body = frame.payload.get(5..).unwrap_or_default();
+                let Ok(au) = annex_b(config, body, frame.keyframe) else {
                     return;
                 };
                 let cts = flv::composition_time(&frame.payload);
-                let Ok(au) = annex_b(
-                    &config,
-                    frame.payload.get(5..).unwrap_or_default(),
-                    frame.keyframe,
-                ) else {
-                    return;
-                };
                 let pts = (ts as i64 + i64::from(cts)).max(0) as u64;
                 b.last_ms = ts;
-                let mut data = std::mem::take(&mut b.data);
-                s.writer
-                    .write_pes(PID_VIDEO, ts, pts, &au, frame.keyframe, &mut data);
-                if let Some(b) = s.building.as_mut() {
-                    b.data = data;
-                }
+                writer.write_pes(PID_VIDEO, ts, pts, &au, frame.keyframe, &mut b.data);
             }
             FrameKind::Audio => {
                 let Some(info) = flv::audio_info(&frame.payload) else {
@@ -123,26 +122,27 @@ impl HlsStream {
                     s.writer.has_audio = true;
                     return;
                 }
-                let Some(config) = s.aac else {
+                if s.aac.is_none() {
                     return;
-                };
+                }
                 // Audio-only streams are cut on any frame.
                 if s.avc.is_none() {
                     self.cut_if_due(&mut s, ts);
                 }
+                let HlsState {
+                    building: Some(b),
+                    writer,
+                    aac: Some(config),
+                    ..
+                } = &mut *s
+                else {
+                    return;
+                };
                 let raw = frame.payload.get(2..).unwrap_or_default();
                 let mut pes = config.adts(raw.len()).to_vec();
                 pes.extend_from_slice(raw);
-                let Some(b) = s.building.as_mut() else {
-                    return;
-                };
                 b.last_ms = b.last_ms.max(ts);
-                let mut data = std::mem::take(&mut b.data);
-                s.writer
-                    .write_pes(PID_AUDIO, ts, ts, &pes, false, &mut data);
-                if let Some(b) = s.building.as_mut() {
-                    b.data = data;
-                }
+                writer.write_pes(PID_AUDIO, ts, ts, &pes, false, &mut b.data);
             }
         }
     }
