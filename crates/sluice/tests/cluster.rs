@@ -12,16 +12,9 @@ const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "s3cret-for-tests";
 
 fn tracker(data: &std::path::Path) -> Served {
-    Served::spawn(
-        &[
-            "tracker",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-            data.to_str().unwrap(),
-            "--offline-after-ms",
-            "1000",
-        ],
+    Served::tracker(
+        data,
+        &["--offline-after-ms", "1000"],
         &[("SLUICE_CLUSTER_SECRET", SECRET)],
     )
 }
@@ -32,26 +25,12 @@ fn storage(
     trackers: &[&Served],
     secret: Option<&str>,
 ) -> Served {
-    let mut args = vec![
-        "storage",
-        "--group",
-        group,
-        "--http",
-        "127.0.0.1:0",
-        "--data",
-        data.to_str().unwrap(),
-        "--heartbeat-interval-ms",
-        "100",
-    ];
-    for t in trackers {
-        args.push("--tracker");
-        args.push(&t.url);
-    }
+    let urls: Vec<&str> = trackers.iter().map(|t| t.url.as_str()).collect();
     let env: Vec<(&str, &str)> = secret
         .map(|s| ("SLUICE_CLUSTER_SECRET", s))
         .into_iter()
         .collect();
-    Served::spawn(&args, &env)
+    Served::storage(data, group, &urls, &[], &env)
 }
 
 fn get_json(url: &str) -> serde_json::Value {
@@ -427,30 +406,10 @@ fn damaged_copies_are_repaired_from_a_peer_on_read_and_by_the_scrub() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let t = tracker(dirs[0].path());
     let a = storage(dirs[1].path(), "g1", &[&t], Some(SECRET));
-    let config = dirs[0].path().join("b.toml");
-    std::fs::write(
-        &config,
+    let b = storage_with(
+        dirs[2].path(),
+        &t,
         "scrub_interval_secs = 1\nscrub_bytes_per_sec = \"1GiB\"\n",
-    )
-    .unwrap();
-    let b_dir = dirs[2].path().to_str().unwrap();
-    let b = Served::spawn(
-        &[
-            "storage",
-            "--group",
-            "g1",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-            b_dir,
-            "--heartbeat-interval-ms",
-            "100",
-            "--tracker",
-            &t.url,
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[("SLUICE_CLUSTER_SECRET", SECRET)],
     );
     wait_for("a and b active", WAIT, || {
         states(&t).iter().filter(|(_, _, s)| s == "active").count() == 2
@@ -535,22 +494,11 @@ fn a_node_is_retired_for_good_once_its_files_live_elsewhere() {
 fn storage_with(data: &std::path::Path, tracker: &Served, config_lines: &str) -> Served {
     let config = data.with_extension("toml");
     std::fs::write(&config, config_lines).unwrap();
-    Served::spawn(
-        &[
-            "storage",
-            "--group",
-            "g1",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-            data.to_str().unwrap(),
-            "--heartbeat-interval-ms",
-            "100",
-            "--tracker",
-            &tracker.url,
-            "--config",
-            config.to_str().unwrap(),
-        ],
+    Served::storage(
+        data,
+        "g1",
+        &[&tracker.url],
+        &["--config", config.to_str().unwrap()],
         &[("SLUICE_CLUSTER_SECRET", SECRET)],
     )
 }
@@ -623,32 +571,8 @@ fn trackers_enforce_the_same_access_rules_as_nodes() {
         ("SLUICE_URL_SECRET", "url-key"),
         ("SLUICE_API_TOKEN", "api-token"),
     ];
-    let t = Served::spawn(
-        &[
-            "tracker",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-            dirs[0].path().to_str().unwrap(),
-        ],
-        &env,
-    );
-    let node = Served::spawn(
-        &[
-            "storage",
-            "--group",
-            "g1",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-            dirs[1].path().to_str().unwrap(),
-            "--heartbeat-interval-ms",
-            "100",
-            "--tracker",
-            &t.url,
-        ],
-        &env,
-    );
+    let t = Served::tracker(dirs[0].path(), &[], &env);
+    let node = Served::storage(dirs[1].path(), "g1", &[&t.url], &[], &env);
     wait_for("node active", WAIT, || {
         states(&t).iter().any(|(_, _, s)| s == "active")
     });

@@ -89,13 +89,9 @@ fn trackers_route_regions_to_their_edges_and_edges_preload() {
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut tracker_env = env();
     tracker_env.push(("SLUICE_API_TOKEN", TOKEN));
-    let tracker = Served::spawn(
+    let tracker = Served::tracker(
+        dirs[0].path(),
         &[
-            "tracker",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-            dirs[0].path().to_str().unwrap(),
             "--region-map",
             "127.0.0.0/8=asia",
             "--region-map",
@@ -105,22 +101,7 @@ fn trackers_route_regions_to_their_edges_and_edges_preload() {
         ],
         &tracker_env,
     );
-    let node = Served::spawn(
-        &[
-            "storage",
-            "--group",
-            "g1",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-            dirs[1].path().to_str().unwrap(),
-            "--heartbeat-interval-ms",
-            "100",
-            "--tracker",
-            &tracker.url,
-        ],
-        &env(),
-    );
+    let node = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &env());
     let eu = edge(dirs[2].path(), &tracker, "eu");
     let asia = edge(dirs[3].path(), &tracker, "asia");
     wait_for("both edges live and the node active", WAIT, || {

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{Served, curl, wait_for};
+use sluice_rtmp::Amf0;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -326,18 +327,23 @@ fn with_a_url_secret_publish_and_play_need_signed_names() {
     publisher.wait().unwrap();
 }
 
-/// An RTMP client in bytes: handshake done, then whatever the test sends. Returns whether
-/// the server closed the connection within a few seconds.
-fn closes_after(rtmp: &str, payload: &[u8]) -> bool {
-    let addr = rtmp.trim_start_matches("rtmp://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+/// A raw RTMP connection with the (simple) handshake done.
+fn handshaken(rtmp: &str) -> TcpStream {
+    let mut s = TcpStream::connect(rtmp.trim_start_matches("rtmp://")).unwrap();
     let mut hello = vec![3u8];
     hello.extend_from_slice(&[7u8; 1536]);
     s.write_all(&hello).unwrap();
     let mut answer = vec![0u8; 1 + 2 * 1536];
     s.read_exact(&mut answer).unwrap();
     s.write_all(&[0u8; 1536]).unwrap();
+    s
+}
+
+/// An RTMP client in bytes: handshake done, then whatever the test sends. Returns whether
+/// the server closed the connection within a few seconds.
+fn closes_after(rtmp: &str, payload: &[u8]) -> bool {
+    let mut s = handshaken(rtmp);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = s.write_all(payload);
     let mut buf = [0u8; 4096];
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -367,13 +373,35 @@ fn chunk(csid: u8, type_id: u8, stream_id: u32, timestamp: u32, payload: &[u8]) 
     out
 }
 
-fn amf_command(values: &[sluice_rtmp::Amf0]) -> Vec<u8> {
+fn amf_command(values: &[Amf0]) -> Vec<u8> {
     sluice_rtmp::amf0::encode_all(values)
+}
+
+/// `connect` to app `live`, then `createStream`: what precedes a publish.
+fn connect_and_create_stream() -> Vec<u8> {
+    let connect = amf_command(&[
+        Amf0::string("connect"),
+        Amf0::Number(1.0),
+        Amf0::object([("app", Amf0::string("live"))]),
+    ]);
+    let create = amf_command(&[Amf0::string("createStream"), Amf0::Number(2.0), Amf0::Null]);
+    [chunk(3, 20, 0, 0, &connect), chunk(3, 20, 0, 0, &create)].concat()
+}
+
+/// `publish` of NAME on message stream 1.
+fn publish_command(name: &str) -> Vec<u8> {
+    let publish = amf_command(&[
+        Amf0::string("publish"),
+        Amf0::Number(3.0),
+        Amf0::Null,
+        Amf0::string(name),
+        Amf0::string("live"),
+    ]);
+    chunk(3, 20, 1, 0, &publish)
 }
 
 #[test]
 fn hostile_rtmp_closes_that_connection_only() {
-    use sluice_rtmp::Amf0;
     let data = tempfile::tempdir().unwrap();
     let served = serve_live(data.path(), &[]);
     let rtmp = served.rtmp.clone().unwrap();
@@ -397,69 +425,19 @@ fn hostile_rtmp_closes_that_connection_only() {
         &[0x03, 0, 0, 0, 0xFF, 0xFF, 0xFF, 20, 0, 0, 0, 0, 1, 2, 3]
     ));
     // A publisher whose timestamps jump back by a minute.
-    let connect = chunk(
-        3,
-        20,
-        0,
-        0,
-        &amf_command(&[
-            Amf0::string("connect"),
-            Amf0::Number(1.0),
-            Amf0::object([("app", Amf0::string("live"))]),
-        ]),
-    );
-    let create = chunk(
-        3,
-        20,
-        0,
-        0,
-        &amf_command(&[Amf0::string("createStream"), Amf0::Number(2.0), Amf0::Null]),
-    );
-    let publish_cmd = chunk(
-        3,
-        20,
-        1,
-        0,
-        &amf_command(&[
-            Amf0::string("publish"),
-            Amf0::Number(3.0),
-            Amf0::Null,
-            Amf0::string("jumpy"),
-            Amf0::string("live"),
-        ]),
-    );
-    let mut jumpy = [connect.clone(), create.clone(), publish_cmd].concat();
+    let mut jumpy = [connect_and_create_stream(), publish_command("jumpy")].concat();
     jumpy.extend(chunk(6, 9, 1, 120_000, &[0x17, 1, 0, 0, 0, 1, 2]));
     jumpy.extend(chunk(6, 9, 1, 60_000, &[0x27, 1, 0, 0, 0, 1, 2]));
     assert!(closes_after(&rtmp, &jumpy));
     // Media on a stream that is not publishing.
-    let mut rogue = [connect.clone(), create.clone()].concat();
+    let mut rogue = connect_and_create_stream();
     rogue.extend(chunk(6, 9, 1, 0, &[0x17, 1, 0, 0, 0]));
     assert!(closes_after(&rtmp, &rogue));
     // A publisher that floods: as fast as it can, against a limit of 2 MB/s.
-    let flood_publish = chunk(
-        3,
-        20,
-        1,
-        0,
-        &amf_command(&[
-            Amf0::string("publish"),
-            Amf0::Number(3.0),
-            Amf0::Null,
-            Amf0::string("flood"),
-            Amf0::string("live"),
-        ]),
-    );
-    let addr = rtmp.trim_start_matches("rtmp://").to_owned();
+    let flooder = rtmp.clone();
     let flooded = std::thread::spawn(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        let mut hello = vec![3u8];
-        hello.extend_from_slice(&[7u8; 1536]);
-        s.write_all(&hello).unwrap();
-        let mut answer = vec![0u8; 1 + 2 * 1536];
-        s.read_exact(&mut answer).unwrap();
-        s.write_all(&[0u8; 1536]).unwrap();
-        s.write_all(&[connect, create, flood_publish].concat())
+        let mut s = handshaken(&flooder);
+        s.write_all(&[connect_and_create_stream(), publish_command("flood")].concat())
             .unwrap();
         let frame = chunk(6, 9, 1, 0, &vec![0x27; 64 * 1024]);
         // Back to back until the server cuts it off (or 10 s pass: the test fails).
@@ -479,28 +457,9 @@ fn hostile_rtmp_closes_that_connection_only() {
     assert!(cut_after.is_some(), "the flooding publisher was cut off");
 
     // A publisher that goes silent without closing is taken as gone after the idle timeout.
-    let mut silent = TcpStream::connect(rtmp.trim_start_matches("rtmp://")).unwrap();
-    let mut hello = vec![3u8];
-    hello.extend_from_slice(&[7u8; 1536]);
-    silent.write_all(&hello).unwrap();
-    let mut answer = vec![0u8; 1 + 2 * 1536];
-    silent.read_exact(&mut answer).unwrap();
-    silent.write_all(&[0u8; 1536]).unwrap();
-    let quiet_publish = chunk(
-        3,
-        20,
-        1,
-        0,
-        &amf_command(&[
-            Amf0::string("publish"),
-            Amf0::Number(3.0),
-            Amf0::Null,
-            Amf0::string("quiet"),
-            Amf0::string("live"),
-        ]),
-    );
+    let mut silent = handshaken(&rtmp);
     silent
-        .write_all(&[connect_for_quiet(), create_for_quiet(), quiet_publish].concat())
+        .write_all(&[connect_and_create_stream(), publish_command("quiet")].concat())
         .unwrap();
     let listed = |name: &str| {
         streams(&served)["streams"]
@@ -631,61 +590,11 @@ fn recordings_are_stored_as_mp4_with_moov_first() {
     );
 }
 
-fn connect_for_quiet() -> Vec<u8> {
-    use sluice_rtmp::Amf0;
-    chunk(
-        3,
-        20,
-        0,
-        0,
-        &amf_command(&[
-            Amf0::string("connect"),
-            Amf0::Number(1.0),
-            Amf0::object([("app", Amf0::string("live"))]),
-        ]),
-    )
-}
-
-fn create_for_quiet() -> Vec<u8> {
-    use sluice_rtmp::Amf0;
-    chunk(
-        3,
-        20,
-        0,
-        0,
-        &amf_command(&[Amf0::string("createStream"), Amf0::Number(2.0), Amf0::Null]),
-    )
-}
-
 #[test]
 fn the_live_role_in_a_cluster_records_through_the_trackers() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let tracker = Served::spawn(
-        &[
-            "tracker",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-            dirs[0].path().to_str().unwrap(),
-        ],
-        &[],
-    );
-    let _node = Served::spawn(
-        &[
-            "storage",
-            "--group",
-            "g1",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-            dirs[1].path().to_str().unwrap(),
-            "--heartbeat-interval-ms",
-            "100",
-            "--tracker",
-            &tracker.url,
-        ],
-        &[],
-    );
+    let tracker = Served::tracker(dirs[0].path(), &[], &[]);
+    let _node = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &[]);
     wait_for("the node to be active", WAIT, || {
         String::from_utf8_lossy(&curl(&["-sS", &format!("{}/v1/cluster", tracker.url)]).stdout)
             .contains("\"active\"")

@@ -105,37 +105,17 @@ fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<(String, String)>) {
 fn through_a_tracker_the_committed_part_is_on_the_peer_before_the_upload_ends() {
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let env = [("SLUICE_CLUSTER_SECRET", SECRET)];
-    let t = Served::spawn(
-        &[
-            "tracker",
-            "--http",
-            "127.0.0.1:0",
-            "--data",
-            dirs[0].path().to_str().unwrap(),
-        ],
-        &env,
-    );
+    let t = Served::tracker(dirs[0].path(), &[], &env);
     // Every node posts to the IM server's webhook, whichever takes the upload.
     let (hook, posts) = webhook_receiver();
     let node = |dir: &std::path::Path| {
         let config = dir.with_extension("toml");
         std::fs::write(&config, format!("webhook_url = \"{hook}\"\n")).unwrap();
-        Served::spawn(
-            &[
-                "storage",
-                "--group",
-                "g1",
-                "--http",
-                "127.0.0.1:0",
-                "--data",
-                dir.to_str().unwrap(),
-                "--heartbeat-interval-ms",
-                "100",
-                "--tracker",
-                &t.url,
-                "--config",
-                config.to_str().unwrap(),
-            ],
+        Served::storage(
+            dir,
+            "g1",
+            &[&t.url],
+            &["--config", config.to_str().unwrap()],
             &env,
         )
     };

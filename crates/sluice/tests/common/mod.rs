@@ -33,6 +33,46 @@ impl Served {
         Self::spawn(&args, &[])
     }
 
+    /// `sluice tracker` on DATA, listening on an ephemeral port; EXTRA flags follow.
+    pub fn tracker(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args = vec![
+            "tracker",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().expect("utf-8 path"),
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, env)
+    }
+
+    /// `sluice storage` in GROUP on DATA, on an ephemeral port, heartbeating every 100 ms
+    /// to each of TRACKERS (their URLs); EXTRA flags follow.
+    pub fn storage(
+        data: &Path,
+        group: &str,
+        trackers: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut args = vec![
+            "storage",
+            "--group",
+            group,
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().expect("utf-8 path"),
+            "--heartbeat-interval-ms",
+            "100",
+        ];
+        for url in trackers {
+            args.extend_from_slice(&["--tracker", url]);
+        }
+        args.extend_from_slice(extra);
+        Self::spawn(&args, env)
+    }
+
     /// Any role of the binary; waits for the `http=` address in its ready line.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
