@@ -49,13 +49,17 @@ pub(crate) async fn serve(
     from_store(state, &request, reader).await
 }
 
-fn head(
+/// A 200 for an incomplete file of which `served` bytes are sent (`None`: a follow stream,
+/// which has no length and so no validator), or a 304 when the client holds those bytes
+/// already. `body` is built only when one is sent (not for HEAD).
+fn reply(
     request: &Incomplete<'_>,
     content_type: &str,
     received: u64,
     total: u64,
     served: Option<u64>,
-) -> axum::http::response::Builder {
+    body: impl FnOnce() -> Body,
+) -> Result<Response, ApiError> {
     let mut b = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, content_type)
@@ -64,11 +68,20 @@ fn head(
         .header("sluice-received", received)
         .header("sluice-total", total);
     if let Some(len) = served {
+        let etag = format!("\"{}-{len}\"", request.id.key);
+        if crate::files::if_none_match(request.headers, &etag) {
+            return not_modified(&etag);
+        }
         b = b
             .header(header::CONTENT_LENGTH, len)
-            .header(header::ETAG, format!("\"{}-{len}\"", request.id.key));
+            .header(header::ETAG, etag);
     }
-    b
+    let body = if *request.method == Method::HEAD {
+        Body::empty()
+    } else {
+        body()
+    };
+    b.body(body).map_err(|_| ApiError::Internal)
 }
 
 async fn from_session(
@@ -79,13 +92,14 @@ async fn from_session(
     let view = session.view();
     let content_type = session.record().content_type;
     if request.follow {
-        let builder = head(request, &content_type, view.received, view.total, None);
-        if *request.method == Method::HEAD {
-            return builder.body(Body::empty()).map_err(|_| ApiError::Internal);
-        }
-        return builder
-            .body(follow(session, file))
-            .map_err(|_| ApiError::Internal);
+        return reply(
+            request,
+            &content_type,
+            view.received,
+            view.total,
+            None,
+            || follow(session, file),
+        );
     }
     // A JPEG up to its last whole scan (plus EOI unless it already ends with it); anything
     // else as far as it has arrived.
@@ -97,24 +111,15 @@ async fn from_session(
         (view.received, false)
     };
     let served = cut + if close { 2 } else { 0 };
-    let etag = format!("\"{}-{served}\"", request.id.key);
-    if crate::files::if_none_match(request.headers, &etag) {
-        return not_modified(&etag);
-    }
-    let builder = head(
+    let tail = close.then(|| Bytes::from_static(&EOI));
+    reply(
         request,
         &content_type,
         view.received,
         view.total,
         Some(served),
-    );
-    if *request.method == Method::HEAD {
-        return builder.body(Body::empty()).map_err(|_| ApiError::Internal);
-    }
-    let tail = close.then(|| Bytes::from_static(&EOI));
-    builder
-        .body(file_body(file, cut, tail))
-        .map_err(|_| ApiError::Internal)
+        || file_body(file, cut, tail),
+    )
 }
 
 /// `0..end` of a data file in pieces, then `tail`.
@@ -168,6 +173,7 @@ async fn from_store(
     let total = meta.state.total().unwrap_or(meta.size);
     let first = reader.read_chunk(0, meta.size, CHUNK_BYTES).await?;
     let looks_jpeg = first.first().is_some_and(|b| b.starts_with(&[0xFF, 0xD8]));
+    let mut view = None;
     if looks_jpeg && meta.size <= state.progressive_config().max_scan_tail as u64 {
         // An image: read it whole and cut it at its last complete scan.
         let mut data = first.concat();
@@ -182,44 +188,22 @@ async fn from_store(
                 data.extend_from_slice(&part);
             }
         }
-        if let Some(view) = sluice_media::jpeg::viewable_prefix(&data) {
-            let etag = format!("\"{}-{}\"", request.id.key, view.len());
-            if crate::files::if_none_match(request.headers, &etag) {
-                return not_modified(&etag);
-            }
-            let builder = head(
-                request,
-                &meta.content_type,
-                meta.size,
-                total,
-                Some(view.len() as u64),
-            );
-            let body = if *request.method == Method::HEAD {
-                Body::empty()
-            } else {
-                Body::from(view)
-            };
-            return builder.body(body).map_err(|_| ApiError::Internal);
-        }
+        view = sluice_media::jpeg::viewable_prefix(&data);
     }
-    let etag = format!("\"{}-{}\"", request.id.key, meta.size);
-    if crate::files::if_none_match(request.headers, &etag) {
-        return not_modified(&etag);
+    let (size, content_type) = (meta.size, &meta.content_type);
+    match view {
+        Some(view) => reply(
+            request,
+            content_type,
+            size,
+            total,
+            Some(view.len() as u64),
+            || Body::from(view),
+        ),
+        None => reply(request, content_type, size, total, Some(size), || {
+            crate::files::body_stream(reader, first, 0, size)
+        }),
     }
-    let builder = head(
-        request,
-        &meta.content_type,
-        meta.size,
-        total,
-        Some(meta.size),
-    );
-    if *request.method == Method::HEAD {
-        return builder.body(Body::empty()).map_err(|_| ApiError::Internal);
-    }
-    let size = meta.size;
-    builder
-        .body(crate::files::body_stream(reader, first, 0, size))
-        .map_err(|_| ApiError::Internal)
 }
 
 fn not_modified(etag: &str) -> Result<Response, ApiError> {
