@@ -255,7 +255,19 @@ async fn progressive_jpeg_gets_its_id_at_a_scan_boundary_and_every_state_decodes
                     body.len() >= expected_cut,
                     "never less than the committed cut"
                 );
-                etags.push(h["etag"].to_str().unwrap().to_owned());
+                let etag = h["etag"].to_str().unwrap().to_owned();
+                let again = client()
+                    .get(format!("{}/v1/files/{fid}", node.url))
+                    .header("if-none-match", &etag)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    again.status(),
+                    StatusCode::NOT_MODIFIED,
+                    "same bytes at {end}"
+                );
+                etags.push(etag);
             } else {
                 assert!(!h.contains_key("sluice-complete"));
                 assert_eq!(body, image, "the whole file at the end");
