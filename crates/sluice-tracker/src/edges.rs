@@ -19,7 +19,7 @@ use sluice_proto::FileId;
 use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, EdgeHeartbeat, EdgeView, PreloadRequest};
 use sluice_proto::net::{client_address, region_of};
 
-use crate::{TrackerState, check_secret, error, file_location, redirect, with_query};
+use crate::{TrackerState, admit_beat, error, file_location, redirect, with_query};
 
 /// How long a preload request to one edge may take; preloading never holds a caller long.
 const PRELOAD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -93,12 +93,9 @@ pub(crate) async fn heartbeat(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refused) = check_secret(&state, &headers) {
-        return refused.into_response();
-    }
-    let beat: EdgeHeartbeat = match serde_json::from_slice(&body) {
+    let beat: EdgeHeartbeat = match admit_beat(&state, &headers, &body, "edge heartbeat") {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad edge heartbeat: {e}")),
+        Err(refused) => return *refused,
     };
     let region_ok = beat
         .region

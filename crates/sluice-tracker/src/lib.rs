@@ -176,17 +176,26 @@ pub(crate) fn check_secret(state: &TrackerState, headers: &HeaderMap) -> Result<
     }
 }
 
+/// A heartbeat body from a member of the cluster: the secret checked, the JSON parsed.
+pub(crate) fn admit_beat<T: serde::de::DeserializeOwned>(
+    state: &TrackerState,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Result<T, Box<Response>> {
+    check_secret(state, headers).map_err(|refused| Box::new(refused.into_response()))?;
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("bad {what}: {e}"))))
+}
+
 async fn heartbeat(
     State(state): State<TrackerState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Err(refused) = check_secret(&state, &headers) {
-        return refused.into_response();
-    }
-    let hb: Heartbeat = match serde_json::from_slice(&body) {
+    let hb: Heartbeat = match admit_beat(&state, &headers, &body, "heartbeat") {
         Ok(hb) => hb,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad heartbeat: {e}")),
+        Err(refused) => return *refused,
     };
     if GroupName::new(&hb.group).is_err() {
         return error(StatusCode::BAD_REQUEST, "bad heartbeat: invalid group name");
