@@ -174,6 +174,7 @@ mod tests {
                 created_ms: 0,
                 block_size: 65536,
                 state: BlobState::Complete,
+                sha256: None,
             },
             parts: vec![Bytes::from(vec![0u8; size as usize])],
         }

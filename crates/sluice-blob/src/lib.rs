@@ -33,7 +33,7 @@ use sluice_proto::BlobKey;
 pub use hot::{HotCache, HotCacheLimits, HotFile};
 pub use index::{Adoption, OpKind, OplogEntry, StoreCounters};
 pub use reader::{BlobReader, CHUNK_BYTES, Chunk};
-pub use record::{BlobMeta, BlobState};
+pub use record::{BlobMeta, BlobState, SHA256_LEN};
 pub use sweep::{data_file_paths, temp_file_paths, walk_data_files};
 pub use writer::BlobWriter;
 
@@ -63,6 +63,10 @@ pub enum BlobError {
     Closed,
     #[error("this file was deleted")]
     Deleted,
+    #[error("this id already holds a different file; file ids are immutable")]
+    Conflict,
+    #[error("the bytes do not match their declared SHA-256")]
+    ChecksumMismatch,
 }
 
 impl BlobError {
@@ -124,8 +128,9 @@ struct Inner {
     options: BlobStoreOptions,
     hot: HotCache,
     writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Keys with a writer at work (and how many): the sweep leaves their files alone.
-    in_flight: std::sync::Mutex<std::collections::HashMap<BlobKey, usize>>,
+    /// Keys with a writer at work: the sweep leaves their files alone, and commits of one key
+    /// take turns.
+    in_flight: std::sync::Mutex<std::collections::HashMap<BlobKey, KeyWriters>>,
     /// Set by `close` so background work (the sweep) lets go of the store.
     closing: std::sync::atomic::AtomicBool,
 }
@@ -400,12 +405,20 @@ impl BlobStore {
 
     /// Marks `key` as being written until the returned guard drops.
     pub(crate) fn begin_write(&self, key: BlobKey) -> InFlight {
-        if let Ok(mut map) = self.inner.in_flight.lock() {
-            *map.entry(key).or_insert(0) += 1;
-        }
+        let turn = match self.inner.in_flight.lock() {
+            Ok(mut map) => {
+                let entry = map.entry(key).or_default();
+                entry.writers += 1;
+                entry.turn.clone()
+            }
+            // A poisoned map means a writer panicked: a lock of our own still orders nothing,
+            // but the commit itself stays correct (the index decides).
+            Err(_) => Arc::default(),
+        };
         InFlight {
             store: self.clone(),
             key,
+            turn,
         }
     }
 
@@ -425,19 +438,34 @@ impl BlobStore {
     }
 }
 
-/// Checks (or, in an empty directory, writes) the format marker; true for a fresh store.
+/// The writers at work on one key, and the lock their commits take in turn (so deciding what
+/// the index holds, placing the data file and indexing it are one step per key).
+#[derive(Default)]
+struct KeyWriters {
+    writers: usize,
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
 /// A writer at work on a key; see [`BlobStore::begin_write`].
 pub(crate) struct InFlight {
     store: BlobStore,
     key: BlobKey,
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl InFlight {
+    /// Waits for this key's commit turn.
+    pub(crate) async fn commit_turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.turn.clone().lock_owned().await
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Ok(mut map) = self.store.inner.in_flight.lock() {
-            if let Some(n) = map.get_mut(&self.key) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(entry) = map.get_mut(&self.key) {
+                entry.writers -= 1;
+                if entry.writers == 0 {
                     map.remove(&self.key);
                 }
             }
@@ -445,6 +473,7 @@ impl Drop for InFlight {
     }
 }
 
+/// Checks (or, in an empty directory, writes) the format marker; true for a fresh store.
 fn check_format(root: &Path) -> Result<bool, BlobError> {
     let path = root.join(FORMAT_FILE);
     match std::fs::read_to_string(&path) {

@@ -1,9 +1,16 @@
 //! Index records: what the store knows of a blob besides its bytes. Versioned from the start so
 //! later releases read what this one wrote.
+//!
+//! - v1: state, size, time, block size, content type, and (incomplete blobs) the declared total.
+//! - v2: v1 followed by the SHA-256 of the blob's bytes, which makes a stored id immutable: a
+//!   second write of the key must bring exactly these bytes (see `BlobWriter::commit`).
 
 use crate::BlobError;
 
 const RECORD_V1: u8 = 1;
+const RECORD_V2: u8 = 2;
+/// Length of a SHA-256 digest.
+pub const SHA256_LEN: usize = 32;
 
 /// Where a blob stands in its life. A progressive upload is stored first as the prefix that
 /// has arrived (`Partial`), replaced by longer prefixes and finally by the whole file
@@ -53,14 +60,20 @@ pub struct BlobMeta {
     pub created_ms: u64,
     pub block_size: u32,
     pub state: BlobState,
+    /// SHA-256 of the bytes; `None` only for records written before v2.
+    pub sha256: Option<[u8; SHA256_LEN]>,
 }
 
 impl BlobMeta {
     pub fn encode(&self) -> Vec<u8> {
         let ct = self.content_type.as_bytes();
         let ct_len = u16::try_from(ct.len()).unwrap_or(u16::MAX);
-        let mut out = Vec::with_capacity(24 + ct.len());
-        out.push(RECORD_V1);
+        let mut out = Vec::with_capacity(64 + ct.len());
+        out.push(if self.sha256.is_some() {
+            RECORD_V2
+        } else {
+            RECORD_V1
+        });
         out.push(self.state.code());
         out.extend_from_slice(&self.size.to_le_bytes());
         out.extend_from_slice(&self.created_ms.to_le_bytes());
@@ -72,13 +85,16 @@ impl BlobMeta {
         if let Some(total) = self.state.total() {
             out.extend_from_slice(&total.to_le_bytes());
         }
+        if let Some(digest) = &self.sha256 {
+            out.extend_from_slice(digest);
+        }
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, BlobError> {
         let bad = || BlobError::BadRecord;
         let (&version, rest) = bytes.split_first().ok_or_else(bad)?;
-        if version != RECORD_V1 {
+        if version != RECORD_V1 && version != RECORD_V2 {
             return Err(bad());
         }
         let (&state_code, rest) = rest.split_first().ok_or_else(bad)?;
@@ -95,12 +111,18 @@ impl BlobMeta {
             3 => BlobState::Abandoned { total: total()? },
             _ => return Err(bad()),
         };
+        let digest_at = 22 + ct_len + if state.is_complete() { 0 } else { 8 };
+        let sha256 = match version {
+            RECORD_V2 => Some(take::<SHA256_LEN>(rest, digest_at)?),
+            _ => None,
+        };
         Ok(Self {
             size,
             content_type,
             created_ms,
             block_size,
             state,
+            sha256,
         })
     }
 }
@@ -117,16 +139,41 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn a_v1_record_reads_as_before() {
+        // Bytes the first release wrote for a complete 5-byte "a/b" file.
+        let mut v1 = vec![1, 1];
+        v1.extend_from_slice(&5u64.to_le_bytes());
+        v1.extend_from_slice(&9u64.to_le_bytes());
+        v1.extend_from_slice(&65536u32.to_le_bytes());
+        v1.extend_from_slice(&3u16.to_le_bytes());
+        v1.extend_from_slice(b"a/b");
+        let m = BlobMeta::decode(&v1).unwrap();
+        assert_eq!((m.size, m.created_ms, m.sha256), (5, 9, None));
+        assert_eq!(
+            m.encode(),
+            v1,
+            "a record without a digest is still written as v1"
+        );
+    }
+
     proptest! {
         #[test]
-        fn roundtrip(size in any::<u64>(), created_ms in any::<u64>(), bs in any::<u32>(), ct in "[ -~]{0,200}", code in 1u8..=3, total in any::<u64>()) {
+        fn roundtrip(size in any::<u64>(), created_ms in any::<u64>(), bs in any::<u32>(), ct in "[ -~]{0,200}", code in 1u8..=3, total in any::<u64>(), sha256 in proptest::option::of(any::<[u8; 32]>())) {
             let state = match code {
                 1 => BlobState::Complete,
                 2 => BlobState::Partial { total },
                 _ => BlobState::Abandoned { total },
             };
-            let m = BlobMeta { size, content_type: ct, created_ms, block_size: bs, state };
+            let m = BlobMeta { size, content_type: ct, created_ms, block_size: bs, state, sha256 };
             prop_assert_eq!(BlobMeta::decode(&m.encode()).unwrap(), m);
+        }
+
+        #[test]
+        fn v2_without_its_digest_is_refused(cut in 1usize..32) {
+            let m = BlobMeta { size: 5, content_type: "a/b".into(), created_ms: 1, block_size: 4096, state: BlobState::Complete, sha256: Some([7; 32]) };
+            let bytes = m.encode();
+            prop_assert!(BlobMeta::decode(&bytes[..bytes.len() - cut]).is_err());
         }
 
         #[test]

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
+use sha2::{Digest, Sha256};
 use sluice_proto::BlobKey;
 
-use crate::index::Adoption;
+use crate::index::{Adoption, supersedes};
 use crate::layout::BlockLayout;
-use crate::record::{BlobMeta, BlobState};
+use crate::record::{BlobMeta, BlobState, SHA256_LEN};
 use crate::{BlobError, BlobStore, blocking, now_ms};
 
 /// Bytes gathered before a write to disk: big enough for few syscalls, small enough that
@@ -27,11 +28,18 @@ pub struct BlobWriter {
     pending: BytesMut,
     received: u64,
     state: BlobState,
+    /// SHA-256 of every byte received, recorded in the index.
+    hasher: Sha256,
+    /// The digest the bytes must have (a replica's declared checksum).
+    expected: Option<[u8; SHA256_LEN]>,
+    /// May replace a complete file with the same recorded digest (a damaged copy's repair).
+    repair: bool,
     /// The temp file once the first flush created it; small blobs never need one before commit.
     file: Option<File>,
     tmp: Arc<TempFileGuard>,
-    /// Keeps the crash sweep off this key's files until the writer is done.
-    _in_flight: crate::InFlight,
+    /// Keeps the crash sweep off this key's files until the writer is done, and orders
+    /// commits of the key.
+    in_flight: crate::InFlight,
 }
 
 impl BlobWriter {
@@ -48,9 +56,12 @@ impl BlobWriter {
             pending: BytesMut::new(),
             received: 0,
             state: BlobState::Complete,
+            hasher: Sha256::new(),
+            expected: None,
+            repair: false,
             file: None,
             tmp,
-            _in_flight: in_flight,
+            in_flight,
         }
     }
 
@@ -61,6 +72,24 @@ impl BlobWriter {
     /// Stores the blob as a prefix of a longer file (progressive uploads) rather than complete.
     pub fn set_state(&mut self, state: BlobState) {
         self.state = state;
+    }
+
+    /// The bytes must have this SHA-256 (a replica's declared checksum): `commit` refuses
+    /// them otherwise, storing nothing.
+    pub fn expect_sha256(&mut self, digest: [u8; SHA256_LEN]) {
+        self.expected = Some(digest);
+    }
+
+    /// Lets this write replace a complete copy of the key whose recorded SHA-256 the bytes
+    /// match (a damaged copy repaired from a peer). Without it, a second write of a complete
+    /// key changes nothing: the same bytes are a no-op, different ones a conflict.
+    pub fn allow_repair(&mut self) {
+        self.repair = true;
+    }
+
+    /// SHA-256 of the bytes received so far.
+    pub fn sha256(&self) -> [u8; SHA256_LEN] {
+        self.hasher.clone().finalize().into()
     }
 
     /// The whole content, if none of it has gone to disk yet (uploads under ~1 MiB): lets a
@@ -86,6 +115,7 @@ impl BlobWriter {
             return Err(BlobError::TooLarge { limit: self.limit });
         }
         self.received += len;
+        self.hasher.update(&data);
         if self.pending.is_empty() && data.len() >= FLUSH_AT {
             // Avoid copying large chunks twice: encode straight from the caller's buffer.
             let whole = data.len() - data.len() % self.layout.block_size as usize;
@@ -128,72 +158,138 @@ impl BlobWriter {
     /// index it. Runs to completion in its own task even if the caller goes away, so a client
     /// that disconnects at this point leaves a whole blob, never half of one.
     ///
-    /// Returns the version the index holds afterwards: this one, or, when the store already
-    /// had the key complete (or a longer prefix of it), that one.
+    /// What the index holds is decided before anything is placed, in the key's commit turn,
+    /// so no write can touch the data file of a version it does not replace. Returns the
+    /// version the index holds afterwards: this one, or the one it keeps (the same complete
+    /// file, or a longer prefix). A complete key given different bytes is
+    /// [`BlobError::Conflict`] and changes nothing.
     pub async fn commit(mut self) -> Result<BlobMeta, BlobError> {
         let rest = self.pending.split().freeze();
+        let sha256 = self.sha256();
+        if self.expected.is_some_and(|e| e != sha256) {
+            // The temp file goes with the writer.
+            return Err(BlobError::ChecksumMismatch);
+        }
         let meta = BlobMeta {
             size: self.received,
             content_type: std::mem::take(&mut self.content_type),
             created_ms: now_ms(),
             block_size: self.layout.block_size,
             state: self.state,
+            sha256: Some(sha256),
         };
         let task = tokio::spawn(async move {
             let file = self.file.take();
             let layout = self.layout;
-            let final_path = self.store.data_path(&self.key, &meta);
-            let placed = final_path.clone();
             let tmp = self.tmp.clone();
             blocking(move || {
-                let tmp_path = tmp.path();
                 let mut file = match file {
                     Some(f) => f,
-                    None => create_temp(&tmp_path, &layout)?,
+                    None => create_temp(&tmp.path(), &layout)?,
                 };
                 write_blocks(&mut file, &layout, &rest, true)?;
-                file.sync_data().map_err(BlobError::from_io)?;
-                drop(file);
-                place(&tmp_path, &final_path)?;
-                tmp.disarm();
-                Ok(())
+                file.sync_data().map_err(BlobError::from_io)
             })
             .await?;
+            let _turn = self.in_flight.commit_turn().await;
             let store = &self.store;
-            let unlink = |path: PathBuf| {
-                blocking(move || match std::fs::remove_file(path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-                    _ => Ok(()),
-                })
-            };
-            match store.index().insert(self.key, meta.clone()).await {
-                Err(e) => {
-                    // Not indexed (a deleted key, or the index failed): the placed file must
-                    // go, or it would linger until a crash-recovery sweep.
-                    let _ = unlink(placed).await;
-                    Err(e)
-                }
-                Ok(Adoption::New) => Ok(meta),
-                Ok(Adoption::Replaced(old)) => {
-                    store.hot().remove(&self.key);
-                    let old_path = store.data_path(&self.key, &old);
-                    if old_path != placed {
-                        unlink(old_path).await?;
-                    }
-                    Ok(meta)
-                }
-                Ok(Adoption::Kept(current)) => {
-                    // Ours lost (a late, shorter replica): remove it unless it is the very
-                    // file the index names (the same version written twice).
-                    if store.data_path(&self.key, &current) != placed {
-                        unlink(placed).await?;
-                    }
+            let key = self.key;
+            let current = store.index().get(&key)?;
+            match decide(&meta, current.as_ref(), self.repair) {
+                Step::Keep(current) => Ok(current),
+                Step::Refuse => Err(BlobError::Conflict),
+                Step::RepairInPlace(current) => {
+                    self.place(store.data_path(&key, &current)).await?;
+                    store.hot().remove(&key);
                     Ok(current)
+                }
+                Step::Adopt => {
+                    let placed = store.data_path(&key, &meta);
+                    self.place(placed.clone()).await?;
+                    match store.index().insert(key, meta.clone()).await {
+                        Err(e) => {
+                            // Not indexed (a deleted key, or the index failed): the placed
+                            // file must go, or it would linger until a crash-recovery sweep.
+                            unlink_logged(placed).await;
+                            Err(e)
+                        }
+                        Ok(Adoption::New) => Ok(meta),
+                        Ok(Adoption::Replaced(old)) => {
+                            store.hot().remove(&key);
+                            let old_path = store.data_path(&key, &old);
+                            if old_path != placed {
+                                // Adopted already: a file left behind is the sweep's, not an
+                                // error of this write.
+                                unlink_logged(old_path).await;
+                            }
+                            Ok(meta)
+                        }
+                        // Only another process sharing the index could get here first.
+                        Ok(Adoption::Kept(current)) => Ok(current),
+                    }
                 }
             }
         });
         task.await
             .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+    }
+
+    /// Renames the finished temp file to `path` (durably) and disarms its cleanup.
+    async fn place(&self, path: PathBuf) -> Result<(), BlobError> {
+        let tmp = self.tmp.clone();
+        blocking(move || {
+            place(&tmp.path(), &path)?;
+            tmp.disarm();
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// What a commit does, given the version the index holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Place the new version and index it.
+    Adopt,
+    /// Put the bytes in place of a damaged copy of the same file; the index stays.
+    RepairInPlace(BlobMeta),
+    /// Leave everything as it is: the index's version stands (the same file again, or a newer
+    /// version than this one).
+    Keep(BlobMeta),
+    /// A complete file under this key has other bytes: refuse.
+    Refuse,
+}
+
+fn decide(new: &BlobMeta, current: Option<&BlobMeta>, repair: bool) -> Step {
+    let Some(old) = current else {
+        return Step::Adopt;
+    };
+    if supersedes(new, old) {
+        return Step::Adopt;
+    }
+    if !(old.state.is_complete() && new.state.is_complete()) {
+        return Step::Keep(old.clone());
+    }
+    match old.sha256 {
+        Some(recorded) if Some(recorded) == new.sha256 && repair => {
+            Step::RepairInPlace(old.clone())
+        }
+        Some(recorded) if Some(recorded) == new.sha256 => Step::Keep(old.clone()),
+        // A record from before digests were kept: a repair is trusted as before.
+        None if repair => Step::RepairInPlace(old.clone()),
+        _ => Step::Refuse,
+    }
+}
+
+async fn unlink_logged(path: PathBuf) {
+    let shown = path.display().to_string();
+    let result = blocking(move || match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(path = %shown, error = %e, "could not remove a superseded data file; the next sweep will");
     }
 }
 
@@ -283,5 +379,51 @@ impl Drop for TempFileGuard {
             // when the runtime is shutting down.
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(state: BlobState, size: u64, sha256: Option<[u8; SHA256_LEN]>) -> BlobMeta {
+        BlobMeta {
+            size,
+            content_type: "a/b".into(),
+            created_ms: 0,
+            block_size: 4096,
+            state,
+            sha256,
+        }
+    }
+
+    #[test]
+    fn complete_ids_are_immutable() {
+        let a = meta(BlobState::Complete, 5, Some([1; 32]));
+        let b = meta(BlobState::Complete, 5, Some([2; 32]));
+        let legacy = meta(BlobState::Complete, 5, None);
+        assert_eq!(decide(&a, None, false), Step::Adopt);
+        assert_eq!(decide(&a, Some(&a), false), Step::Keep(a.clone()));
+        assert_eq!(decide(&b, Some(&a), false), Step::Refuse);
+        assert_eq!(
+            decide(&b, Some(&a), true),
+            Step::Refuse,
+            "a repair must match"
+        );
+        assert_eq!(decide(&a, Some(&a), true), Step::RepairInPlace(a.clone()));
+        assert_eq!(decide(&a, Some(&legacy), false), Step::Refuse);
+        assert_eq!(
+            decide(&a, Some(&legacy), true),
+            Step::RepairInPlace(legacy.clone())
+        );
+        // Incomplete versions never replace a complete one, and grow only.
+        let part = meta(BlobState::Partial { total: 9 }, 3, Some([3; 32]));
+        assert_eq!(decide(&part, Some(&a), false), Step::Keep(a.clone()));
+        assert_eq!(decide(&a, Some(&part), false), Step::Adopt);
+        let shorter = meta(BlobState::Partial { total: 9 }, 2, Some([4; 32]));
+        assert_eq!(
+            decide(&shorter, Some(&part), false),
+            Step::Keep(part.clone())
+        );
     }
 }

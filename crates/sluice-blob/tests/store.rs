@@ -508,3 +508,123 @@ async fn an_evicted_key_can_be_stored_again_but_a_deleted_one_cannot() {
     assert!(matches!(w.commit().await, Err(BlobError::Deleted)));
     store.close().await;
 }
+
+async fn write_again(
+    store: &BlobStore,
+    key: sluice_proto::BlobKey,
+    data: &[u8],
+    setup: impl FnOnce(&mut sluice_blob::BlobWriter),
+) -> Result<sluice_blob::BlobMeta, BlobError> {
+    let mut w = store.writer(key, "text/html".into(), u64::MAX);
+    setup(&mut w);
+    w.write(Bytes::copy_from_slice(data)).await.unwrap();
+    w.commit().await
+}
+
+#[tokio::test]
+async fn a_complete_id_never_takes_other_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
+    let data = pattern(5000, 1);
+    let key = put(&store, &data, 700).await;
+    let recorded = store.stat(key).unwrap().unwrap();
+    assert_eq!(
+        recorded.sha256.unwrap().to_vec(),
+        <sha2::Sha256 as sha2::Digest>::digest(&data).to_vec(),
+        "the index records the SHA-256 of the bytes"
+    );
+    let path = sluice_blob::data_file_paths(dir.path()).unwrap().remove(0);
+    let on_disk = std::fs::read(&path).unwrap();
+
+    // Other bytes (even of the same length): refused, and the data file is untouched.
+    let forged = pattern(5000, 2);
+    let refused = write_again(&store, key, &forged, |_| {}).await;
+    assert!(matches!(refused, Err(BlobError::Conflict)), "{refused:?}");
+    let refused = write_again(&store, key, &forged, |w| w.allow_repair()).await;
+    assert!(matches!(refused, Err(BlobError::Conflict)), "{refused:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), on_disk);
+    assert_eq!(store.stat(key).unwrap().unwrap(), recorded);
+    assert_eq!(read_all(&store, key, 0, u64::MAX).await.unwrap(), data);
+    // The same bytes again: a no-op.
+    let again = write_again(&store, key, &data, |_| {}).await.unwrap();
+    assert_eq!(again, recorded);
+    assert_eq!(store.files(), 1);
+    assert_eq!(
+        tmp_entries(dir.path()),
+        0,
+        "refused writes leave no temp file"
+    );
+
+    // A damaged copy is replaced only by bytes matching the recorded digest.
+    let mut raw = on_disk.clone();
+    let layout = sluice_blob::layout::BlockLayout::new(1000);
+    raw[(layout.block_offset(3) + 5) as usize] ^= 0xff;
+    std::fs::write(&path, &raw).unwrap();
+    assert!(read_all(&store, key, 0, u64::MAX).await.is_err());
+    let repaired = write_again(&store, key, &data, |w| w.allow_repair())
+        .await
+        .unwrap();
+    assert_eq!(repaired, recorded, "a repair keeps the index record");
+    assert_eq!(read_all(&store, key, 0, u64::MAX).await.unwrap(), data);
+    assert_eq!(
+        store.oplog_head().unwrap(),
+        1,
+        "a repair is not a new version"
+    );
+    store.close().await;
+    // Digests survive a reopen.
+    let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
+    assert_eq!(store.stat(key).unwrap().unwrap(), recorded);
+}
+
+#[tokio::test]
+async fn bytes_that_miss_their_declared_digest_are_not_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
+    let key = store.new_key().unwrap();
+    let data = pattern(3 << 20, 5);
+    let wrong = write_again(&store, key, &data, |w| w.expect_sha256([0; 32])).await;
+    assert!(
+        matches!(wrong, Err(BlobError::ChecksumMismatch)),
+        "{wrong:?}"
+    );
+    assert!(store.stat(key).unwrap().is_none());
+    assert_eq!(tmp_entries(dir.path()), 0);
+    assert_eq!(sluice_blob::data_file_paths(dir.path()).unwrap().len(), 0);
+    let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&data).into();
+    let stored = write_again(&store, key, &data, |w| w.expect_sha256(digest))
+        .await
+        .unwrap();
+    assert_eq!(stored.sha256, Some(digest));
+}
+
+#[tokio::test]
+async fn racing_writers_of_one_key_with_different_bytes_leave_one_whole_file() {
+    // Without a turn per key, the loser's rename could land after the winner was indexed.
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    for round in 0..20u8 {
+        let key = store.new_key().unwrap();
+        let versions: Vec<Vec<u8>> = (0..4).map(|i| pattern(200_000, round * 4 + i)).collect();
+        let mut commits = Vec::new();
+        for v in &versions {
+            let mut w = store.writer(key, "a/b".into(), u64::MAX);
+            w.write(Bytes::from(v.clone())).await.unwrap();
+            commits.push(tokio::spawn(w.commit()));
+        }
+        let mut won = 0;
+        for c in commits {
+            match c.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(BlobError::Conflict) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(won, 1, "exactly one version is stored");
+        let stored = read_all(&store, key, 0, u64::MAX).await.unwrap();
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&stored).into();
+        assert!(versions.contains(&stored));
+        assert_eq!(store.stat(key).unwrap().unwrap().sha256, Some(digest));
+    }
+    assert_eq!(tmp_entries(dir.path()), 0);
+}

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sluice_proto::range::{ByteRange, RangeRequest};
-use sluice_proto::{BlobKey, FileId, SecretSet};
+use sluice_proto::{BlobKey, FileId};
 use sluice_storage::{LocalRead, LocalSource, if_none_match, serve_local};
 
 use crate::fill::{Fill, FillState, OriginHead, Refusal};
@@ -336,20 +336,10 @@ pub(crate) async fn preload(
     headers: HeaderMap,
 ) -> Result<StatusCode, EdgeError> {
     let config = edge.config();
-    let guarded = config.access.url_secret.is_some() || config.access.api_tokens.is_some();
-    if guarded && config.cluster_secret.is_none() {
-        // As on storage nodes: with private media but no cluster secret, internal routes
-        // would be open to anyone; they are closed instead.
-        return Err(EdgeError::Forbidden(
-            "internal routes are off: SLUICE_URL_SECRET or SLUICE_API_TOKEN is set without SLUICE_CLUSTER_SECRET",
-        ));
-    }
-    let given = headers
-        .get(sluice_proto::cluster::CLUSTER_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if !SecretSet::admits(config.cluster_secret.as_ref(), given) {
-        return Err(EdgeError::Forbidden("missing or wrong cluster secret"));
-    }
+    config
+        .cluster
+        .check(&config.access, &headers)
+        .map_err(|refused| EdgeError::Forbidden(refused.0))?;
     let id = FileId::parse(&text)
         .map_err(|e| EdgeError::BadRequest(format!("malformed file id: {e}")))?;
     let key = crate::cache::cache_key(&id);

@@ -22,7 +22,6 @@ use axum::Router;
 use axum::routing::{get, post};
 use sluice_blob::{BlobStore, BlobStoreOptions};
 use sluice_http::{AccessPolicy, CorsPolicy, HttpLimits};
-use sluice_proto::SecretSet;
 use tokio::net::TcpListener;
 
 pub use error::EdgeError;
@@ -39,8 +38,9 @@ pub struct EdgeConfig {
     pub access: AccessPolicy,
     pub cors: CorsPolicy,
     pub http: HttpLimits,
-    /// Required on `/v1/internal` (preload requests from trackers) when set.
-    pub cluster_secret: Option<SecretSet>,
+    /// Who may call `/v1/internal` (preload requests from trackers), and the secret sent to
+    /// trackers with heartbeats.
+    pub cluster: sluice_http::ClusterAccess,
     /// Memory for the hot cache of small files.
     pub hot_cache: sluice_blob::HotCacheLimits,
 }

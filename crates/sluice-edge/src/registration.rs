@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, EdgeHeartbeat};
+use sluice_proto::cluster::EdgeHeartbeat;
 
 use crate::EdgeState;
 
@@ -74,8 +74,8 @@ pub async fn run(
                     tracker.trim_end_matches('/')
                 ))
                 .json(&beat);
-            if let Some(secret) = &edge.config().cluster_secret {
-                request = request.header(CLUSTER_SECRET_HEADER, secret.current());
+            if let Some((name, value)) = edge.config().cluster.secret_header() {
+                request = request.header(name, value);
             }
             async move { (tracker, request.send().await) }
         });

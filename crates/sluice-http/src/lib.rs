@@ -7,10 +7,12 @@
 //! shutdown that stops accepting and waits for connections to finish their requests.
 
 pub mod access;
+pub mod cluster;
 pub mod cors;
 pub mod metrics;
 
 pub use access::{AccessDenied, AccessPolicy};
+pub use cluster::{ClusterAccess, ClusterRefused};
 pub use cors::CorsPolicy;
 pub use metrics::HttpMetrics;
 

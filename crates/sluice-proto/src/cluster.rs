@@ -5,6 +5,29 @@ use serde::{Deserialize, Serialize};
 /// Header carrying `SLUICE_CLUSTER_SECRET` on every call inside the cluster.
 pub const CLUSTER_SECRET_HEADER: &str = "sluice-cluster-secret";
 
+/// Header carrying a replica's SHA-256 (64 lowercase hex digits) between nodes: a replica
+/// whose bytes do not match is not stored.
+pub const SHA256_HEADER: &str = "sluice-sha256";
+
+/// A digest as [`SHA256_HEADER`] carries it.
+pub fn sha256_hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses [`SHA256_HEADER`]'s value: exactly 64 hex digits.
+pub fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.as_bytes();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let digit = |c: u8| (c as char).to_digit(16);
+        *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
@@ -138,4 +161,24 @@ pub struct EdgeView {
 pub struct PreloadRequest {
     pub fileid: String,
     pub region: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn digests_roundtrip(digest in any::<[u8; 32]>()) {
+            prop_assert_eq!(parse_sha256_hex(&sha256_hex(&digest)), Some(digest));
+        }
+
+        #[test]
+        fn bad_digests_are_refused(text in "\\PC{0,80}") {
+            if let Some(d) = parse_sha256_hex(&text) {
+                prop_assert_eq!(sha256_hex(&d), text.to_ascii_lowercase());
+            }
+        }
+    }
 }

@@ -52,6 +52,10 @@ pub enum ApiError {
     BadChecksum,
     #[error("another request is busy with this upload; try again")]
     Busy,
+    #[error("this id already holds a different file; file ids are immutable")]
+    Conflict,
+    #[error("the bytes do not match their declared SHA-256; nothing was kept")]
+    DigestMismatch,
 }
 
 impl From<sluice_http::AccessDenied> for ApiError {
@@ -85,6 +89,8 @@ impl ApiError {
             }
             ApiError::BadChecksum => StatusCode::BAD_REQUEST,
             ApiError::Busy => StatusCode::LOCKED,
+            ApiError::Conflict => StatusCode::CONFLICT,
+            ApiError::DigestMismatch => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }
@@ -101,6 +107,8 @@ impl From<BlobError> for ApiError {
             BlobError::Corrupt { .. } => ApiError::Corrupt,
             BlobError::Closed => ApiError::Unavailable,
             BlobError::Deleted => ApiError::Gone,
+            BlobError::Conflict => ApiError::Conflict,
+            BlobError::ChecksumMismatch => ApiError::DigestMismatch,
             other => {
                 tracing::error!(error = %other, "storage error");
                 ApiError::Internal

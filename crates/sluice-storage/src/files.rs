@@ -83,6 +83,7 @@ pub(crate) async fn upload(
                     let source = ReplicaSource::Memory {
                         body,
                         content_type: writer.content_type().to_owned(),
+                        sha256: writer.sha256(),
                     };
                     let (local, remote) =
                         tokio::join!(writer.commit(), r.replicate_put(state.store(), &id, source));
@@ -383,7 +384,7 @@ pub(crate) async fn repair(state: &StorageState, id: &FileId) -> bool {
         return false;
     };
     match r
-        .fetch_from_peers(state.store(), id, state.config().max_upload_size)
+        .fetch_from_peers(state.store(), id, state.config().max_upload_size, true)
         .await
     {
         Ok(true) => {
@@ -415,7 +416,7 @@ async fn open_or_fetch(state: &StorageState, id: &FileId) -> Result<BlobReader, 
         return Err(ApiError::NotFound);
     };
     if !r
-        .fetch_from_peers(store, id, state.config().max_upload_size)
+        .fetch_from_peers(store, id, state.config().max_upload_size, false)
         .await?
     {
         return Err(ApiError::NotFound);

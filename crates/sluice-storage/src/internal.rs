@@ -8,9 +8,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use sluice_blob::{BlobState, CHUNK_BYTES};
-use sluice_proto::SecretSet;
 use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
-use sluice_proto::cluster::CLUSTER_SECRET_HEADER;
+use sluice_proto::cluster::{SHA256_HEADER, parse_sha256_hex, sha256_hex};
 
 use crate::StorageState;
 use crate::error::ApiError;
@@ -44,25 +43,15 @@ pub(crate) fn parse_blob_state(value: Option<&str>) -> Result<BlobState, ApiErro
 
 fn authorise(state: &StorageState, headers: &HeaderMap) -> Result<(), ApiError> {
     let config = state.config();
-    // With reads or writes guarded but no cluster secret, these routes would be the way round
-    // the guard: refuse them outright.
-    let guarded = config.access.url_secret.is_some() || config.access.api_tokens.is_some();
-    if guarded && config.cluster_secret.is_none() {
-        return Err(ApiError::Forbidden(
-            "internal routes are off: SLUICE_URL_SECRET or SLUICE_API_TOKEN is set without SLUICE_CLUSTER_SECRET",
-        ));
-    }
-    let given = headers
-        .get(CLUSTER_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if SecretSet::admits(config.cluster_secret.as_ref(), given) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("missing or wrong cluster secret"))
-    }
+    config
+        .cluster
+        .check(&config.access, headers)
+        .map_err(|refused| ApiError::Forbidden(refused.0))
 }
 
-/// A replica from a peer: stored under the id the peer gave it.
+/// A replica from a peer: stored under the id the peer gave it, if its bytes match the SHA-256
+/// it declares. An id that holds a complete file keeps it: the same bytes again change
+/// nothing, other bytes are refused (409).
 pub(crate) async fn put_replica(
     State(state): State<StorageState>,
     Path(text): Path<String>,
@@ -70,6 +59,16 @@ pub(crate) async fn put_replica(
 ) -> Result<StatusCode, ApiError> {
     authorise(&state, request.headers())?;
     let id = parse_local_id(&state, &text)?;
+    let digest = request
+        .headers()
+        .get(SHA256_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_sha256_hex)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "a replica needs {SHA256_HEADER}: the SHA-256 of its bytes in hex"
+            ))
+        })?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -91,6 +90,7 @@ pub(crate) async fn put_replica(
     let limit = UploadLimit::for_upload(&state, declared, None)?;
     let mut writer = state.store().writer(id.key, content_type, limit.bytes);
     writer.set_state(blob_state);
+    writer.expect_sha256(digest);
     let idle = state.config().body_idle_timeout;
     let mut body = request.into_body().into_data_stream();
     while let Some(chunk) = within(idle, body.next()).await? {
@@ -132,6 +132,9 @@ pub(crate) async fn get_local(
     let mut response = Response::builder();
     if let Some(v) = blob_state_header(reader.meta().state) {
         response = response.header(BLOB_STATE_HEADER, v);
+    }
+    if let Some(digest) = &reader.meta().sha256 {
+        response = response.header(SHA256_HEADER, sha256_hex(digest));
     }
     response
         .header(header::CONTENT_TYPE, content_type)

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 pub use error::ApiError;
 pub use files::{LocalRead, Source as LocalSource, if_none_match, serve_local};
 pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, HotCacheLimits};
-pub use sluice_http::{AccessPolicy, CorsPolicy, HttpLimits, HttpMetrics};
+pub use sluice_http::{AccessPolicy, ClusterAccess, CorsPolicy, HttpLimits, HttpMetrics};
 
 /// What a storage node needs to know; the binary builds it from flags, env and config file.
 #[derive(Debug, Clone)]
@@ -48,8 +48,8 @@ pub struct StorageConfig {
     pub access: sluice_http::AccessPolicy,
     /// Most bytes of files this node holds; `None`: as much as the disk takes.
     pub capacity: Option<u64>,
-    /// `SLUICE_CLUSTER_SECRET`: required on `/v1/internal` calls when set.
-    pub cluster_secret: Option<sluice_proto::SecretSet>,
+    /// Who may call `/v1/internal` (peers holding `SLUICE_CLUSTER_SECRET`).
+    pub cluster: sluice_http::ClusterAccess,
     /// Progressive uploads (tus at `/v1/uploads`).
     pub progressive: progressive::ProgressiveConfig,
     /// Where `file.*` events are posted besides `/v1/events`.

@@ -21,7 +21,10 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use sluice_blob::{BlobError, BlobStore, CHUNK_BYTES};
-use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, NodeState, NodeView, OplogOp, OplogPage};
+use sluice_proto::cluster::{
+    CLUSTER_SECRET_HEADER, NodeState, NodeView, OplogOp, OplogPage, SHA256_HEADER,
+    parse_sha256_hex, sha256_hex,
+};
 use sluice_proto::{FileId, GroupName, SecretSet};
 
 /// Entries asked for per oplog request.
@@ -70,6 +73,7 @@ pub enum ReplicaSource {
     Memory {
         body: bytes::Bytes,
         content_type: String,
+        sha256: [u8; sluice_blob::SHA256_LEN],
     },
     Stored,
 }
@@ -281,12 +285,17 @@ impl Replication {
         peer: &NodeView,
         source: &ReplicaSource,
     ) -> Result<(), String> {
-        let (body, size, content_type, blob_state) = match source {
-            ReplicaSource::Memory { body, content_type } => (
+        let (body, size, content_type, blob_state, sha256) = match source {
+            ReplicaSource::Memory {
+                body,
+                content_type,
+                sha256,
+            } => (
                 reqwest::Body::from(body.clone()),
                 body.len() as u64,
                 content_type.clone(),
                 None,
+                *sha256,
             ),
             ReplicaSource::Stored => {
                 let reader = store
@@ -296,6 +305,11 @@ impl Replication {
                 let size = reader.meta().size;
                 let content_type = reader.meta().content_type.clone();
                 let blob_state = crate::internal::blob_state_header(reader.meta().state);
+                // Every record this build writes has one; an older file cannot be pushed.
+                let sha256 = reader
+                    .meta()
+                    .sha256
+                    .ok_or("the file has no recorded SHA-256")?;
                 let stream = futures_util::stream::try_unfold(
                     (reader, 0u64),
                     move |(reader, at)| async move {
@@ -316,6 +330,7 @@ impl Replication {
                     size,
                     content_type,
                     blob_state,
+                    sha256,
                 )
             }
         };
@@ -326,6 +341,7 @@ impl Replication {
             request = request.header(crate::internal::BLOB_STATE_HEADER, v);
         }
         let request = request
+            .header(SHA256_HEADER, sha256_hex(&sha256))
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .header(reqwest::header::CONTENT_LENGTH, size)
             .timeout(self.config.timeout)
@@ -364,19 +380,21 @@ impl Replication {
     }
 
     /// Fetches a file this node lacks from a peer that has it, and keeps it. `Ok(false)` when
-    /// no peer has it.
+    /// no peer has it. With `repair`, the fetched bytes replace a damaged local copy, but only
+    /// if they match the SHA-256 recorded for it.
     pub async fn fetch_from_peers(
         &self,
         store: &BlobStore,
         id: &FileId,
         limit: u64,
+        repair: bool,
     ) -> Result<bool, BlobError> {
         for peer in self
             .peers()
             .into_iter()
             .filter(|p| p.state != NodeState::Offline)
         {
-            match self.fetch_from(store, id, &peer.url, limit).await {
+            match self.fetch_from(store, id, &peer.url, limit, repair).await {
                 Ok(true) => return Ok(true),
                 Ok(false) => {}
                 Err(e) => {
@@ -393,6 +411,7 @@ impl Replication {
         id: &FileId,
         peer_url: &str,
         limit: u64,
+        repair: bool,
     ) -> Result<bool, BlobError> {
         let io = |e: reqwest::Error| BlobError::Io(std::io::Error::other(e.to_string()));
         let request = self
@@ -416,8 +435,24 @@ impl Replication {
                 .and_then(|v| v.to_str().ok()),
         )
         .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?;
+        let declared = response
+            .headers()
+            .get(SHA256_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                parse_sha256_hex(v).ok_or_else(|| {
+                    BlobError::Io(std::io::Error::other(format!("bad {SHA256_HEADER}")))
+                })
+            })
+            .transpose()?;
         let mut writer = store.writer(id.key, content_type, limit);
         writer.set_state(blob_state);
+        if let Some(digest) = declared {
+            writer.expect_sha256(digest);
+        }
+        if repair {
+            writer.allow_repair();
+        }
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             writer.write(chunk.map_err(io)?).await?;
@@ -525,7 +560,7 @@ impl Replication {
                             .map_err(|e| e.to_string())?
                             .is_some_and(|m| m.state.is_complete());
                         if !have && !store.is_deleted(id.key).map_err(|e| e.to_string())? {
-                            self.fetch_from(store, &id, &peer.url, limit)
+                            self.fetch_from(store, &id, &peer.url, limit, false)
                                 .await
                                 .map_err(|e| e.to_string())?;
                         }

@@ -942,7 +942,9 @@ async fn web_players_on_other_origins_may_read() {
 #[tokio::test]
 async fn peers_need_the_cluster_secret_to_push_or_pull() {
     let node = TestNode::start_with(NodeSettings {
-        cluster_secret: sluice_proto::SecretSet::parse("cs"),
+        cluster: sluice_storage::ClusterAccess::Secret(
+            sluice_proto::SecretSet::parse("cs").unwrap(),
+        ),
         ..NodeSettings::default()
     })
     .await;
@@ -977,4 +979,61 @@ async fn peers_need_the_cluster_secret_to_push_or_pull() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.bytes().await.unwrap().to_vec(), pattern(100));
+}
+
+#[tokio::test]
+async fn a_stored_id_is_immutable_even_to_peers() {
+    let node = TestNode::start_with(NodeSettings {
+        cluster: sluice_storage::ClusterAccess::Secret(
+            sluice_proto::SecretSet::parse("cs").unwrap(),
+        ),
+        ..NodeSettings::default()
+    })
+    .await;
+    let original = pattern(3000);
+    let v = upload(&node, original.clone(), "image/png").await;
+    let fileid = v["fileid"].as_str().unwrap();
+    let path = format!("/v1/files/{fileid}");
+    let (_, before, _) = get(&node, &path, &[]).await;
+    let c = reqwest::Client::new();
+    let put = |body: Vec<u8>, digest: Option<String>| {
+        let mut r = c
+            .put(format!("{}/v1/internal/blobs/{fileid}", node.url))
+            .header("sluice-cluster-secret", "cs")
+            .header("content-type", "text/html")
+            .body(body);
+        if let Some(d) = digest {
+            r = r.header("sluice-sha256", d);
+        }
+        r.send()
+    };
+    let hex = |data: &[u8]| {
+        sluice_proto::cluster::sha256_hex(&<sha2::Sha256 as sha2::Digest>::digest(data).into())
+    };
+    // Other bytes, honestly declared: refused.
+    let forged = b"<script>alert(1)</script>".to_vec();
+    let r = put(forged.clone(), Some(hex(&forged))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // Bytes that do not match what they claim, or no claim at all: refused before anything.
+    let r = put(forged.clone(), Some(hex(&original))).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = put(forged.clone(), None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // The same bytes again: accepted, and nothing changes.
+    let r = put(original.clone(), Some(hex(&original))).await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let (status, after, body) = get(&node, &path, &[]).await;
+    assert_eq!((status, body), (StatusCode::OK, original.clone()));
+    assert_eq!(after[header::ETAG], before[header::ETAG]);
+    assert_eq!(after[header::CONTENT_TYPE], "image/png");
+    assert_eq!(node.state.store().files(), 1);
+    assert!(node.temp_files().is_empty());
+    // Peers see the recorded digest.
+    let r = c
+        .get(format!("{}/v1/internal/blobs/{fileid}", node.url))
+        .header("sluice-cluster-secret", "cs")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["sluice-sha256"], hex(&original).as_str());
 }

@@ -32,7 +32,7 @@ pub struct NodeSettings {
     pub capacity: Option<u64>,
     pub access: sluice_storage::AccessPolicy,
     pub cors: sluice_storage::CorsPolicy,
-    pub cluster_secret: Option<sluice_proto::SecretSet>,
+    pub cluster: sluice_storage::ClusterAccess,
     pub progressive: sluice_storage::progressive::ProgressiveConfig,
     pub webhook: Option<sluice_storage::events::WebhookConfig>,
 }
@@ -48,7 +48,7 @@ impl Default for NodeSettings {
             capacity: None,
             access: sluice_storage::AccessPolicy::default(),
             cors: sluice_storage::CorsPolicy::AnyOrigin,
-            cluster_secret: None,
+            cluster: sluice_storage::ClusterAccess::Closed,
             progressive: Default::default(),
             webhook: None,
         }
@@ -126,7 +126,7 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
             group: settings.group.parse().expect("valid group"),
             max_upload_size: settings.max_upload_size,
             body_idle_timeout: settings.body_idle_timeout,
-            cluster_secret: settings.cluster_secret.clone(),
+            cluster: settings.cluster.clone(),
             capacity: settings.capacity,
             access: settings.access.clone(),
             cors: settings.cors.clone(),
@@ -214,7 +214,7 @@ impl TestEdge {
             access: sluice_storage::AccessPolicy::default(),
             cors: sluice_storage::CorsPolicy::AnyOrigin,
             http: sluice_storage::HttpLimits::default(),
-            cluster_secret: None,
+            cluster: sluice_storage::ClusterAccess::Closed,
             hot_cache: sluice_blob::HotCacheLimits::default(),
         }
     }

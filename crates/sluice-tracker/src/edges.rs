@@ -214,7 +214,7 @@ pub(crate) async fn preload(
             format!("no live edge in region {:?}", request.region),
         );
     }
-    let secret = state.config().cluster_secret.clone();
+    let secret = state.config().cluster.secret().cloned();
     let asks = edges.iter().map(|(_, url)| {
         let mut ask = state
             .probe()

@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use sluice_http::{HttpLimits, HttpMetrics};
-use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, Heartbeat, HeartbeatAnswer};
-use sluice_proto::{ErrorBody, FileId, GroupName, SecretSet};
+use sluice_proto::cluster::{Heartbeat, HeartbeatAnswer};
+use sluice_proto::{ErrorBody, FileId, GroupName};
 use tokio::net::TcpListener;
 
 pub use edges::EdgeRegistry;
@@ -28,8 +28,8 @@ pub struct TrackerConfig {
     /// A node not heard from for this long is offline.
     pub offline_after: Duration,
     pub placement: Placement,
-    /// When set, heartbeats must carry one of these secrets.
-    pub cluster_secret: Option<SecretSet>,
+    /// Who may heartbeat, register edges and retire nodes; the secret sent to edges.
+    pub cluster: sluice_http::ClusterAccess,
     /// Which web origins may follow its read redirects.
     pub cors: sluice_http::CorsPolicy,
     /// Signed-link and API-token rules: the tracker redirects nothing the nodes would refuse.
@@ -155,25 +155,13 @@ pub async fn run(
     sluice_http::serve(listener, router(state), limits, shutdown).await
 }
 
-/// A cluster call without a valid cluster secret.
-pub(crate) struct Forbidden;
-
-impl IntoResponse for Forbidden {
-    fn into_response(self) -> Response {
-        error(StatusCode::FORBIDDEN, "missing or wrong cluster secret")
-    }
-}
-
-/// Cluster calls must carry one of the cluster secrets when any is set.
-pub(crate) fn check_secret(state: &TrackerState, headers: &HeaderMap) -> Result<(), Forbidden> {
-    let given = headers
-        .get(CLUSTER_SECRET_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if SecretSet::admits(state.inner.config.cluster_secret.as_ref(), given) {
-        Ok(())
-    } else {
-        Err(Forbidden)
-    }
+/// Cluster calls (heartbeats, retiring) pass the cluster rule of the tracker's config.
+pub(crate) fn check_secret(
+    state: &TrackerState,
+    headers: &HeaderMap,
+) -> Result<(), sluice_http::ClusterRefused> {
+    let config = &state.inner.config;
+    config.cluster.check(&config.access, headers)
 }
 
 /// A heartbeat body from a member of the cluster: the secret checked, the JSON parsed.

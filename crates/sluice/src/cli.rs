@@ -101,6 +101,10 @@ pub struct LiveArgs {
     /// Directory for recordings in progress and the recordings list.
     #[arg(long, default_value = "sluice-live")]
     pub data: std::path::PathBuf,
+    /// Run without SLUICE_CLUSTER_SECRET, with cluster routes open to anyone who can reach
+    /// this port: for a lab only.
+    #[arg(long)]
+    pub insecure_no_cluster_secret: bool,
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +117,10 @@ pub struct StorageArgs {
     /// The URL clients and peers should use for this node (default: the listen address).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Run without SLUICE_CLUSTER_SECRET, with cluster routes open to anyone who can reach
+    /// this port: for a lab only.
+    #[arg(long)]
+    pub insecure_no_cluster_secret: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -150,6 +158,10 @@ pub struct EdgeArgs {
     /// Connections served at once.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Run without SLUICE_CLUSTER_SECRET, with cluster routes open to anyone who can reach
+    /// this port: for a lab only.
+    #[arg(long)]
+    pub insecure_no_cluster_secret: bool,
 }
 
 #[derive(Args, Debug)]
@@ -173,6 +185,10 @@ pub struct TrackerArgs {
     /// A proxy in front of this tracker whose X-Forwarded-For is believed; repeat.
     #[arg(long = "trusted-proxy", value_name = "PREFIX")]
     pub trusted_proxies: Vec<String>,
+    /// Run without SLUICE_CLUSTER_SECRET, with cluster routes open to anyone who can reach
+    /// this port: for a lab only.
+    #[arg(long)]
+    pub insecure_no_cluster_secret: bool,
 }
 
 #[derive(Args, Debug)]

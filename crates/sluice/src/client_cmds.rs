@@ -130,7 +130,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
 pub async fn cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!args.trackers.is_empty(), "give at least one --tracker URL");
     if let Some(ClusterAction::Remove { node, force }) = &args.action {
-        let secret = crate::storage::cluster_secret();
+        let secret = crate::roles::cluster_secret();
         // Every tracker keeps its own registry: each must retire the node.
         for tracker in &args.trackers {
             Client::new(tracker)?

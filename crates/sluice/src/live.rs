@@ -10,6 +10,9 @@ use crate::roles::{Background, init_logging, serve_until_signal};
 
 pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
     init_logging();
+    // Live servers join the cluster's trust like every other role (recordings go to its
+    // storage; streams will be relayed through its edges).
+    crate::roles::cluster_access("live server", args.insecure_no_cluster_secret)?;
     let config = sluice_live::LiveConfig {
         access: crate::roles::access_policy(),
         ..sluice_live::LiveConfig::default()

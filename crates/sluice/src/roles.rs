@@ -23,6 +23,7 @@ pub async fn open_store(config: &ValidServeConfig) -> anyhow::Result<BlobStore> 
 pub fn storage_state(
     config: &ValidServeConfig,
     store: BlobStore,
+    cluster: sluice_http::ClusterAccess,
     replication: Option<std::sync::Arc<sluice_storage::replication::Replication>>,
 ) -> anyhow::Result<StorageState> {
     let state = StorageState::with_replication(
@@ -32,7 +33,7 @@ pub fn storage_state(
             max_upload_size: config.raw.max_upload_size.0,
             body_idle_timeout: Duration::from_secs(config.raw.body_idle_timeout_secs),
             http: config.http_limits(),
-            cluster_secret: crate::storage::cluster_secret(),
+            cluster,
             capacity: config.raw.capacity.map(|c| c.0),
             access: access_policy(),
             cors: sluice_http::CorsPolicy::from_list(&config.raw.cors_origins),
@@ -57,6 +58,40 @@ pub fn access_policy() -> sluice_http::AccessPolicy {
         url_secret: list("SLUICE_URL_SECRET"),
         api_tokens: list("SLUICE_API_TOKEN"),
     }
+}
+
+/// `SLUICE_CLUSTER_SECRET`: a comma-separated list; the first is sent, all are accepted.
+pub fn cluster_secret() -> Option<sluice_proto::SecretSet> {
+    std::env::var("SLUICE_CLUSTER_SECRET")
+        .ok()
+        .and_then(|v| sluice_proto::SecretSet::parse(&v))
+}
+
+/// How a cluster role (`tracker`, `storage`, `edge`, `live`) admits cluster calls: with the
+/// cluster secret, or, only when asked for by `--insecure-no-cluster-secret`, from anyone.
+pub fn cluster_access(role: &str, insecure: bool) -> anyhow::Result<sluice_http::ClusterAccess> {
+    if let Some(secret) = cluster_secret() {
+        return Ok(sluice_http::ClusterAccess::Secret(secret));
+    }
+    anyhow::ensure!(
+        insecure,
+        "SLUICE_CLUSTER_SECRET is not set: without it anyone who reaches this {role} could join \
+         the cluster, register nodes or edges, or read and write files around every other \
+         secret. Set it (the same value on every tracker, node, edge and live server), or pass \
+         --insecure-no-cluster-secret for a lab"
+    );
+    let access = access_policy();
+    anyhow::ensure!(
+        access.url_secret.is_none() && access.api_tokens.is_none(),
+        "--insecure-no-cluster-secret cannot be used with SLUICE_URL_SECRET or SLUICE_API_TOKEN: \
+         open cluster routes would be the way round them; set SLUICE_CLUSTER_SECRET"
+    );
+    tracing::warn!(
+        "INSECURE: running without SLUICE_CLUSTER_SECRET (--insecure-no-cluster-secret): anyone \
+         who can reach this {role} can register nodes and edges and read and write every file \
+         through the cluster routes; use this in a lab only"
+    );
+    Ok(sluice_http::ClusterAccess::Open)
 }
 
 /// The background tasks of a role, stopped together at shutdown.

@@ -24,7 +24,13 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     if args.record {
         config.raw.record = true;
     }
-    let state = storage_state(&config, open_store(&config).await?, None)?;
+    // Without a cluster secret, serve takes no registrations and serves no internal route:
+    // it needs none to work alone.
+    let cluster = sluice_http::ClusterAccess::from_secret(
+        crate::roles::cluster_secret(),
+        sluice_http::ClusterAccess::Closed,
+    );
+    let state = storage_state(&config, open_store(&config).await?, cluster.clone(), None)?;
     let store = state.store().clone();
     let listener = TcpListener::bind(config.raw.http)
         .await
@@ -37,7 +43,7 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     let tracker = TrackerState::new(TrackerConfig {
         offline_after: interval * 3,
         placement: Placement::MostFree,
-        cluster_secret: None,
+        cluster,
         members_file: None,
         access: crate::roles::access_policy(),
         cors: sluice_http::CorsPolicy::AnyOrigin,

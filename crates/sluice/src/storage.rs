@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_proto::SecretSet;
 use std::sync::Arc;
 
 use sluice_storage::cluster::{self, ClusterLink};
@@ -13,11 +12,13 @@ use tokio::net::TcpListener;
 use crate::cli::StorageArgs;
 use crate::config::ServeConfig;
 use crate::roles::{
-    Background, init_logging, open_store, scrub_config, serve_until_signal, storage_state,
+    Background, cluster_access, init_logging, open_store, scrub_config, serve_until_signal,
+    storage_state,
 };
 
 pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     init_logging();
+    let cluster = cluster_access("storage node", args.insecure_no_cluster_secret)?;
     let config = ServeConfig::load_storage(&args)?;
     let store = open_store(&config).await?;
     let node_id = cluster::node_id(&config.raw.data).context("node id")?;
@@ -36,7 +37,7 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
                 min_copies: config.raw.min_copies,
                 timeout: Duration::from_millis(config.raw.replication_timeout_ms),
                 catch_up_interval: Duration::from_millis(config.raw.catch_up_interval_ms),
-                secret: cluster_secret(),
+                secret: cluster.secret().cloned(),
                 cursors_file: config.raw.data.join("peers.json"),
                 trackers: config.raw.trackers.clone(),
             },
@@ -48,12 +49,13 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     let mut config = config;
     // Clients redirected here by a tracker must come back here for their upload's PATCHes.
     config.raw.advertise = Some(advertise.clone());
-    let state = storage_state(&config, store.clone(), Some(replication.clone()))?;
+    let secret = cluster.secret().cloned();
+    let state = storage_state(&config, store.clone(), cluster, Some(replication.clone()))?;
     let link = ClusterLink {
         trackers: config.raw.trackers.clone(),
         node_id,
         advertise,
-        secret: cluster_secret(),
+        secret,
         interval: Duration::from_millis(config.raw.heartbeat_interval_ms),
         free_space_reserve: config.raw.free_space_reserve.0,
     };
@@ -100,11 +102,4 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     result
-}
-
-/// `SLUICE_CLUSTER_SECRET`: a comma-separated list; the first is sent, all are accepted.
-pub fn cluster_secret() -> Option<SecretSet> {
-    std::env::var("SLUICE_CLUSTER_SECRET")
-        .ok()
-        .and_then(|v| SecretSet::parse(&v))
 }

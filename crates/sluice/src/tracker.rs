@@ -8,7 +8,6 @@ use tokio::net::TcpListener;
 
 use crate::cli::{PlacementArg, TrackerArgs};
 use crate::roles::{init_logging, serve_until_signal};
-use crate::storage::cluster_secret;
 
 pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
     init_logging();
@@ -26,19 +25,14 @@ pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
     .context("--region-map PREFIX=REGION")?;
     let trusted_proxies =
         crate::config::parse_prefixes(&args.trusted_proxies).context("--trusted-proxy")?;
-    let secret = cluster_secret();
-    if secret.is_none() {
-        tracing::warn!(
-            "SLUICE_CLUSTER_SECRET is not set: any host that can reach this tracker can register as a storage node"
-        );
-    }
+    let cluster = crate::roles::cluster_access("tracker", args.insecure_no_cluster_secret)?;
     let state = TrackerState::new(TrackerConfig {
         offline_after: Duration::from_millis(args.offline_after_ms),
         placement: match args.placement {
             PlacementArg::MostFree => Placement::MostFree,
             PlacementArg::RoundRobin => Placement::RoundRobin,
         },
-        cluster_secret: secret,
+        cluster,
         members_file: Some(args.data.join("members.json")),
         access: crate::roles::access_policy(),
         cors: sluice_http::CorsPolicy::AnyOrigin,

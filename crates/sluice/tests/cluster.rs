@@ -67,8 +67,8 @@ fn nodes_register_with_every_tracker_and_go_offline_when_killed() {
     let t2 = tracker(dirs[1].path());
     let g1 = storage(dirs[2].path(), "g1", &[&t1, &t2], Some(SECRET));
     let mut g2 = storage(dirs[3].path(), "g2", &[&t1, &t2], Some(SECRET));
-    // A node without the secret is refused: it never appears.
-    let stranger = storage(dirs[4].path(), "g3", &[&t1, &t2], None);
+    // A node with a wrong secret is refused: it never appears.
+    let stranger = storage(dirs[4].path(), "g3", &[&t1, &t2], Some("not-the-secret"));
 
     for t in [&t1, &t2] {
         wait_for("both nodes active on every tracker", WAIT, || {

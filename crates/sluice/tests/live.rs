@@ -593,8 +593,9 @@ fn recordings_are_stored_as_mp4_with_moov_first() {
 #[test]
 fn the_live_role_in_a_cluster_records_through_the_trackers() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let tracker = Served::tracker(dirs[0].path(), &[], &[]);
-    let _node = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &[]);
+    let env = [("SLUICE_CLUSTER_SECRET", "live-cluster-s3cret")];
+    let tracker = Served::tracker(dirs[0].path(), &[], &env);
+    let _node = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &env);
     wait_for("the node to be active", WAIT, || {
         String::from_utf8_lossy(&curl(&["-sS", &format!("{}/v1/cluster", tracker.url)]).stdout)
             .contains("\"active\"")
@@ -612,7 +613,7 @@ fn the_live_role_in_a_cluster_records_through_the_trackers() {
             "--data",
             dirs[2].path().to_str().unwrap(),
         ],
-        &[],
+        &env,
     );
     let rtmp = live
         .rtmp
