@@ -32,6 +32,9 @@ pub use metrics::EdgeMetrics;
 pub struct EdgeConfig {
     /// A `sluice serve`, a storage node or a tracker.
     pub origin: String,
+    /// The cluster's trackers: the edge registers with them, and follows the origin's
+    /// redirects only to storage nodes they (or the origin) list.
+    pub trackers: Vec<String>,
     /// Bytes of files the cache holds at most; least recently used files go first.
     pub cache_size: u64,
     pub region: Option<String>,
@@ -80,8 +83,12 @@ impl EdgeState {
         .map_err(|e| EdgeError::Setup(e.to_string()))?;
         let cache = cache::CacheIndex::load(&store, config.cache_size)
             .map_err(|e| EdgeError::Setup(e.to_string()))?;
-        let origin = origin::Origin::new(&config.origin, config.access.url_secret.clone())
-            .map_err(EdgeError::Setup)?;
+        let origin = origin::Origin::new(
+            &config.origin,
+            config.access.url_secret.clone(),
+            &config.trackers,
+        )
+        .map_err(EdgeError::Setup)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,

@@ -1,9 +1,17 @@
 //! The origin: a `sluice serve`, a storage node, or a tracker (whose 302 to a node of the
 //! file's group is followed). With `SLUICE_URL_SECRET` set the edge signs its own requests,
 //! so the cache is filled once for everyone whatever signature a client brought.
+//!
+//! Redirects are followed only to storage nodes that the origin or the edge's trackers list in
+//! `GET /v1/cluster`: whatever an edge fetches it serves to everyone as a hit, so a redirect
+//! to any other host would let whoever controls that host plant content in the cache.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
+use reqwest::Url;
+use sluice_proto::cluster::ClusterView;
 use sluice_proto::{FileId, SecretSet};
 
 /// A slow origin is not a dead one, but a silent one is: a read that waits this long fails.
@@ -12,15 +20,25 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Signed origin requests are valid this long.
 const SIGNED_FOR: u64 = 300;
+/// Redirects followed for one request (a tracker's to a node is the one expected).
+const MAX_REDIRECTS: usize = 3;
+/// The node list is asked for again at most this often when a redirect names a stranger.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Origin {
     base: String,
     http: reqwest::Client,
     url_secret: Option<SecretSet>,
+    nodes: NodeDirectory,
 }
 
 impl Origin {
-    pub fn new(base: &str, url_secret: Option<SecretSet>) -> Result<Self, String> {
+    /// `trackers`: besides the origin itself, where the list of storage nodes comes from.
+    pub fn new(
+        base: &str,
+        url_secret: Option<SecretSet>,
+        trackers: &[String],
+    ) -> Result<Self, String> {
         let base = base.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(format!("origin {base:?} is not an http(s) URL"));
@@ -30,12 +48,21 @@ impl Origin {
             .read_timeout(READ_TIMEOUT)
             .tcp_nodelay(true)
             .pool_max_idle_per_host(256)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
+        let mut sources = vec![base.clone()];
+        sources.extend(trackers.iter().map(|t| t.trim_end_matches('/').to_owned()));
+        sources.dedup();
         Ok(Self {
             base,
             http,
             url_secret,
+            nodes: NodeDirectory {
+                sources,
+                known: RwLock::default(),
+                refreshed: Mutex::new(None),
+            },
         })
     }
 
@@ -55,13 +82,44 @@ impl Origin {
         }
     }
 
-    /// `GET` of a file, whole or with a client's `Range` header (already checked to parse).
+    /// `GET` of a file, whole or with a client's `Range` header (already checked to parse),
+    /// following redirects to listed storage nodes only.
     pub async fn get(&self, id: &FileId, range: Option<&str>) -> Result<reqwest::Response, String> {
+        let mut url = self.file_url(id);
+        for _ in 0..=MAX_REDIRECTS {
+            let response = self.send(&url, range).await?;
+            if !response.status().is_redirection() {
+                return Ok(response);
+            }
+            let target = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|location| Url::parse(&url).ok()?.join(location).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "the origin answered {} without a Location",
+                        response.status()
+                    )
+                })?;
+            if !self.may_follow(&target).await {
+                tracing::warn!(%target, "origin redirected to a host no tracker lists; not followed");
+                return Err(format!(
+                    "the origin redirected to {}, which no tracker lists as a storage node",
+                    target.origin().ascii_serialization()
+                ));
+            }
+            url = target.to_string();
+        }
+        Err("the origin redirected too many times".into())
+    }
+
+    async fn send(&self, url: &str, range: Option<&str>) -> Result<reqwest::Response, String> {
         let mut last = String::new();
         // Twice: a pooled connection the origin (or the network) closed while idle fails the
         // first request sent on it, before any answer; a fresh connection then works.
         for _ in 0..2 {
-            let mut request = self.http.get(self.file_url(id));
+            let mut request = self.http.get(url);
             if let Some(range) = range {
                 request = request.header(reqwest::header::RANGE, range);
             }
@@ -72,6 +130,74 @@ impl Origin {
             }
         }
         Err(last)
+    }
+
+    /// The origin itself, or a storage node the origin or a tracker lists.
+    async fn may_follow(&self, target: &Url) -> bool {
+        let host = target.origin().ascii_serialization();
+        let base = Url::parse(&self.base).map(|b| b.origin().ascii_serialization());
+        if base.as_deref() == Ok(host.as_str()) || self.nodes.lists(&host) {
+            return true;
+        }
+        self.nodes.refresh(&self.http).await;
+        self.nodes.lists(&host)
+    }
+}
+
+/// The storage nodes' addresses (`scheme://host:port`), as the trackers list them.
+struct NodeDirectory {
+    /// Where `GET /v1/cluster` is asked: the origin and the edge's trackers.
+    sources: Vec<String>,
+    known: RwLock<HashSet<String>>,
+    refreshed: Mutex<Option<Instant>>,
+}
+
+impl NodeDirectory {
+    fn lists(&self, host: &str) -> bool {
+        self.known.read().is_ok_and(|k| k.contains(host))
+    }
+
+    /// Asks every source for its cluster view, unless that was done a moment ago.
+    async fn refresh(&self, http: &reqwest::Client) {
+        {
+            let Ok(mut last) = self.refreshed.lock() else {
+                return;
+            };
+            if last.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let asks = self.sources.iter().map(|source| async move {
+            let answer = http
+                .get(format!("{source}/v1/cluster"))
+                .timeout(CONNECT_TIMEOUT)
+                .send()
+                .await
+                .ok()?;
+            if !answer.status().is_success() {
+                return None;
+            }
+            answer.json::<ClusterView>().await.ok()
+        });
+        let views: Vec<ClusterView> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if views.is_empty() {
+            return;
+        }
+        let hosts: HashSet<String> = views
+            .iter()
+            .flat_map(|v| &v.groups)
+            .flat_map(|g| &g.nodes)
+            .filter_map(|n| Url::parse(&n.url).ok())
+            .map(|u| u.origin().ascii_serialization())
+            .collect();
+        if let Ok(mut known) = self.known.write() {
+            *known = hosts;
+        }
     }
 }
 

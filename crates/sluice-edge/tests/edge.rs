@@ -559,3 +559,91 @@ async fn a_cache_disk_filled_by_another_process_degrades_to_proxying() {
     assert_eq!((cache_header(&h), body), ("hit", data));
     edge.stop().await;
 }
+
+/// Serves `router` on 127.0.0.1:0 for the rest of the test; returns its URL.
+async fn serve_router(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+#[tokio::test]
+async fn redirects_are_followed_only_to_nodes_the_trackers_list() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Someone else's server, ready to plant content in the cache.
+    let planted = Arc::new(AtomicUsize::new(0));
+    let attacker = serve_router(axum::Router::new().fallback({
+        let planted = planted.clone();
+        move || async move {
+            planted.fetch_add(1, Ordering::SeqCst);
+            ([("content-type", "text/html")], "<script>alert(1)</script>")
+        }
+    }))
+    .await;
+    // An origin that redirects there; its cluster view lists the attacker only when told to.
+    let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let origin = serve_router(
+        axum::Router::new()
+            .route(
+                "/v1/files/{*id}",
+                axum::routing::get({
+                    let attacker = attacker.clone();
+                    move |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                        (
+                            StatusCode::FOUND,
+                            [("location", format!("{attacker}/v1/files/{id}"))],
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/v1/cluster",
+                axum::routing::get({
+                    let (attacker, listed) = (attacker.clone(), listed.clone());
+                    move || async move {
+                        let nodes = if listed.load(Ordering::SeqCst) {
+                            serde_json::json!([{"id": "n", "url": attacker, "state": "active",
+                                "files": 0, "bytes": 0, "free_bytes": 0, "writable": true,
+                                "last_seen_ms": 0}])
+                        } else {
+                            serde_json::json!([])
+                        };
+                        axum::Json(serde_json::json!({"groups": [{"name": "g1", "nodes": nodes}]}))
+                    }
+                }),
+            ),
+    )
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&origin, 64 << 20)).await;
+    let id = sluice_proto::FileId::new(
+        "g1".parse().unwrap(),
+        sluice_proto::BlobKey::from_bytes([7; 16]),
+    );
+    let url = format!("{}/v1/files/{id}", edge.url);
+    for _ in 0..3 {
+        let (status, _, body) = get(&url, &[]).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("no tracker lists"), "{text}");
+    }
+    assert_eq!(
+        planted.load(Ordering::SeqCst),
+        0,
+        "the stranger was never asked"
+    );
+    assert_eq!(edge.state.cache().files(), 0);
+    // The list is what decides: once the cluster lists that server as a node, it is followed
+    // (after the once-a-second refresh).
+    listed.store(true, Ordering::SeqCst);
+    wait_until(
+        "the redirect to a listed node to be followed",
+        Duration::from_secs(10),
+        || async { get(&url, &[]).await.0 == StatusCode::OK },
+    )
+    .await;
+    assert!(planted.load(Ordering::SeqCst) >= 1);
+    edge.stop().await;
+}

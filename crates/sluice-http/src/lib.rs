@@ -9,6 +9,7 @@
 pub mod access;
 pub mod cluster;
 pub mod cors;
+pub mod errors;
 pub mod metrics;
 
 pub use access::{AccessDenied, AccessPolicy};
@@ -55,6 +56,7 @@ pub async fn serve(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    let router = router.layer(axum::middleware::from_fn(errors::json_errors));
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);

@@ -63,6 +63,13 @@ fn one() -> u32 {
     1
 }
 
+/// `GET /v1/internal/identity` of a storage node: who answers at its URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    pub node_id: String,
+    pub group: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeView {
     pub id: String,

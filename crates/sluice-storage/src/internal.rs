@@ -143,6 +143,22 @@ pub(crate) async fn get_local(
         .map_err(|_| ApiError::Internal)
 }
 
+/// `GET /v1/internal/identity`: who this node is. Trackers ask before they accept a node's
+/// first heartbeat from a URL, so a mistyped `--advertise` or a cloned data directory cannot
+/// take another node's place.
+pub(crate) async fn identity(
+    State(state): State<StorageState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorise(&state, &headers)?;
+    let node_id = state.config().node_id.clone().ok_or(ApiError::NotFound)?;
+    Ok(axum::Json(sluice_proto::cluster::NodeIdentity {
+        node_id,
+        group: state.config().group.to_string(),
+    })
+    .into_response())
+}
+
 #[derive(Deserialize)]
 pub(crate) struct OplogQuery {
     #[serde(default)]

@@ -50,6 +50,9 @@ pub struct StorageConfig {
     pub capacity: Option<u64>,
     /// Who may call `/v1/internal` (peers holding `SLUICE_CLUSTER_SECRET`).
     pub cluster: sluice_http::ClusterAccess,
+    /// This node's lasting id (`DATA/NODE_ID`), which it tells trackers that ask
+    /// (`GET /v1/internal/identity`); `None` for a node outside any cluster.
+    pub node_id: Option<String>,
     /// Progressive uploads (tus at `/v1/uploads`).
     pub progressive: progressive::ProgressiveConfig,
     /// Where `file.*` events are posted besides `/v1/events`.
@@ -176,6 +179,7 @@ pub fn router(state: StorageState) -> Router {
                 .delete(internal::delete_replica),
         )
         .route("/v1/internal/oplog", get(internal::oplog))
+        .route("/v1/internal/identity", get(internal::identity))
         .route(
             "/v1/uploads",
             post(tus::create).options(tus::options).fallback(tus::other),
@@ -210,13 +214,13 @@ pub fn router(state: StorageState) -> Router {
 }
 
 /// Serves the storage API on `listener` until `shutdown` resolves, then stops accepting and
-/// lets requests in flight finish.
+/// lets requests in flight finish; with the connection limit and request-head deadline of
+/// every role.
 pub async fn run(
     listener: TcpListener,
     state: StorageState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.config().http.clone();
+    sluice_http::serve(listener, router(state), limits, shutdown).await
 }

@@ -127,6 +127,7 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
             max_upload_size: settings.max_upload_size,
             body_idle_timeout: settings.body_idle_timeout,
             cluster: settings.cluster.clone(),
+            node_id: None,
             capacity: settings.capacity,
             access: settings.access.clone(),
             cors: settings.cors.clone(),
@@ -209,6 +210,7 @@ impl TestEdge {
     pub fn config(origin: &str, cache_size: u64) -> sluice_edge::EdgeConfig {
         sluice_edge::EdgeConfig {
             origin: origin.to_owned(),
+            trackers: Vec::new(),
             cache_size,
             region: None,
             access: sluice_storage::AccessPolicy::default(),

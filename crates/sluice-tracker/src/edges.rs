@@ -19,7 +19,9 @@ use sluice_proto::FileId;
 use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, EdgeHeartbeat, EdgeView, PreloadRequest};
 use sluice_proto::net::{client_address, region_of};
 
-use crate::{TrackerState, admit_beat, error, file_location, redirect, with_query};
+use crate::{
+    BodyBytes, TrackerState, admit_beat, error, file_location, read_body, redirect, with_query,
+};
 
 /// How long a preload request to one edge may take; preloading never holds a caller long.
 const PRELOAD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -91,9 +93,9 @@ impl EdgeRegistry {
 pub(crate) async fn heartbeat(
     State(state): State<TrackerState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: BodyBytes,
 ) -> Response {
-    let beat: EdgeHeartbeat = match admit_beat(&state, &headers, &body, "edge heartbeat") {
+    let beat: EdgeHeartbeat = match admit_beat(&state, &headers, body, "edge heartbeat") {
         Ok(b) => b,
         Err(refused) => return *refused,
     };
@@ -189,11 +191,15 @@ pub(crate) async fn route(
 pub(crate) async fn preload(
     State(state): State<TrackerState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: BodyBytes,
 ) -> Response {
     if let Err(denied) = state.config().access.check_bearer(&headers) {
         return denied.into_response();
     }
+    let body = match read_body(body) {
+        Ok(b) => b,
+        Err(refused) => return *refused,
+    };
     let request: PreloadRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

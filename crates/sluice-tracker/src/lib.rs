@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use sluice_http::{HttpLimits, HttpMetrics};
-use sluice_proto::cluster::{Heartbeat, HeartbeatAnswer};
+use sluice_proto::cluster::{Heartbeat, HeartbeatAnswer, NodeIdentity};
 use sluice_proto::{ErrorBody, FileId, GroupName};
 use tokio::net::TcpListener;
 
@@ -70,8 +70,10 @@ impl TrackerState {
                 edges: EdgeRegistry::new(config.offline_after),
                 config,
                 metrics: Arc::default(),
+                // Probes ask one server about itself: a redirect elsewhere is no answer.
                 probe: reqwest::Client::builder()
                     .timeout(Duration::from_millis(1000))
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .unwrap_or_default(),
             }),
@@ -131,6 +133,17 @@ pub fn router(state: TrackerState) -> Router {
         .with_state(state)
 }
 
+/// Largest JSON body the tracker reads (heartbeats, reports, preloads are a few hundred bytes).
+pub const MAX_BODY: usize = 64 << 10;
+
+/// A JSON request body, or why it could not be read (too large, cut short).
+pub(crate) type BodyBytes = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
+
+/// The body's bytes; a rejection becomes a JSON error like every other.
+pub(crate) fn read_body(body: BodyBytes) -> Result<axum::body::Bytes, Box<Response>> {
+    body.map_err(|e| Box::new(error(e.status(), e.body_text())))
+}
+
 /// Registration, the cluster view and upload assignment.
 pub fn cluster_routes() -> Router<TrackerState> {
     Router::new()
@@ -143,6 +156,7 @@ pub fn cluster_routes() -> Router<TrackerState> {
         .route("/v1/edges", get(edges::list))
         .route("/v1/route/{*fileid}", get(edges::route))
         .route("/v1/preload", post(edges::preload))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
 /// Serves the tracker on `listener` until `shutdown` resolves.
@@ -168,20 +182,21 @@ pub(crate) fn check_secret(
 pub(crate) fn admit_beat<T: serde::de::DeserializeOwned>(
     state: &TrackerState,
     headers: &HeaderMap,
-    body: &[u8],
+    body: BodyBytes,
     what: &str,
 ) -> Result<T, Box<Response>> {
     check_secret(state, headers).map_err(|refused| Box::new(refused.into_response()))?;
-    serde_json::from_slice(body)
+    let body = read_body(body)?;
+    serde_json::from_slice(&body)
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("bad {what}: {e}"))))
 }
 
 async fn heartbeat(
     State(state): State<TrackerState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: BodyBytes,
 ) -> Response {
-    let hb: Heartbeat = match admit_beat(&state, &headers, &body, "heartbeat") {
+    let hb: Heartbeat = match admit_beat(&state, &headers, body, "heartbeat") {
         Ok(hb) => hb,
         Err(refused) => return *refused,
     };
@@ -203,6 +218,10 @@ async fn heartbeat(
             "this node was retired from the cluster for good",
         );
     }
+    if let Err(why) = confirm_identity(&state, &hb).await {
+        tracing::warn!(node = %hb.node_id, url = %hb.url, %why, "heartbeat refused");
+        return error(StatusCode::CONFLICT, why);
+    }
     let (group, node, url) = (hb.group.clone(), hb.node_id.clone(), hb.url.clone());
     if state.registry().heartbeat(hb) {
         tracing::info!(%group, %node, %url, "storage node joined");
@@ -213,6 +232,57 @@ async fn heartbeat(
     .into_response()
 }
 
+/// Before the tracker sends anyone to a node at a URL it has not known that node at (a new
+/// node, or one that moved), it asks that URL who it is; for a move it also asks the old URL,
+/// and refuses while the node still answers there. So a mistyped `--advertise` or a copied
+/// data directory (two servers, one node id) cannot take another node's place.
+async fn confirm_identity(state: &TrackerState, hb: &Heartbeat) -> Result<(), String> {
+    let known = state.registry().url_of(&hb.node_id);
+    if known.as_deref() == Some(hb.url.as_str()) {
+        return Ok(());
+    }
+    match ask_identity(state, &hb.url).await {
+        Some(id) if id.node_id == hb.node_id && id.group == hb.group => {}
+        Some(id) => {
+            return Err(format!(
+                "{} answers as node {} of group {}, not as node {} of group {}",
+                hb.url, id.node_id, id.group, hb.node_id, hb.group
+            ));
+        }
+        None => {
+            return Err(format!(
+                "{} did not say who it is (GET /v1/internal/identity); is --advertise right?",
+                hb.url
+            ));
+        }
+    }
+    if let Some(old) = known {
+        if ask_identity(state, &old)
+            .await
+            .is_some_and(|id| id.node_id == hb.node_id)
+        {
+            return Err(format!(
+                "node {} still answers at {old}: two servers share one node id (a copied data directory?)",
+                hb.node_id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What the server at `url` says it is, if it answers.
+async fn ask_identity(state: &TrackerState, url: &str) -> Option<NodeIdentity> {
+    let mut ask = state.probe().get(format!("{url}/v1/internal/identity"));
+    if let Some((name, value)) = state.config().cluster.secret_header() {
+        ask = ask.header(name, value);
+    }
+    let answer = ask.send().await.ok()?;
+    if !answer.status().is_success() {
+        return None;
+    }
+    answer.json().await.ok()
+}
+
 #[derive(serde::Deserialize)]
 struct UnreachableReport {
     url: String,
@@ -221,10 +291,11 @@ struct UnreachableReport {
 /// A client or peer could not reach a node. Anyone may say so, so the tracker checks for itself
 /// (`GET /healthz`, briefly) before it stops sending traffic there; a node that answers is left
 /// alone, and one that does not is offline until its next heartbeat.
-async fn report_unreachable(
-    State(state): State<TrackerState>,
-    body: axum::body::Bytes,
-) -> Response {
+async fn report_unreachable(State(state): State<TrackerState>, body: BodyBytes) -> Response {
+    let body = match read_body(body) {
+        Ok(b) => b,
+        Err(refused) => return *refused,
+    };
     let Ok(report) = serde_json::from_slice::<UnreachableReport>(&body) else {
         return error(
             StatusCode::BAD_REQUEST,

@@ -353,6 +353,15 @@ impl Registry {
         found
     }
 
+    /// The URL a known node was last heard at.
+    pub fn url_of(&self, node_id: &str) -> Option<String> {
+        let groups = self.groups.lock().ok()?;
+        groups
+            .values()
+            .find_map(|nodes| nodes.get(node_id))
+            .map(|m| m.last.url.clone())
+    }
+
     /// Whether `url` belongs to a known node (reports about strangers are ignored).
     pub fn knows_url(&self, url: &str) -> bool {
         self.groups.lock().is_ok_and(|g| {

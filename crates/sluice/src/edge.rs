@@ -18,6 +18,7 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     );
     let config = EdgeConfig {
         origin: args.origin.clone(),
+        trackers: args.trackers.clone(),
         cache_size: args.cache_size.0,
         region: args.region.clone(),
         access: crate::roles::access_policy(),

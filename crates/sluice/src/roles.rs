@@ -24,6 +24,7 @@ pub fn storage_state(
     config: &ValidServeConfig,
     store: BlobStore,
     cluster: sluice_http::ClusterAccess,
+    node_id: &str,
     replication: Option<std::sync::Arc<sluice_storage::replication::Replication>>,
 ) -> anyhow::Result<StorageState> {
     let state = StorageState::with_replication(
@@ -34,6 +35,7 @@ pub fn storage_state(
             body_idle_timeout: Duration::from_secs(config.raw.body_idle_timeout_secs),
             http: config.http_limits(),
             cluster,
+            node_id: Some(node_id.to_owned()),
             capacity: config.raw.capacity.map(|c| c.0),
             access: access_policy(),
             cors: sluice_http::CorsPolicy::from_list(&config.raw.cors_origins),

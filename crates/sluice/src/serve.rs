@@ -30,7 +30,9 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
         crate::roles::cluster_secret(),
         sluice_http::ClusterAccess::Closed,
     );
-    let state = storage_state(&config, open_store(&config).await?, cluster.clone(), None)?;
+    let store = open_store(&config).await?;
+    let node_id = cluster::node_id(&config.raw.data).context("node id")?;
+    let state = storage_state(&config, store, cluster.clone(), &node_id, None)?;
     let store = state.store().clone();
     let listener = TcpListener::bind(config.raw.http)
         .await
@@ -59,7 +61,7 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     });
     let link = ClusterLink {
         trackers: Vec::new(),
-        node_id: cluster::node_id(&config.raw.data).context("node id")?,
+        node_id,
         advertise: config.raw.advertise.clone().unwrap_or_else(|| url.clone()),
         secret: None,
         interval,

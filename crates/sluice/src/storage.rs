@@ -50,7 +50,13 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     // Clients redirected here by a tracker must come back here for their upload's PATCHes.
     config.raw.advertise = Some(advertise.clone());
     let secret = cluster.secret().cloned();
-    let state = storage_state(&config, store.clone(), cluster, Some(replication.clone()))?;
+    let state = storage_state(
+        &config,
+        store.clone(),
+        cluster,
+        &node_id,
+        Some(replication.clone()),
+    )?;
     let link = ClusterLink {
         trackers: config.raw.trackers.clone(),
         node_id,

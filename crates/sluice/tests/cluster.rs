@@ -179,7 +179,9 @@ fn heartbeats_without_the_secret_are_refused() {
     };
     assert_eq!(status(None), "403");
     assert_eq!(status(Some("wrong")), "403");
-    assert_eq!(status(Some(SECRET)), "200");
+    // The secret alone is not enough: nothing at that URL says it is node x.
+    assert_eq!(status(Some(SECRET)), "409");
+    assert!(states(&t).is_empty());
 }
 
 /// Asks the tracker where to upload and sends it there, asking again when the node chosen is

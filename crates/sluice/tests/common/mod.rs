@@ -17,6 +17,8 @@ pub struct Served {
     /// `rtmp://host:port` when the role listens for RTMP.
     pub rtmp: Option<String>,
     pub log: mpsc::Receiver<String>,
+    /// What it logged up to and including its ready line.
+    pub startup_log: Vec<String>,
 }
 
 impl Served {
@@ -100,10 +102,12 @@ impl Served {
                     .to_owned()
             })
         };
+        let mut startup_log = Vec::new();
         let (url, rtmp) = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(30))
                 .expect("sluice serve logs its address within 30 s");
+            startup_log.push(line.clone());
             if let Some(url) = field(&line, "http=") {
                 let rtmp = field(&line, "rtmp=").filter(|r| r.starts_with("rtmp://"));
                 break (url, rtmp);
@@ -114,6 +118,7 @@ impl Served {
             url,
             rtmp,
             log: rx,
+            startup_log,
         }
     }
 

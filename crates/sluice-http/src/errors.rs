@@ -1,0 +1,88 @@
+//! Every error a role answers is JSON (`{"error": "..."}`), including the ones axum's
+//! extractors make on their own (a path that is not UTF-8, a body over its limit), which
+//! come as plain text.
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sluice_proto::ErrorBody;
+
+/// Longest plain-text error carried over; extractor messages are a line.
+const MAX_TEXT: usize = 4096;
+
+/// Middleware: a plain-text error response becomes the same error as JSON.
+pub async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !is_text {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, MAX_TEXT).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(_) => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let json = axum::Json(ErrorBody { error: text }).into_response();
+    Response::from_parts(parts, json.into_body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::routing::get;
+
+    #[tokio::test]
+    async fn extractor_rejections_become_json() {
+        let app = Router::new()
+            .route(
+                "/n/{n}",
+                get(
+                    |axum::extract::Path(n): axum::extract::Path<u32>| async move { n.to_string() },
+                ),
+            )
+            .route("/ok", get(|| async { "fine" }))
+            .layer(axum::middleware::from_fn(json_errors));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let ask = |path: &str| {
+            let path = path.to_owned();
+            async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(
+                    format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.unwrap();
+                out
+            }
+        };
+        let bad = ask("/n/x").await;
+        assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+        assert!(
+            bad.contains("application/json") && bad.contains("{\"error\":"),
+            "{bad}"
+        );
+        let ok = ask("/ok").await;
+        assert!(
+            ok.ends_with("fine"),
+            "plain-text successes stay as they are: {ok}"
+        );
+    }
+}

@@ -1,0 +1,444 @@
+//! Closed by default (issue 10): each test performs an attack on real processes and checks it
+//! gets nothing: cluster routes without the cluster secret, roles started without one, a node
+//! id taken by a copied data directory or a wrong `--advertise`, garbage on every cluster
+//! route.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{BIN, Served, curl, wait_for};
+
+const WAIT: Duration = Duration::from_secs(20);
+const SECRET: &str = "cluster-s3cret";
+
+/// Status and body of a request made with curl; `body` goes as the request body.
+fn request(method: &str, url: &str, headers: &[&str], body: Option<&[u8]>) -> (u16, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (body_file, out_file) = (dir.path().join("in"), dir.path().join("out"));
+    let mut args = vec![
+        "-sS".to_owned(),
+        "-X".to_owned(),
+        method.to_owned(),
+        "-o".to_owned(),
+        out_file.display().to_string(),
+        "-w".to_owned(),
+        "%{http_code}".to_owned(),
+    ];
+    for h in headers {
+        args.extend(["-H".to_owned(), (*h).to_owned()]);
+    }
+    if let Some(body) = body {
+        std::fs::write(&body_file, body).unwrap();
+        args.extend([
+            "--data-binary".to_owned(),
+            format!("@{}", body_file.display()),
+        ]);
+    }
+    args.push(url.to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = curl(&args);
+    let code = String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0);
+    (code, std::fs::read(&out_file).unwrap_or_default())
+}
+
+fn cluster_view(url: &str) -> serde_json::Value {
+    let (code, body) = request("GET", &format!("{url}/v1/cluster"), &[], None);
+    assert_eq!(code, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn node_urls(view: &serde_json::Value) -> Vec<String> {
+    let mut urls: Vec<String> = view["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["nodes"].as_array().unwrap().iter())
+        .map(|n| n["url"].as_str().unwrap().to_owned())
+        .collect();
+    urls.sort();
+    urls
+}
+
+fn heartbeat(node_id: &str, url: &str) -> Vec<u8> {
+    serde_json::json!({
+        "node_id": node_id, "group": "g1", "url": url, "state": "active",
+        "files": 0, "bytes": 0, "free_bytes": 1u64 << 40, "writable": true
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn edge_heartbeat(url: &str) -> Vec<u8> {
+    serde_json::json!({
+        "edge_id": "evil", "url": url, "region": "eu", "cache_free": 0, "cache_files": 0
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn cluster_roles_refuse_to_start_without_a_cluster_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let roles: [&[&str]; 4] = [
+        &["tracker", "--http", "127.0.0.1:0", "--data", data],
+        &[
+            "storage",
+            "--group",
+            "g1",
+            "--tracker",
+            "http://127.0.0.1:9",
+            "--http",
+            "127.0.0.1:0",
+            "--data",
+            data,
+        ],
+        &[
+            "edge",
+            "--origin",
+            "http://127.0.0.1:9",
+            "--http",
+            "127.0.0.1:0",
+            "--cache",
+            data,
+        ],
+        &["live", "--rtmp", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+    ];
+    for args in roles {
+        let out = std::process::Command::new(BIN)
+            .args(args)
+            .env_remove("SLUICE_CLUSTER_SECRET")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started without a secret");
+        assert!(
+            stderr.contains("SLUICE_CLUSTER_SECRET is not set")
+                && stderr.contains("--insecure-no-cluster-secret"),
+            "{args:?}: {stderr}"
+        );
+        // Open cluster routes beside a URL secret or API token would be the way round them.
+        let mut insecure = args.to_vec();
+        insecure.push("--insecure-no-cluster-secret");
+        let out = std::process::Command::new(BIN)
+            .args(&insecure)
+            .env_remove("SLUICE_CLUSTER_SECRET")
+            .env("SLUICE_API_TOKEN", "t")
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{insecure:?} started open beside a token"
+        );
+        // For a lab, the flag runs it, saying loudly what that means.
+        let served = Served::spawn(&insecure, &[]);
+        let log = served.startup_log.join("\n");
+        assert!(log.contains("INSECURE"), "{insecure:?}: {log}");
+    }
+}
+
+#[test]
+fn serve_gives_strangers_no_cluster_route() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every secret but the cluster one: no registration, no internal route at all.
+    let env = [("SLUICE_URL_SECRET", "u"), ("SLUICE_API_TOKEN", "t")];
+    let serve = Served::spawn(
+        &[
+            "serve",
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ],
+        &env,
+    );
+    wait_for("serve lists its node", WAIT, || {
+        node_urls(&cluster_view(&serve.url)).len() == 1
+    });
+    let before = cluster_view(&serve.url);
+    let attacker = "http://127.0.0.1:9";
+    let guess = "g1/aaaaaaaaaaaaaaaaaaaaaaaaaa";
+    for secret in [None, Some("guess")] {
+        let header = secret.map(|s| format!("sluice-cluster-secret: {s}"));
+        let headers: Vec<&str> = header.iter().map(String::as_str).collect();
+        let node_id = before["groups"][0]["nodes"][0]["id"].as_str().unwrap();
+        for (method, path, body) in [
+            (
+                "POST",
+                "/v1/cluster/heartbeat".to_owned(),
+                Some(heartbeat("evil", attacker)),
+            ),
+            // The real node's id with the attacker's URL.
+            (
+                "POST",
+                "/v1/cluster/heartbeat".to_owned(),
+                Some(heartbeat(node_id, attacker)),
+            ),
+            (
+                "POST",
+                "/v1/edges/heartbeat".to_owned(),
+                Some(edge_heartbeat(attacker)),
+            ),
+            (
+                "DELETE",
+                format!("/v1/cluster/nodes/{node_id}?force=true"),
+                None,
+            ),
+            ("GET", "/v1/internal/oplog".to_owned(), None),
+            ("GET", "/v1/internal/identity".to_owned(), None),
+            ("GET", format!("/v1/internal/blobs/{guess}"), None),
+            (
+                "PUT",
+                format!("/v1/internal/blobs/{guess}"),
+                Some(b"planted".to_vec()),
+            ),
+            ("DELETE", format!("/v1/internal/blobs/{guess}"), None),
+        ] {
+            let (code, answer) = request(
+                method,
+                &format!("{}{path}", serve.url),
+                &headers,
+                body.as_deref(),
+            );
+            assert_eq!(code, 403, "{method} {path} with {secret:?}");
+            let text = String::from_utf8_lossy(&answer);
+            assert!(
+                text.contains("SLUICE_CLUSTER_SECRET"),
+                "{method} {path}: {text}"
+            );
+        }
+    }
+    // Preloading is an IM-backend call: it needs the API token.
+    let preload = serde_json::json!({"fileid": guess, "region": "eu"}).to_string();
+    let (code, _) = request(
+        "POST",
+        &format!("{}/v1/preload", serve.url),
+        &["content-type: application/json"],
+        Some(preload.as_bytes()),
+    );
+    assert_eq!(code, 401);
+    assert_eq!(node_urls(&cluster_view(&serve.url)), node_urls(&before));
+    let (_, edges) = request("GET", &format!("{}/v1/edges", serve.url), &[], None);
+    assert!(!String::from_utf8_lossy(&edges).contains("evil"));
+}
+
+#[test]
+fn serve_with_a_cluster_secret_checks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("SLUICE_CLUSTER_SECRET", SECRET), ("SLUICE_API_TOKEN", "t")];
+    let serve = Served::spawn(
+        &[
+            "serve",
+            "--data",
+            dir.path().to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ],
+        &env,
+    );
+    let attacker = "http://127.0.0.1:9";
+    let beat = heartbeat("evil", attacker);
+    let url = format!("{}/v1/cluster/heartbeat", serve.url);
+    let (code, _) = request("POST", &url, &[], Some(&beat));
+    assert_eq!(code, 403);
+    let (code, _) = request("POST", &url, &["sluice-cluster-secret: wrong"], Some(&beat));
+    assert_eq!(code, 403);
+    // Even with the secret, nothing at the attacker's URL says it is that node.
+    let with_secret = format!("sluice-cluster-secret: {SECRET}");
+    let (code, _) = request("POST", &url, &[&with_secret], Some(&beat));
+    assert_eq!(code, 409);
+    let (code, _) = request(
+        "GET",
+        &format!("{}/v1/internal/identity", serve.url),
+        &[&with_secret],
+        None,
+    );
+    assert_eq!(code, 200, "peers holding the secret are answered");
+    assert!(!node_urls(&cluster_view(&serve.url)).contains(&attacker.to_owned()));
+}
+
+#[test]
+fn a_copied_data_directory_or_a_wrong_advertise_cannot_take_a_nodes_place() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let env = [("SLUICE_CLUSTER_SECRET", SECRET)];
+    let tracker = Served::tracker(dirs[0].path(), &["--offline-after-ms", "1000"], &env);
+    let a = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &env);
+    wait_for("a active", WAIT, || {
+        let view = cluster_view(&tracker.url);
+        node_urls(&view) == vec![a.url.clone()]
+            && view["groups"][0]["nodes"][0]["state"] == "active"
+    });
+    // A second server started on a copy of a's data directory: the same node id.
+    for name in ["FORMAT", "NODE_ID"] {
+        std::fs::copy(dirs[1].path().join(name), dirs[2].path().join(name)).unwrap();
+    }
+    let mut clone = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &env);
+    // A third whose --advertise names a's URL by mistake.
+    let wrong = Served::storage(
+        dirs[3].path(),
+        "g1",
+        &[&tracker.url],
+        &["--advertise", &a.url],
+        &env,
+    );
+    wait_for("the tracker to refuse both", WAIT, || {
+        clone
+            .drain_log()
+            .iter()
+            .any(|l| l.contains("409") && l.contains("still answers"))
+    });
+    wait_for("the wrong advertise to be refused", WAIT, || {
+        String::from_utf8_lossy(
+            &request("GET", &format!("{}/v1/cluster", tracker.url), &[], None).1,
+        )
+        .matches("\"url\"")
+        .count()
+            == 1
+    });
+    let view = cluster_view(&tracker.url);
+    assert_eq!(node_urls(&view), vec![a.url.clone()], "a keeps its place");
+    assert_eq!(view["groups"][0]["nodes"][0]["state"], "active");
+    drop(wrong);
+    // Once a is gone for real, the copy may take over its id (a node that moved).
+    let mut a = a;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    wait_for("the copy to take over", WAIT, || {
+        node_urls(&cluster_view(&tracker.url)) == vec![clone.url.clone()]
+    });
+    clone.child.kill().unwrap();
+}
+
+#[test]
+fn every_cluster_route_shrugs_off_garbage_oversized_bodies_and_other_nodes_messages() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let env = [("SLUICE_CLUSTER_SECRET", SECRET)];
+    let tracker = Served::tracker(dirs[0].path(), &[], &env);
+    let node = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &env);
+    let edge = Served::spawn(
+        &[
+            "edge",
+            "--origin",
+            &tracker.url,
+            "--http",
+            "127.0.0.1:0",
+            "--cache",
+            dirs[2].path().to_str().unwrap(),
+            "--tracker",
+            &tracker.url,
+            "--region",
+            "eu",
+        ],
+        &env,
+    );
+    wait_for("node active and edge live", WAIT, || {
+        let view = String::from_utf8_lossy(
+            &request("GET", &format!("{}/v1/cluster", tracker.url), &[], None).1,
+        )
+        .into_owned();
+        let edges = String::from_utf8_lossy(
+            &request("GET", &format!("{}/v1/edges", tracker.url), &[], None).1,
+        )
+        .into_owned();
+        view.contains("\"active\"") && edges.contains("\"live\":true")
+    });
+    let (code, body) = request(
+        "POST",
+        &format!("{}/v1/files", node.url),
+        &[],
+        Some(b"precious"),
+    );
+    assert_eq!(code, 201);
+    let fileid = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["fileid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = cluster_view(&tracker.url);
+    let node_id = before["groups"][0]["nodes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut seed = 0x9e3779b97f4a7c15u64;
+    let mut garbage = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    };
+    let oversized = vec![b'{'; 24 << 20];
+    let other_group = "g2/aaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let routes: Vec<(&str, String)> = vec![
+        ("POST", format!("{}/v1/cluster/heartbeat", tracker.url)),
+        ("POST", format!("{}/v1/edges/heartbeat", tracker.url)),
+        ("POST", format!("{}/v1/cluster/unreachable", tracker.url)),
+        (
+            "DELETE",
+            format!("{}/v1/cluster/nodes/{}", tracker.url, "%00%ff"),
+        ),
+        ("PUT", format!("{}/v1/internal/blobs/{fileid}", node.url)),
+        (
+            "PUT",
+            format!("{}/v1/internal/blobs/{other_group}", node.url),
+        ),
+        ("PUT", format!("{}/v1/internal/blobs/not-an-id", node.url)),
+        (
+            "DELETE",
+            format!("{}/v1/internal/blobs/{other_group}", node.url),
+        ),
+        (
+            "GET",
+            format!("{}/v1/internal/oplog?after=-1&limit=x", node.url),
+        ),
+        ("GET", format!("{}/v1/internal/identity", node.url)),
+        (
+            "POST",
+            format!("{}/v1/internal/preload/{}", edge.url, "../../etc"),
+        ),
+        ("POST", format!("{}/v1/internal/preload/{fileid}", edge.url)),
+    ];
+    let with_secret = format!("sluice-cluster-secret: {SECRET}");
+    for (method, url) in &routes {
+        for headers in [vec![], vec![with_secret.as_str()]] {
+            let mut bodies = vec![garbage(17), garbage(4096), oversized.clone()];
+            bodies.push(b"{\"node_id\":1,\"group\":[],\"url\":null}".to_vec());
+            for body in &bodies {
+                let (code, answer) = request(method, url, &headers, Some(body));
+                assert!(
+                    (200..500).contains(&code),
+                    "{method} {url} ({} bytes, {} headers): {code}",
+                    body.len(),
+                    headers.len()
+                );
+                if code >= 400 && !answer.is_empty() {
+                    let v: serde_json::Value =
+                        serde_json::from_slice(&answer).unwrap_or_else(|_| {
+                            panic!("{method} {url}: {}", String::from_utf8_lossy(&answer))
+                        });
+                    assert!(v["error"].is_string(), "{method} {url}: {v}");
+                }
+            }
+        }
+    }
+    // Messages about other nodes, with the secret: another node's id at a URL that is not it,
+    // and an edge claiming to be at the storage node's address.
+    let (code, _) = request(
+        "POST",
+        &format!("{}/v1/cluster/heartbeat", tracker.url),
+        &[&with_secret],
+        Some(&heartbeat(&node_id, "http://127.0.0.1:9")),
+    );
+    assert_eq!(code, 409);
+    // Nothing changed: the same node at the same place, the file intact, everyone healthy.
+    assert_eq!(node_urls(&cluster_view(&tracker.url)), node_urls(&before));
+    let (code, body) = request("GET", &format!("{}/v1/files/{fileid}", node.url), &[], None);
+    assert_eq!((code, body), (200, b"precious".to_vec()));
+    for url in [&tracker.url, &node.url, &edge.url] {
+        assert_eq!(request("GET", &format!("{url}/healthz"), &[], None).0, 200);
+    }
+}
