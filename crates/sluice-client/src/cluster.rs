@@ -22,9 +22,9 @@ pub enum Endpoint {
 
 #[derive(Clone)]
 pub struct TrackerSet {
+    /// Each with the API token: trackers are the only servers it is sent to (nodes get the
+    /// signed upload links trackers hand out instead).
     trackers: Arc<Vec<Client>>,
-    /// The API token, for the nodes uploads are sent to.
-    token: Option<String>,
     /// The tracker to try first; moves on when one fails, so a dead tracker costs one try.
     first: Arc<AtomicUsize>,
 }
@@ -39,7 +39,6 @@ impl TrackerSet {
             .map(|u| Client::new(u).map(|c| c.with_token(token.clone())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            token,
             trackers: Arc::new(trackers),
             first: Arc::new(AtomicUsize::new(0)),
         })
@@ -68,8 +67,8 @@ impl TrackerSet {
         Err(last.unwrap_or(ClientError::BadUrl(String::new())))
     }
 
-    pub async fn assign(&self) -> Result<Assignment, ClientError> {
-        self.any(|t| async move { t.assign().await }).await
+    pub async fn assign(&self, size: Option<u64>) -> Result<Assignment, ClientError> {
+        self.any(|t| async move { t.assign(size).await }).await
     }
 
     /// Tells the trackers a node did not answer, so they stop choosing it (each checks first).
@@ -134,9 +133,10 @@ impl Endpoint {
             Endpoint::Server(c) => return c.upload_file(path, progress).await,
             Endpoint::Trackers(t) => t,
         };
+        let size = tokio::fs::metadata(path).await.ok().map(|m| m.len());
         let mut last = None;
         for attempt in 0..UPLOAD_ATTEMPTS {
-            let assignment = match trackers.assign().await {
+            let assignment = match trackers.assign(size).await {
                 Ok(a) => a,
                 // No group writable this moment (a node just failed, its group re-syncing):
                 // back off briefly and ask again.
@@ -148,8 +148,14 @@ impl Endpoint {
                 Err(e) => return Err(e),
             };
             let base = assignment.url.trim_end_matches("/v1/files");
-            let node = Client::new(base)?.with_token(trackers.token.clone());
-            match node.upload_file(path, progress.clone()).await {
+            // The token never goes to the node: with tokens in use the tracker signed a link
+            // for this upload; without them none is needed.
+            let node = Client::new(base)?;
+            let target = assignment.upload_url.as_deref().unwrap_or(&assignment.url);
+            match node
+                .upload_file_to(target, false, path, progress.clone())
+                .await
+            {
                 Err(e) if e.is_unreachable() => {
                     if matches!(e, ClientError::Transport { .. }) {
                         trackers.report_unreachable(base).await;

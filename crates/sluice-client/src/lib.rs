@@ -142,6 +142,19 @@ impl Client {
         path: &Path,
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<UploadResponse, ClientError> {
+        let url = format!("{}/v1/files", self.base);
+        self.upload_file_to(&url, true, path, progress).await
+    }
+
+    /// Streams a file to `url` (this server's `/v1/files`, or a signed upload link a tracker
+    /// handed out, which needs no token: `with_token` false keeps it here).
+    pub async fn upload_file_to(
+        &self,
+        url: &str,
+        with_token: bool,
+        path: &Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<UploadResponse, ClientError> {
         let file_err = |source| ClientError::File {
             path: path.display().to_string(),
             source,
@@ -163,16 +176,17 @@ impl Client {
                 Ok(Some((Bytes::from(buf), (file, sent))))
             }
         });
-        let url = format!("{}/v1/files", self.base);
-        let request = self.authorised(
-            self.http
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, guess_content_type(path))
-                .header(reqwest::header::CONTENT_LENGTH, len)
-                .body(reqwest::Body::wrap_stream(stream)),
-        );
-        let response = send(request, &url).await?;
-        json(response, &url).await
+        let mut request = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, guess_content_type(path))
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(stream));
+        if with_token {
+            request = self.authorised(request);
+        }
+        let response = send(request, url).await?;
+        json(response, url).await
     }
 
     /// Downloads a file into memory.
@@ -274,10 +288,17 @@ impl Client {
         Ok(())
     }
 
-    /// `GET /v1/assign` of a tracker: where to send an upload.
-    pub async fn assign(&self) -> Result<sluice_proto::cluster::Assignment, ClientError> {
-        let url = format!("{}/v1/assign", self.base);
-        let response = send(self.http.get(&url), &url).await?;
+    /// `GET /v1/assign` of a tracker: where to send an upload of `size` bytes. With the API
+    /// token, the answer carries a signed upload link for the node it chose.
+    pub async fn assign(
+        &self,
+        size: Option<u64>,
+    ) -> Result<sluice_proto::cluster::Assignment, ClientError> {
+        let url = match size {
+            Some(n) => format!("{}/v1/assign?size={n}", self.base),
+            None => format!("{}/v1/assign", self.base),
+        };
+        let response = send(self.authorised(self.http.get(&url)), &url).await?;
         json(response, &url).await
     }
 

@@ -109,7 +109,8 @@ impl Client {
         if let Some(r) = &plan.receiver {
             metadata.push(("receiver", r));
         }
-        let upload_url = self.create_upload(len, &encode_metadata(metadata)).await?;
+        let upload = self.create_upload(len, &encode_metadata(metadata)).await?;
+        let upload_url = upload.url.clone();
 
         let chunk = plan.chunk.max(1) as u64;
         let mut offset = 0u64;
@@ -129,7 +130,7 @@ impl Client {
             }
             let body = data.slice(offset as usize..end as usize);
             let answer = self
-                .patch_with_retry(&upload_url, offset, body, mts_to_send.take())
+                .patch_with_retry(&upload, offset, body, mts_to_send.take())
                 .await?;
             offset = answer.offset;
             events(ProgressiveEvent::Acknowledged(offset));
@@ -176,7 +177,7 @@ impl Client {
 
     /// `POST /v1/uploads`; returns the upload's absolute URL (a tracker's 307 is followed, and
     /// the node answers with its own URL).
-    async fn create_upload(&self, len: u64, metadata: &str) -> Result<String, ClientError> {
+    async fn create_upload(&self, len: u64, metadata: &str) -> Result<UploadUrl, ClientError> {
         let url = format!("{}/v1/uploads", self.base);
         let request = self.authorised(
             self.http
@@ -187,6 +188,9 @@ impl Client {
         );
         let response = check(send(request, &url).await?, &url).await?;
         let final_url = response.url().clone();
+        // A tracker's redirect goes to a node it chose, with a signed link: the upload it
+        // creates needs no token, and the token stays with the tracker.
+        let redirected = final_url.as_str() != url;
         let location = response
             .headers()
             .get(reqwest::header::LOCATION)
@@ -195,38 +199,42 @@ impl Client {
                 url: url.clone(),
                 message: "the server created an upload but sent no Location".into(),
             })?;
-        final_url
+        let upload_url = final_url
             .join(location)
-            .map(|u| u.to_string())
             .map_err(|e| ClientError::Transport {
                 url,
                 message: format!("bad Location {location:?}: {e}"),
-            })
+            })?;
+        Ok(UploadUrl {
+            url: upload_url.to_string(),
+            with_token: !redirected,
+        })
     }
 
     /// One PATCH; on a failure that may be the network's, asks the server where the upload
     /// stands and goes on from there.
     async fn patch_with_retry(
         &self,
-        url: &str,
+        upload: &UploadUrl,
         offset: u64,
         body: Bytes,
         mts: Option<u64>,
     ) -> Result<PatchAnswer, ClientError> {
+        let url = upload.url.as_str();
         let mut offset = offset;
         let mut body = body;
         let end = offset + body.len() as u64;
         let mut last = None;
         for attempt in 0..PATCH_ATTEMPTS {
-            match self.patch_once(url, offset, body.clone(), mts).await {
+            match self.patch_once(upload, offset, body.clone(), mts).await {
                 Ok(answer) => return Ok(answer),
                 Err(e) if e.is_unreachable() || matches!(e.status(), Some(409 | 423)) => {
                     last = Some(e);
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
                     // Resume from what the server holds.
-                    let held = self.upload_offset(url).await?;
+                    let held = self.upload_offset(upload).await?;
                     if held >= end {
-                        return self.patch_once(url, held, Bytes::new(), mts).await;
+                        return self.patch_once(upload, held, Bytes::new(), mts).await;
                     }
                     if held < offset || held > end {
                         return Err(last.unwrap_or_else(|| ClientError::Transport {
@@ -245,11 +253,12 @@ impl Client {
 
     async fn patch_once(
         &self,
-        url: &str,
+        upload: &UploadUrl,
         offset: u64,
         body: Bytes,
         mts: Option<u64>,
     ) -> Result<PatchAnswer, ClientError> {
+        let url = upload.url.as_str();
         let mut request = self
             .http
             .patch(url)
@@ -260,15 +269,40 @@ impl Client {
         if let Some(mts) = mts {
             request = request.header("sluice-mts", mts);
         }
-        let response = check(send(self.authorised(request), url).await?, url).await?;
+        let response = check(send(upload.authorised(self, request), url).await?, url).await?;
         PatchAnswer::from_headers(response.headers(), url)
     }
 
     /// `HEAD` of an upload: how many bytes the server holds.
-    async fn upload_offset(&self, url: &str) -> Result<u64, ClientError> {
-        let request = self.authorised(self.http.head(url).header("tus-resumable", TUS_VERSION));
+    async fn upload_offset(&self, upload: &UploadUrl) -> Result<u64, ClientError> {
+        let url = upload.url.as_str();
+        let request = upload.authorised(
+            self,
+            self.http.head(url).header("tus-resumable", TUS_VERSION),
+        );
         let response = check(send(request, url).await?, url).await?;
         Ok(PatchAnswer::from_headers(response.headers(), url)?.offset)
+    }
+}
+
+/// Where an upload's PATCHes go, and whether the API token goes with them: only to the server
+/// this client was pointed at, never to a node a tracker chose.
+struct UploadUrl {
+    url: String,
+    with_token: bool,
+}
+
+impl UploadUrl {
+    fn authorised(
+        &self,
+        client: &Client,
+        request: reqwest::RequestBuilder,
+    ) -> reqwest::RequestBuilder {
+        if self.with_token {
+            client.authorised(request)
+        } else {
+            request
+        }
     }
 }
 

@@ -135,6 +135,10 @@ pub struct Assignment {
     pub node: String,
     /// The node's upload URL: `{node url}/v1/files`.
     pub url: String,
+    /// With API tokens in use, and asked with one: `url` with a short-lived signed upload link
+    /// for that node, so the token itself never goes to the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_url: Option<String>,
 }
 
 /// What an edge tells every tracker, every heartbeat interval.

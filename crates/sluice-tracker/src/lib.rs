@@ -348,14 +348,77 @@ async fn cluster_view(State(state): State<TrackerState>) -> Response {
     axum::Json(state.registry().view()).into_response()
 }
 
-async fn assign(State(state): State<TrackerState>) -> Response {
+#[derive(serde::Deserialize)]
+struct AssignQuery {
+    /// The upload's size, when known: the most the signed link allows.
+    size: Option<u64>,
+}
+
+/// `GET /v1/assign[?size=N]`: where to upload. Asked with the API token (when tokens are in
+/// use), the answer also carries a signed upload link for the node chosen.
+async fn assign(
+    State(state): State<TrackerState>,
+    axum::extract::Query(q): axum::extract::Query<AssignQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let access = &state.inner.config.access;
+    let asked_with_token = headers.contains_key(header::AUTHORIZATION);
+    if asked_with_token {
+        if let Err(denied) = access.check_bearer(&headers) {
+            return denied.into_response();
+        }
+    }
     match state.registry().assign() {
-        Some(a) => axum::Json(a).into_response(),
+        Some(mut a) => {
+            if let (Some(tokens), true) = (&access.api_tokens, asked_with_token) {
+                let node = a.url.trim_end_matches("/v1/files").to_owned();
+                a.upload_url = Some(signed_upload_link(tokens, &node, "/v1/files", q.size, None));
+            }
+            axum::Json(a).into_response()
+        }
         None => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no storage group can take an upload now",
         ),
     }
+}
+
+/// How long the upload links a tracker hands out stay valid: long enough to start the upload
+/// (a link is checked when a request begins), and for clocks a few minutes apart.
+pub const UPLOAD_LINK_TTL: u64 = 300;
+
+/// `{node}{path}?expires&max_size&sig`, signed with the API token, then `rest` of a query.
+fn signed_upload_link(
+    tokens: &sluice_proto::SecretSet,
+    node: &str,
+    path: &str,
+    max_size: Option<u64>,
+    rest: Option<String>,
+) -> String {
+    let expires = sluice_http::access::now_unix() + UPLOAD_LINK_TTL;
+    let signed = sluice_proto::signature::sign_upload(
+        tokens,
+        "POST",
+        path,
+        expires,
+        max_size.unwrap_or(u64::MAX),
+    );
+    match rest {
+        Some(rest) if !rest.is_empty() => format!("{node}{signed}&{rest}"),
+        _ => format!("{node}{signed}"),
+    }
+}
+
+/// A query without the signature parameters of a signed link (they were for this tracker).
+fn without_signature(query: Option<&str>) -> Option<String> {
+    let kept: Vec<&str> = query?
+        .split('&')
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or_default();
+            !p.is_empty() && !matches!(name, "expires" | "max_size" | "sig")
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
 }
 
 pub(crate) fn redirect(status: StatusCode, location: &str) -> Response {
@@ -372,37 +435,47 @@ pub(crate) fn redirect(status: StatusCode, location: &str) -> Response {
     }
 }
 
+/// `POST /v1/files` or `/v1/uploads` on a tracker: a 307 to the node chosen. With API tokens
+/// in use the Location is a short-lived upload link signed for that node (as large as the
+/// caller's own signed link allowed, or as the body it declares), so a client that follows it
+/// needs no token there: the token stays between the client and the trackers.
 async fn redirect_upload(
     State(state): State<TrackerState>,
     uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(denied) = state
-        .inner
-        .config
-        .access
-        .check_write("POST", &uri, &headers)
-    {
-        return denied.into_response();
-    }
-    match state.registry().assign() {
-        // 307 keeps the method and body: the client re-sends its upload (or its tus
-        // creation) to the node.
-        Some(a) => {
-            let target = match uri.path() {
-                "/v1/uploads" => format!("{}/v1/uploads", a.url.trim_end_matches("/v1/files")),
-                _ => a.url,
-            };
-            redirect(
-                StatusCode::TEMPORARY_REDIRECT,
-                &with_query(target, uri.query().map(str::to_owned)),
-            )
-        }
-        None => error(
+    let access = &state.inner.config.access;
+    let signed_max = match access.check_write("POST", &uri, &headers) {
+        Ok(max) => max,
+        Err(denied) => return denied.into_response(),
+    };
+    let Some(a) = state.registry().assign() else {
+        return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no storage group can take an upload now",
-        ),
-    }
+        );
+    };
+    let node = a.url.trim_end_matches("/v1/files");
+    let path = uri.path();
+    let target = match &access.api_tokens {
+        None => with_query(format!("{node}{path}"), uri.query().map(str::to_owned)),
+        Some(tokens) => {
+            let length_header = if path == "/v1/uploads" {
+                "upload-length"
+            } else {
+                header::CONTENT_LENGTH.as_str()
+            };
+            let declared = headers
+                .get(length_header)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let max = signed_max.or(declared);
+            signed_upload_link(tokens, node, path, max, without_signature(uri.query()))
+        }
+    };
+    // 307 keeps the method and body: the client re-sends its upload (or its tus creation)
+    // to the node.
+    redirect(StatusCode::TEMPORARY_REDIRECT, &target)
 }
 
 /// Why a file request cannot be routed.

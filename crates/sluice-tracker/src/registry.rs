@@ -335,6 +335,7 @@ impl Registry {
             group: (*group).clone(),
             node: node.last.node_id.clone(),
             url: format!("{}/v1/files", node.last.url),
+            upload_url: None,
         })
     }
 
