@@ -10,6 +10,9 @@ command -v python3 >/dev/null 2>&1 || needed+=(python3 python3-pip)
 command -v curl >/dev/null 2>&1 || needed+=(curl)
 command -v djpeg >/dev/null 2>&1 || needed+=(libjpeg-turbo-progs)
 command -v ffmpeg >/dev/null 2>&1 || needed+=(ffmpeg)
+# Headless Chromium, driven over WebDriver, is the browser the tests check pages with.
+command -v chromium >/dev/null 2>&1 || needed+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || needed+=(chromium-driver)
 if [ ${#needed[@]} -gt 0 ]; then
   echo "test.sh: installing ${needed[*]}" >&2
   sudo=""

@@ -95,7 +95,8 @@ async fn serve(
                         return proxy(edge, &id, method, range.as_deref()).await;
                     }
                 }
-                match from_spool(&fill, &head, wanted, &etag, method, headers) {
+                let active = edge.config().active_content;
+                match from_spool(&fill, &head, wanted, &etag, (method, headers), active) {
                     Some(response) => return response,
                     // The fill ended between our look and the open: look again.
                     None => continue,
@@ -158,6 +159,7 @@ async fn hit(
         etag,
         method,
         headers,
+        active: edge.config().active_content,
     };
     match serve_local(store, read, source, || async { false }).await {
         Ok(mut response) => {
@@ -199,20 +201,21 @@ fn from_spool(
     head: &OriginHead,
     wanted: RangeRequest,
     etag: &str,
-    method: &Method,
-    headers: &HeaderMap,
+    (method, headers): (&Method, &HeaderMap),
+    active: sluice_http::ActiveContent,
 ) -> Option<Result<Response, EdgeError>> {
     let spool = match File::open(&fill.spool) {
         Ok(f) => Arc::new(f),
         Err(_) => return None,
     };
     let size = head.size;
-    let mut builder = Response::builder()
-        .header(header::ETAG, etag)
-        .header(header::CONTENT_TYPE, &head.content_type)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
-        .header("sluice-cache", "miss");
+    let mut builder =
+        sluice_http::content::with_file_headers(Response::builder(), &head.content_type, active)
+            .header(header::ETAG, etag)
+            .header(header::CONTENT_TYPE, &head.content_type)
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+            .header("sluice-cache", "miss");
     if if_none_match(headers, etag) {
         return Some(
             builder
@@ -306,9 +309,19 @@ async fn proxy(
     if status >= 500 {
         return Err(EdgeError::Unavailable(format!("origin answered {status}")));
     }
-    let mut builder = Response::builder()
-        .status(status)
-        .header("sluice-cache", "miss");
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut builder = sluice_http::content::with_file_headers(
+        Response::builder(),
+        &content_type,
+        edge.config().active_content,
+    )
+    .status(status)
+    .header("sluice-cache", "miss");
     for name in PASSED_ON {
         if let Some(v) = response.headers().get(*name) {
             builder = builder.header(*name, v.as_bytes());

@@ -39,6 +39,8 @@ pub struct EdgeConfig {
     pub cache_size: u64,
     pub region: Option<String>,
     pub access: AccessPolicy,
+    /// Whether HTML, SVG, XML and JavaScript files are served inline (still sandboxed).
+    pub active_content: sluice_http::ActiveContent,
     pub cors: CorsPolicy,
     pub http: HttpLimits,
     /// Who may call `/v1/internal` (preload requests from trackers), and the secret sent to

@@ -8,12 +8,14 @@
 
 pub mod access;
 pub mod cluster;
+pub mod content;
 pub mod cors;
 pub mod errors;
 pub mod metrics;
 
 pub use access::{AccessDenied, AccessPolicy};
 pub use cluster::{ClusterAccess, ClusterRefused};
+pub use content::ActiveContent;
 pub use cors::CorsPolicy;
 pub use metrics::HttpMetrics;
 

@@ -265,6 +265,7 @@ pub(crate) async fn download(
                     method: &method,
                     headers: &headers,
                     follow,
+                    active: state.config().active_content,
                 };
                 return crate::partial::serve(&state, request, reader).await;
             }
@@ -277,6 +278,7 @@ pub(crate) async fn download(
         etag: &etag,
         method: &method,
         headers: &headers,
+        active: state.config().active_content,
     };
     serve_local(store, request, source, || repair(&state, &id)).await
 }
@@ -288,6 +290,8 @@ pub struct LocalRead<'a> {
     pub etag: &'a str,
     pub method: &'a Method,
     pub headers: &'a HeaderMap,
+    /// How files a browser would run are served.
+    pub active: sluice_http::ActiveContent,
 }
 
 /// Serves a complete file from `source`: conditionals, a Range (206/416), HEAD, and the
@@ -308,22 +312,24 @@ where
         etag,
         method,
         headers,
+        active,
     } = request;
     let meta = source.meta();
     let size = meta.size;
 
-    let mut response = Response::builder()
-        .header(header::ETAG, etag)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_TYPE, &meta.content_type)
-        // A file never changes once complete, so caches may keep it as long as they like.
-        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
-        .header(
-            header::LAST_MODIFIED,
-            httpdate::fmt_http_date(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(meta.created_ms),
-            ),
-        );
+    let mut response =
+        sluice_http::content::with_file_headers(Response::builder(), &meta.content_type, active)
+            .header(header::ETAG, etag)
+            .header(header::ACCEPT_RANGES, "bytes")
+            .header(header::CONTENT_TYPE, &meta.content_type)
+            // A file never changes once complete, so caches may keep it as long as they like.
+            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
+            .header(
+                header::LAST_MODIFIED,
+                httpdate::fmt_http_date(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(meta.created_ms),
+                ),
+            );
 
     if if_none_match(headers, etag) {
         return response

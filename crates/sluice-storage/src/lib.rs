@@ -28,7 +28,9 @@ use tokio::net::TcpListener;
 pub use error::ApiError;
 pub use files::{LocalRead, Source as LocalSource, if_none_match, serve_local};
 pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, HotCacheLimits};
-pub use sluice_http::{AccessPolicy, ClusterAccess, CorsPolicy, HttpLimits, HttpMetrics};
+pub use sluice_http::{
+    AccessPolicy, ActiveContent, ClusterAccess, CorsPolicy, HttpLimits, HttpMetrics,
+};
 
 /// What a storage node needs to know; the binary builds it from flags, env and config file.
 #[derive(Debug, Clone)]
@@ -46,6 +48,9 @@ pub struct StorageConfig {
     pub cors: sluice_http::CorsPolicy,
     /// Signed-link and API-token rules for reads and writes.
     pub access: sluice_http::AccessPolicy,
+    /// Whether HTML, SVG, XML and JavaScript files are served inline (still sandboxed)
+    /// rather than as attachments.
+    pub active_content: sluice_http::ActiveContent,
     /// Most bytes of files this node holds; `None`: as much as the disk takes.
     pub capacity: Option<u64>,
     /// Who may call `/v1/internal` (peers holding `SLUICE_CLUSTER_SECRET`).

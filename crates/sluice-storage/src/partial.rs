@@ -29,6 +29,7 @@ pub(crate) struct Incomplete<'a> {
     pub method: &'a Method,
     pub headers: &'a HeaderMap,
     pub follow: bool,
+    pub active: sluice_http::ActiveContent,
 }
 
 pub(crate) async fn serve(
@@ -60,13 +61,14 @@ fn reply(
     served: Option<u64>,
     body: impl FnOnce() -> Body,
 ) -> Result<Response, ApiError> {
-    let mut b = Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, content_type)
-        .header(header::CACHE_CONTROL, "no-store")
-        .header("sluice-complete", "false")
-        .header("sluice-received", received)
-        .header("sluice-total", total);
+    let mut b =
+        sluice_http::content::with_file_headers(Response::builder(), content_type, request.active)
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CACHE_CONTROL, "no-store")
+            .header("sluice-complete", "false")
+            .header("sluice-received", received)
+            .header("sluice-total", total);
     if let Some(len) = served {
         let etag = format!("\"{}-{len}\"", request.id.key);
         if crate::files::if_none_match(request.headers, &etag) {

@@ -1,6 +1,7 @@
 //! Boots Sluice nodes on 127.0.0.1 with ephemeral ports and temporary data directories, so
 //! tests talk to real servers over real sockets and never share a port or a directory.
 
+pub mod browser;
 pub mod images;
 pub mod link;
 
@@ -31,6 +32,7 @@ pub struct NodeSettings {
     pub max_connections: usize,
     pub capacity: Option<u64>,
     pub access: sluice_storage::AccessPolicy,
+    pub active_content: sluice_storage::ActiveContent,
     pub cors: sluice_storage::CorsPolicy,
     pub cluster: sluice_storage::ClusterAccess,
     pub progressive: sluice_storage::progressive::ProgressiveConfig,
@@ -47,6 +49,7 @@ impl Default for NodeSettings {
             max_connections: 1000,
             capacity: None,
             access: sluice_storage::AccessPolicy::default(),
+            active_content: sluice_storage::ActiveContent::Attachment,
             cors: sluice_storage::CorsPolicy::AnyOrigin,
             cluster: sluice_storage::ClusterAccess::Closed,
             progressive: Default::default(),
@@ -130,6 +133,7 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
             node_id: None,
             capacity: settings.capacity,
             access: settings.access.clone(),
+            active_content: settings.active_content,
             cors: settings.cors.clone(),
             http: sluice_storage::HttpLimits {
                 max_connections: settings.max_connections,
@@ -214,6 +218,7 @@ impl TestEdge {
             cache_size,
             region: None,
             access: sluice_storage::AccessPolicy::default(),
+            active_content: sluice_storage::ActiveContent::Attachment,
             cors: sluice_storage::CorsPolicy::AnyOrigin,
             http: sluice_storage::HttpLimits::default(),
             cluster: sluice_storage::ClusterAccess::Closed,

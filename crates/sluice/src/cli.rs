@@ -158,6 +158,10 @@ pub struct EdgeArgs {
     /// Connections served at once.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
+    /// Serve HTML, SVG, XML and JavaScript files inline (still sandboxed) rather than as
+    /// attachments.
+    #[arg(long)]
+    pub active_content_inline: bool,
     /// Run without SLUICE_CLUSTER_SECRET, with cluster routes open to anyone who can reach
     /// this port: for a lab only.
     #[arg(long)]

@@ -48,6 +48,9 @@ pub struct ServeConfig {
     pub scrub_bytes_per_sec: ByteSize,
     /// Web origins allowed to read (`["*"]`: any).
     pub cors_origins: Vec<String>,
+    /// Serve HTML, SVG, XML and JavaScript files inline (still sandboxed by CSP) instead of
+    /// as attachments.
+    pub active_content_inline: bool,
     /// Copies (this node included) an upload needs before its 201; fewer gets 503.
     pub min_copies: usize,
     /// Milliseconds a peer may take to store a replica before the upload goes on without it.
@@ -107,6 +110,7 @@ impl Default for ServeConfig {
             scrub_interval_secs: 24 * 3600,
             scrub_bytes_per_sec: ByteSize(20 << 20),
             cors_origins: vec!["*".into()],
+            active_content_inline: false,
             min_copies: 1,
             replication_timeout_ms: 5000,
             catch_up_interval_ms: 1000,
@@ -154,6 +158,14 @@ pub fn parse_prefixes(list: &[String]) -> anyhow::Result<Vec<sluice_proto::net::
 }
 
 impl ValidServeConfig {
+    pub fn active_content(&self) -> sluice_http::ActiveContent {
+        if self.raw.active_content_inline {
+            sluice_http::ActiveContent::Inline
+        } else {
+            sluice_http::ActiveContent::Attachment
+        }
+    }
+
     pub fn progressive(&self) -> sluice_storage::progressive::ProgressiveConfig {
         sluice_storage::progressive::ProgressiveConfig {
             default_q: self.raw.default_q,

@@ -22,6 +22,11 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
         cache_size: args.cache_size.0,
         region: args.region.clone(),
         access: crate::roles::access_policy(),
+        active_content: if args.active_content_inline {
+            sluice_http::ActiveContent::Inline
+        } else {
+            sluice_http::ActiveContent::Attachment
+        },
         cors: sluice_http::CorsPolicy::AnyOrigin,
         http: sluice_http::HttpLimits {
             max_connections: args.max_connections,

@@ -38,6 +38,7 @@ pub fn storage_state(
             node_id: Some(node_id.to_owned()),
             capacity: config.raw.capacity.map(|c| c.0),
             access: access_policy(),
+            active_content: config.active_content(),
             cors: sluice_http::CorsPolicy::from_list(&config.raw.cors_origins),
             progressive: config.progressive(),
             webhook: config.webhook(),

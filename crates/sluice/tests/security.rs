@@ -588,3 +588,82 @@ fn the_api_token_never_reaches_a_node_a_tracker_chose() {
     );
     assert_eq!(code, 401);
 }
+
+/// An HTML page and an SVG image that, if a browser ran them in the server's origin, would
+/// mark the page as taken over.
+const HOSTILE: [(&str, &str); 2] = [
+    (
+        "text/html",
+        "<html><body><p id=p>harmless</p><script>document.body.setAttribute('data-pwned', location.origin)</script></body></html>",
+    ),
+    (
+        "image/svg+xml",
+        "<svg xmlns='http://www.w3.org/2000/svg'><script>document.documentElement.setAttribute('data-pwned', location.origin)</script></svg>",
+    ),
+];
+
+fn upload_as(server: &str, content_type: &str, body: &str) -> String {
+    let header = format!("content-type: {content_type}");
+    let (code, answer) = request(
+        "POST",
+        &format!("{server}/v1/files"),
+        &[&header],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(code, 201);
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    format!("{server}{}", answer["url"].as_str().unwrap())
+}
+
+/// Whether a script of [`HOSTILE`] ran in the page.
+const PWNED: &str = "return document.documentElement.hasAttribute('data-pwned') \
+                     || !!(document.body && document.body.hasAttribute('data-pwned'))";
+
+#[tokio::test]
+async fn uploaded_pages_and_svgs_run_no_script_in_a_browser() {
+    let browser = sluice_testkit::browser::Browser::start().await;
+    // The harness can see an attack succeed: the same page from a server without our headers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bare = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let page = axum::routing::get(|| async { ([("content-type", "text/html")], HOSTILE[0].1) });
+        axum::serve(listener, axum::Router::new().route("/page", page)).await
+    });
+    browser.goto(&format!("{bare}/page")).await;
+    assert_eq!(
+        browser.eval(PWNED).await,
+        true,
+        "the control page's script runs"
+    );
+
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let inline_config = dirs[1].path().join("sluice.toml");
+    std::fs::write(&inline_config, "active_content_inline = true\n").unwrap();
+    let attachment = Served::start(dirs[0].path(), &[]);
+    let inline = Served::start(
+        &dirs[1].path().join("data"),
+        &["--config", inline_config.to_str().unwrap()],
+    );
+    for (content_type, body) in HOSTILE {
+        // By default such files are downloads, never pages: the browser stays where it was.
+        let url = upload_as(&attachment.url, content_type, body);
+        browser.goto("about:blank").await;
+        browser.goto(&url).await;
+        assert_eq!(
+            browser.location().await,
+            "about:blank",
+            "{content_type} opened as a page"
+        );
+        assert_eq!(browser.eval(PWNED).await, false);
+        // Allowed inline, they show but stay sandboxed: no script runs.
+        let url = upload_as(&inline.url, content_type, body);
+        browser.goto(&url).await;
+        assert_eq!(browser.location().await, url, "{content_type} inline");
+        assert_eq!(
+            browser.eval(PWNED).await,
+            false,
+            "{content_type} ran script"
+        );
+    }
+    browser.quit().await;
+}

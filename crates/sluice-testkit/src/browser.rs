@@ -1,0 +1,182 @@
+//! A real browser for tests: headless Chromium (Debian's `chromium`) driven over WebDriver by
+//! `chromedriver`, so whatever a person's browser would do with what we serve (run a page's
+//! script, download an attachment, play a stream) is checked by that browser.
+//! `scripts/test.sh` installs both.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// How long a page load or a script may take before the browser gives up.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct Browser {
+    driver: Child,
+    /// `http://127.0.0.1:PORT/session/ID`
+    session: String,
+    http: reqwest::Client,
+}
+
+/// Chromium's flags for a closed network, as root, without a display.
+const CHROMIUM_ARGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,800",
+];
+
+impl Browser {
+    /// Starts chromedriver on a free port and opens a session; downloads are refused, so a
+    /// file served as an attachment leaves the browser where it was.
+    pub async fn start() -> Self {
+        let mut driver = Command::new("chromedriver")
+            .arg("--port=0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is installed (scripts/test.sh installs chromium-driver)");
+        let stdout = driver.stdout.take().expect("piped");
+        let port = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let port = lines.by_ref().map_while(Result::ok).find_map(|l| {
+                l.split("started successfully on port ")
+                    .nth(1)
+                    .map(|p| p.trim_end_matches('.').trim().to_owned())
+            });
+            // Keep draining, so chromedriver never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            port
+        })
+        .await
+        .expect("read chromedriver")
+        .expect("chromedriver says its port");
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{port}");
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": CHROMIUM_ARGS,
+                "prefs": {"download_restrictions": 3},
+            },
+        }}});
+        let created: Value = http
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .expect("chromedriver answers")
+            .json()
+            .await
+            .expect("a session");
+        let id = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {created}"))
+            .to_owned();
+        let browser = Self {
+            driver,
+            session: format!("{base}/session/{id}"),
+            http,
+        };
+        let ms = PAGE_TIMEOUT.as_millis() as u64;
+        browser
+            .command("timeouts", json!({"pageLoad": ms, "script": ms}))
+            .await;
+        browser
+    }
+
+    async fn command(&self, path: &str, body: Value) -> Value {
+        let answer: Value = self
+            .http
+            .post(format!("{}/{path}", self.session))
+            .json(&body)
+            .send()
+            .await
+            .expect("chromedriver answers")
+            .json()
+            .await
+            .expect("JSON from chromedriver");
+        answer["value"].clone()
+    }
+
+    /// Opens `url` and waits for it to load (a download leaves the current page in place).
+    pub async fn goto(&self, url: &str) {
+        let answer = self.command("url", json!({"url": url})).await;
+        assert!(
+            answer.is_null() || answer.get("error").is_none(),
+            "navigating to {url}: {answer}"
+        );
+    }
+
+    /// Runs `script` (a function body; `return` what you want) in the page.
+    pub async fn eval(&self, script: &str) -> Value {
+        self.command("execute/sync", json!({"script": script, "args": []}))
+            .await
+    }
+
+    /// The page's address.
+    pub async fn location(&self) -> String {
+        self.eval("return location.href")
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// A PNG of the viewport.
+    pub async fn screenshot(&self) -> Vec<u8> {
+        use base64::Engine;
+        let answer: Value = self
+            .http
+            .get(format!("{}/screenshot", self.session))
+            .send()
+            .await
+            .expect("chromedriver answers")
+            .json()
+            .await
+            .expect("JSON from chromedriver");
+        base64::engine::general_purpose::STANDARD
+            .decode(answer["value"].as_str().unwrap_or_default())
+            .expect("base64 PNG")
+    }
+
+    /// Ends the session (closing Chromium) and chromedriver.
+    pub async fn quit(self) {
+        // Drop does it, with a blocking request: keep it off the async threads.
+        let _ = tokio::task::spawn_blocking(move || drop(self)).await;
+    }
+}
+
+impl Drop for Browser {
+    /// A test that failed before `quit` still closes Chromium: the session is ended with a
+    /// plain blocking request, then chromedriver goes.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Some((host, path)) = self
+            .session
+            .strip_prefix("http://")
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            return;
+        };
+        if let Ok(mut s) = std::net::TcpStream::connect(host) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(
+                s,
+                "DELETE /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            );
+            // The answer comes once Chromium has closed.
+            let _ = s.read(&mut [0u8; 512]);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
