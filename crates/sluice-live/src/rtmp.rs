@@ -59,12 +59,13 @@ pub(crate) async fn serve(
             .wrapping_add(1442695040888963407);
         let (state, stopped) = (state.clone(), stopped.clone());
         tokio::spawn(async move {
+            // Its streams end when it drops, however the connection ends (a panic included).
             let mut connection = Connection::new(state, peer, seed);
             match connection.run(stream, stopped).await {
                 Err(why) => tracing::info!(%peer, %why, "RTMP connection closed"),
                 Ok(how) => tracing::debug!(%peer, how, "RTMP connection ended"),
             }
-            connection.cleanup();
+            drop(connection);
             drop(permit);
         });
     }
@@ -231,9 +232,8 @@ impl Connection {
         Ok(())
     }
 
-    /// Checks a stream name (and its signature when URLs are signed): `Ok(stream)` without the
-    /// query.
-    fn authorise(&self, name: &str) -> Result<String, &'static str> {
+    /// Checks an app and stream name; `Ok((stream, query))`.
+    fn split_name<'n>(&self, name: &'n str) -> Result<(&'n str, Option<&'n str>), &'static str> {
         let (stream, query) = match name.split_once('?') {
             Some((s, q)) => (s, Some(q)),
             None => (name, None),
@@ -247,6 +247,12 @@ impl Connection {
         if !valid(stream) || !valid(&self.app) {
             return Err("app and stream names are letters, digits, '-', '_' and '.'");
         }
+        Ok((stream, query))
+    }
+
+    /// A play: with URL secrets, the name must carry a play link's signature.
+    fn authorise_play(&self, name: &str) -> Result<String, &'static str> {
+        let (stream, query) = self.split_name(name)?;
         if let Some(secrets) = &self.state.config().access.url_secret {
             let path = format!("/{}/{stream}", self.app);
             sluice_proto::signature::verify_download(
@@ -260,16 +266,53 @@ impl Connection {
         Ok(stream.to_owned())
     }
 
+    /// A publish needs its own credential, never a viewer's play link: with API tokens, a
+    /// publish link signed with one (`sluice sign --publish`); with only a URL secret, the
+    /// on_publish hook's word (it was asked before this); with neither, nothing.
+    fn authorise_publish(&self, name: &str) -> Result<String, &'static str> {
+        let (stream, query) = self.split_name(name)?;
+        let config = self.state.config();
+        match (&config.access.api_tokens, &config.access.url_secret) {
+            (Some(tokens), _) => {
+                let path = format!("/{}/{stream}", self.app);
+                sluice_proto::signature::verify_publish(
+                    tokens,
+                    &path,
+                    query,
+                    sluice_http::access::now_unix(),
+                )
+                .map_err(|_| "publishing needs a publish link signed with the API token")?;
+            }
+            (None, Some(_)) if config.on_publish.is_none() => {
+                return Err(
+                    "publishing is closed: SLUICE_URL_SECRET is set without SLUICE_API_TOKEN or an on_publish hook",
+                );
+            }
+            _ => {}
+        }
+        Ok(stream.to_owned())
+    }
+
     fn handle(&mut self, event: Event) -> Result<Option<PlayChange>, String> {
         match event {
             Event::Connect { app, .. } => self.app = app,
             Event::Publish { stream_id, name } => {
-                let stream = match self.authorise(&name) {
+                if self.publishing.contains_key(&stream_id) {
+                    // A second publish on one stream id (the session refuses those it sees;
+                    // two in one read reach here): the first stands.
+                    self.session.refuse_publish(
+                        stream_id,
+                        "NetStream.Publish.BadName",
+                        "this stream id is already publishing",
+                    );
+                    return Ok(None);
+                }
+                let stream = match self.authorise_publish(&name) {
                     Ok(s) => s,
                     Err(why) => {
                         self.session
                             .refuse_publish(stream_id, "NetStream.Publish.Denied", why);
-                        tracing::info!(peer = %self.peer, app = %self.app, why, "publish refused");
+                        tracing::warn!(peer = %self.peer, app = %self.app, why, "publish refused");
                         return Ok(None);
                     }
                 };
@@ -349,7 +392,7 @@ impl Connection {
                 }
             }
             Event::Play { stream_id, name } => {
-                let stream = match self.authorise(&name) {
+                let stream = match self.authorise_play(&name) {
                     Ok(s) => s,
                     Err(why) => {
                         self.session
@@ -409,9 +452,11 @@ impl Connection {
     fn immediate(&self) -> bool {
         self.state.config().merge.is_zero()
     }
+}
 
-    /// A publisher that leaves, however it leaves, ends its streams.
-    fn cleanup(&mut self) {
+/// A publisher that leaves, however it leaves, ends its streams and frees their names.
+impl Drop for Connection {
+    fn drop(&mut self) {
         for (_, p) in self.publishing.drain() {
             tracing::info!(app = %p.channel.app, stream = %p.channel.name, "publisher gone");
             self.state.hub().stop(&p.channel);

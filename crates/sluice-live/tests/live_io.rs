@@ -462,3 +462,139 @@ async fn publish_and_play_hooks_decide_with_a_timeout_that_stalls_no_one_else() 
         Some("NetStream.Play.Reset")
     );
 }
+
+/// What a publish of `name` gets back (its onStatus code), and the client still connected.
+async fn try_publish(server: &Server, name: &str) -> (Client, String) {
+    let mut c = Client::connect(&server.rtmp, "live").await;
+    c.command("publish", name).await;
+    let got = c.read_until(|m| status(m).is_some()).await;
+    let code = got.last().and_then(status).unwrap_or_default();
+    (c, code)
+}
+
+fn live_streams(state: &LiveState) -> Vec<String> {
+    state.hub().list().into_iter().map(|s| s.stream).collect()
+}
+
+#[tokio::test]
+async fn a_play_link_never_opens_a_publish() {
+    let (url_secret, tokens) = (
+        sluice_proto::SecretSet::parse("url-key").unwrap(),
+        sluice_proto::SecretSet::parse("api-token").unwrap(),
+    );
+    let expires = sluice_http::access::now_unix() + 600;
+    let query = |link: String| format!("cam?{}", link.split_once('?').unwrap().1);
+    let play_link = query(sluice_proto::signature::sign_download(
+        &url_secret,
+        "/live/cam",
+        expires,
+    ));
+    let publish_link = query(sluice_proto::signature::sign_publish(
+        &tokens,
+        "/live/cam",
+        expires,
+    ));
+    // Both secrets: publishing needs the API token's publish link; a viewer's link is refused.
+    let server = start_with(LiveConfig {
+        access: sluice_http::AccessPolicy {
+            url_secret: Some(url_secret.clone()),
+            api_tokens: Some(tokens.clone()),
+        },
+        ..LiveConfig::default()
+    })
+    .await;
+    for refused in ["cam", play_link.as_str()] {
+        let (_c, code) = try_publish(&server, refused).await;
+        assert_eq!(code, "NetStream.Publish.Denied", "{refused}");
+    }
+    let (_publisher, code) = try_publish(&server, &publish_link).await;
+    assert_eq!(code, "NetStream.Publish.Start");
+    let mut player = Client::connect(&server.rtmp, "live").await;
+    player.command("play", &play_link).await;
+    let got = player.read_until(|m| status(m).is_some()).await;
+    assert_eq!(
+        got.last().and_then(status).as_deref(),
+        Some("NetStream.Play.Reset")
+    );
+    let mut player = Client::connect(&server.rtmp, "live").await;
+    player.command("play", &publish_link).await;
+    let got = player.read_until(|m| status(m).is_some()).await;
+    assert_eq!(
+        got.last().and_then(status).as_deref(),
+        Some("NetStream.Play.Failed"),
+        "a publish link is no play link either"
+    );
+
+    // Only a URL secret: nothing publishes, unless on_publish admits it.
+    let server = start_with(LiveConfig {
+        access: sluice_http::AccessPolicy {
+            url_secret: Some(url_secret.clone()),
+            api_tokens: None,
+        },
+        ..LiveConfig::default()
+    })
+    .await;
+    let (_c, code) = try_publish(&server, &play_link).await;
+    assert_eq!(code, "NetStream.Publish.Denied");
+    let server = start_with(LiveConfig {
+        access: sluice_http::AccessPolicy {
+            url_secret: Some(url_secret),
+            api_tokens: None,
+        },
+        on_publish: Some(hook_server().await),
+        ..LiveConfig::default()
+    })
+    .await;
+    let (_c, code) = try_publish(&server, "nope").await;
+    assert_eq!(code, "NetStream.Publish.Denied");
+    let (_c, code) = try_publish(&server, "ok-cam").await;
+    assert_eq!(code, "NetStream.Publish.Start");
+}
+
+#[tokio::test]
+async fn a_second_publish_on_one_stream_id_is_refused_and_names_are_freed() {
+    let state = LiveState::new(LiveConfig {
+        max_ingest_rate: u64::MAX,
+        ..LiveConfig::default()
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(sluice_live::run_rtmp(
+        listener,
+        state.clone(),
+        std::future::pending(),
+    ));
+    let server = Server {
+        rtmp: addr,
+        http: String::new(),
+        _stop: tokio::sync::oneshot::channel().0,
+    };
+    let (mut publisher, code) = try_publish(&server, "first").await;
+    assert_eq!(code, "NetStream.Publish.Start");
+    // The same stream id again, under another name.
+    publisher.command("publish", "second").await;
+    let got = publisher.read_until(|m| status(m).is_some()).await;
+    assert_eq!(
+        got.last().and_then(status).as_deref(),
+        Some("NetStream.Publish.BadName")
+    );
+    assert_eq!(live_streams(&state), vec!["first"]);
+    // The publisher goes (its socket closed): both names are free at once.
+    drop(publisher);
+    wait_until_free(&state).await;
+    let (_again, code) = try_publish(&server, "first").await;
+    assert_eq!(code, "NetStream.Publish.Start", "the name was freed");
+    let (_other, code) = try_publish(&server, "second").await;
+    assert_eq!(code, "NetStream.Publish.Start");
+}
+
+async fn wait_until_free(state: &LiveState) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !live_streams(state).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the name was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

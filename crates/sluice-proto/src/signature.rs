@@ -3,7 +3,9 @@
 //! Downloads: `PATH?expires=UNIX&sig=BASE64URL(HMAC-SHA256(secret, PATH + "?expires=" + UNIX))`,
 //! unpadded. Uploads signed by an app backend for a phone, keyed with the API token (never the
 //! URL secret, which edges hold), also cover the method and a maximum size:
-//! `METHOD + " " + PATH + "?expires=" + UNIX + "&max_size=" + BYTES`.
+//! `METHOD + " " + PATH + "?expires=" + UNIX + "&max_size=" + BYTES`. Live publish links,
+//! also keyed with the API token, so a viewer's play link is never a publish credential:
+//! `"PUBLISH " + /APP/STREAM + "?expires=" + UNIX`.
 //! Pure: the caller passes the current time.
 
 use base64::Engine;
@@ -98,6 +100,10 @@ fn upload_message(method: &str, path: &str, expires: u64, max_size: u64) -> Stri
     format!("{method} {path}?expires={expires}&max_size={max_size}")
 }
 
+fn publish_message(path: &str, expires: u64) -> String {
+    format!("PUBLISH {path}?expires={expires}")
+}
+
 fn signature(secret: &str, message: &str) -> String {
     URL_SAFE_NO_PAD.encode(mac(secret, message).finalize().into_bytes())
 }
@@ -121,6 +127,30 @@ pub fn sign_upload(
         &upload_message(method, path, expires, max_size),
     );
     format!("{path}?expires={expires}&max_size={max_size}&sig={sig}")
+}
+
+/// `/APP/STREAM?expires=UNIX&sig=...`: a live publish link, signed with the first API token.
+pub fn sign_publish(tokens: &SecretSet, path: &str, expires: u64) -> String {
+    let sig = signature(tokens.current(), &publish_message(path, expires));
+    format!("{path}?expires={expires}&sig={sig}")
+}
+
+/// Checks a live publish link for `/APP/STREAM` at time `now`.
+pub fn verify_publish(
+    tokens: &SecretSet,
+    path: &str,
+    query: Option<&str>,
+    now: u64,
+) -> Result<(), SignatureError> {
+    let params = SignedParams::parse(query)?;
+    let (Some(expires), Some(sig)) = (params.expires, params.sig.as_deref()) else {
+        return Err(SignatureError::Missing);
+    };
+    check(tokens, &publish_message(path, expires), sig)?;
+    if now > expires {
+        return Err(SignatureError::Expired);
+    }
+    Ok(())
 }
 
 fn check(secrets: &SecretSet, message: &str, sig: &[u8]) -> Result<(), SignatureError> {
@@ -306,11 +336,45 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_play_link_is_no_publish_link() {
+        let key = secrets("same-key");
+        let play = sign_download(&key, "/live/cam", 2000);
+        let publish = sign_publish(&key, "/live/cam", 2000);
+        let query = |link: &str| link.split_once('?').unwrap().1.to_owned();
+        assert_eq!(
+            verify_publish(&key, "/live/cam", Some(&query(&publish)), 1000),
+            Ok(())
+        );
+        // Even keyed with the same secret, a play link does not open a publish.
+        assert_eq!(
+            verify_publish(&key, "/live/cam", Some(&query(&play)), 1000),
+            Err(SignatureError::Wrong)
+        );
+        assert_eq!(
+            verify_download(&key, "/live/cam", Some(&query(&publish)), 1000),
+            Err(SignatureError::Wrong)
+        );
+        assert_eq!(
+            verify_publish(&key, "/live/other", Some(&query(&publish)), 1000),
+            Err(SignatureError::Wrong)
+        );
+        assert_eq!(
+            verify_publish(&key, "/live/cam", Some(&query(&publish)), 2001),
+            Err(SignatureError::Expired)
+        );
+        assert_eq!(
+            verify_publish(&key, "/live/cam", None, 0),
+            Err(SignatureError::Missing)
+        );
+    }
+
     proptest! {
         #[test]
         fn parsing_never_panics(q in "\\PC{0,200}", now in any::<u64>()) {
             let _ = verify_download(&secrets("s"), "/p", Some(&q), now);
             let _ = verify_upload(&secrets("s"), "POST", "/p", Some(&q), now);
+            let _ = verify_publish(&secrets("s"), "/p", Some(&q), now);
         }
 
         #[test]

@@ -5,8 +5,8 @@
 //!
 //! The decoder is fed bytes as they arrive and hands out whole messages. It applies Set Chunk
 //! Size and Abort itself (they change how the next bytes parse), and enforces limits on the
-//! chunk size, the message length and the number of chunk streams, so a hostile peer gets an
-//! error, not a server that allocates without bound.
+//! chunk size, the message length, the number of chunk streams and the bytes of unfinished
+//! messages, so a hostile peer gets an error, not a server that allocates without bound.
 
 use std::collections::HashMap;
 
@@ -33,6 +33,8 @@ pub enum ChunkError {
     TooManyStreams,
     #[error("a message's length changed in the middle of it")]
     LengthChanged,
+    #[error("more than {0} bytes of unfinished messages")]
+    TooMuchPending(usize),
     #[error("malformed protocol control message")]
     BadControl,
 }
@@ -49,13 +51,17 @@ struct StreamState {
     /// The raw extended timestamp, which type-3 chunks may repeat.
     extended_value: u32,
     seen_header: bool,
-    partial: BytesMut,
 }
 
 pub struct ChunkDecoder {
     chunk_size: u32,
     max_message: u32,
     streams: HashMap<u32, StreamState>,
+    /// The part of each chunk stream's message received so far. Apart from the header state,
+    /// which is copied per chunk: copying these would cost a message's size per chunk.
+    partials: HashMap<u32, BytesMut>,
+    /// Bytes held in `partials`: at most two largest messages' worth.
+    pending: usize,
     buf: BytesMut,
 }
 
@@ -67,6 +73,8 @@ impl ChunkDecoder {
             chunk_size: DEFAULT_CHUNK_SIZE,
             max_message,
             streams: HashMap::new(),
+            partials: HashMap::new(),
+            pending: 0,
             buf: BytesMut::new(),
         }
     }
@@ -110,8 +118,9 @@ impl ChunkDecoder {
             }
             Some(MessageType::Abort) => {
                 let csid = read_u32(&message.payload).ok_or(ChunkError::BadControl)?;
-                if let Some(s) = self.streams.get_mut(&csid) {
-                    s.partial.clear();
+                if let Some(partial) = self.partials.get_mut(&csid) {
+                    self.pending -= partial.len();
+                    partial.clear();
                 }
             }
             _ => {}
@@ -151,7 +160,8 @@ impl ChunkDecoder {
         }
         let mut state = previous;
         let h = &buf[at..at + header_len];
-        let starts_message = state.partial.is_empty();
+        let received = self.partials.get(&csid).map_or(0, BytesMut::len);
+        let starts_message = received == 0;
         let mut ts_field = None;
         if fmt <= 2 {
             ts_field = Some(u24(&h[0..3]));
@@ -198,10 +208,14 @@ impl ChunkDecoder {
         if state.length > self.max_message {
             return Err(ChunkError::MessageTooLarge(state.length, self.max_message));
         }
-        let remaining = state.length as usize - state.partial.len();
+        let remaining = state.length as usize - received;
         let take = remaining.min(self.chunk_size as usize);
         if buf.len() < at + take {
             return Ok(None);
+        }
+        let pending_limit = (self.max_message as usize).saturating_mul(2);
+        if take < remaining && self.pending + take > pending_limit {
+            return Err(ChunkError::TooMuchPending(pending_limit));
         }
         // Timestamps: absolute on type 0, a delta on 1 and 2; a type 3 that starts a message
         // repeats the previous delta.
@@ -219,16 +233,23 @@ impl ChunkDecoder {
             }
         }
         state.seen_header = true;
-        state.partial.extend_from_slice(&buf[at..at + take]);
+        let partial = self.partials.entry(csid).or_default();
+        partial.extend_from_slice(&buf[at..at + take]);
         self.buf.advance(at + take);
-        let complete = state.partial.len() == state.length as usize;
-        let message = complete.then(|| Message {
-            csid,
-            timestamp: state.timestamp,
-            type_id: state.type_id,
-            stream_id: state.stream_id,
-            payload: state.partial.split().freeze(),
-        });
+        let complete = partial.len() == state.length as usize;
+        let message = if complete {
+            self.pending -= received;
+            Some(Message {
+                csid,
+                timestamp: state.timestamp,
+                type_id: state.type_id,
+                stream_id: state.stream_id,
+                payload: partial.split().freeze(),
+            })
+        } else {
+            self.pending += take;
+            None
+        };
         self.streams.insert(csid, state);
         Ok(Some(message))
     }
@@ -401,7 +422,7 @@ mod tests {
         d.push(&[0x45, 0, 0, 0, 0, 0, 1, 8]);
         assert_eq!(d.next_message(), Err(ChunkError::NoPreviousHeader(5)));
         // Too many chunk streams at once (each with a started, unfinished message).
-        let mut d = ChunkDecoder::new(1000);
+        let mut d = ChunkDecoder::new(1 << 20);
         for csid in 0..=MAX_CHUNK_STREAMS as u32 {
             let mut out = BytesMut::new();
             encode(&msg(csid + 64, 0, 9, 300), 128, &mut out);
@@ -416,6 +437,38 @@ mod tests {
             }
         }
         assert_eq!(result, Err(ChunkError::TooManyStreams));
+        // Unfinished messages on many chunk streams, each within the limit, together over
+        // twice it.
+        let mut d = ChunkDecoder::new(1000);
+        let mut out = BytesMut::new();
+        encode(&Message::set_chunk_size(999), 128, &mut out);
+        d.push(&out);
+        assert_eq!(d.next_message().unwrap().unwrap().type_id, 1);
+        let mut result = Ok(None);
+        for csid in 0..3u32 {
+            let mut out = BytesMut::new();
+            encode(&msg(csid + 64, 0, 9, 1000), 999, &mut out);
+            d.push(&out[..13 + 999]);
+            result = d.next_message();
+        }
+        assert_eq!(result, Err(ChunkError::TooMuchPending(2000)));
+    }
+
+    #[test]
+    fn a_large_message_in_small_chunks_costs_its_size_once() {
+        // 4 MiB in 128-byte chunks: 32768 chunks. Copying the message so far per chunk (as a
+        // header clone with the payload inside would) is ~64 GiB of copying; this must be
+        // instant.
+        let big = msg(6, 40, 9, 4 << 20);
+        let mut out = BytesMut::new();
+        encode(&big, 128, &mut out);
+        let mut d = ChunkDecoder::new(8 << 20);
+        let started = std::time::Instant::now();
+        d.push(&out);
+        assert_eq!(d.next_message().unwrap().unwrap(), big);
+        assert_eq!(d.pending, 0);
+        // Generous for a debug build; the quadratic version takes minutes.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     proptest! {

@@ -305,12 +305,21 @@ impl ServerSession {
             "publish" => {
                 let name = first_string()
                     .ok_or_else(|| SessionError::Protocol("publish without a name".into()))?;
-                if !self.streams.contains_key(&stream_id) {
-                    return Err(SessionError::Protocol(format!(
-                        "publish on unknown stream {stream_id}"
-                    )));
+                match self.streams.get(&stream_id) {
+                    None => {
+                        return Err(SessionError::Protocol(format!(
+                            "publish on unknown stream {stream_id}"
+                        )));
+                    }
+                    Some(Role::Created) => events.push(Event::Publish { stream_id, name }),
+                    // One publish per stream id: a second would orphan the first stream.
+                    Some(_) => self.on_status(
+                        stream_id,
+                        "error",
+                        "NetStream.Publish.BadName",
+                        "this stream id is already publishing or playing; create another stream",
+                    ),
                 }
-                events.push(Event::Publish { stream_id, name });
             }
             "play" => {
                 let name = first_string()
@@ -717,6 +726,49 @@ mod tests {
                 .push(&c.out)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn one_publish_per_stream_id() {
+        let mut s = ServerSession::new(SessionConfig::default(), 9);
+        let mut c = Client::new();
+        c.command(
+            0,
+            &[
+                Amf0::string("connect"),
+                Amf0::Number(1.0),
+                Amf0::object([("app", Amf0::string("live"))]),
+            ],
+        );
+        c.command(
+            0,
+            &[Amf0::string("createStream"), Amf0::Number(2.0), Amf0::Null],
+        );
+        let publish = |c: &mut Client, name: &str| {
+            c.command(
+                1,
+                &[
+                    Amf0::string("publish"),
+                    Amf0::Number(0.0),
+                    Amf0::Null,
+                    Amf0::string(name),
+                ],
+            )
+        };
+        publish(&mut c, "a");
+        let events = s.push(&c.out.split()).unwrap();
+        assert!(matches!(
+            events.last(),
+            Some(Event::Publish { stream_id: 1, .. })
+        ));
+        s.accept_publish(1, "a");
+        let started = c.read(&s.take_output()[1 + 2 * 1536..]);
+        assert_eq!(status_codes(&started), vec!["NetStream.Publish.Start"]);
+        publish(&mut c, "b");
+        let events = s.push(&c.out.split()).unwrap();
+        assert!(events.is_empty(), "{events:?}");
+        let replies = c.read(&s.take_output());
+        assert_eq!(status_codes(&replies), vec!["NetStream.Publish.BadName"]);
     }
 
     #[test]

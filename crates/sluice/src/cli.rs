@@ -38,8 +38,8 @@ pub enum Command {
     Stat(StatArgs),
     /// Load-test a server: requests/s, MB/s and latency percentiles.
     Bench(BenchArgs),
-    /// Print PATH with an expiring signature appended (SLUICE_URL_SECRET; with --upload,
-    /// an upload link keyed with SLUICE_API_TOKEN).
+    /// Print PATH with an expiring signature appended (SLUICE_URL_SECRET; with --upload or
+    /// --publish, an upload or live publish link keyed with SLUICE_API_TOKEN).
     Sign(SignArgs),
 }
 
@@ -310,6 +310,10 @@ pub struct SignArgs {
     /// Sign an upload link (for a phone to upload with, without the API token).
     #[arg(long)]
     pub upload: bool,
+    /// Sign a live publish link for PATH = /APP/STREAM (keyed with SLUICE_API_TOKEN): publish
+    /// to rtmp://HOST/APP/STREAM?expires=...&sig=... as printed.
+    #[arg(long, conflicts_with = "upload")]
+    pub publish: bool,
     /// For --upload: the largest body the link allows.
     #[arg(long)]
     pub max_size: Option<ByteSize>,

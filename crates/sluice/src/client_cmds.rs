@@ -203,7 +203,14 @@ pub fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!args.path.contains('?'), "give the path without a query");
     let expires = sluice_http::access::now_unix().saturating_add(args.ttl);
     let policy = crate::roles::access_policy();
-    let signed = if args.upload {
+    let signed = if args.publish {
+        let tokens = policy.api_tokens.context("SLUICE_API_TOKEN is not set")?;
+        anyhow::ensure!(
+            args.path.split('/').filter(|p| !p.is_empty()).count() == 2,
+            "a publish path is /APP/STREAM (e.g. /live/cam)"
+        );
+        sluice_proto::signature::sign_publish(&tokens, &args.path, expires)
+    } else if args.upload {
         let tokens = policy.api_tokens.context("SLUICE_API_TOKEN is not set")?;
         let max = args.max_size.context("--upload needs --max-size")?;
         sluice_proto::signature::sign_upload(

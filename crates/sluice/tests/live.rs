@@ -249,10 +249,14 @@ fn ffmpeg_publishes_and_players_get_rtmp_and_http_flv() {
 }
 
 #[test]
-fn with_a_url_secret_publish_and_play_need_signed_names() {
+fn publish_links_and_play_links_are_different_credentials() {
     const SECRET: &str = "live-s3cret";
+    const TOKEN: &str = "live-api-t0ken";
     let data = tempfile::tempdir().unwrap();
-    let served = serve_live(data.path(), &[("SLUICE_URL_SECRET", SECRET)]);
+    let served = serve_live(
+        data.path(),
+        &[("SLUICE_URL_SECRET", SECRET), ("SLUICE_API_TOKEN", TOKEN)],
+    );
     let rtmp = served.rtmp.clone().unwrap();
     let secrets = sluice_proto::SecretSet::parse(SECRET).unwrap();
     let expires = std::time::SystemTime::now()
@@ -267,7 +271,25 @@ fn with_a_url_secret_publish_and_play_need_signed_names() {
         !unsigned.wait().unwrap().success(),
         "unsigned publish refused"
     );
-    let mut publisher = publish(&format!("{rtmp}{}", signed("/live/cam")), 5);
+    // A viewer's play link does not publish.
+    let mut viewer = publish(&format!("{rtmp}{}", signed("/live/cam")), 2);
+    assert!(
+        !viewer.wait().unwrap().success(),
+        "a play link cannot take the stream name"
+    );
+    // The broadcaster's publish link, as `sluice sign --publish` makes it.
+    let out = Command::new(common::BIN)
+        .args(["sign", "--publish", "/live/cam", "--ttl", "600"])
+        .env("SLUICE_API_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let publish_link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let mut publisher = publish(&format!("{rtmp}{publish_link}"), 5);
     wait_live(&served, "cam");
     assert!(
         probe(&format!("{rtmp}/live/cam")).is_err(),
