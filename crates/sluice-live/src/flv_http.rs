@@ -5,11 +5,14 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use bytes::BytesMut;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use sluice_media::flv;
 
 use crate::LiveState;
-use crate::hub::{Feed, FeedStep};
+use crate::hub::{Feed, FeedStep, Frame, MAX_BATCH_BYTES};
 
 fn error(status: StatusCode, message: &str) -> Response {
     (
@@ -45,30 +48,56 @@ pub(crate) async fn play(
         return error(StatusCode::NOT_FOUND, "no such live stream");
     };
     let header = flv::header(channel.has_audio(), channel.has_video());
-    let feed = Feed::new(channel.subscribe());
-    // Each poll sends every frame waiting, as one piece; the first also carries the header.
-    let body =
-        futures_util::stream::unfold((feed, Some(header)), |(mut feed, header)| async move {
-            let FeedStep::Frames(frames) = feed.next(256).await else {
-                return None;
-            };
-            let mut out = BytesMut::new();
-            if let Some(h) = header {
-                out.extend_from_slice(&h);
-            }
-            for f in frames {
-                out.extend_from_slice(&f.flv_bytes());
-            }
-            Some((
-                Ok::<_, std::convert::Infallible>(out.freeze()),
-                (feed, None),
-            ))
-        });
+    let player = FlvPlayer {
+        feed: Feed::new(channel.subscribe()),
+        header: Some(header),
+        waiting: VecDeque::new(),
+    };
+    let body = futures_util::stream::unfold(player, |mut player| async move {
+        let piece = player.next_piece().await?;
+        Some((Ok::<_, std::convert::Infallible>(piece), player))
+    });
     Response::builder()
         .header(header::CONTENT_TYPE, "video/x-flv")
         .header(header::CACHE_CONTROL, "no-store")
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+}
+
+/// One HTTP-FLV player's position: its feed, and the frames it was given but has not yet
+/// written out.
+struct FlvPlayer {
+    feed: Feed,
+    header: Option<[u8; 13]>,
+    waiting: VecDeque<Arc<Frame>>,
+}
+
+impl FlvPlayer {
+    /// The next piece of the FLV body: the frames waiting, as tags, in one buffer of at most
+    /// about [`MAX_BATCH_BYTES`] (one copy, written in one go). A player that stops reading
+    /// thus holds one such piece, not a copy of everything it was given (a GOP at its start).
+    async fn next_piece(&mut self) -> Option<Bytes> {
+        if self.waiting.is_empty() {
+            let FeedStep::Frames(frames) = self.feed.next(256).await else {
+                return None;
+            };
+            self.waiting.extend(frames);
+        }
+        let mut out = BytesMut::new();
+        if let Some(h) = self.header.take() {
+            out.extend_from_slice(&h);
+        }
+        while let Some(f) = self.waiting.pop_front() {
+            let len = f.payload.len();
+            out.extend_from_slice(&flv::tag_header(f.kind.type_id(), f.timestamp, len));
+            out.extend_from_slice(&f.payload);
+            out.extend_from_slice(&(11 + len as u32).to_be_bytes());
+            if out.len() >= MAX_BATCH_BYTES {
+                break;
+            }
+        }
+        Some(out.freeze())
+    }
 }
 
 /// `/live/{app}/{stream}.m3u8`. With signed URLs, each segment URI in it is signed too:
@@ -122,8 +151,13 @@ fn segment(state: &LiveState, app: &str, name: &str) -> Response {
         ),
         Some(data) => Response::builder()
             .header(header::CONTENT_TYPE, "video/mp2t")
+            .header(header::CONTENT_LENGTH, data.len)
             .header(header::CACHE_CONTROL, "public, max-age=60")
-            .body(Body::from(data))
+            .body(Body::from_stream(futures_util::stream::iter(
+                data.parts
+                    .into_iter()
+                    .map(Ok::<_, std::convert::Infallible>),
+            )))
             .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "response")),
     }
 }

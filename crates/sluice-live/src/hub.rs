@@ -3,9 +3,13 @@
 //!
 //! Each frame is one [`Frame`] shared by every player (an `Arc`), and its wire encodings (RTMP
 //! chunks, FLV tag) are made once, on first use, and shared too: a thousand players cost one
-//! encoding, not a thousand copies. The fan-out is a bounded broadcast channel: the publisher
-//! never waits for anyone; a player that falls behind by more than the channel holds is told
-//! so and skips to the next keyframe, and one that keeps falling behind is dropped.
+//! encoding, not a thousand copies. The fan-out is a [`Backlog`] bounded in batches and bytes:
+//! the publisher never waits for anyone; a player that falls behind by more than it holds is
+//! told so and skips to the next keyframe, and one that keeps falling behind is dropped.
+//!
+//! Everything a stream holds is bounded whatever its publisher sends: the GOP cache, the
+//! backlog, the batch being gathered ([`StreamLimits`]); the HLS segmenter and the recorder
+//! bound their own.
 //!
 //! Frames go out in batches, every `merge` interval (100 ms by default), the way SRS merges
 //! writes: a player wakes and writes once per batch rather than once per frame, which is
@@ -20,16 +24,33 @@ use bytes::Bytes;
 use sluice_media::flv;
 use sluice_rtmp::Message;
 use sluice_rtmp::amf0::{self, Amf0};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
+
+use crate::backlog::{Backlog, Follower, Next};
 
 /// Batches a player may be behind before it skips to the next keyframe (at 100 ms a batch,
-/// about six seconds).
+/// about six seconds), within [`StreamLimits::backlog`] bytes.
 pub const PLAYER_BACKLOG: usize = 64;
-/// A batch goes out early once it holds this many bytes, so the backlog a slow player can
-/// hold up stays within `PLAYER_BACKLOG` x this (16 MiB) whatever the publisher sends.
+/// A batch goes out early once it holds this many bytes.
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
-/// Most bytes of the current group of pictures kept for players that join.
-pub const GOP_CACHE_BYTES: usize = 16 << 20;
+
+/// What one stream may hold in memory for its players.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// Bytes of the current group of pictures kept for players that join.
+    pub gop_cache: usize,
+    /// Bytes of batches kept for players that have not read them yet.
+    pub backlog: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            gop_cache: 4 << 20,
+            backlog: 4 << 20,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
@@ -40,7 +61,8 @@ pub enum FrameKind {
 }
 
 impl FrameKind {
-    fn type_id(self) -> u8 {
+    /// The RTMP message type, which is also the FLV tag type.
+    pub fn type_id(self) -> u8 {
         match self {
             FrameKind::Audio => flv::TAG_AUDIO,
             FrameKind::Video => flv::TAG_VIDEO,
@@ -65,9 +87,10 @@ pub struct Frame {
     pub timestamp: u32,
     pub payload: Bytes,
     pub keyframe: bool,
-    /// RTMP chunks for the usual player (message stream 1, our chunk size).
+    /// RTMP chunks for the usual player (message stream 1, our chunk size), made once and
+    /// written to every RTMP player from here. (HTTP-FLV players are sent the payload itself
+    /// between small tag headers: no copy at all.)
     rtmp: OnceLock<Bytes>,
-    flv: OnceLock<Bytes>,
 }
 
 /// The message stream id almost every player gets from createStream.
@@ -84,7 +107,6 @@ impl Frame {
             payload,
             keyframe,
             rtmp: OnceLock::new(),
-            flv: OnceLock::new(),
         })
     }
 
@@ -106,13 +128,6 @@ impl Frame {
         } else {
             encode()
         }
-    }
-
-    /// The frame as an FLV tag.
-    pub fn flv_bytes(&self) -> Bytes {
-        self.flv
-            .get_or_init(|| flv::tag(self.kind.type_id(), self.timestamp, &self.payload))
-            .clone()
     }
 }
 
@@ -156,8 +171,9 @@ pub struct Channel {
     pub app: String,
     pub name: String,
     started: Instant,
+    limits: StreamLimits,
     state: Mutex<ChannelState>,
-    tx: broadcast::Sender<Batch>,
+    backlog: Arc<Backlog<Batch>>,
     ended: watch::Sender<bool>,
     pub bytes_in: AtomicU64,
     pub players: AtomicUsize,
@@ -169,7 +185,7 @@ pub struct Subscription {
     pub start: Vec<Arc<Frame>>,
     /// Frames up to this sequence number were in `start`: skip them in batches.
     pub start_seq: u64,
-    pub live: broadcast::Receiver<Batch>,
+    pub live: Follower<Batch>,
     pub ended: watch::Receiver<bool>,
     _count: Option<PlayerCount>,
 }
@@ -184,13 +200,14 @@ impl Drop for PlayerCount {
 }
 
 impl Channel {
-    fn new(app: &str, name: &str) -> Arc<Self> {
+    fn new(app: &str, name: &str, limits: StreamLimits) -> Arc<Self> {
         Arc::new(Self {
             app: app.to_owned(),
             name: name.to_owned(),
             started: Instant::now(),
+            limits,
             state: Mutex::default(),
-            tx: broadcast::channel(PLAYER_BACKLOG).0,
+            backlog: Backlog::new(PLAYER_BACKLOG, limits.backlog),
             ended: watch::channel(false).0,
             bytes_in: AtomicU64::new(0),
             players: AtomicUsize::new(0),
@@ -239,7 +256,7 @@ impl Channel {
                 s.gop_bytes = 0;
             }
             let size = frame.payload.len();
-            if s.gop_bytes + size <= GOP_CACHE_BYTES || s.gop.is_empty() {
+            if s.gop_bytes + size <= self.limits.gop_cache || s.gop.is_empty() {
                 s.gop_bytes += size;
                 s.gop.push_back(frame.clone());
             } else if s.video_codec.is_none() {
@@ -260,8 +277,9 @@ impl Channel {
 
     fn send_pending(&self, s: &mut ChannelState) {
         if !s.pending.is_empty() {
-            s.pending_bytes = 0;
-            let _ = self.tx.send(Arc::new(std::mem::take(&mut s.pending)));
+            let bytes = std::mem::take(&mut s.pending_bytes);
+            self.backlog
+                .push(Arc::new(std::mem::take(&mut s.pending)), bytes);
         }
     }
 
@@ -289,7 +307,7 @@ impl Channel {
         start.extend(s.audio_header.clone());
         start.extend(s.gop.iter().cloned());
         let start_seq = s.next_seq;
-        let live = self.tx.subscribe();
+        let live = self.backlog.follow();
         drop(s);
         Subscription {
             start,
@@ -362,13 +380,19 @@ pub struct Hub {
 impl Hub {
     /// Starts a stream; `None` when it already has a publisher. With a `merge` interval, a
     /// task sends each interval's frames as one batch until the stream ends.
-    pub fn start(&self, app: &str, name: &str, merge: Duration) -> Option<Arc<Channel>> {
+    pub fn start(
+        &self,
+        app: &str,
+        name: &str,
+        merge: Duration,
+        limits: StreamLimits,
+    ) -> Option<Arc<Channel>> {
         let mut map = self.channels.lock().ok()?;
         let key = (app.to_owned(), name.to_owned());
         if map.contains_key(&key) {
             return None;
         }
-        let channel = Channel::new(app, name);
+        let channel = Channel::new(app, name, limits);
         map.insert(key, channel.clone());
         if !merge.is_zero() {
             let ticking = Arc::downgrade(&channel);
@@ -460,7 +484,8 @@ impl Feed {
         }
     }
 
-    /// The next frames: all that are waiting, up to about `max` (whole batches).
+    /// The next frames: all that are waiting, up to about `max` frames or
+    /// [`MAX_BATCH_BYTES`] (whole batches).
     pub async fn next(&mut self, max: usize) -> FeedStep {
         if !self.started {
             self.started = true;
@@ -469,34 +494,30 @@ impl Feed {
             return FeedStep::Frames(start);
         }
         let mut frames = Vec::new();
+        let mut bytes = 0;
         loop {
             // Batches before the end: a stream's last frames reach every follower.
             let received = if frames.is_empty() {
                 tokio::select! {
                     biased;
-                    batch = self.subscription.live.recv() => batch,
+                    next = self.subscription.live.next() => next,
                     () = ended(&mut self.subscription.ended) => return FeedStep::Ended,
                 }
             } else {
-                match self.subscription.live.try_recv() {
-                    Ok(batch) => Ok(batch),
-                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                        Err(broadcast::error::RecvError::Lagged(n))
-                    }
-                    Err(broadcast::error::TryRecvError::Closed) => {
-                        Err(broadcast::error::RecvError::Closed)
-                    }
-                    Err(broadcast::error::TryRecvError::Empty) => return FeedStep::Frames(frames),
+                match self.subscription.live.try_next() {
+                    Some(next) => next,
+                    None => return FeedStep::Frames(frames),
                 }
             };
             match received {
-                Ok(batch) => {
+                Next::Item(batch) => {
                     for frame in batch.iter().filter(|f| f.seq > self.subscription.start_seq) {
                         self.seen_video |= frame.kind == FrameKind::Video;
                         if self.skipping && (frame.keyframe || !self.seen_video) {
                             self.skipping = false;
                         }
                         if !self.skipping {
+                            bytes += frame.payload.len();
                             frames.push(frame.clone());
                         }
                     }
@@ -504,7 +525,7 @@ impl Feed {
                         self.lags = 0;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Next::Lagged(missed) => {
                     tracing::debug!(missed, "follower lagged; skipping to the next keyframe");
                     self.lags += 1;
                     if self.lags > MAX_LAGS {
@@ -512,9 +533,8 @@ impl Feed {
                     }
                     self.skipping = true;
                 }
-                Err(broadcast::error::RecvError::Closed) => return FeedStep::Ended,
             }
-            if frames.len() >= max {
+            if frames.len() >= max || bytes >= MAX_BATCH_BYTES {
                 return FeedStep::Frames(frames);
             }
         }
@@ -538,9 +558,10 @@ mod tests {
     #[test]
     fn late_joiners_start_at_the_last_keyframe_with_headers() {
         let hub = Hub::default();
-        let ch = hub.start("live", "cam", Duration::ZERO).unwrap();
+        let limits = StreamLimits::default();
+        let ch = hub.start("live", "cam", Duration::ZERO, limits).unwrap();
         assert!(
-            hub.start("live", "cam", Duration::ZERO).is_none(),
+            hub.start("live", "cam", Duration::ZERO, limits).is_none(),
             "one publisher per stream"
         );
         let header = Bytes::from_static(&[0x17, 0, 0, 0, 0, 1]);
@@ -576,6 +597,5 @@ mod tests {
         let b = f.rtmp_bytes(USUAL_STREAM_ID, crate::CHUNK_SIZE);
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes, not a copy");
         assert_ne!(f.rtmp_bytes(2, crate::CHUNK_SIZE).as_ptr(), a.as_ptr());
-        assert_eq!(f.flv_bytes().as_ptr(), f.flv_bytes().as_ptr());
     }
 }

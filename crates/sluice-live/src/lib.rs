@@ -6,6 +6,7 @@
 //! [`run_rtmp`] takes a bound listener and a shutdown future, like every role; the HTTP side
 //! is a router ([`routes`]) that `sluice serve` and `sluice live` mount.
 
+pub mod backlog;
 mod flv_http;
 pub mod hls;
 pub mod hub;
@@ -20,7 +21,7 @@ use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-pub use hub::{Hub, StreamInfo};
+pub use hub::{Hub, StreamInfo, StreamLimits};
 
 /// The chunk size we send with: large chunks mean fewer headers and fewer writes.
 pub const CHUNK_SIZE: u32 = 4096;
@@ -29,6 +30,15 @@ pub const CHUNK_SIZE: u32 = 4096;
 pub struct LiveConfig {
     /// Longest RTMP message accepted (a keyframe of a high-bitrate stream is a few MB).
     pub max_message: u32,
+    /// What each stream may hold for its players (GOP cache, backlog of unread batches).
+    pub stream_limits: StreamLimits,
+    /// An HLS segment is cut once it holds this many bytes, keyframe or not.
+    pub hls_max_segment_bytes: usize,
+    /// An HLS segment is cut once it spans this long, keyframe or not.
+    pub hls_max_segment_duration: Duration,
+    /// A recording is stored after this many frames and the next one begins (on a keyframe),
+    /// so its sample table stays bounded.
+    pub record_max_frames: usize,
     /// A publisher silent this long is gone; a client that sends nothing during the
     /// handshake this long too.
     pub idle_timeout: Duration,
@@ -58,7 +68,11 @@ pub struct LiveConfig {
 impl Default for LiveConfig {
     fn default() -> Self {
         Self {
-            max_message: 8 << 20,
+            max_message: 4 << 20,
+            stream_limits: StreamLimits::default(),
+            hls_max_segment_bytes: 4 << 20,
+            hls_max_segment_duration: Duration::from_secs(10),
+            record_max_frames: 200_000,
             idle_timeout: Duration::from_secs(10),
             max_ingest_rate: 12_500_000,
             max_connections: 10_000,

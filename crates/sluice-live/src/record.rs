@@ -3,6 +3,12 @@
 //! becomes an MP4 with its `moov` first (plays and seeks over HTTP at once), is uploaded into
 //! storage like any file (to `sluice serve` itself, or through the trackers), and listed at
 //! `GET /v1/live/recordings`.
+//!
+//! The samples' table is the one thing a recording holds in memory, one entry per frame: once
+//! a part has `record_max_frames` frames, it is stored at the next keyframe and the next part
+//! begins with that keyframe (nothing lost between them), so memory stays bounded however long
+//! the stream or however small its frames. A stream that sends no keyframe is cut at twice
+//! the limit regardless.
 
 use std::fs::File;
 use std::io::Write;
@@ -94,6 +100,8 @@ impl Recordings {
 
 /// What the recorder has gathered of one stream.
 struct Recorder {
+    /// Unix seconds when this recording began.
+    started: u64,
     spool: File,
     spool_path: PathBuf,
     written: u64,
@@ -106,6 +114,71 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// A new recording of `channel`; after `previous`, with its codec configuration (a
+    /// stream sends that once, at its start) and starting at the next keyframe.
+    fn start(
+        config: &RecordConfig,
+        channel: &Channel,
+        previous: Option<&Recorder>,
+    ) -> std::io::Result<Self> {
+        let started = sluice_http::access::now_unix();
+        let name = format!(
+            "{}-{}-{started}-{:x}",
+            channel.app,
+            channel.name,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        );
+        let spool_path = config.dir.join("spool").join(format!("{name}.data"));
+        let spool = File::create(&spool_path)?;
+        let empty = |t: &Option<Track>| {
+            t.as_ref().map(|t| Track {
+                samples: Vec::new(),
+                ..t.clone()
+            })
+        };
+        Ok(Self {
+            started,
+            spool,
+            spool_path,
+            written: 0,
+            video: previous.and_then(|p| empty(&p.video)),
+            audio: previous.and_then(|p| empty(&p.audio)),
+            first_video_ts: None,
+            audio_frames: 0,
+            width: previous.map_or(0, |p| p.width),
+            height: previous.map_or(0, |p| p.height),
+        })
+    }
+
+    /// Frames recorded so far.
+    fn frames(&self) -> usize {
+        [&self.video, &self.audio]
+            .into_iter()
+            .flatten()
+            .map(|t| t.samples.len())
+            .sum()
+    }
+
+    /// Whether this part is full and the next should begin with `next`: at a keyframe (any
+    /// frame, without video) once the part holds `max` frames, at any frame past twice that.
+    fn full_before(&self, next: &Frame, max: usize) -> bool {
+        let n = self.frames();
+        n >= max && (next.keyframe || self.video.is_none() || n >= max.saturating_mul(2))
+    }
+
+    /// Feeds `frames` until the part is full; returns how many it took.
+    fn feed_until_full(&mut self, frames: &[Arc<Frame>], max: usize) -> std::io::Result<usize> {
+        for (taken, frame) in frames.iter().enumerate() {
+            if self.full_before(frame, max) {
+                return Ok(taken);
+            }
+            self.feed(frame)?;
+        }
+        Ok(frames.len())
+    }
+
     fn sample(&mut self, data: &[u8]) -> std::io::Result<(u64, u32)> {
         self.spool.write_all(data)?;
         let at = self.written;
@@ -243,103 +316,179 @@ impl Recorder {
     }
 }
 
+/// Frames fed to a recorder at a time: how far a part may run past `record_max_frames`.
+const FEED_FRAMES: usize = 1024;
+
 /// Starts recording `channel`.
 pub(crate) fn spawn(state: LiveState, channel: Arc<Channel>, config: RecordConfig) {
-    let started = sluice_http::access::now_unix();
-    let name = format!(
-        "{}-{}-{started}-{:x}",
-        channel.app,
-        channel.name,
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    );
-    let spool_path = config.dir.join("spool").join(format!("{name}.data"));
-    let spool = match File::create(&spool_path) {
-        Ok(f) => f,
+    let mut recorder = match Recorder::start(&config, &channel, None) {
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start a recording");
             return;
         }
     };
-    let mut recorder = Recorder {
-        spool,
-        spool_path,
-        written: 0,
-        video: None,
-        audio: None,
-        first_video_ts: None,
-        audio_frames: 0,
-        width: 0,
-        height: 0,
-    };
+    let max_frames = state.config().record_max_frames.max(1);
     tokio::spawn(async move {
         // After a lag (frames lost to the recording) it goes on from the next keyframe.
         let mut feed = Feed::new(channel.follow());
-        let mut failed = None;
-        while let FeedStep::Frames(frames) = feed.next(usize::MAX).await {
-            // Spool writes are small and sequential; one blocking-pool hop per batch keeps
-            // them off the async threads.
-            let mut rec = recorder;
-            let outcome = tokio::task::spawn_blocking(move || {
-                let result = frames.iter().try_for_each(|f| rec.feed(f));
-                (rec, result)
-            })
-            .await;
-            match outcome {
-                Ok((rec, Ok(()))) => recorder = rec,
-                Ok((rec, Err(e))) => {
-                    recorder = rec;
-                    failed = Some(e.to_string());
-                    break;
-                }
-                Err(e) => {
-                    tracing::error!(app = %channel.app, stream = %channel.name, error = %e, "recording task failed");
-                    return;
+        while let FeedStep::Frames(frames) = feed.next(FEED_FRAMES).await {
+            let mut frames: &[Arc<Frame>] = &frames;
+            while !frames.is_empty() {
+                // Spool writes are small and sequential; one blocking-pool hop per batch
+                // keeps them off the async threads.
+                let (mut rec, batch) = (recorder, frames.to_vec());
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let taken = rec.feed_until_full(&batch, max_frames);
+                    (rec, taken)
+                })
+                .await;
+                let taken = match outcome {
+                    Ok((rec, Ok(taken))) => {
+                        recorder = rec;
+                        taken
+                    }
+                    Ok((rec, Err(e))) => {
+                        tracing::error!(app = %channel.app, stream = %channel.name, error = %e, "recording failed");
+                        let _ = std::fs::remove_file(&rec.spool_path);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(app = %channel.app, stream = %channel.name, error = %e, "recording task failed");
+                        return;
+                    }
+                };
+                frames = &frames[taken..];
+                if !frames.is_empty() {
+                    // This part is full: store it, and go on in the next from this frame.
+                    let next = match Recorder::start(&config, &channel, Some(&recorder)) {
+                        Ok(next) => next,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start the next part of a recording");
+                            store(state, channel, config, recorder).await;
+                            return;
+                        }
+                    };
+                    let done = std::mem::replace(&mut recorder, next);
+                    tracing::info!(app = %channel.app, stream = %channel.name, max_frames, "recording part full; storing it and going on in the next");
+                    tokio::spawn(store(state.clone(), channel.clone(), config.clone(), done));
                 }
             }
         }
         drop(feed);
-        if let Some(e) = failed {
-            tracing::error!(app = %channel.app, stream = %channel.name, error = %e, "recording failed");
-            let _ = std::fs::remove_file(&recorder.spool_path);
+        store(state, channel, config, recorder).await;
+    });
+}
+
+/// Finishes a recording into an MP4 and stores it; one that cannot be stored stays on disk.
+async fn store(state: LiveState, channel: Arc<Channel>, config: RecordConfig, recorder: Recorder) {
+    let started = recorder.started;
+    let finished = tokio::task::spawn_blocking(move || recorder.finish()).await;
+    let (path, duration_ms) = match finished {
+        Ok(Ok(Some(done))) => done,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not finish a recording");
             return;
         }
-        let finished = tokio::task::spawn_blocking(move || recorder.finish()).await;
-        let (path, duration_ms) = match finished {
-            Ok(Ok(Some(done))) => done,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "could not finish a recording");
-                return;
-            }
-            Err(_) => return,
-        };
-        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
-        match config.store.upload_file(&path, |_| {}).await {
-            Ok(uploaded) => {
-                tracing::info!(app = %channel.app, stream = %channel.name, fileid = %uploaded.fileid, duration_ms, "recording stored");
-                let recording = Recording {
-                    app: channel.app.clone(),
-                    stream: channel.name.clone(),
-                    fileid: uploaded.fileid,
-                    duration: duration_ms as f64 / 1000.0,
-                    size,
-                    started,
-                };
-                // The list is saved to disk: off the async threads.
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Some(list) = state.recordings() {
-                        list.add(recording);
-                    }
-                    let _ = std::fs::remove_file(&path);
-                })
-                .await;
-            }
-            Err(e) => {
-                // Kept on disk for an operator: a recording is never thrown away silently.
-                tracing::error!(path = %path.display(), error = %e, "could not store a recording; it stays on disk");
-            }
+        Err(_) => return,
+    };
+    let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+    match config.store.upload_file(&path, |_| {}).await {
+        Ok(uploaded) => {
+            tracing::info!(app = %channel.app, stream = %channel.name, fileid = %uploaded.fileid, duration_ms, "recording stored");
+            let recording = Recording {
+                app: channel.app.clone(),
+                stream: channel.name.clone(),
+                fileid: uploaded.fileid,
+                duration: duration_ms as f64 / 1000.0,
+                size,
+                started,
+            };
+            // The list is saved to disk: off the async threads.
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(list) = state.recordings() {
+                    list.add(recording);
+                }
+                let _ = std::fs::remove_file(&path);
+            })
+            .await;
         }
-    });
+        Err(e) => {
+            // Kept on disk for an operator: a recording is never thrown away silently.
+            tracing::error!(path = %path.display(), error = %e, "could not store a recording; it stays on disk");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn h264(key: bool, len: usize) -> Bytes {
+        let mut p = vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+        p.extend_from_slice(&(len as u32).to_be_bytes());
+        p.push(if key { 0x65 } else { 0x41 });
+        p.extend(std::iter::repeat_n(0, len - 1));
+        Bytes::from(p)
+    }
+
+    #[test]
+    fn parts_end_at_keyframes_or_at_twice_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+        let config = RecordConfig {
+            dir: dir.path().to_owned(),
+            store: Endpoint::new(Some("http://127.0.0.1:9"), &[], None).unwrap(),
+        };
+        let channel = crate::hub::Hub::default()
+            .start("live", "cam", std::time::Duration::ZERO, Default::default())
+            .unwrap();
+        let header = Frame::new(
+            1,
+            FrameKind::Video,
+            0,
+            Bytes::from_static(&[
+                0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1E, 0xFF, 0xE1, 0, 2, 0x67, 1, 1, 0, 1, 0x68,
+            ]),
+        );
+        let frames: Vec<Arc<Frame>> = std::iter::once(header)
+            .chain((0..100u32).map(|i| {
+                Frame::new(
+                    2 + u64::from(i),
+                    FrameKind::Video,
+                    i * 40,
+                    h264(i % 25 == 0, 50),
+                )
+            }))
+            .collect();
+        let mut rec = Recorder::start(&config, &channel, None).unwrap();
+        // A part of at least 15 frames: it ends before the keyframe at frame 25.
+        assert_eq!(rec.feed_until_full(&frames, 15).unwrap(), 26);
+        assert_eq!(rec.frames(), 25);
+        let mut next = Recorder::start(&config, &channel, Some(&rec)).unwrap();
+        assert!(frames[26].keyframe);
+        assert_eq!(next.feed_until_full(&frames[26..], 15).unwrap(), 25);
+        assert_eq!(
+            next.frames(),
+            25,
+            "the next part starts whole, with its keyframe"
+        );
+        // Without keyframes a part still ends, at twice the limit.
+        let p_frames: Vec<Arc<Frame>> = (0..100u32)
+            .map(|i| {
+                Frame::new(
+                    500 + u64::from(i),
+                    FrameKind::Video,
+                    4000 + i * 40,
+                    h264(false, 50),
+                )
+            })
+            .collect();
+        let mut last = Recorder::start(&config, &channel, Some(&next)).unwrap();
+        last.feed(&frames[1]).unwrap();
+        assert_eq!(last.feed_until_full(&p_frames, 15).unwrap(), 29);
+        assert_eq!(last.frames(), 30);
+    }
 }

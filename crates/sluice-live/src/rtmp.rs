@@ -297,16 +297,6 @@ impl Connection {
         match event {
             Event::Connect { app, .. } => self.app = app,
             Event::Publish { stream_id, name } => {
-                if self.publishing.contains_key(&stream_id) {
-                    // A second publish on one stream id (the session refuses those it sees;
-                    // two in one read reach here): the first stands.
-                    self.session.refuse_publish(
-                        stream_id,
-                        "NetStream.Publish.BadName",
-                        "this stream id is already publishing",
-                    );
-                    return Ok(None);
-                }
                 let stream = match self.authorise_publish(&name) {
                     Ok(s) => s,
                     Err(why) => {
@@ -316,11 +306,12 @@ impl Connection {
                         return Ok(None);
                     }
                 };
-                match self
-                    .state
-                    .hub()
-                    .start(&self.app, &stream, self.state.config().merge)
-                {
+                match self.state.hub().start(
+                    &self.app,
+                    &stream,
+                    self.state.config().merge,
+                    self.state.config().stream_limits,
+                ) {
                     None => {
                         self.session.refuse_publish(
                             stream_id,

@@ -18,15 +18,20 @@ pub fn header(audio: bool, video: bool) -> [u8; 13] {
 /// One tag and its PreviousTagSize.
 pub fn tag(tag_type: u8, timestamp: u32, data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(11 + data.len() + 4);
-    let len = data.len() as u32;
-    out.put_u8(tag_type);
-    out.put_slice(&len.to_be_bytes()[1..]);
-    out.put_slice(&timestamp.to_be_bytes()[1..]);
-    out.put_u8((timestamp >> 24) as u8);
-    out.put_slice(&[0, 0, 0]);
+    out.put_slice(&tag_header(tag_type, timestamp, data.len()));
     out.put_slice(data);
-    out.put_u32(11 + len);
+    out.put_u32(11 + data.len() as u32);
     out.freeze()
+}
+
+/// A tag's 11-byte header, for a tag of `len` data bytes (which follow it, then the
+/// PreviousTagSize `11 + len` as a big-endian u32).
+pub fn tag_header(tag_type: u8, timestamp: u32, len: usize) -> [u8; 11] {
+    let len = (len as u32).to_be_bytes();
+    let ts = timestamp.to_be_bytes();
+    [
+        tag_type, len[1], len[2], len[3], ts[1], ts[2], ts[3], ts[0], 0, 0, 0,
+    ]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ pub mod range;
 pub mod secret;
 pub mod signature;
 pub mod size;
+pub mod span;
 pub mod tus;
 
 pub use api::{ErrorBody, UploadResponse};
@@ -18,3 +19,4 @@ pub use fileid::{BlobKey, FileId, FileIdError, GroupName};
 pub use range::{ByteRange, RangeError, RangeRequest};
 pub use secret::SecretSet;
 pub use size::{ByteSize, SizeError};
+pub use span::{SpanError, TimeSpan};

@@ -81,6 +81,9 @@ pub enum SessionError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Created,
+    /// A publish was asked for and not yet answered: media may already follow (a client need
+    /// not wait for NetStream.Publish.Start), for the server to keep or drop.
+    PublishAsked,
     Publishing,
     Playing,
 }
@@ -207,7 +210,10 @@ impl ServerSession {
                 }
             }
             Some(MessageType::Audio | MessageType::Video) => {
-                if self.streams.get(&message.stream_id) != Some(&Role::Publishing) {
+                if !matches!(
+                    self.streams.get(&message.stream_id),
+                    Some(Role::Publishing | Role::PublishAsked)
+                ) {
                     return Err(SessionError::Protocol(format!(
                         "media on stream {} which is not publishing",
                         message.stream_id
@@ -311,7 +317,10 @@ impl ServerSession {
                             "publish on unknown stream {stream_id}"
                         )));
                     }
-                    Some(Role::Created) => events.push(Event::Publish { stream_id, name }),
+                    Some(Role::Created) => {
+                        self.streams.insert(stream_id, Role::PublishAsked);
+                        events.push(Event::Publish { stream_id, name });
+                    }
                     // One publish per stream id: a second would orphan the first stream.
                     Some(_) => self.on_status(
                         stream_id,
@@ -344,12 +353,14 @@ impl ServerSession {
                     _ => self
                         .streams
                         .iter()
-                        .find(|(_, r)| **r == Role::Publishing)
+                        .find(|(_, r)| matches!(r, Role::Publishing | Role::PublishAsked))
                         .map(|(id, _)| *id),
                 };
                 if let Some(id) = target {
                     match self.streams.get(&id) {
-                        Some(Role::Publishing) => events.push(Event::Unpublish { stream_id: id }),
+                        Some(Role::Publishing | Role::PublishAsked) => {
+                            events.push(Event::Unpublish { stream_id: id })
+                        }
                         Some(Role::Playing) => events.push(Event::StopPlay { stream_id: id }),
                         _ => {}
                     }
@@ -398,6 +409,9 @@ impl ServerSession {
 
     /// `code`: `NetStream.Publish.BadName` (taken), `NetStream.Publish.Denied` (auth)...
     pub fn refuse_publish(&mut self, stream_id: u32, code: &str, description: &str) {
+        if self.streams.get(&stream_id) == Some(&Role::PublishAsked) {
+            self.streams.insert(stream_id, Role::Created);
+        }
         self.on_status(stream_id, "error", code, description);
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Deserialize;
-use sluice_proto::{ByteSize, GroupName};
+use sluice_proto::{ByteSize, GroupName, TimeSpan};
 use sluice_storage::{BlobStoreOptions, HotCacheLimits};
 
 use crate::cli::ServeArgs;
@@ -86,6 +86,19 @@ pub struct ServeConfig {
     pub rtmp_idle_timeout_secs: u64,
     /// HLS segments are cut on the first keyframe at least this many seconds after the last.
     pub hls_target_secs: u64,
+    /// Longest RTMP message (a video frame) accepted.
+    pub rtmp_max_message: ByteSize,
+    /// Per stream: bytes of the current group of pictures kept for players that join.
+    pub live_gop_cache: ByteSize,
+    /// Per stream: bytes of frames kept for players that have not read them yet; a player
+    /// further behind skips to the next keyframe.
+    pub live_player_backlog: ByteSize,
+    /// An HLS segment is cut, keyframe or not, once it holds this many bytes...
+    pub hls_max_segment_size: ByteSize,
+    /// ...or spans this long.
+    pub hls_max_segment_duration: TimeSpan,
+    /// A recording is stored after this many frames and the next part begins.
+    pub record_max_frames: usize,
 }
 
 impl Default for ServeConfig {
@@ -127,6 +140,12 @@ impl Default for ServeConfig {
             hook_timeout_ms: 3000,
             rtmp_idle_timeout_secs: 10,
             hls_target_secs: 2,
+            rtmp_max_message: ByteSize(4 << 20),
+            live_gop_cache: ByteSize(4 << 20),
+            live_player_backlog: ByteSize(4 << 20),
+            hls_max_segment_size: ByteSize(4 << 20),
+            hls_max_segment_duration: TimeSpan(std::time::Duration::from_secs(10)),
+            record_max_frames: 200_000,
         }
     }
 }
@@ -158,6 +177,29 @@ pub fn parse_prefixes(list: &[String]) -> anyhow::Result<Vec<sluice_proto::net::
 }
 
 impl ValidServeConfig {
+    /// The live role's settings from this config; `access` from the environment.
+    pub fn live(&self) -> sluice_live::LiveConfig {
+        let raw = &self.raw;
+        sluice_live::LiveConfig {
+            access: crate::roles::access_policy(),
+            max_ingest_rate: raw.rtmp_max_ingest_rate.0,
+            max_message: u32::try_from(raw.rtmp_max_message.0).unwrap_or(u32::MAX),
+            stream_limits: sluice_live::StreamLimits {
+                gop_cache: raw.live_gop_cache.0 as usize,
+                backlog: raw.live_player_backlog.0 as usize,
+            },
+            hls_max_segment_bytes: raw.hls_max_segment_size.0 as usize,
+            hls_max_segment_duration: raw.hls_max_segment_duration.0,
+            record_max_frames: raw.record_max_frames,
+            on_publish: raw.on_publish.clone(),
+            on_play: raw.on_play.clone(),
+            hook_timeout: std::time::Duration::from_millis(raw.hook_timeout_ms),
+            idle_timeout: std::time::Duration::from_secs(raw.rtmp_idle_timeout_secs),
+            hls_target: std::time::Duration::from_secs(raw.hls_target_secs),
+            ..sluice_live::LiveConfig::default()
+        }
+    }
+
     pub fn active_content(&self) -> sluice_http::ActiveContent {
         if self.raw.active_content_inline {
             sluice_http::ActiveContent::Inline
@@ -315,6 +357,19 @@ impl ServeConfig {
         anyhow::ensure!(
             self.rtmp_max_ingest_rate.0 >= 1024,
             "rtmp_max_ingest_rate must be at least 1KiB"
+        );
+        anyhow::ensure!(
+            (4096..=(256 << 20)).contains(&self.rtmp_max_message.0),
+            "rtmp_max_message must be between 4KiB and 256MiB"
+        );
+        anyhow::ensure!(
+            self.hls_max_segment_size.0 >= 64 << 10
+                && self.hls_max_segment_duration.0.as_secs() >= self.hls_target_secs,
+            "hls_max_segment_size must be at least 64KiB and hls_max_segment_duration at least hls_target_secs"
+        );
+        anyhow::ensure!(
+            self.record_max_frames >= 100,
+            "record_max_frames must be at least 100"
         );
         parse_regions(self.regions.iter().map(|(p, r)| (p.as_str(), r.as_str())))?;
         parse_prefixes(&self.trusted_proxies)?;

@@ -94,16 +94,7 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     ));
 
     // Live streaming, when an RTMP address is configured.
-    let live_config = sluice_live::LiveConfig {
-        access: crate::roles::access_policy(),
-        max_ingest_rate: config.raw.rtmp_max_ingest_rate.0,
-        on_publish: config.raw.on_publish.clone(),
-        on_play: config.raw.on_play.clone(),
-        hook_timeout: Duration::from_millis(config.raw.hook_timeout_ms),
-        idle_timeout: Duration::from_secs(config.raw.rtmp_idle_timeout_secs),
-        hls_target: Duration::from_secs(config.raw.hls_target_secs),
-        ..sluice_live::LiveConfig::default()
-    };
+    let live_config = config.live();
     let live = if config.raw.record {
         // Recordings are uploaded to this very server, like any other file.
         let store =

@@ -550,6 +550,72 @@ fn bench_live_reports_players_frames_and_latency() {
 }
 
 #[test]
+fn a_long_recording_is_stored_in_parts_each_starting_on_a_keyframe() {
+    // 100 frames a part: about a second and a half of the test stream (25 video and ~43
+    // audio frames a second), so its sample table never grows past that.
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("sluice.toml");
+    std::fs::write(&config, "record_max_frames = 100\n").unwrap();
+    let served = Served::spawn(
+        &[
+            "serve",
+            "--data",
+            data.path().join("d").to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--rtmp",
+            "127.0.0.1:0",
+            "--record",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let rtmp = served.rtmp.clone().unwrap();
+    let mut publisher = publish(&format!("{rtmp}/live/parts"), 5);
+    assert!(publisher.wait().unwrap().success());
+    let recordings_url = format!("{}/v1/live/recordings", served.url);
+    let mut list = Vec::new();
+    // Parts are stored as they fill, the last at unpublish: wait until nothing more comes.
+    let mut stable_since = std::time::Instant::now();
+    wait_for("every part to be stored", WAIT, || {
+        let now: Vec<serde_json::Value> =
+            serde_json::from_slice(&curl(&["-sS", &recordings_url]).stdout).unwrap_or_default();
+        if now.len() != list.len() {
+            list = now;
+            stable_since = std::time::Instant::now();
+        }
+        list.len() >= 3 && stable_since.elapsed() > Duration::from_secs(2)
+    });
+    // Parts meet at keyframes: together they hold the whole publish.
+    let total: f64 = list.iter().map(|r| r["duration"].as_f64().unwrap()).sum();
+    assert!((4.5..=5.5).contains(&total), "{list:?}");
+    for rec in &list {
+        let url = format!(
+            "{}/v1/files/{}",
+            served.url,
+            rec["fileid"].as_str().unwrap()
+        );
+        // Each part decodes from its first frame: it begins on a keyframe, with the codec
+        // configuration carried over.
+        assert_eq!(
+            probe(&url),
+            Ok(vec!["aac".to_owned(), "h264,320,240".to_owned()]),
+            "{rec}"
+        );
+        let decoded = Command::new("ffmpeg")
+            .args(["-hide_banner", "-v", "error", "-i", &url, "-f", "null", "-"])
+            .output()
+            .unwrap();
+        assert!(
+            decoded.status.success() && decoded.stderr.is_empty(),
+            "{rec}: {}",
+            String::from_utf8_lossy(&decoded.stderr)
+        );
+    }
+}
+
+#[test]
 fn recordings_are_stored_as_mp4_with_moov_first() {
     let data = tempfile::tempdir().unwrap();
     let served = Served::spawn(
@@ -668,4 +734,142 @@ fn the_live_role_in_a_cluster_records_through_the_trackers() {
         answer[4..].parse::<u64>().unwrap(),
         list[0]["size"].as_u64().unwrap()
     );
+}
+
+/// Resident and peak resident memory of a process, in bytes (from /proc).
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+#[test]
+fn one_keyframe_and_100_mb_of_p_frames_stay_within_64_mib() {
+    let data = tempfile::tempdir().unwrap();
+    // Every buffer limit at its default; only the flood limit is raised, so the 100 MB go in
+    // a few seconds.
+    let config = data.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "rtmp_max_ingest_rate = \"1GiB\"\nrtmp_idle_timeout_secs = 5\n",
+    )
+    .unwrap();
+    let served = Served::spawn(
+        &[
+            "serve",
+            "--data",
+            data.path().join("d").to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--rtmp",
+            "127.0.0.1:0",
+            "--record",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let rtmp = served.rtmp.clone().unwrap();
+    let pid = served.child.id();
+    let (baseline, _) = memory(pid);
+
+    let mut publisher = handshaken(&rtmp);
+    publisher
+        .write_all(&[connect_and_create_stream(), publish_command("flood")].concat())
+        .unwrap();
+    // The stream's H.264 configuration, then its one keyframe.
+    let avc = [
+        0x17, 0, 0, 0, 0, 1, 0x42, 0, 0x1E, 0xFF, 0xE1, 0, 2, 0x67, 1, 1, 0, 1, 0x68,
+    ];
+    let frame = |key: bool, len: usize| {
+        let mut p = vec![if key { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+        p.extend_from_slice(&(len as u32).to_be_bytes());
+        p.push(if key { 0x65 } else { 0x41 });
+        p.extend(std::iter::repeat_n(0x5A, len - 1));
+        p
+    };
+    publisher.write_all(&chunk(6, 9, 1, 0, &avc)).unwrap();
+    publisher
+        .write_all(&chunk(6, 9, 1, 0, &frame(true, 60_000)))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("STREAMS {}", streams(&served));
+    for l in served.drain_log() {
+        eprintln!("LOG {l}");
+    }
+    wait_live(&served, "flood");
+    // Players that never read: they hold whatever the server lets them.
+    let mut flv = TcpStream::connect(served.url.trim_start_matches("http://")).unwrap();
+    flv.write_all(b"GET /live/live/flood.flv HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut rtmp_player = handshaken(&rtmp);
+    let play = amf_command(&[
+        Amf0::string("play"),
+        Amf0::Number(3.0),
+        Amf0::Null,
+        Amf0::string("flood"),
+    ]);
+    rtmp_player
+        .write_all(&[connect_and_create_stream(), chunk(3, 20, 1, 0, &play)].concat())
+        .unwrap();
+    // 100 MB of P-frames, 64 KB each, their timestamps within two seconds: no keyframe and
+    // no target duration ever ends the segment being built.
+    let p_frame = chunk(6, 9, 1, 0, &frame(false, 64_000));
+    let mut peak = 0;
+    for i in 0..1600u32 {
+        let mut f = p_frame.clone();
+        f[1..4].copy_from_slice(&(i).to_be_bytes()[1..]);
+        publisher.write_all(&f).unwrap();
+        if i % 100 == 0 {
+            peak = peak.max(memory(pid).0);
+        }
+    }
+    drop(publisher);
+    wait_for("the publisher to be taken as gone", WAIT, || {
+        streams(&served)["streams"]
+            .as_array()
+            .is_some_and(|s| s.is_empty())
+    });
+    let (_, high_water) = memory(pid);
+    let grew = high_water.max(peak).saturating_sub(baseline);
+    eprintln!(
+        "server memory: baseline {} MiB, peak while publishing {} MiB, high water {} MiB, grew {} MiB",
+        baseline >> 20,
+        peak >> 20,
+        high_water >> 20,
+        grew >> 20
+    );
+    assert!(
+        grew < 64 << 20,
+        "the server grew by {} MiB for one stream",
+        grew >> 20
+    );
+    drop((flv, rtmp_player));
+    // HLS went on, in segments of bounded size.
+    let playlist = String::from_utf8(
+        curl(&["-sS", "-f", &format!("{}/live/live/flood.m3u8", served.url)]).stdout,
+    )
+    .unwrap();
+    let segments: Vec<&str> = playlist.lines().filter(|l| l.ends_with(".ts")).collect();
+    assert!(segments.len() >= 3, "{playlist}");
+    for segment in segments {
+        let out = curl(&[
+            "-sS",
+            "-f",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &format!("{}/live/live/{segment}", served.url),
+        ]);
+        let size: u64 = String::from_utf8_lossy(&out.stdout).parse().unwrap();
+        assert!(size <= (4 << 20) + 70_000, "{segment}: {size} bytes");
+    }
 }
