@@ -741,6 +741,14 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    // Reusable until it expires, like an S3 presigned URL (README: give short expiries).
+    let r = c
+        .post(format!("{}{link}", node.url))
+        .body(pattern(300))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "a second upload with the link");
     let r = c
         .post(format!("{}{link}", node.url))
         .body(pattern(600))
