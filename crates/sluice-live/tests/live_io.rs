@@ -598,6 +598,9 @@ async fn a_second_publish_on_one_stream_id_is_refused_and_names_are_freed() {
     assert_eq!(code, "NetStream.Publish.Start");
 }
 
+/// How often a test re-checks a condition it waits for.
+const POLL: Duration = Duration::from_millis(20);
+
 async fn wait_until_free(state: &LiveState) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !live_streams(state).is_empty() {
@@ -605,6 +608,6 @@ async fn wait_until_free(state: &LiveState) {
             std::time::Instant::now() < deadline,
             "the name was never freed"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
     }
 }

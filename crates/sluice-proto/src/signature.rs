@@ -142,15 +142,7 @@ pub fn verify_publish(
     query: Option<&str>,
     now: u64,
 ) -> Result<(), SignatureError> {
-    let params = SignedParams::parse(query)?;
-    let (Some(expires), Some(sig)) = (params.expires, params.sig.as_deref()) else {
-        return Err(SignatureError::Missing);
-    };
-    check(tokens, &publish_message(path, expires), sig)?;
-    if now > expires {
-        return Err(SignatureError::Expired);
-    }
-    Ok(())
+    verify_expiring(tokens, query, now, |expires| publish_message(path, expires))
 }
 
 fn check(secrets: &SecretSet, message: &str, sig: &[u8]) -> Result<(), SignatureError> {
@@ -172,11 +164,23 @@ pub fn verify_download(
     query: Option<&str>,
     now: u64,
 ) -> Result<(), SignatureError> {
+    verify_expiring(secrets, query, now, |expires| {
+        download_message(path, expires)
+    })
+}
+
+/// Checks a link of `expires` and `sig` over `message(expires)`.
+fn verify_expiring(
+    secrets: &SecretSet,
+    query: Option<&str>,
+    now: u64,
+    message: impl Fn(u64) -> String,
+) -> Result<(), SignatureError> {
     let params = SignedParams::parse(query)?;
     let (Some(expires), Some(sig)) = (params.expires, params.sig.as_deref()) else {
         return Err(SignatureError::Missing);
     };
-    check(secrets, &download_message(path, expires), sig)?;
+    check(secrets, &message(expires), sig)?;
     if now > expires {
         return Err(SignatureError::Expired);
     }

@@ -483,6 +483,24 @@ mod tests {
             }
         }
 
+        /// A client that has connected to app `live` and created stream 1.
+        fn with_stream() -> Self {
+            let mut c = Self::new();
+            c.command(
+                0,
+                &[
+                    Amf0::string("connect"),
+                    Amf0::Number(1.0),
+                    Amf0::object([("app", Amf0::string("live"))]),
+                ],
+            );
+            c.command(
+                0,
+                &[Amf0::string("createStream"), Amf0::Number(2.0), Amf0::Null],
+            );
+            c
+        }
+
         fn command(&mut self, stream_id: u32, values: &[Amf0]) {
             encode(&Message::command(stream_id, values), 128, &mut self.out);
         }
@@ -660,19 +678,7 @@ mod tests {
     #[test]
     fn play_refusal_ping_and_bad_order() {
         let mut s = ServerSession::new(SessionConfig::default(), 9);
-        let mut c = Client::new();
-        c.command(
-            0,
-            &[
-                Amf0::string("connect"),
-                Amf0::Number(1.0),
-                Amf0::object([("app", Amf0::string("live"))]),
-            ],
-        );
-        c.command(
-            0,
-            &[Amf0::string("createStream"), Amf0::Number(2.0), Amf0::Null],
-        );
+        let mut c = Client::with_stream();
         c.command(
             1,
             &[
@@ -745,19 +751,7 @@ mod tests {
     #[test]
     fn one_publish_per_stream_id() {
         let mut s = ServerSession::new(SessionConfig::default(), 9);
-        let mut c = Client::new();
-        c.command(
-            0,
-            &[
-                Amf0::string("connect"),
-                Amf0::Number(1.0),
-                Amf0::object([("app", Amf0::string("live"))]),
-            ],
-        );
-        c.command(
-            0,
-            &[Amf0::string("createStream"), Amf0::Number(2.0), Amf0::Null],
-        );
+        let mut c = Client::with_stream();
         let publish = |c: &mut Client, name: &str| {
             c.command(
                 1,

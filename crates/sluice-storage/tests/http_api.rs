@@ -748,7 +748,11 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "a second upload with the link");
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "a second upload with the link"
+    );
     let r = c
         .post(format!("{}{link}", node.url))
         .body(pattern(600))

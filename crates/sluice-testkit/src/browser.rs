@@ -131,23 +131,6 @@ impl Browser {
             .to_owned()
     }
 
-    /// A PNG of the viewport.
-    pub async fn screenshot(&self) -> Vec<u8> {
-        use base64::Engine;
-        let answer: Value = self
-            .http
-            .get(format!("{}/screenshot", self.session))
-            .send()
-            .await
-            .expect("chromedriver answers")
-            .json()
-            .await
-            .expect("JSON from chromedriver");
-        base64::engine::general_purpose::STANDARD
-            .decode(answer["value"].as_str().unwrap_or_default())
-            .expect("base64 PNG")
-    }
-
     /// Ends the session (closing Chromium) and chromedriver.
     pub async fn quit(self) {
         // Drop does it, with a blocking request: keep it off the async threads.

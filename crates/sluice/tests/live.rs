@@ -16,26 +16,32 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn serve_live(data: &std::path::Path, env: &[(&str, &str)]) -> Served {
     // A publisher may send 2 MB/s here (the generated test stream is about 40 KB/s).
-    let config = data.join("sluice.toml");
-    std::fs::write(
-        &config,
+    serve_live_with(
+        data,
         "rtmp_max_ingest_rate = \"2MiB\"\nrtmp_idle_timeout_secs = 2\n",
-    )
-    .unwrap();
-    let served = Served::spawn(
-        &[
-            "serve",
-            "--data",
-            data.join("d").to_str().unwrap(),
-            "--http",
-            "127.0.0.1:0",
-            "--rtmp",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        &[],
         env,
-    );
+    )
+}
+
+/// `sluice serve --rtmp` on DATA/d with CONFIG as its config file and EXTRA flags.
+fn serve_live_with(
+    data: &std::path::Path,
+    config: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Served {
+    let config_file = data.join("sluice.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let data_dir = data.join("d");
+    let mut args = vec![
+        "--rtmp",
+        "127.0.0.1:0",
+        "--config",
+        config_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let served = Served::start_with_env(&data_dir, &args, env);
     assert!(served.rtmp.is_some(), "serve says where RTMP listens");
     served
 }
@@ -278,17 +284,10 @@ fn publish_links_and_play_links_are_different_credentials() {
         "a play link cannot take the stream name"
     );
     // The broadcaster's publish link, as `sluice sign --publish` makes it.
-    let out = Command::new(common::BIN)
-        .args(["sign", "--publish", "/live/cam", "--ttl", "600"])
-        .env("SLUICE_API_TOKEN", TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let publish_link = common::sluice_env_ok(
+        &["sign", "--publish", "/live/cam", "--ttl", "600"],
+        &[("SLUICE_API_TOKEN", TOKEN)],
     );
-    let publish_link = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let mut publisher = publish(&format!("{rtmp}{publish_link}"), 5);
     wait_live(&served, "cam");
     assert!(
@@ -554,23 +553,7 @@ fn a_long_recording_is_stored_in_parts_each_starting_on_a_keyframe() {
     // 100 frames a part: about a second and a half of the test stream (25 video and ~43
     // audio frames a second), so its sample table never grows past that.
     let data = tempfile::tempdir().unwrap();
-    let config = data.path().join("sluice.toml");
-    std::fs::write(&config, "record_max_frames = 100\n").unwrap();
-    let served = Served::spawn(
-        &[
-            "serve",
-            "--data",
-            data.path().join("d").to_str().unwrap(),
-            "--http",
-            "127.0.0.1:0",
-            "--rtmp",
-            "127.0.0.1:0",
-            "--record",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let served = serve_live_with(data.path(), "record_max_frames = 100\n", &["--record"], &[]);
     let rtmp = served.rtmp.clone().unwrap();
     let mut publisher = publish(&format!("{rtmp}/live/parts"), 5);
     assert!(publisher.wait().unwrap().success());
@@ -598,20 +581,7 @@ fn a_long_recording_is_stored_in_parts_each_starting_on_a_keyframe() {
         );
         // Each part decodes from its first frame: it begins on a keyframe, with the codec
         // configuration carried over.
-        assert_eq!(
-            probe(&url),
-            Ok(vec!["aac".to_owned(), "h264,320,240".to_owned()]),
-            "{rec}"
-        );
-        let decoded = Command::new("ffmpeg")
-            .args(["-hide_banner", "-v", "error", "-i", &url, "-f", "null", "-"])
-            .output()
-            .unwrap();
-        assert!(
-            decoded.status.success() && decoded.stderr.is_empty(),
-            "{rec}: {}",
-            String::from_utf8_lossy(&decoded.stderr)
-        );
+        assert_recording_decodes(&url);
     }
 }
 
@@ -652,10 +622,7 @@ fn recordings_are_stored_as_mp4_with_moov_first() {
         served.url,
         rec["fileid"].as_str().unwrap()
     );
-    assert_eq!(
-        probe(&url),
-        Ok(vec!["aac".to_owned(), "h264,320,240".to_owned()])
-    );
+    assert_recording_decodes(&url);
     // moov before mdat: a player can start (and seek) after the first bytes.
     let head = curl(&["-sS", "-r", "0-65535", &url]).stdout;
     let moov = head
@@ -667,13 +634,23 @@ fn recordings_are_stored_as_mp4_with_moov_first() {
         .position(|w| w == b"mdat")
         .expect("mdat after it");
     assert!(moov < mdat);
+}
+
+/// A recording of the test stream: ffprobe sees its AAC and 320x240 H.264 tracks, and ffmpeg
+/// decodes every frame without a complaint.
+fn assert_recording_decodes(url: &str) {
+    assert_eq!(
+        probe(url),
+        Ok(vec!["aac".to_owned(), "h264,320,240".to_owned()]),
+        "{url}"
+    );
     let decoded = Command::new("ffmpeg")
-        .args(["-hide_banner", "-v", "error", "-i", &url, "-f", "null", "-"])
+        .args(["-hide_banner", "-v", "error", "-i", url, "-f", "null", "-"])
         .output()
         .unwrap();
     assert!(
         decoded.status.success() && decoded.stderr.is_empty(),
-        "{}",
+        "{url}: {}",
         String::from_utf8_lossy(&decoded.stderr)
     );
 }
@@ -755,25 +732,10 @@ fn one_keyframe_and_100_mb_of_p_frames_stay_within_64_mib() {
     let data = tempfile::tempdir().unwrap();
     // Every buffer limit at its default; only the flood limit is raised, so the 100 MB go in
     // a few seconds.
-    let config = data.path().join("sluice.toml");
-    std::fs::write(
-        &config,
+    let served = serve_live_with(
+        data.path(),
         "rtmp_max_ingest_rate = \"1GiB\"\nrtmp_idle_timeout_secs = 5\n",
-    )
-    .unwrap();
-    let served = Served::spawn(
-        &[
-            "serve",
-            "--data",
-            data.path().join("d").to_str().unwrap(),
-            "--http",
-            "127.0.0.1:0",
-            "--rtmp",
-            "127.0.0.1:0",
-            "--record",
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        &["--record"],
         &[],
     );
     let rtmp = served.rtmp.clone().unwrap();
@@ -799,11 +761,6 @@ fn one_keyframe_and_100_mb_of_p_frames_stay_within_64_mib() {
     publisher
         .write_all(&chunk(6, 9, 1, 0, &frame(true, 60_000)))
         .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    eprintln!("STREAMS {}", streams(&served));
-    for l in served.drain_log() {
-        eprintln!("LOG {l}");
-    }
     wait_live(&served, "flood");
     // Players that never read: they hold whatever the server lets them.
     let mut flv = TcpStream::connect(served.url.trim_start_matches("http://")).unwrap();

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BIN, Served, curl, wait_for};
+use common::{BIN, Served, curl, curl_ok, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "cluster-s3cret";
@@ -143,16 +143,7 @@ fn serve_gives_strangers_no_cluster_route() {
     let dir = tempfile::tempdir().unwrap();
     // Every secret but the cluster one: no registration, no internal route at all.
     let env = [("SLUICE_URL_SECRET", "u"), ("SLUICE_API_TOKEN", "t")];
-    let serve = Served::spawn(
-        &[
-            "serve",
-            "--data",
-            dir.path().to_str().unwrap(),
-            "--http",
-            "127.0.0.1:0",
-        ],
-        &env,
-    );
+    let serve = Served::start_with_env(dir.path(), &[], &env);
     wait_for("serve lists its node", WAIT, || {
         node_urls(&cluster_view(&serve.url)).len() == 1
     });
@@ -227,16 +218,7 @@ fn serve_gives_strangers_no_cluster_route() {
 fn serve_with_a_cluster_secret_checks_it() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("SLUICE_CLUSTER_SECRET", SECRET), ("SLUICE_API_TOKEN", "t")];
-    let serve = Served::spawn(
-        &[
-            "serve",
-            "--data",
-            dir.path().to_str().unwrap(),
-            "--http",
-            "127.0.0.1:0",
-        ],
-        &env,
-    );
+    let serve = Served::start_with_env(dir.path(), &[], &env);
     let attacker = "http://127.0.0.1:9";
     let beat = heartbeat("evil", attacker);
     let url = format!("{}/v1/cluster/heartbeat", serve.url);
@@ -529,20 +511,11 @@ fn the_api_token_never_reaches_a_node_a_tracker_chose() {
     for extra in [&[][..], &["--progressive", "--q", "0.5"][..]] {
         let mut args = vec!["upload", file, "--tracker", &tracker.url];
         args.extend_from_slice(extra);
-        let out = std::process::Command::new(BIN)
-            .args(&args)
-            .env("SLUICE_API_TOKEN", TOKEN)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::sluice_env_ok(&args, &[("SLUICE_API_TOKEN", TOKEN)]);
     }
     // curl following the tracker's redirect, without being told to trust the new host.
     let bearer = format!("Authorization: Bearer {TOKEN}");
-    let out = curl(&[
+    curl_ok(&[
         "-sS",
         "-f",
         "-L",
@@ -555,11 +528,6 @@ fn the_api_token_never_reaches_a_node_a_tracker_chose() {
         "hello",
         &format!("{}/v1/files", tracker.url),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let seen = String::from_utf8_lossy(&proxy.seen.lock().unwrap()).to_lowercase();
     assert!(
         seen.contains("sig="),

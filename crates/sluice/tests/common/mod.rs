@@ -24,6 +24,11 @@ pub struct Served {
 impl Served {
     /// `sluice serve` on DATA, listening on an ephemeral port.
     pub fn start(data: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data, extra, &[])
+    }
+
+    /// `sluice serve` on DATA with ENV set (secrets, say).
+    pub fn start_with_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut args = vec![
             "serve",
             "--data",
@@ -32,7 +37,7 @@ impl Served {
             "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
-        Self::spawn(&args, &[])
+        Self::spawn(&args, env)
     }
 
     /// `sluice tracker` on DATA, listening on an ephemeral port; EXTRA flags follow.
@@ -174,6 +179,36 @@ pub fn curl(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("curl is installed (scripts/test.sh installs it)")
+}
+
+/// Runs curl, asserts it succeeded, and returns what it printed.
+pub fn curl_ok(args: &[&str]) -> Vec<u8> {
+    let out = curl(args);
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Runs the CLI with ENV set, asserts it succeeded, and returns its stdout, trimmed.
+pub fn sluice_env_ok(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sluice");
+    assert!(
+        out.status.success(),
+        "sluice {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8 output")
+        .trim()
+        .to_owned()
 }
 
 /// Runs the CLI, asserts it succeeded, and returns its stdout.
