@@ -223,6 +223,26 @@ impl BlobStore {
         Err(BlobError::Corrupt { key, block: 0 })
     }
 
+    /// The SHA-256 of a blob's stored bytes, read through (and so verified by) its checksums.
+    pub async fn sha256_of(&self, key: BlobKey) -> Result<[u8; SHA256_LEN], BlobError> {
+        use sha2::Digest;
+        let reader = self.open_reader(key)?.ok_or(BlobError::Deleted)?;
+        let size = reader.meta().size;
+        let mut hasher = sha2::Sha256::new();
+        let mut at = 0;
+        while at < size {
+            let chunk = reader.read_chunk(at, size, CHUNK_BYTES).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            for part in chunk {
+                at += part.len() as u64;
+                hasher.update(&part);
+            }
+        }
+        Ok(hasher.finalize().into())
+    }
+
     /// Deletes a blob; `false` if there was none. The index entry goes first, so a crash
     /// between the two steps leaves an orphan file for the sweep, never a dangling entry.
     pub async fn delete(&self, key: BlobKey) -> Result<bool, BlobError> {

@@ -80,11 +80,19 @@ impl BlobWriter {
         self.expected = Some(digest);
     }
 
-    /// Lets this write replace a complete copy of the key whose recorded SHA-256 the bytes
-    /// match (a damaged copy repaired from a peer). Without it, a second write of a complete
-    /// key changes nothing: the same bytes are a no-op, different ones a conflict.
+    /// Makes this write a repair: it replaces the complete copy of the key it finds (a
+    /// damaged one) if its bytes match that copy's recorded SHA-256 (for a record from before
+    /// digests were kept, its length), and is refused otherwise. Without it, a second write of
+    /// a complete key changes nothing: the same bytes are a no-op, different ones a conflict.
+    /// Call it before writing: the bytes are laid out in the block size of the copy they
+    /// replace, which its record names.
     pub fn allow_repair(&mut self) {
         self.repair = true;
+        if self.received == 0 {
+            if let Ok(Some(current)) = self.store.stat(self.key) {
+                self.layout = BlockLayout::new(current.block_size);
+            }
+        }
     }
 
     /// SHA-256 of the bytes received so far.
@@ -198,6 +206,13 @@ impl BlobWriter {
             match decide(&meta, current.as_ref(), self.repair) {
                 Step::Keep(current) => Ok(current),
                 Step::Refuse => Err(BlobError::Conflict),
+                Step::CompareWithStored(current) => {
+                    // The record predates digests: compare with the bytes it names.
+                    match store.sha256_of(key).await {
+                        Ok(digest) if Some(digest) == meta.sha256 => Ok(current),
+                        _ => Err(BlobError::Conflict),
+                    }
+                }
                 Step::RepairInPlace(current) => {
                     self.place(store.data_path(&key, &current)).await?;
                     store.hot().remove(&key);
@@ -256,6 +271,8 @@ enum Step {
     /// Leave everything as it is: the index's version stands (the same file again, or a newer
     /// version than this one).
     Keep(BlobMeta),
+    /// The complete file's record has no digest: keep it if its stored bytes are these.
+    CompareWithStored(BlobMeta),
     /// A complete file under this key has other bytes: refuse.
     Refuse,
 }
@@ -267,17 +284,23 @@ fn decide(new: &BlobMeta, current: Option<&BlobMeta>, repair: bool) -> Step {
     if supersedes(new, old) {
         return Step::Adopt;
     }
-    if !(old.state.is_complete() && new.state.is_complete()) {
+    if !old.state.is_complete() {
+        // A shorter or equal prefix of a file still arriving: the longer one stands.
         return Step::Keep(old.clone());
     }
-    match old.sha256 {
-        Some(recorded) if Some(recorded) == new.sha256 && repair => {
-            Step::RepairInPlace(old.clone())
-        }
-        Some(recorded) if Some(recorded) == new.sha256 => Step::Keep(old.clone()),
-        // A record from before digests were kept: a repair is trusted as before.
-        None if repair => Step::RepairInPlace(old.clone()),
-        _ => Step::Refuse,
+    // The key holds a complete file: nothing but its very bytes may be written again.
+    let complete = new.state.is_complete();
+    let same_digest = old.sha256.map(|d| complete && new.sha256 == Some(d));
+    match (repair, same_digest) {
+        (true, Some(true)) => Step::RepairInPlace(old.clone()),
+        // A record from before digests were kept: a peer's copy of its length is trusted.
+        (true, None) if complete && new.size == old.size => Step::RepairInPlace(old.clone()),
+        (true, _) => Step::Refuse,
+        (false, Some(true)) => Step::Keep(old.clone()),
+        (false, None) if complete && new.size == old.size => Step::CompareWithStored(old.clone()),
+        // A late prefix of a file now whole changes nothing, and is no error.
+        (false, _) if !complete => Step::Keep(old.clone()),
+        (false, _) => Step::Refuse,
     }
 }
 
@@ -411,19 +434,120 @@ mod tests {
             "a repair must match"
         );
         assert_eq!(decide(&a, Some(&a), true), Step::RepairInPlace(a.clone()));
-        assert_eq!(decide(&a, Some(&legacy), false), Step::Refuse);
+        assert_eq!(
+            decide(&a, Some(&legacy), false),
+            Step::CompareWithStored(legacy.clone())
+        );
         assert_eq!(
             decide(&a, Some(&legacy), true),
             Step::RepairInPlace(legacy.clone())
         );
+        let longer = meta(BlobState::Complete, 6, Some([1; 32]));
+        assert_eq!(decide(&longer, Some(&legacy), false), Step::Refuse);
+        assert_eq!(decide(&longer, Some(&legacy), true), Step::Refuse);
         // Incomplete versions never replace a complete one, and grow only.
         let part = meta(BlobState::Partial { total: 9 }, 3, Some([3; 32]));
         assert_eq!(decide(&part, Some(&a), false), Step::Keep(a.clone()));
+        assert_eq!(
+            decide(&part, Some(&a), true),
+            Step::Refuse,
+            "a repair that brings less than the file repairs nothing"
+        );
         assert_eq!(decide(&a, Some(&part), false), Step::Adopt);
         let shorter = meta(BlobState::Partial { total: 9 }, 2, Some([4; 32]));
         assert_eq!(
             decide(&shorter, Some(&part), false),
             Step::Keep(part.clone())
         );
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use crate::{BlobError, BlobStore, BlobStoreOptions};
+    use bytes::Bytes;
+
+    fn options(block_size: u32) -> BlobStoreOptions {
+        BlobStoreOptions {
+            block_size,
+            ..BlobStoreOptions::default()
+        }
+    }
+
+    async fn write(
+        store: &BlobStore,
+        key: sluice_proto::BlobKey,
+        data: &[u8],
+        repair: bool,
+    ) -> Result<crate::BlobMeta, BlobError> {
+        let mut w = store.writer(key, "a/b".into(), u64::MAX);
+        if repair {
+            w.allow_repair();
+        }
+        w.write(Bytes::copy_from_slice(data)).await?;
+        w.commit().await
+    }
+
+    async fn read(store: &BlobStore, key: sluice_proto::BlobKey) -> Result<Vec<u8>, BlobError> {
+        let r = store.open_reader(key)?.ok_or(BlobError::Deleted)?;
+        let size = r.meta().size;
+        Ok(r.read_chunk(0, size, u64::MAX).await?.concat())
+    }
+
+    #[tokio::test]
+    async fn a_record_without_a_digest_takes_only_its_own_bytes_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), options(4096)).unwrap();
+        let key = store.new_key().unwrap();
+        let data = vec![5u8; 10_000];
+        let mut meta = write(&store, key, &data, false).await.unwrap();
+        // Rewrite its record as the first release wrote it: no digest.
+        meta.sha256 = None;
+        {
+            let txn = store.index().db.begin_write().unwrap();
+            {
+                let mut blobs = txn.open_table(crate::index::BLOBS).unwrap();
+                blobs
+                    .insert(key.as_bytes().as_slice(), meta.encode().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        assert_eq!(store.stat(key).unwrap().unwrap().sha256, None);
+        assert_eq!(write(&store, key, &data, false).await.unwrap(), meta);
+        let mut other = data.clone();
+        other[7] = 6;
+        assert!(matches!(
+            write(&store, key, &other, false).await,
+            Err(BlobError::Conflict)
+        ));
+        assert!(matches!(
+            write(&store, key, &data[..9000], true).await,
+            Err(BlobError::Conflict)
+        ));
+        assert_eq!(read(&store, key).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_repair_keeps_the_block_size_its_record_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let key;
+        {
+            let store = BlobStore::open(dir.path(), options(64 << 10)).unwrap();
+            key = store.new_key().unwrap();
+            write(&store, key, &data, false).await.unwrap();
+            store.close().await;
+        }
+        // The node now writes 4 KiB blocks; its old file is damaged and repaired.
+        let store = BlobStore::open(dir.path(), options(4096)).unwrap();
+        let path = crate::data_file_paths(dir.path()).unwrap().remove(0);
+        let mut raw = std::fs::read(&path).unwrap();
+        raw[1000] ^= 0xff;
+        std::fs::write(&path, raw).unwrap();
+        assert!(read(&store, key).await.is_err());
+        let repaired = write(&store, key, &data, true).await.unwrap();
+        assert_eq!(repaired.block_size, 64 << 10);
+        assert_eq!(read(&store, key).await.unwrap(), data);
     }
 }

@@ -68,6 +68,9 @@ fn one() -> u32 {
 pub struct NodeIdentity {
     pub node_id: String,
     pub group: String,
+    /// Random for each run of the server: two URLs that answer with the same instance are
+    /// one server under two names; the same node id with two instances is two servers.
+    pub instance: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -155,6 +155,7 @@ pub(crate) async fn identity(
     Ok(axum::Json(sluice_proto::cluster::NodeIdentity {
         node_id,
         group: state.config().group.to_string(),
+        instance: state.instance().to_owned(),
     })
     .into_response())
 }

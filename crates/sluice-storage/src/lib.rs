@@ -79,6 +79,8 @@ struct Inner {
     counters: NodeCounters,
     uploads: progressive::Uploads,
     events: events::Events,
+    /// Random for this run of the node (see `NodeIdentity::instance`).
+    instance: String,
 }
 
 /// What the node counts besides HTTP traffic.
@@ -106,6 +108,8 @@ impl StorageState {
     ) -> std::io::Result<Self> {
         let uploads = progressive::Uploads::open(&store, &config.progressive)?;
         let events = events::Events::new(config.webhook.clone());
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -115,6 +119,7 @@ impl StorageState {
                 counters: NodeCounters::default(),
                 uploads,
                 events,
+                instance: nonce.iter().map(|b| format!("{b:02x}")).collect(),
             }),
         })
     }
@@ -141,6 +146,11 @@ impl StorageState {
 
     pub fn replication(&self) -> Option<&Arc<replication::Replication>> {
         self.inner.replication.as_ref()
+    }
+
+    /// Random for this run of the node.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
     }
 
     pub fn counters(&self) -> &NodeCounters {

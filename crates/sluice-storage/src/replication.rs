@@ -82,6 +82,10 @@ pub enum ReplicaSource {
 pub enum ReplicationError {
     #[error("only {have} of the {need} copies required are possible or were made")]
     TooFewCopies { have: usize, need: usize },
+    #[error(
+        "this node has not joined its cluster yet (no tracker has accepted its heartbeat), so it cannot know its peers"
+    )]
+    NotJoined,
     #[error(transparent)]
     Blob(#[from] BlobError),
 }
@@ -234,8 +238,13 @@ impl Replication {
     }
 
     /// Refuses early when the group cannot reach `min_copies` even if every active peer
-    /// answers, so nothing is stored for an upload that would be refused anyway.
+    /// answers, so nothing is stored for an upload that would be refused anyway; and before
+    /// any tracker has accepted this node, since until then it cannot know whom the write rule
+    /// names (a node refused for taking another's id must not acknowledge uploads alone).
     pub fn check_possible(&self) -> Result<(), ReplicationError> {
+        if !self.peers_known.load(Ordering::Relaxed) {
+            return Err(ReplicationError::NotJoined);
+        }
         let have = 1 + self.targets().len();
         if have < self.config.min_copies {
             return Err(ReplicationError::TooFewCopies {

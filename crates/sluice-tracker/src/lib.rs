@@ -234,15 +234,16 @@ async fn heartbeat(
 
 /// Before the tracker sends anyone to a node at a URL it has not known that node at (a new
 /// node, or one that moved), it asks that URL who it is; for a move it also asks the old URL,
-/// and refuses while the node still answers there. So a mistyped `--advertise` or a copied
-/// data directory (two servers, one node id) cannot take another node's place.
+/// and refuses while another server still answers there as that node (the same server under
+/// another name is a move). So a mistyped `--advertise` or a copied data directory (two
+/// servers, one node id) cannot take another node's place.
 async fn confirm_identity(state: &TrackerState, hb: &Heartbeat) -> Result<(), String> {
     let known = state.registry().url_of(&hb.node_id);
     if known.as_deref() == Some(hb.url.as_str()) {
         return Ok(());
     }
-    match ask_identity(state, &hb.url).await {
-        Some(id) if id.node_id == hb.node_id && id.group == hb.group => {}
+    let here = match ask_identity(state, &hb.url).await {
+        Some(id) if id.node_id == hb.node_id && id.group == hb.group => id,
         Some(id) => {
             return Err(format!(
                 "{} answers as node {} of group {}, not as node {} of group {}",
@@ -255,11 +256,11 @@ async fn confirm_identity(state: &TrackerState, hb: &Heartbeat) -> Result<(), St
                 hb.url
             ));
         }
-    }
+    };
     if let Some(old) = known {
         if ask_identity(state, &old)
             .await
-            .is_some_and(|id| id.node_id == hb.node_id)
+            .is_some_and(|id| id.node_id == hb.node_id && id.instance != here.instance)
         {
             return Err(format!(
                 "node {} still answers at {old}: two servers share one node id (a copied data directory?)",

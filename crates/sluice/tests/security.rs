@@ -281,6 +281,18 @@ fn a_copied_data_directory_or_a_wrong_advertise_cannot_take_a_nodes_place() {
     let view = cluster_view(&tracker.url);
     assert_eq!(node_urls(&view), vec![a.url.clone()], "a keeps its place");
     assert_eq!(view["groups"][0]["nodes"][0]["state"], "active");
+    // Refused by its cluster, neither acknowledges uploads on its own (it cannot know whom
+    // the write rule names).
+    for refused in [&clone, &wrong] {
+        let (code, body) = request(
+            "POST",
+            &format!("{}/v1/files", refused.url),
+            &[],
+            Some(b"x"),
+        );
+        assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+        assert!(String::from_utf8_lossy(&body).contains("not joined"));
+    }
     drop(wrong);
     // Once a is gone for real, the copy may take over its id (a node that moved).
     let mut a = a;
@@ -289,7 +301,34 @@ fn a_copied_data_directory_or_a_wrong_advertise_cannot_take_a_nodes_place() {
     wait_for("the copy to take over", WAIT, || {
         node_urls(&cluster_view(&tracker.url)) == vec![clone.url.clone()]
     });
+    // The same server under another name for the same address is a move too: its old name
+    // still answers, but as the very same run of the server.
     clone.child.kill().unwrap();
+    clone.child.wait().unwrap();
+    let port = clone.url.rsplit(':').next().unwrap().to_owned();
+    let renamed = format!("http://localhost:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let _same = Served::spawn(
+        &[
+            "storage",
+            "--group",
+            "g1",
+            "--tracker",
+            &tracker.url,
+            "--http",
+            &listen,
+            "--advertise",
+            &renamed,
+            "--data",
+            dirs[2].path().to_str().unwrap(),
+            "--heartbeat-interval-ms",
+            "100",
+        ],
+        &env,
+    );
+    wait_for("the renamed node to be taken", WAIT, || {
+        node_urls(&cluster_view(&tracker.url)) == vec![renamed.clone()]
+    });
 }
 
 #[test]
