@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use sluice_proto::signature::{SignatureError, verify_download, verify_upload};
+use sluice_proto::signature::{SignatureError, UploadGrant, verify_download, verify_upload};
 use sluice_proto::{ErrorBody, SecretSet};
 
 /// The secrets a role checks requests against.
@@ -85,13 +85,15 @@ impl AccessPolicy {
         }
     }
 
-    /// Checks a write; `Ok(Some(max))` when a signed link allows at most `max` bytes.
+    /// Checks a write; `Ok(Some(grant))` when it came with a signed link (which allows at most
+    /// `grant.max_size` bytes, until `grant.expires`), `Ok(None)` with the token or when
+    /// writes are open.
     pub fn check_write(
         &self,
         method: &str,
         uri: &Uri,
         headers: &HeaderMap,
-    ) -> Result<Option<u64>, AccessDenied> {
+    ) -> Result<Option<UploadGrant>, AccessDenied> {
         let Some(tokens) = &self.api_tokens else {
             return Ok(None);
         };
@@ -103,7 +105,7 @@ impl AccessPolicy {
             };
         }
         match verify_upload(tokens, method, uri.path(), uri.query(), now_unix()) {
-            Ok(max) => Ok(Some(max)),
+            Ok(grant) => Ok(Some(grant)),
             Err(SignatureError::Missing) => Err(AccessDenied::NoToken(
                 "writes need Authorization: Bearer TOKEN or a signed upload link".into(),
             )),

@@ -19,14 +19,12 @@ pub enum ActiveContent {
     Inline,
 }
 
-/// Whether a browser would run a file of this type as a page or a script.
+/// Whether a browser would run a file of this type as a page or a script; also any type that
+/// is not well formed (a browser might make a page of it).
 pub fn is_active_type(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let Some(essence) = sluice_proto::api::media_type(content_type) else {
+        return true;
+    };
     matches!(
         essence.as_str(),
         "text/html"
@@ -43,7 +41,6 @@ pub fn is_active_type(content_type: &str) -> bool {
             | "application/ecmascript"
             | "application/x-shockwave-flash"
     ) || essence.ends_with("+xml")
-        || essence.is_empty()
 }
 
 /// The headers every file response carries, for a file of `content_type`.
@@ -101,6 +98,8 @@ mod tests {
             "application/javascript",
             "text/javascript;charset=x",
             "",
+            "text/html x",
+            "text/plain,text/html",
         ] {
             assert!(is_active_type(active), "{active}");
         }

@@ -3,13 +3,15 @@
 //! `axum::serve` has no connection limit and no header timeout (a slow client could hold any
 //! number of connections forever), so roles serve their routers through [`serve`] instead:
 //! at most `max_connections` at once (further ones wait in the kernel's accept queue, as with
-//! nginx's `worker_connections`), TCP_NODELAY, a deadline for request heads, and a graceful
-//! shutdown that stops accepting and waits for connections to finish their requests.
+//! nginx's `worker_connections`), TCP_NODELAY, a deadline for request heads, a send timeout
+//! for clients that stop reading, and a graceful shutdown that stops accepting and waits for
+//! connections to finish their requests.
 
 pub mod access;
 pub mod cluster;
 pub mod content;
 pub mod cors;
+mod deadline;
 pub mod errors;
 pub mod metrics;
 
@@ -38,6 +40,9 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Time a client has to send a complete request head (slowloris defence).
     pub header_read_timeout: Duration,
+    /// Time a client may take no bytes of a response that waits for it before its
+    /// connection is closed (a client that asks and never reads holds nothing for long).
+    pub send_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -45,6 +50,7 @@ impl Default for HttpLimits {
         Self {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -93,7 +99,10 @@ pub async fn serve(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            .serve_connection(
+                TokioIo::new(deadline::SendDeadline::new(stream, limits.send_timeout)),
+                TowerToHyperService::new(service),
+            );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -192,6 +201,39 @@ mod tests {
         // The server closes the connection (possibly after a 408) instead of waiting forever.
         let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
         assert!(closed.is_ok(), "slow client kept its connection");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_reads_is_cut_off_and_frees_its_place() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let big = axum::body::Bytes::from(vec![7u8; 64 << 20]);
+        let router = Router::new()
+            .route("/big", get(move || async move { big.clone() }))
+            .route("/", get(|| async { "hi" }));
+        let limits = HttpLimits {
+            max_connections: 1,
+            send_timeout: Duration::from_millis(300),
+            ..HttpLimits::default()
+        };
+        tokio::spawn(serve(listener, router, limits, std::future::pending()));
+        let mut stalled = TcpStream::connect(&addr).await.unwrap();
+        stalled
+            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // It holds the only place until its send timeout passes; then the next client is
+        // served, and the stalled one finds its connection closed with the body cut short.
+        let answer = tokio::time::timeout(Duration::from_secs(10), get_root(&addr))
+            .await
+            .expect("served once the stalled client was cut off");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut got)).await;
+        assert!(
+            got.len() < 64 << 20,
+            "the whole body went to a client that was not reading"
+        );
     }
 
     #[tokio::test]

@@ -260,8 +260,12 @@ impl Channel {
                 s.gop_bytes += size;
                 s.gop.push_back(frame.clone());
             } else if s.video_codec.is_none() {
-                // Audio-only streams have no keyframes: keep a bounded tail instead.
-                if let Some(dropped) = s.gop.pop_front() {
+                // Audio-only streams have no keyframes: keep a tail within the limit instead
+                // (as many old frames go as the new one needs, whatever their sizes).
+                while s.gop_bytes + size > self.limits.gop_cache {
+                    let Some(dropped) = s.gop.pop_front() else {
+                        break;
+                    };
                     s.gop_bytes -= dropped.payload.len();
                 }
                 s.gop_bytes += size;
@@ -588,6 +592,37 @@ mod tests {
         );
         hub.stop(&ch);
         assert!(hub.get("live", "cam").is_none());
+    }
+
+    #[test]
+    fn an_audio_only_stream_keeps_a_tail_within_the_limit_whatever_its_frame_sizes() {
+        let limits = StreamLimits {
+            gop_cache: 10_000,
+            ..StreamLimits::default()
+        };
+        let ch = Hub::default()
+            .start("live", "radio", Duration::ZERO, limits)
+            .unwrap();
+        ch.publish(
+            FrameKind::Audio,
+            0,
+            Bytes::from_static(&[0xAF, 0, 0x12, 0x10]),
+            false,
+        );
+        // Many tiny frames, then large ones: each large one must push out many tiny ones.
+        for ts in 0..5000 {
+            ch.publish(
+                FrameKind::Audio,
+                ts,
+                Bytes::from(vec![0xAF, 1, 0, 0]),
+                false,
+            );
+        }
+        for ts in 5000..5100 {
+            ch.publish(FrameKind::Audio, ts, Bytes::from(vec![0xAF; 3000]), false);
+        }
+        let held: usize = ch.follow().start.iter().map(|f| f.payload.len()).sum();
+        assert!(held <= 10_000 + 4, "the audio tail holds {held} bytes");
     }
 
     #[test]

@@ -178,14 +178,7 @@ pub fn routes(state: LiveState) -> Router {
     let cors = Arc::new(state.config().cors.clone());
     Router::new()
         .route("/live/{app}/{file}", get(flv_http::play))
-        .route(
-            "/v1/live/recordings",
-            get(
-                |axum::extract::State(s): axum::extract::State<LiveState>| async move {
-                    axum::Json(s.recordings().map(|r| r.list()).unwrap_or_default())
-                },
-            ),
-        )
+        .route("/v1/live/recordings", get(recordings))
         .route(
             "/v1/live/streams",
             get(
@@ -199,6 +192,19 @@ pub fn routes(state: LiveState) -> Router {
             sluice_http::cors::cors,
         ))
         .with_state(state)
+}
+
+/// `GET /v1/live/recordings`. Each names a file id, which is a read credential where links
+/// are not signed: with API tokens in use, the list needs one (as `/v1/events` does).
+async fn recordings(
+    axum::extract::State(state): axum::extract::State<LiveState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(denied) = state.config().access.check_bearer(&headers) {
+        return denied.into_response();
+    }
+    axum::Json(state.recordings().map(|r| r.list()).unwrap_or_default()).into_response()
 }
 
 /// Accepts RTMP connections on `listener` until `shutdown` resolves.

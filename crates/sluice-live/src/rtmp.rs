@@ -331,7 +331,7 @@ impl Connection {
                             );
                         }
                         self.session.accept_publish(stream_id, &stream);
-                        self.publishing.insert(
+                        let replaced = self.publishing.insert(
                             stream_id,
                             Published {
                                 channel,
@@ -339,6 +339,11 @@ impl Connection {
                                 last_video: None,
                             },
                         );
+                        // The session allows one publish per stream id; should another ever
+                        // get here, the stream it replaces still ends and frees its name.
+                        if let Some(old) = replaced {
+                            self.state.hub().stop(&old.channel);
+                        }
                         self.rate.window_start = Instant::now();
                         self.rate.bytes = 0;
                     }

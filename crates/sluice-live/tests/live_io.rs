@@ -519,6 +519,12 @@ async fn a_play_link_never_opens_a_publish() {
     }
     let (_publisher, code) = try_publish(&server, &publish_link).await;
     assert_eq!(code, "NetStream.Publish.Start");
+    // The recordings list names file ids: token holders only.
+    let recordings = format!("{}/v1/live/recordings", server.http);
+    let c = reqwest::Client::new();
+    assert_eq!(c.get(&recordings).send().await.unwrap().status(), 401);
+    let with_token = c.get(&recordings).bearer_auth("api-token").send();
+    assert_eq!(with_token.await.unwrap().status(), 200);
     let mut player = Client::connect(&server.rtmp, "live").await;
     player.command("play", &play_link).await;
     let got = player.read_until(|m| status(m).is_some()).await;
@@ -589,7 +595,29 @@ async fn a_second_publish_on_one_stream_id_is_refused_and_names_are_freed() {
         Some("NetStream.Publish.BadName")
     );
     assert_eq!(live_streams(&state), vec!["first"]);
-    // The publisher goes (its socket closed): both names are free at once.
+    // Nor may it play there (a play would hide the publish from closeStream).
+    publisher.command("play", "first").await;
+    let got = publisher.read_until(|m| status(m).is_some()).await;
+    assert_eq!(
+        got.last().and_then(status).as_deref(),
+        Some("NetStream.Play.Failed")
+    );
+    // closeStream ends the publish and frees the name; the stream id may publish again.
+    publisher
+        .send(Message::command(
+            1,
+            &[Amf0::string("closeStream"), Amf0::Number(0.0), Amf0::Null],
+        ))
+        .await;
+    wait_until_free(&state).await;
+    publisher.command("publish", "again").await;
+    let got = publisher.read_until(|m| status(m).is_some()).await;
+    assert_eq!(
+        got.last().and_then(status).as_deref(),
+        Some("NetStream.Publish.Start")
+    );
+    assert_eq!(live_streams(&state), vec!["again"]);
+    // The publisher goes (its socket closed): its name is free at once.
     drop(publisher);
     wait_until_free(&state).await;
     let (_again, code) = try_publish(&server, "first").await;

@@ -187,14 +187,23 @@ fn verify_expiring(
     Ok(())
 }
 
-/// Checks a signed upload link; returns the maximum size it allows.
+/// What a valid signed upload link allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadGrant {
+    /// The largest body it allows.
+    pub max_size: u64,
+    /// When it stops being valid (Unix seconds): a link made from it must not outlive it.
+    pub expires: u64,
+}
+
+/// Checks a signed upload link; returns what it allows.
 pub fn verify_upload(
     tokens: &SecretSet,
     method: &str,
     path: &str,
     query: Option<&str>,
     now: u64,
-) -> Result<u64, SignatureError> {
+) -> Result<UploadGrant, SignatureError> {
     let params = SignedParams::parse(query)?;
     let (Some(expires), Some(max_size), Some(sig)) =
         (params.expires, params.max_size, params.sig.as_deref())
@@ -209,7 +218,7 @@ pub fn verify_upload(
     if now > expires {
         return Err(SignatureError::Expired);
     }
-    Ok(max_size)
+    Ok(UploadGrant { max_size, expires })
 }
 
 #[cfg(test)]
@@ -306,7 +315,10 @@ mod tests {
         let q = link.split_once('?').unwrap().1;
         assert_eq!(
             verify_upload(&t, "POST", "/v1/files", Some(q), 1000),
-            Ok(5000)
+            Ok(UploadGrant {
+                max_size: 5000,
+                expires: 2000
+            })
         );
         assert_eq!(
             verify_upload(&t, "PATCH", "/v1/files", Some(q), 1000),

@@ -6,6 +6,9 @@ use std::fmt;
 
 /// Deepest nesting of objects and arrays accepted.
 pub const MAX_DEPTH: usize = 32;
+/// Values one message may hold. A value takes as little as one byte on the wire but tens in
+/// memory: without a count limit a 4 MiB message of NULLs would decode into ~128 MiB.
+pub const MAX_VALUES: usize = 1 << 16;
 
 #[derive(Clone, PartialEq)]
 pub enum Amf0 {
@@ -82,6 +85,8 @@ pub enum AmfError {
     NotUtf8,
     #[error("AMF0 values nested deeper than {MAX_DEPTH}")]
     TooDeep,
+    #[error("more than {MAX_VALUES} AMF0 values in one message")]
+    TooMany,
 }
 
 const NUMBER: u8 = 0x00;
@@ -99,8 +104,9 @@ const LONG_STRING: u8 = 0x0C;
 /// Reads values one after another until the input ends.
 pub fn decode_all(mut input: &[u8]) -> Result<Vec<Amf0>, AmfError> {
     let mut out = Vec::new();
+    let mut budget = MAX_VALUES;
     while !input.is_empty() {
-        out.push(decode(&mut input, 0)?);
+        out.push(decode(&mut input, 0, &mut budget)?);
     }
     Ok(out)
 }
@@ -129,7 +135,11 @@ fn utf8(input: &mut &[u8], len: usize) -> Result<String, AmfError> {
 }
 
 /// Key-value pairs up to the object-end marker (an empty key followed by 0x09).
-fn properties(input: &mut &[u8], depth: usize) -> Result<Vec<(String, Amf0)>, AmfError> {
+fn properties(
+    input: &mut &[u8],
+    depth: usize,
+    budget: &mut usize,
+) -> Result<Vec<(String, Amf0)>, AmfError> {
     let mut out = Vec::new();
     loop {
         let len = usize::from(u16_be(input)?);
@@ -138,14 +148,15 @@ fn properties(input: &mut &[u8], depth: usize) -> Result<Vec<(String, Amf0)>, Am
             return Ok(out);
         }
         let key = utf8(input, len)?;
-        out.push((key, decode(input, depth + 1)?));
+        out.push((key, decode(input, depth + 1, budget)?));
     }
 }
 
-fn decode(input: &mut &[u8], depth: usize) -> Result<Amf0, AmfError> {
+fn decode(input: &mut &[u8], depth: usize, budget: &mut usize) -> Result<Amf0, AmfError> {
     if depth > MAX_DEPTH {
         return Err(AmfError::TooDeep);
     }
+    *budget = budget.checked_sub(1).ok_or(AmfError::TooMany)?;
     let marker = take(input, 1)?[0];
     Ok(match marker {
         NUMBER => Amf0::Number(f64::from_be_bytes(
@@ -162,13 +173,13 @@ fn decode(input: &mut &[u8], depth: usize) -> Result<Amf0, AmfError> {
             let len = u32_be(input)? as usize;
             Amf0::String(utf8(input, len)?)
         }
-        OBJECT => Amf0::Object(properties(input, depth)?),
+        OBJECT => Amf0::Object(properties(input, depth, budget)?),
         NULL => Amf0::Null,
         UNDEFINED => Amf0::Undefined,
         ECMA_ARRAY => {
             // The count is a hint some encoders get wrong; the end marker is what counts.
             u32_be(input)?;
-            Amf0::EcmaArray(properties(input, depth)?)
+            Amf0::EcmaArray(properties(input, depth, budget)?)
         }
         STRICT_ARRAY => {
             let count = u32_be(input)? as usize;
@@ -176,9 +187,9 @@ fn decode(input: &mut &[u8], depth: usize) -> Result<Amf0, AmfError> {
             if count > input.len() {
                 return Err(AmfError::Truncated);
             }
-            let mut items = Vec::with_capacity(count);
+            let mut items = Vec::with_capacity(count.min(*budget));
             for _ in 0..count {
-                items.push(decode(input, depth + 1)?);
+                items.push(decode(input, depth + 1, budget)?);
             }
             Amf0::StrictArray(items)
         }
@@ -305,6 +316,14 @@ mod tests {
             .flatten()
             .collect();
         assert_eq!(decode_all(&deep), Err(AmfError::TooDeep));
+        // A strict array of a million NULLs: refused, not decoded into 32 MB of values.
+        let mut nulls = vec![0x0A];
+        nulls.extend_from_slice(&1_000_000u32.to_be_bytes());
+        nulls.extend(std::iter::repeat_n(0x05, 1_000_000));
+        assert_eq!(decode_all(&nulls), Err(AmfError::TooMany));
+        let many: Vec<u8> = std::iter::repeat_n(0x05, MAX_VALUES + 1).collect();
+        assert_eq!(decode_all(&many), Err(AmfError::TooMany));
+        assert_eq!(decode_all(&many[1..]).map(|v| v.len()), Ok(MAX_VALUES));
     }
 
     fn value() -> impl Strategy<Value = Amf0> {

@@ -82,6 +82,11 @@ impl ChunkDecoder {
         }
     }
 
+    /// Raises (or lowers) the longest message accepted from here on.
+    pub fn set_max_message(&mut self, max_message: u32) {
+        self.max_message = max_message;
+    }
+
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }

@@ -105,11 +105,14 @@ pub struct ServerSession {
 
 /// Streams one connection may create.
 const MAX_STREAMS: usize = 16;
+/// Longest message before the connection publishes (connect and other commands are a few
+/// KB): a connection that has proved nothing holds little, however many there are.
+pub const MAX_MESSAGE_BEFORE_PUBLISH: u32 = 64 << 10;
 
 impl ServerSession {
     pub fn new(config: SessionConfig, seed: u64) -> Self {
         Self {
-            decoder: ChunkDecoder::new(config.max_message),
+            decoder: ChunkDecoder::new(config.max_message.min(MAX_MESSAGE_BEFORE_PUBLISH)),
             config,
             handshake: Some(ServerHandshake::new(seed)),
             out: BytesMut::new(),
@@ -333,12 +336,24 @@ impl ServerSession {
             "play" => {
                 let name = first_string()
                     .ok_or_else(|| SessionError::Protocol("play without a name".into()))?;
-                if !self.streams.contains_key(&stream_id) {
-                    return Err(SessionError::Protocol(format!(
-                        "play on unknown stream {stream_id}"
-                    )));
+                match self.streams.get(&stream_id) {
+                    None => {
+                        return Err(SessionError::Protocol(format!(
+                            "play on unknown stream {stream_id}"
+                        )));
+                    }
+                    // A stream id plays or publishes, never both: playing on a publishing one
+                    // would hide its publish from every later command.
+                    Some(Role::Publishing | Role::PublishAsked) => self.on_status(
+                        stream_id,
+                        "error",
+                        "NetStream.Play.Failed",
+                        "this stream id is publishing; create another stream to play",
+                    ),
+                    Some(Role::Created | Role::Playing) => {
+                        events.push(Event::Play { stream_id, name })
+                    }
                 }
-                events.push(Event::Play { stream_id, name });
             }
             "FCUnpublish" | "deleteStream" | "closeStream" => {
                 // deleteStream names its stream in an argument; the others act on the
@@ -398,6 +413,8 @@ impl ServerSession {
 
     pub fn accept_publish(&mut self, stream_id: u32, name: &str) {
         self.streams.insert(stream_id, Role::Publishing);
+        // A publisher's frames may be as large as the config allows.
+        self.decoder.set_max_message(self.config.max_message);
         self.send(Message::user_control(UserControl::StreamBegin(stream_id)));
         self.on_status(
             stream_id,
@@ -777,6 +794,66 @@ mod tests {
         assert!(events.is_empty(), "{events:?}");
         let replies = c.read(&s.take_output());
         assert_eq!(status_codes(&replies), vec!["NetStream.Publish.BadName"]);
+        // Nor may it play: then closeStream would stop a play, not the publish.
+        c.command(
+            1,
+            &[
+                Amf0::string("play"),
+                Amf0::Number(0.0),
+                Amf0::Null,
+                Amf0::string("a"),
+            ],
+        );
+        let events = s.push(&c.out.split()).unwrap();
+        assert!(events.is_empty(), "{events:?}");
+        let replies = c.read(&s.take_output());
+        assert_eq!(status_codes(&replies), vec!["NetStream.Play.Failed"]);
+        c.command(
+            1,
+            &[Amf0::string("closeStream"), Amf0::Number(0.0), Amf0::Null],
+        );
+        let events = s.push(&c.out.split()).unwrap();
+        assert_eq!(events, vec![Event::Unpublish { stream_id: 1 }]);
+    }
+
+    #[test]
+    fn large_messages_only_once_publishing() {
+        let config = SessionConfig {
+            max_message: 1 << 20,
+            ..SessionConfig::default()
+        };
+        let big = |stream_id| Message {
+            csid: 6,
+            timestamp: 0,
+            type_id: 9,
+            stream_id,
+            payload: Bytes::from(vec![0x27; 100_000]),
+        };
+        // Before a publish, a 100 KB message is refused outright.
+        let mut s = ServerSession::new(config.clone(), 9);
+        let mut c = Client::with_stream();
+        encode(&big(1), 128, &mut c.out);
+        assert!(matches!(
+            s.push(&c.out.split()),
+            Err(SessionError::Chunk(ChunkError::MessageTooLarge(100_000, _)))
+        ));
+        // Once publishing, it is a frame like any other.
+        let mut s = ServerSession::new(config, 9);
+        let mut c = Client::with_stream();
+        c.command(
+            1,
+            &[
+                Amf0::string("publish"),
+                Amf0::Number(0.0),
+                Amf0::Null,
+                Amf0::string("cam"),
+            ],
+        );
+        s.push(&c.out.split()).unwrap();
+        s.accept_publish(1, "cam");
+        encode(&big(1), 128, &mut c.out);
+        let events = s.push(&c.out.split()).unwrap();
+        assert!(matches!(&events[..], [Event::Media(m)] if m.payload.len() == 100_000));
     }
 
     #[test]

@@ -34,7 +34,8 @@ pub(crate) async fn upload(
     let signed_max = state
         .config()
         .access
-        .check_write("POST", request.uri(), headers)?;
+        .check_write("POST", request.uri(), headers)?
+        .map(|grant| grant.max_size);
     let limit = UploadLimit::for_upload(&state, content_length(headers)?, signed_max)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)

@@ -83,7 +83,8 @@ async fn create_inner(state: &StorageState, request: Request) -> Result<Response
     let signed_max = state
         .config()
         .access
-        .check_write("POST", request.uri(), &headers)?;
+        .check_write("POST", request.uri(), &headers)?
+        .map(|grant| grant.max_size);
     if headers.contains_key("upload-defer-length") {
         return Err(ApiError::BadRequest(
             "Upload-Defer-Length is not supported: send Upload-Length".into(),

@@ -373,7 +373,13 @@ async fn assign(
         Some(mut a) => {
             if let (Some(tokens), true) = (&access.api_tokens, asked_with_token) {
                 let node = a.url.trim_end_matches("/v1/files").to_owned();
-                a.upload_url = Some(signed_upload_link(tokens, &node, "/v1/files", q.size, None));
+                a.upload_url = Some(signed_node_link(
+                    tokens,
+                    ("POST", &node, "/v1/files"),
+                    None,
+                    q.size,
+                    None,
+                ));
             }
             axum::Json(a).into_response()
         }
@@ -384,26 +390,28 @@ async fn assign(
     }
 }
 
-/// How long the upload links a tracker hands out stay valid: long enough to start the upload
-/// (a link is checked when a request begins), and for clocks a few minutes apart.
+/// How long the links a tracker hands out stay valid: long enough to start the request (a
+/// link is checked when a request begins), and for clocks a few minutes apart. Never longer
+/// than the caller's own signed link: handing one out grants nothing new.
 pub const UPLOAD_LINK_TTL: u64 = 300;
 
-/// `{node}{path}?expires&max_size&sig`, signed with the API token, then `rest` of a query.
-fn signed_upload_link(
+/// A short-lived link, signed with the API token, for `method` of `path` on `node`, for a
+/// caller who came with `grant` (a signed link of its own) or the token itself (`None`):
+/// `{node}{path}?expires&max_size&sig`, then `rest` of a query.
+fn signed_node_link(
     tokens: &sluice_proto::SecretSet,
-    node: &str,
-    path: &str,
+    (method, node, path): (&str, &str, &str),
+    grant: Option<sluice_proto::signature::UploadGrant>,
     max_size: Option<u64>,
     rest: Option<String>,
 ) -> String {
-    let expires = sluice_http::access::now_unix() + UPLOAD_LINK_TTL;
-    let signed = sluice_proto::signature::sign_upload(
-        tokens,
-        "POST",
-        path,
-        expires,
-        max_size.unwrap_or(u64::MAX),
-    );
+    let mut expires = sluice_http::access::now_unix() + UPLOAD_LINK_TTL;
+    let mut max_size = max_size.unwrap_or(u64::MAX);
+    if let Some(grant) = grant {
+        expires = expires.min(grant.expires);
+        max_size = max_size.min(grant.max_size);
+    }
+    let signed = sluice_proto::signature::sign_upload(tokens, method, path, expires, max_size);
     match rest {
         Some(rest) if !rest.is_empty() => format!("{node}{signed}&{rest}"),
         _ => format!("{node}{signed}"),
@@ -446,8 +454,8 @@ async fn redirect_upload(
     headers: HeaderMap,
 ) -> Response {
     let access = &state.inner.config.access;
-    let signed_max = match access.check_write("POST", &uri, &headers) {
-        Ok(max) => max,
+    let grant = match access.check_write("POST", &uri, &headers) {
+        Ok(grant) => grant,
         Err(denied) => return denied.into_response(),
     };
     let Some(a) = state.registry().assign() else {
@@ -470,8 +478,13 @@ async fn redirect_upload(
                 .get(length_header)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            let max = signed_max.or(declared);
-            signed_upload_link(tokens, node, path, max, without_signature(uri.query()))
+            signed_node_link(
+                tokens,
+                ("POST", node, path),
+                grant,
+                declared,
+                without_signature(uri.query()),
+            )
         }
     };
     // 307 keeps the method and body: the client re-sends its upload (or its tus creation)
@@ -529,24 +542,35 @@ async fn redirect_read(
     }
 }
 
+/// `DELETE /v1/files/{id}` on a tracker: a 307 to a node of the file's group, with a
+/// short-lived delete link for it when API tokens are in use (as for uploads).
 async fn redirect_write(
     State(state): State<TrackerState>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     Path(text): Path<String>,
 ) -> Response {
-    if let Err(denied) = state
-        .inner
-        .config
-        .access
-        .check_write("DELETE", &uri, &headers)
-    {
-        return denied.into_response();
-    }
-    match file_location(&state, &text, uri.query().map(str::to_owned)) {
-        Ok(url) => redirect(StatusCode::TEMPORARY_REDIRECT, &url),
-        Err(e) => e.into_response(),
-    }
+    let access = &state.inner.config.access;
+    let grant = match access.check_write("DELETE", &uri, &headers) {
+        Ok(grant) => grant,
+        Err(denied) => return denied.into_response(),
+    };
+    let query = match access.api_tokens {
+        Some(_) => without_signature(uri.query()),
+        None => uri.query().map(str::to_owned),
+    };
+    let url = match file_location(&state, &text, None) {
+        Ok(url) => url,
+        Err(e) => return e.into_response(),
+    };
+    let target = match &access.api_tokens {
+        None => with_query(url, query),
+        Some(tokens) => {
+            let (node, path) = url.split_at(url.find("/v1/files/").unwrap_or(url.len()));
+            signed_node_link(tokens, ("DELETE", node, path), grant, Some(0), query)
+        }
+    };
+    redirect(StatusCode::TEMPORARY_REDIRECT, &target)
 }
 
 pub(crate) fn with_query(url: String, query: Option<String>) -> String {

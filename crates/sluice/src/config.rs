@@ -32,6 +32,8 @@ pub struct ServeConfig {
     pub header_read_timeout_secs: u64,
     /// Seconds an upload body may stall before the upload is dropped (408).
     pub body_idle_timeout_secs: u64,
+    /// A client that takes no bytes of a response for this long is cut off.
+    pub send_timeout: TimeSpan,
     /// Trackers a storage node registers with (`sluice storage --tracker`).
     pub trackers: Vec<String>,
     /// The URL clients and peers should use for this node; default: the listen address.
@@ -115,6 +117,7 @@ impl Default for ServeConfig {
             max_connections: 10_000,
             header_read_timeout_secs: 30,
             body_idle_timeout_secs: 60,
+            send_timeout: TimeSpan(std::time::Duration::from_secs(60)),
             trackers: Vec::new(),
             advertise: None,
             heartbeat_interval_ms: 2000,
@@ -231,6 +234,7 @@ impl ValidServeConfig {
         sluice_storage::HttpLimits {
             max_connections: self.raw.max_connections,
             header_read_timeout: std::time::Duration::from_secs(self.raw.header_read_timeout_secs),
+            send_timeout: self.raw.send_timeout.0,
         }
     }
 }
@@ -349,6 +353,10 @@ impl ServeConfig {
         anyhow::ensure!(
             self.header_read_timeout_secs > 0 && self.body_idle_timeout_secs > 0,
             "header_read_timeout_secs and body_idle_timeout_secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.send_timeout.0 >= std::time::Duration::from_secs(1),
+            "send_timeout must be at least 1s"
         );
         anyhow::ensure!(
             self.rtmp_idle_timeout_secs >= 1 && self.hls_target_secs >= 1,

@@ -546,11 +546,17 @@ fn the_api_token_never_reaches_a_node_a_tracker_chose() {
     let file = work.path().join("voice.ogg");
     std::fs::write(&file, vec![3u8; 300_000]).unwrap();
     let file = file.to_str().unwrap();
-    // The CLI, plain and progressive (tus), through the tracker.
+    // The CLI, plain and progressive (tus), through the tracker; and a delete through it.
+    let token = [("SLUICE_API_TOKEN", TOKEN)];
     for extra in [&[][..], &["--progressive", "--q", "0.5"][..]] {
         let mut args = vec!["upload", file, "--tracker", &tracker.url];
         args.extend_from_slice(extra);
-        common::sluice_env_ok(&args, &[("SLUICE_API_TOKEN", TOKEN)]);
+        let fileid = common::sluice_env_ok(&args, &token);
+        if extra.is_empty() {
+            common::sluice_env_ok(&["delete", &fileid, "--tracker", &tracker.url], &token);
+            let (code, _) = request("GET", &format!("{}/v1/files/{fileid}", node.url), &[], None);
+            assert_eq!(code, 404, "deleted through the tracker");
+        }
     }
     // curl following the tracker's redirect, without being told to trust the new host.
     let bearer = format!("Authorization: Bearer {TOKEN}");
@@ -594,6 +600,52 @@ fn the_api_token_never_reaches_a_node_a_tracker_chose() {
         None,
     );
     assert_eq!(code, 401);
+
+    // A phone's short link, and the node link the tracker makes of it, never outlive it:
+    // presenting the node link to the tracker again gets nothing longer.
+    let phone = common::sluice_env_ok(
+        &[
+            "sign",
+            "/v1/files",
+            "--upload",
+            "--ttl",
+            "3",
+            "--max-size",
+            "1KiB",
+        ],
+        &token,
+    );
+    let param = |link: &str, name: &str| -> u64 {
+        link.split(['?', '&'])
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let expires = |link: &str| param(link, "expires");
+    let location = |link: &str| {
+        let out = curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{redirect_url}",
+            "-X",
+            "POST",
+            "--data-binary",
+            "x",
+            &format!("{}{link}", tracker.url),
+        ]);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let node_link = location(&phone);
+    assert!(expires(&node_link) <= expires(&phone), "{node_link}");
+    assert!(param(&node_link, "max_size") <= 1024, "{node_link}");
+    let again = location(&format!(
+        "/v1/files?{}",
+        node_link.split_once('?').unwrap().1
+    ));
+    assert!(expires(&again) <= expires(&phone), "{again}");
 }
 
 /// An HTML page and an SVG image that, if a browser ran them in the server's origin, would
@@ -651,6 +703,22 @@ async fn uploaded_pages_and_svgs_run_no_script_in_a_browser() {
         &dirs[1].path().join("data"),
         &["--config", inline_config.to_str().unwrap()],
     );
+    // Types a browser would read another way than the server (Chromium takes `text/html x`
+    // and `text/plain,text/html` as HTML) are refused at upload.
+    for odd in [
+        "text/html x",
+        "text/plain,text/html",
+        "application/xhtml+xml(",
+    ] {
+        let header = format!("content-type: {odd}");
+        let (code, _) = request(
+            "POST",
+            &format!("{}/v1/files", attachment.url),
+            &[&header],
+            Some(HOSTILE[0].1.as_bytes()),
+        );
+        assert_eq!(code, 400, "{odd}");
+    }
     for (content_type, body) in HOSTILE {
         // By default such files are downloads, never pages: the browser stays where it was.
         let url = upload_as(&attachment.url, content_type, body);

@@ -1,0 +1,103 @@
+//! A connection whose writes must make progress: a client that takes no bytes for the send
+//! timeout while a response waits for it is cut off (nginx's `send_timeout`). Without it, a
+//! client that asks for a large file or a live stream and never reads holds its connection
+//! slot and the response's buffers for as long as it likes.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+pub struct SendDeadline<T> {
+    io: T,
+    timeout: Duration,
+    /// Running while a write waits for the client; any progress clears it.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> SendDeadline<T> {
+    pub fn new(io: T, timeout: Duration) -> Self {
+        Self {
+            io,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    /// Turns a write that would wait into a timeout once the client has taken nothing for
+    /// `timeout`.
+    fn watch<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match result {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let sleep = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the client took nothing for {timeout:?}"),
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SendDeadline<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SendDeadline<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(cx, result)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let result = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(cx, result)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
