@@ -110,6 +110,22 @@ impl Endpoint {
         Err(last.unwrap_or(ClientError::BadUrl(String::new())))
     }
 
+    /// Signs reads with `SLUICE_URL_SECRET` (every client of this endpoint).
+    pub fn with_url_secret(self, secret: Option<sluice_proto::SecretSet>) -> Self {
+        match self {
+            Endpoint::Server(c) => Endpoint::Server(c.with_url_secret(secret)),
+            Endpoint::Trackers(t) => Endpoint::Trackers(TrackerSet {
+                trackers: Arc::new(
+                    t.trackers
+                        .iter()
+                        .map(|c| c.clone().with_url_secret(secret.clone()))
+                        .collect(),
+                ),
+                first: t.first,
+            }),
+        }
+    }
+
     /// `token`: `SLUICE_API_TOKEN`, sent on writes.
     pub fn new(
         server: Option<&str>,

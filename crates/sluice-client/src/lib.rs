@@ -72,9 +72,14 @@ pub struct Client {
     base: String,
     /// `SLUICE_API_TOKEN`, sent on writes when set.
     token: Option<String>,
+    /// `SLUICE_URL_SECRET`, which signs this client's own reads when set.
+    url_secret: Option<sluice_proto::SecretSet>,
 }
 
 const READ_CHUNK: usize = 256 * 1024;
+/// How long the links this client signs for its own reads stay valid (checked when a request
+/// begins; room for clocks a few minutes apart).
+const READ_LINK_TTL: u64 = 300;
 
 impl Client {
     pub fn new(server: &str) -> Result<Self, ClientError> {
@@ -95,6 +100,7 @@ impl Client {
             http,
             base,
             token: None,
+            url_secret: None,
         })
     }
 
@@ -115,8 +121,31 @@ impl Client {
         &self.base
     }
 
+    /// Signs this client's reads with `secret` (short-lived links made per request), for
+    /// servers that need signed links.
+    pub fn with_url_secret(mut self, secret: Option<sluice_proto::SecretSet>) -> Self {
+        self.url_secret = secret;
+        self
+    }
+
     fn file_url(&self, fileid: &str) -> String {
         format!("{}/v1/files/{fileid}", self.base)
+    }
+
+    /// The URL to read a file at: signed when this client holds the URL secret.
+    fn read_url(&self, fileid: &str) -> String {
+        let path = format!("/v1/files/{fileid}");
+        match &self.url_secret {
+            None => format!("{}{path}", self.base),
+            Some(secret) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let signed =
+                    sluice_proto::signature::sign_download(secret, &path, now + READ_LINK_TTL);
+                format!("{}{signed}", self.base)
+            }
+        }
     }
 
     /// Uploads bytes held in memory.
@@ -191,7 +220,7 @@ impl Client {
 
     /// Downloads a file into memory.
     pub async fn download_bytes(&self, fileid: &str) -> Result<Bytes, ClientError> {
-        let url = self.file_url(fileid);
+        let url = self.read_url(fileid);
         let response = check(send(self.http.get(&url), &url).await?, &url).await?;
         response.bytes().await.map_err(|e| transport(&url, e))
     }
@@ -204,7 +233,7 @@ impl Client {
         path: &Path,
         progress: impl Fn(u64, Option<u64>),
     ) -> Result<u64, ClientError> {
-        let url = self.file_url(fileid);
+        let url = self.read_url(fileid);
         let response = check(send(self.http.get(&url), &url).await?, &url).await?;
         let total = response.content_length();
         let to_stdout = path.as_os_str() == "-";
@@ -320,7 +349,7 @@ impl Client {
     }
 
     pub async fn stat(&self, fileid: &str) -> Result<FileStat, ClientError> {
-        let url = self.file_url(fileid);
+        let url = self.read_url(fileid);
         let response = send(self.http.head(&url), &url).await?;
         if !response.status().is_success() {
             let status = response.status();

@@ -42,8 +42,16 @@ pub struct Recording {
     /// Seconds.
     pub duration: f64,
     pub size: u64,
-    /// Unix seconds when the publish began.
+    /// Unix seconds when this recording (this part) began.
     pub started: u64,
+    /// Which part of its publish this is, from 1 (a publish longer than `record_max_frames`
+    /// is stored in parts, listed in order).
+    #[serde(default = "first_part")]
+    pub part: u32,
+}
+
+fn first_part() -> u32 {
+    1
 }
 
 /// The recordings list, kept in `recordings.json` (written atomically on each change).
@@ -102,6 +110,8 @@ impl Recordings {
 struct Recorder {
     /// Unix seconds when this recording began.
     started: u64,
+    /// Its part of the publish, from 1.
+    part: u32,
     spool: File,
     spool_path: PathBuf,
     written: u64,
@@ -140,6 +150,7 @@ impl Recorder {
         };
         Ok(Self {
             started,
+            part: previous.map_or(1, |p| p.part + 1),
             spool,
             spool_path,
             written: 0,
@@ -329,6 +340,17 @@ pub(crate) fn spawn(state: LiveState, channel: Arc<Channel>, config: RecordConfi
         }
     };
     let max_frames = state.config().record_max_frames.max(1);
+    // Parts are stored one after another, in order, by one task (a few may wait for it; then
+    // the recording waits, and lags rather than holds more).
+    let (parts, mut to_store) = tokio::sync::mpsc::channel::<Recorder>(4);
+    {
+        let (state, channel, config) = (state.clone(), channel.clone(), config.clone());
+        tokio::spawn(async move {
+            while let Some(part) = to_store.recv().await {
+                store(state.clone(), channel.clone(), config.clone(), part).await;
+            }
+        });
+    }
     tokio::spawn(async move {
         // After a lag (frames lost to the recording) it goes on from the next keyframe.
         let mut feed = Feed::new(channel.follow());
@@ -365,24 +387,24 @@ pub(crate) fn spawn(state: LiveState, channel: Arc<Channel>, config: RecordConfi
                         Ok(next) => next,
                         Err(e) => {
                             tracing::error!(error = %e, "cannot start the next part of a recording");
-                            store(state, channel, config, recorder).await;
+                            let _ = parts.send(recorder).await;
                             return;
                         }
                     };
                     let done = std::mem::replace(&mut recorder, next);
                     tracing::info!(app = %channel.app, stream = %channel.name, max_frames, "recording part full; storing it and going on in the next");
-                    tokio::spawn(store(state.clone(), channel.clone(), config.clone(), done));
+                    let _ = parts.send(done).await;
                 }
             }
         }
         drop(feed);
-        store(state, channel, config, recorder).await;
+        let _ = parts.send(recorder).await;
     });
 }
 
 /// Finishes a recording into an MP4 and stores it; one that cannot be stored stays on disk.
 async fn store(state: LiveState, channel: Arc<Channel>, config: RecordConfig, recorder: Recorder) {
-    let started = recorder.started;
+    let (started, part) = (recorder.started, recorder.part);
     let finished = tokio::task::spawn_blocking(move || recorder.finish()).await;
     let (path, duration_ms) = match finished {
         Ok(Ok(Some(done))) => done,
@@ -404,6 +426,7 @@ async fn store(state: LiveState, channel: Arc<Channel>, config: RecordConfig, re
                 duration: duration_ms as f64 / 1000.0,
                 size,
                 started,
+                part,
             };
             // The list is saved to disk: off the async threads.
             let _ = tokio::task::spawn_blocking(move || {

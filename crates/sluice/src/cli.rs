@@ -18,7 +18,7 @@ pub enum Command {
     /// Run a single-node Sluice: storage, the HTTP API and (with --rtmp) live streaming in one
     /// process.
     Serve(ServeCmd),
-    /// Run the live role alone: RTMP in, RTMP and HTTP-FLV out.
+    /// Run the live role alone: RTMP in; RTMP, HTTP-FLV and HLS out.
     Live(LiveArgs),
     /// Run a tracker: the registry of storage nodes, upload placement and read routing.
     Tracker(TrackerArgs),

@@ -16,12 +16,13 @@ use crate::cli::{
 };
 use crate::progress::Progress;
 
+/// Where file commands go, with `SLUICE_API_TOKEN` for writes and `SLUICE_URL_SECRET` (when
+/// set) signing reads.
 fn endpoint(target: &TargetArg) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::new(
-        target.server.as_deref(),
-        &target.trackers,
-        api_token(),
-    )?)
+    Ok(
+        Endpoint::new(target.server.as_deref(), &target.trackers, api_token())?
+            .with_url_secret(crate::roles::access_policy().url_secret),
+    )
 }
 
 /// The first of `SLUICE_API_TOKEN`'s tokens, sent on writes.
@@ -198,7 +199,7 @@ fn cluster_table(view: &sluice_proto::cluster::ClusterView) -> String {
 pub fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.path.starts_with('/'),
-        "the path must start with / (e.g. /v1/files/g1/...)"
+        "the path must start with / (e.g. /v1/files/g1/..., or /live/cam with --publish)"
     );
     anyhow::ensure!(!args.path.contains('?'), "give the path without a query");
     let expires = sluice_http::access::now_unix().saturating_add(args.ttl);

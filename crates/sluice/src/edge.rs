@@ -32,7 +32,7 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
             max_connections: args.max_connections,
             ..sluice_http::HttpLimits::default()
         },
-        cluster: crate::roles::cluster_access("edge", args.insecure_no_cluster_secret)?,
+        cluster: crate::roles::cluster_access("edge", args.insecure_no_cluster_secret, true)?,
         hot_cache: sluice_blob::HotCacheLimits {
             capacity: args.hot_cache_size.0,
             ..sluice_blob::HotCacheLimits::default()

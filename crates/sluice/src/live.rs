@@ -1,4 +1,4 @@
-//! `sluice live`: the live role alone (RTMP in; RTMP and HTTP-FLV out).
+//! `sluice live`: the live role alone (RTMP in; RTMP, HTTP-FLV and HLS out).
 
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
     init_logging();
     // Live servers join the cluster's trust like every other role (recordings go to its
     // storage; streams will be relayed through its edges).
-    crate::roles::cluster_access("live server", args.insecure_no_cluster_secret)?;
+    crate::roles::cluster_access("live server", args.insecure_no_cluster_secret, false)?;
     let config = sluice_live::LiveConfig {
         access: crate::roles::access_policy(),
         ..sluice_live::LiveConfig::default()

@@ -72,7 +72,13 @@ pub fn cluster_secret() -> Option<sluice_proto::SecretSet> {
 
 /// How a cluster role (`tracker`, `storage`, `edge`, `live`) admits cluster calls: with the
 /// cluster secret, or, only when asked for by `--insecure-no-cluster-secret`, from anyone.
-pub fn cluster_access(role: &str, insecure: bool) -> anyhow::Result<sluice_http::ClusterAccess> {
+/// `serves_cluster_routes`: whether the role has routes that open mode would open (beside a
+/// URL secret or API token they would be the way round them, so that is refused).
+pub fn cluster_access(
+    role: &str,
+    insecure: bool,
+    serves_cluster_routes: bool,
+) -> anyhow::Result<sluice_http::ClusterAccess> {
     if let Some(secret) = cluster_secret() {
         return Ok(sluice_http::ClusterAccess::Secret(secret));
     }
@@ -85,7 +91,7 @@ pub fn cluster_access(role: &str, insecure: bool) -> anyhow::Result<sluice_http:
     );
     let access = access_policy();
     anyhow::ensure!(
-        access.url_secret.is_none() && access.api_tokens.is_none(),
+        !serves_cluster_routes || (access.url_secret.is_none() && access.api_tokens.is_none()),
         "--insecure-no-cluster-secret cannot be used with SLUICE_URL_SECRET or SLUICE_API_TOKEN: \
          open cluster routes would be the way round them; set SLUICE_CLUSTER_SECRET"
     );

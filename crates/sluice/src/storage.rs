@@ -18,7 +18,7 @@ use crate::roles::{
 
 pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     init_logging();
-    let cluster = cluster_access("storage node", args.insecure_no_cluster_secret)?;
+    let cluster = cluster_access("storage node", args.insecure_no_cluster_secret, true)?;
     let config = ServeConfig::load_storage(&args)?;
     let store = open_store(&config).await?;
     let node_id = cluster::node_id(&config.raw.data).context("node id")?;

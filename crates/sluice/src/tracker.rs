@@ -11,6 +11,7 @@ use crate::roles::{init_logging, serve_until_signal};
 
 pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
     init_logging();
+    let cluster = crate::roles::cluster_access("tracker", args.insecure_no_cluster_secret, true)?;
     anyhow::ensure!(
         args.offline_after_ms >= 100,
         "--offline-after-ms must be at least 100"
@@ -25,7 +26,6 @@ pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
     .context("--region-map PREFIX=REGION")?;
     let trusted_proxies =
         crate::config::parse_prefixes(&args.trusted_proxies).context("--trusted-proxy")?;
-    let cluster = crate::roles::cluster_access("tracker", args.insecure_no_cluster_secret)?;
     let state = TrackerState::new(TrackerConfig {
         offline_after: Duration::from_millis(args.offline_after_ms),
         placement: match args.placement {

@@ -243,3 +243,36 @@ fn sign_matches_the_readme_python_and_needs_its_secret() {
     let out = sluice(&["sign", "no-slash", "--ttl", "60"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn with_a_url_secret_the_cli_signs_its_own_reads() {
+    let data = tempfile::tempdir().unwrap();
+    let secret = [("SLUICE_URL_SECRET", "cli-url-s3cret")];
+    let served = Served::start_with_env(data.path(), &[], &secret);
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("v.ogg");
+    std::fs::write(&file, b"private voice note").unwrap();
+    let id = sluice_ok(&["upload", file.to_str().unwrap(), "--server", &served.url])
+        .trim()
+        .to_owned();
+    let got = work.path().join("got");
+    let download = [
+        "download",
+        &id,
+        "--server",
+        &served.url,
+        "-o",
+        got.to_str().unwrap(),
+    ];
+    // Without the secret the server refuses (403); with it the CLI signs and reads.
+    let out = sluice(&download);
+    assert!(!out.status.success());
+    assert!(stderr_line(&out).contains("403"));
+    common::sluice_env_ok(&download, &secret);
+    assert_eq!(std::fs::read(&got).unwrap(), b"private voice note");
+    let stat = common::sluice_env_ok(&["stat", &id, "--server", &served.url], &secret);
+    assert!(
+        stat.contains("\"size\":18") || stat.contains("\"size\": 18"),
+        "{stat}"
+    );
+}

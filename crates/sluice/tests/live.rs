@@ -570,6 +570,13 @@ fn a_long_recording_is_stored_in_parts_each_starting_on_a_keyframe() {
         }
         list.len() >= 3 && stable_since.elapsed() > Duration::from_secs(2)
     });
+    // Listed in order, numbered from 1.
+    let parts: Vec<u64> = list.iter().map(|r| r["part"].as_u64().unwrap()).collect();
+    assert_eq!(
+        parts,
+        (1..=list.len() as u64).collect::<Vec<_>>(),
+        "{list:?}"
+    );
     // Parts meet at keyframes: together they hold the whole publish.
     let total: f64 = list.iter().map(|r| r["duration"].as_f64().unwrap()).sum();
     assert!((4.5..=5.5).contains(&total), "{list:?}");
