@@ -12,6 +12,8 @@ use crate::{Client, ClientError, FileStat};
 
 /// Upload attempts (each on a freshly assigned node) before giving up.
 const UPLOAD_ATTEMPTS: usize = 5;
+/// Read attempts (each on a node the trackers route to afresh) before giving up.
+const READ_ATTEMPTS: usize = 4;
 
 /// Where requests go: one server, or any of several trackers.
 #[derive(Clone)]
@@ -76,6 +78,43 @@ impl TrackerSet {
         let reports = self.trackers.iter().map(|t| t.report_unreachable(node));
         futures_util::future::join_all(reports).await;
     }
+
+    /// Reads `fileid` through the trackers: one says which node (its redirect), `read` goes
+    /// there with the tracker's client. A node that does not answer, or breaks off, is
+    /// reported (the trackers check and stop routing to it) and the trackers asked again, so a
+    /// node that dies costs a read a retry on a peer, not a failure.
+    async fn read<T, F, Fut>(&self, fileid: &str, read: F) -> Result<T, ClientError>
+    where
+        F: Fn(Client, String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let mut last = None;
+        for _ in 0..READ_ATTEMPTS {
+            let (tracker, node_url) = self
+                .any(|t| async move {
+                    let url = t.locate(fileid).await?;
+                    Ok((t, url))
+                })
+                .await?;
+            match read(tracker, node_url.clone()).await {
+                Err(e @ ClientError::Transport { .. }) => {
+                    if let Some(node) = origin_of(&node_url) {
+                        self.report_unreachable(&node).await;
+                    }
+                    last = Some(e);
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(ClientError::BadUrl(String::new())))
+    }
+}
+
+/// `scheme://host:port` of a URL: how a node's address is known to the trackers.
+fn origin_of(url: &str) -> Option<String> {
+    reqwest::Url::parse(url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization())
 }
 
 impl Endpoint {
@@ -192,12 +231,25 @@ impl Endpoint {
     ) -> Result<u64, ClientError> {
         match self {
             Endpoint::Server(c) => c.download_to(fileid, path, progress).await,
-            // The tracker answers 302 to a node; the client follows it.
             Endpoint::Trackers(t) => {
-                t.any(|c| {
+                t.read(fileid, |c, url| {
                     let progress = progress.clone();
-                    async move { c.download_to(fileid, path, progress).await }
+                    async move { c.download_at(&url, path, progress).await }
                 })
+                .await
+            }
+        }
+    }
+
+    /// A whole file, in memory.
+    pub async fn download_bytes(&self, fileid: &str) -> Result<bytes::Bytes, ClientError> {
+        match self {
+            Endpoint::Server(c) => c.download_bytes(fileid).await,
+            Endpoint::Trackers(t) => {
+                t.read(
+                    fileid,
+                    |c, url| async move { c.download_bytes_at(&url).await },
+                )
                 .await
             }
         }
@@ -206,7 +258,13 @@ impl Endpoint {
     pub async fn stat(&self, fileid: &str) -> Result<FileStat, ClientError> {
         match self {
             Endpoint::Server(c) => c.stat(fileid).await,
-            Endpoint::Trackers(t) => t.any(|c| async move { c.stat(fileid).await }).await,
+            Endpoint::Trackers(t) => {
+                t.read(
+                    fileid,
+                    |c, url| async move { c.stat_at(fileid, &url).await },
+                )
+                .await
+            }
         }
     }
 

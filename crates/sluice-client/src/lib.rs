@@ -69,6 +69,8 @@ pub struct FileStat {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// The same, following no redirect: to ask a tracker where a file is.
+    direct: reqwest::Client,
     base: String,
     /// `SLUICE_API_TOKEN`, sent on writes when set.
     token: Option<String>,
@@ -87,17 +89,21 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 8 {
             return Err(ClientError::BadUrl(server.to_owned()));
         }
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| ClientError::Transport {
-                url: base.clone(),
-                message: e.to_string(),
-            })?;
+        let build = |redirects: reqwest::redirect::Policy| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(1024)
+                .tcp_nodelay(true)
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .redirect(redirects)
+                .build()
+                .map_err(|e| ClientError::Transport {
+                    url: base.clone(),
+                    message: e.to_string(),
+                })
+        };
         Ok(Self {
-            http,
+            http: build(reqwest::redirect::Policy::default())?,
+            direct: build(reqwest::redirect::Policy::none())?,
             base,
             token: None,
             url_secret: None,
@@ -220,9 +226,34 @@ impl Client {
 
     /// Downloads a file into memory.
     pub async fn download_bytes(&self, fileid: &str) -> Result<Bytes, ClientError> {
+        self.download_bytes_at(&self.read_url(fileid)).await
+    }
+
+    /// Downloads what `url` (a file's URL) answers into memory.
+    pub async fn download_bytes_at(&self, url: &str) -> Result<Bytes, ClientError> {
+        let response = check(send(self.http.get(url), url).await?, url).await?;
+        response.bytes().await.map_err(|e| transport(url, e))
+    }
+
+    /// Where a tracker sends a read of `fileid`: the node URL of its redirect (the query, a
+    /// signature say, kept).
+    pub async fn locate(&self, fileid: &str) -> Result<String, ClientError> {
         let url = self.read_url(fileid);
-        let response = check(send(self.http.get(&url), &url).await?, &url).await?;
-        response.bytes().await.map_err(|e| transport(&url, e))
+        let response = send(self.direct.get(&url), &url).await?;
+        if !response.status().is_redirection() {
+            // A server that holds files itself (not a tracker) answers here.
+            return check(response, &url).await.map(|_| url);
+        }
+        response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| response.url().join(l).ok())
+            .map(|u| u.to_string())
+            .ok_or_else(|| ClientError::Transport {
+                url,
+                message: "the tracker's redirect has no Location".into(),
+            })
     }
 
     /// Downloads a file to `path` (written beside it, then renamed, so a failed download leaves
@@ -233,7 +264,18 @@ impl Client {
         path: &Path,
         progress: impl Fn(u64, Option<u64>),
     ) -> Result<u64, ClientError> {
-        let url = self.read_url(fileid);
+        self.download_at(&self.read_url(fileid), path, progress)
+            .await
+    }
+
+    /// [`Self::download_to`] from `url` (a file's URL).
+    pub async fn download_at(
+        &self,
+        url: &str,
+        path: &Path,
+        progress: impl Fn(u64, Option<u64>),
+    ) -> Result<u64, ClientError> {
+        let url = url.to_owned();
         let response = check(send(self.http.get(&url), &url).await?, &url).await?;
         let total = response.content_length();
         let to_stdout = path.as_os_str() == "-";
@@ -349,7 +391,12 @@ impl Client {
     }
 
     pub async fn stat(&self, fileid: &str) -> Result<FileStat, ClientError> {
-        let url = self.read_url(fileid);
+        self.stat_at(fileid, &self.read_url(fileid)).await
+    }
+
+    /// [`Self::stat`] of `fileid` at `url`.
+    pub async fn stat_at(&self, fileid: &str, url: &str) -> Result<FileStat, ClientError> {
+        let url = url.to_owned();
         let response = send(self.http.head(&url), &url).await?;
         if !response.status().is_success() {
             let status = response.status();

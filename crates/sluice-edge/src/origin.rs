@@ -24,6 +24,14 @@ const SIGNED_FOR: u64 = 300;
 const MAX_REDIRECTS: usize = 3;
 /// The node list is asked for again at most this often when a redirect names a stranger.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// Nodes tried for one fetch (the origin routing afresh after each that does not answer).
+const NODE_ATTEMPTS: usize = 3;
+
+/// Why a fetch failed: a node the origin sent us to did not answer, or anything else.
+enum Failure {
+    NodeDown(String, String),
+    Other(String),
+}
 
 pub struct Origin {
     base: String,
@@ -83,11 +91,42 @@ impl Origin {
     }
 
     /// `GET` of a file, whole or with a client's `Range` header (already checked to parse),
-    /// following redirects to listed storage nodes only.
+    /// following redirects to listed storage nodes only. A node the origin sent us to that does
+    /// not answer is reported to the trackers (which check, and route elsewhere) and the origin
+    /// asked again.
     pub async fn get(&self, id: &FileId, range: Option<&str>) -> Result<reqwest::Response, String> {
+        let mut last = String::new();
+        for _ in 0..NODE_ATTEMPTS {
+            match self.get_once(id, range).await {
+                Err(Failure::NodeDown(node, why)) => {
+                    self.nodes.report_unreachable(&self.http, &node).await;
+                    last = why;
+                }
+                Err(Failure::Other(why)) => return Err(why),
+                Ok(response) => return Ok(response),
+            }
+        }
+        Err(last)
+    }
+
+    async fn get_once(
+        &self,
+        id: &FileId,
+        range: Option<&str>,
+    ) -> Result<reqwest::Response, Failure> {
         let mut url = self.file_url(id);
         for _ in 0..=MAX_REDIRECTS {
-            let response = self.send(&url, range).await?;
+            let response = match self.send(&url, range).await {
+                Ok(r) => r,
+                // The origin itself is down: nothing to route round.
+                Err(why) if url.starts_with(&self.base) => return Err(Failure::Other(why)),
+                Err(why) => {
+                    let node = Url::parse(&url)
+                        .map(|u| u.origin().ascii_serialization())
+                        .unwrap_or_default();
+                    return Err(Failure::NodeDown(node, why));
+                }
+            };
             if !response.status().is_redirection() {
                 return Ok(response);
             }
@@ -97,21 +136,23 @@ impl Origin {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|location| Url::parse(&url).ok()?.join(location).ok())
                 .ok_or_else(|| {
-                    format!(
+                    Failure::Other(format!(
                         "the origin answered {} without a Location",
                         response.status()
-                    )
+                    ))
                 })?;
             if !self.may_follow(&target).await {
                 tracing::warn!(%target, "origin redirected to a host no tracker lists; not followed");
-                return Err(format!(
+                return Err(Failure::Other(format!(
                     "the origin redirected to {}, which no tracker lists as a storage node",
                     target.origin().ascii_serialization()
-                ));
+                )));
             }
             url = target.to_string();
         }
-        Err("the origin redirected too many times".into())
+        Err(Failure::Other(
+            "the origin redirected too many times".into(),
+        ))
     }
 
     async fn send(&self, url: &str, range: Option<&str>) -> Result<reqwest::Response, String> {
@@ -153,6 +194,18 @@ struct NodeDirectory {
 }
 
 impl NodeDirectory {
+    /// Tells every source (the trackers) that `node` did not answer; they check for themselves.
+    async fn report_unreachable(&self, http: &reqwest::Client, node: &str) {
+        let body = serde_json::json!({ "url": node });
+        let reports = self.sources.iter().map(|source| {
+            http.post(format!("{source}/v1/cluster/unreachable"))
+                .json(&body)
+                .timeout(CONNECT_TIMEOUT)
+                .send()
+        });
+        futures_util::future::join_all(reports).await;
+    }
+
     fn lists(&self, host: &str) -> bool {
         self.known.read().is_ok_and(|k| k.contains(host))
     }
