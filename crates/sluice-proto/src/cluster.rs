@@ -53,6 +53,9 @@ pub struct Heartbeat {
     /// Operations its peers have that it has not applied yet.
     #[serde(default)]
     pub sync_lag: u64,
+    /// Files its peers logged that it could not fetch yet (tried again with a back-off).
+    #[serde(default)]
+    pub catch_up_pending: u64,
     /// Copies its uploads need (its write rule); trackers send no uploads to a group with
     /// fewer active nodes.
     #[serde(default = "one")]
@@ -87,6 +90,9 @@ pub struct NodeView {
     /// Operations its peers have that it has not applied yet, as it last reported.
     #[serde(default)]
     pub sync_lag: u64,
+    /// Files its peers logged that it could not fetch yet, as it last reported.
+    #[serde(default)]
+    pub catch_up_pending: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

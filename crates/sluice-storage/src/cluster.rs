@@ -67,6 +67,7 @@ pub fn heartbeat(state: &StorageState, link: &ClusterLink) -> Heartbeat {
         free_bytes,
         writable: free_bytes > link.free_space_reserve,
         sync_lag: state.replication().map_or(0, |r| r.sync_lag()),
+        catch_up_pending: state.replication().map_or(0, |r| r.catch_up_pending()),
         min_copies: state.replication().map_or(1, |r| r.min_copies() as u32),
     }
 }

@@ -26,6 +26,20 @@ pub(crate) async fn render(State(state): State<StorageState>) -> impl IntoRespon
         "Bytes of file content held by this node.",
         store.bytes(),
     );
+    if let Some(r) = state.replication() {
+        render_gauge(
+            &mut out,
+            "sluice_catch_up_pending",
+            "Files peers logged that catch-up could not fetch yet (tried again with a back-off).",
+            r.catch_up_pending(),
+        );
+        render_counter(
+            &mut out,
+            "sluice_catch_up_failures_total",
+            "Fetches by catch-up that failed.",
+            r.catch_up_failures(),
+        );
+    }
     let c = state.counters();
     render_counter(
         &mut out,

@@ -123,6 +123,7 @@ impl Registry {
                 free_bytes: 0,
                 writable: false,
                 sync_lag: 0,
+                catch_up_pending: 0,
                 min_copies: 1,
             };
             groups.entry(n.group).or_default().insert(
@@ -279,6 +280,7 @@ impl Registry {
                             free_bytes: m.last.free_bytes,
                             writable: m.last.writable,
                             sync_lag: m.last.sync_lag,
+                            catch_up_pending: m.last.catch_up_pending,
                             last_seen_ms: m
                                 .last_seen
                                 .map_or(u64::MAX, |s| now.duration_since(s).as_millis() as u64),
@@ -419,6 +421,7 @@ mod tests {
             free_bytes: free,
             writable: true,
             sync_lag: 0,
+            catch_up_pending: 0,
             min_copies: 1,
         }
     }

@@ -164,8 +164,8 @@ fn cluster_table(view: &sluice_proto::cluster::ClusterView) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:<26} {:<8} {:>10} {:>12} {:>12} {:>8} {:>9}  URL",
-        "GROUP", "NODE", "STATE", "FILES", "BYTES", "FREE", "LAG", "SEEN"
+        "{:<10} {:<26} {:<8} {:>10} {:>12} {:>12} {:>8} {:>8} {:>9}  URL",
+        "GROUP", "NODE", "STATE", "FILES", "BYTES", "FREE", "LAG", "PENDING", "SEEN"
     );
     for g in &view.groups {
         for n in &g.nodes {
@@ -180,7 +180,7 @@ fn cluster_table(view: &sluice_proto::cluster::ClusterView) -> String {
             };
             let _ = writeln!(
                 out,
-                "{:<10} {:<26} {:<8} {:>10} {:>12} {:>12} {:>8} {:>9}  {}",
+                "{:<10} {:<26} {:<8} {:>10} {:>12} {:>12} {:>8} {:>8} {:>9}  {}",
                 g.name,
                 n.id,
                 state,
@@ -188,6 +188,7 @@ fn cluster_table(view: &sluice_proto::cluster::ClusterView) -> String {
                 sluice_proto::ByteSize(n.bytes).to_string(),
                 sluice_proto::ByteSize(n.free_bytes).to_string(),
                 n.sync_lag,
+                n.catch_up_pending,
                 seen,
                 n.url
             );

@@ -144,3 +144,146 @@ async fn reads_through_trackers_fail_over_when_a_node_dies_under_load() {
         assert_eq!(std::fs::read(&path).unwrap(), body_of(n));
     }
 }
+
+/// A free port on 127.0.0.1 (bound and let go: the next bind of it wins).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `sluice storage` of g1 on DATA listening on PORT, with CONFIG lines and EXTRA flags.
+fn storage_on(
+    data: &std::path::Path,
+    tracker: &Served,
+    port: u16,
+    config: &str,
+    extra: &[&str],
+) -> Served {
+    let config_file = data.with_extension("toml");
+    std::fs::write(&config_file, config).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "storage",
+        "--group",
+        "g1",
+        "--tracker",
+        &tracker.url,
+        "--http",
+        &listen,
+        "--data",
+        data.to_str().unwrap(),
+        "--heartbeat-interval-ms",
+        "100",
+        "--config",
+        config_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Served::spawn(&args, &ENV)
+}
+
+fn data_file(data_dir: &std::path::Path, fileid: &str) -> std::path::PathBuf {
+    let key = fileid.split('/').nth(1).unwrap();
+    sluice_blob::data_file_paths(data_dir)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.file_name().unwrap() == key)
+        .expect("the node holds the file")
+}
+
+fn metric(node: &Served, name: &str) -> u64 {
+    let text = String::from_utf8(curl_ok(&["-sS", &format!("{}/metrics", node.url)])).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}"))
+}
+
+fn get(node: &Served, fileid: &str) -> Vec<u8> {
+    curl_ok(&["-sS", "-f", &format!("{}/v1/files/{fileid}", node.url)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_goes_past_a_bad_file_and_takes_files_of_any_size() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tracker = Served::tracker(dirs[0].path(), &["--offline-after-ms", "1000"], &ENV);
+    // a is reached through a slow link, and both nodes give peers 200 ms per replica: a
+    // big file can only be caught up by streaming (an idle timeout, not a total one).
+    let a_port = free_port();
+    let link = sluice_testkit::link::Link::start(&format!("http://127.0.0.1:{a_port}")).await;
+    let quick = "replication_timeout_ms = 200\n";
+    let a = storage_on(
+        &dirs[1].path().join("a"),
+        &tracker,
+        a_port,
+        quick,
+        &["--advertise", &link.url],
+    );
+    let b_dir = dirs[2].path().join("b");
+    let b_port = free_port();
+    let mut b = storage_on(&b_dir, &tracker, b_port, quick, &[]);
+    wait_for("both nodes active", WAIT, || {
+        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
+    });
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    wait_for("b offline", WAIT, || {
+        nodes(&tracker).iter().any(|n| n.1 == "offline")
+    });
+    // While b is down: small files, a big one, and one small file damaged on a.
+    let small: Vec<String> = (0..20).map(|i| upload(&a, &body_of(i))).collect();
+    let big_body: Vec<u8> = (0..6_000_000u32).map(|i| (i % 253) as u8).collect();
+    let big = upload(&a, &big_body);
+    let bad = &small[7];
+    let bad_file = data_file(&dirs[1].path().join("a"), bad);
+    let good_bytes = std::fs::read(&bad_file).unwrap();
+    let mut damaged = good_bytes.clone();
+    damaged[100] ^= 0xff;
+    std::fs::write(&bad_file, &damaged).unwrap();
+    link.set_rate(2_000_000);
+
+    let b = storage_on(&b_dir, &tracker, b_port, quick, &[]);
+    // b goes past the bad file: everything else arrives, the big file included (3 s at the
+    // link's rate, against 200 ms per replica), and b says one file is still to come.
+    wait_for(
+        "b to fetch all but the bad file",
+        Duration::from_secs(60),
+        || metric(&b, "sluice_store_files") == 20,
+    );
+    assert_eq!(get(&b, &big), big_body);
+    for (i, id) in small.iter().enumerate().filter(|(_, id)| *id != bad) {
+        assert_eq!(get(&b, id), body_of(i));
+    }
+    wait_for("b to report the file set aside", WAIT, || {
+        metric(&b, "sluice_catch_up_pending") == 1
+            && nodes(&tracker)
+                .iter()
+                .any(|n| n.0 == b.url && n.1 == "syncing")
+    });
+    let view = cluster_view(&tracker);
+    let b_view = view["groups"][0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["url"] == b.url.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(b_view["catch_up_pending"], 1, "{b_view}");
+    let table = common::sluice_ok(&["cluster", "--tracker", &tracker.url]);
+    assert!(table.contains("PENDING"), "{table}");
+    assert!(metric(&b, "sluice_catch_up_failures_total") >= 1);
+    // Once a's copy is good again, b's next try (with a back-off) takes it, and b is level.
+    std::fs::write(&bad_file, &good_bytes).unwrap();
+    link.set_rate(0);
+    wait_for(
+        "b to fetch the file set aside and turn active",
+        Duration::from_secs(60),
+        || {
+            metric(&b, "sluice_catch_up_pending") == 0
+                && nodes(&tracker).iter().all(|n| n.1 == "active")
+        },
+    );
+    assert_eq!(get(&b, bad), body_of(7));
+    assert_eq!(metric(&b, "sluice_store_files"), 21);
+}

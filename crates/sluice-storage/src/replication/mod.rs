@@ -11,7 +11,9 @@
 //!   peer and keeps it, so no read fails for "not synced yet".
 //!
 //! Peers are learnt from the trackers' answers to heartbeats. Every call carries the cluster
-//! secret when one is set.
+//! secret when one is set. Catch-up is in [`catch_up`].
+
+mod catch_up;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,7 +44,7 @@ pub struct ReplicationConfig {
     /// Pause between catch-up rounds.
     pub catch_up_interval: Duration,
     pub secret: Option<SecretSet>,
-    /// Where the per-peer oplog cursors are kept.
+    /// Where catch-up keeps its progress (per-peer oplog cursors, files to fetch again).
     pub cursors_file: PathBuf,
     /// Trackers to tell when a peer stops answering.
     pub trackers: Vec<String>,
@@ -53,8 +55,10 @@ pub struct Replication {
     node_id: String,
     client: reqwest::Client,
     peers: RwLock<Vec<NodeView>>,
-    /// Oplog position reached with each peer, by node id.
-    cursors: Mutex<BTreeMap<String, u64>>,
+    /// How far catch-up got with each peer, and the files it could not fetch yet.
+    progress: Mutex<catch_up::Progress>,
+    /// Files catch-up failed to fetch, ever.
+    catch_up_failures: std::sync::atomic::AtomicU64,
     /// False until a catch-up round found this node level with every peer.
     caught_up: AtomicBool,
     /// Operations each peer has that we have not applied yet, by peer id.
@@ -66,6 +70,17 @@ pub struct Replication {
     /// False until a tracker has told us who the peers are: until then we cannot know we are
     /// level (a node back from an outage must not call itself active too soon).
     peers_known: AtomicBool,
+}
+
+/// What a fetch from one peer came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fetched {
+    /// The file is here now.
+    Stored,
+    /// Deleted, there or here: nothing to fetch.
+    Gone,
+    /// The peer does not have it (404) or could not say (another status).
+    NotThere(u16),
 }
 
 /// Where the bytes of a replica come from.
@@ -96,20 +111,21 @@ impl Replication {
         node_id: String,
         advertise: String,
     ) -> Result<Self, reqwest::Error> {
+        // Replicas pushed with an upload have a total timeout each (the upload waits for them);
+        // fetches have none, only this one between reads, so a file of any size streams.
         let client = reqwest::Client::builder()
             .connect_timeout(config.timeout)
+            .read_timeout(config.timeout)
             .pool_max_idle_per_host(64)
             .build()?;
-        let cursors = std::fs::read_to_string(&config.cursors_file)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
+        let progress = catch_up::Progress::load(&config.cursors_file);
         Ok(Self {
             config,
             node_id,
             client,
             peers: RwLock::new(Vec::new()),
-            cursors: Mutex::new(cursors),
+            progress: Mutex::new(progress),
+            catch_up_failures: std::sync::atomic::AtomicU64::new(0),
             caught_up: AtomicBool::new(false),
             peers_known: AtomicBool::new(false),
             pullers: Mutex::new(BTreeMap::new()),
@@ -164,6 +180,7 @@ impl Replication {
                         writable: false,
                         last_seen_ms: 0,
                         sync_lag: 0,
+                        catch_up_pending: 0,
                     });
                 }
             }
@@ -404,8 +421,8 @@ impl Replication {
             .filter(|p| p.state != NodeState::Offline)
         {
             match self.fetch_from(store, id, &peer.url, limit, repair).await {
-                Ok(true) => return Ok(true),
-                Ok(false) => {}
+                Ok(Fetched::Stored) => return Ok(true),
+                Ok(Fetched::Gone | Fetched::NotThere(_)) => {}
                 Err(e) => {
                     tracing::warn!(peer = %peer.url, fileid = %id, error = %e, "peer fetch failed")
                 }
@@ -421,15 +438,16 @@ impl Replication {
         peer_url: &str,
         limit: u64,
         repair: bool,
-    ) -> Result<bool, BlobError> {
+    ) -> Result<Fetched, BlobError> {
         let io = |e: reqwest::Error| BlobError::Io(std::io::Error::other(e.to_string()));
         let request = self
             .client
-            .get(format!("{peer_url}/v1/internal/blobs/{id}"))
-            .timeout(self.config.timeout * 4);
+            .get(format!("{peer_url}/v1/internal/blobs/{id}"));
         let response = self.authorise(request).send().await.map_err(io)?;
-        if !response.status().is_success() {
-            return Ok(false);
+        match response.status().as_u16() {
+            200..=299 => {}
+            410 => return Ok(Fetched::Gone),
+            status => return Ok(Fetched::NotThere(status)),
         }
         let content_type = response
             .headers()
@@ -467,138 +485,9 @@ impl Replication {
             writer.write(chunk.map_err(io)?).await?;
         }
         match writer.commit().await {
-            Ok(_) => Ok(true),
-            Err(BlobError::Deleted) => Ok(false),
+            Ok(_) => Ok(Fetched::Stored),
+            Err(BlobError::Deleted) => Ok(Fetched::Gone),
             Err(e) => Err(e),
-        }
-    }
-
-    /// Pulls every peer's oplog until `shutdown`, applying what this node lacks.
-    pub async fn run_catch_up(
-        &self,
-        store: BlobStore,
-        group: GroupName,
-        limit: u64,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let level = self.catch_up_round(&store, &group, limit).await;
-            let was = self.caught_up.swap(level, Ordering::Relaxed);
-            if level != was {
-                tracing::info!(caught_up = level, "replication state changed");
-            }
-            tokio::select! {
-                () = tokio::time::sleep(self.config.catch_up_interval) => {}
-                () = &mut shutdown => return,
-            }
-        }
-    }
-
-    /// One pass over every known peer; true if this node is level with every peer it could
-    /// reach. A peer that cannot be reached does not make us "behind": if it is down it takes
-    /// no writes, and what it had is on the peers that took its replicas.
-    async fn catch_up_round(&self, store: &BlobStore, group: &GroupName, limit: u64) -> bool {
-        let mut level = self.peers_known.load(Ordering::Relaxed);
-        for peer in self.peers() {
-            if peer.state == NodeState::Offline {
-                continue;
-            }
-            match self.catch_up_with(store, group, &peer, limit).await {
-                Ok(true) => {}
-                Ok(false) => level = false,
-                Err(e) => {
-                    tracing::debug!(peer = %peer.url, error = %e, "catch-up with peer interrupted")
-                }
-            }
-        }
-        level
-    }
-
-    /// Applies a peer's oplog from our cursor; true once level with its head.
-    async fn catch_up_with(
-        &self,
-        store: &BlobStore,
-        group: &GroupName,
-        peer: &NodeView,
-        limit: u64,
-    ) -> Result<bool, String> {
-        let mut cursor = self
-            .cursors
-            .lock()
-            .map_err(|e| e.to_string())?
-            .get(&peer.id)
-            .copied()
-            .unwrap_or(0);
-        loop {
-            let request = self
-                .client
-                .get(format!("{}/v1/internal/oplog", peer.url))
-                .query(&[
-                    ("after", cursor.to_string()),
-                    ("limit", OPLOG_PAGE.to_string()),
-                    ("peer_id", self.node_id.clone()),
-                    ("peer_url", self.advertise.clone()),
-                ])
-                .timeout(self.config.timeout);
-            let page: OplogPage = self
-                .authorise(request)
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status)
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            self.set_lag(&peer.id, page.head.saturating_sub(cursor));
-            if page.entries.is_empty() {
-                return Ok(cursor >= page.head);
-            }
-            for item in &page.entries {
-                let Ok(id) = FileId::parse(&item.fileid) else {
-                    continue;
-                };
-                if id.group != *group {
-                    continue;
-                }
-                match item.op {
-                    OplogOp::Put => {
-                        // An incomplete copy is fetched again: the peer's may be longer.
-                        let have = store
-                            .stat(id.key)
-                            .map_err(|e| e.to_string())?
-                            .is_some_and(|m| m.state.is_complete());
-                        if !have && !store.is_deleted(id.key).map_err(|e| e.to_string())? {
-                            self.fetch_from(store, &id, &peer.url, limit, false)
-                                .await
-                                .map_err(|e| e.to_string())?;
-                        }
-                    }
-                    OplogOp::Delete => {
-                        store.delete(id.key).await.map_err(|e| e.to_string())?;
-                    }
-                }
-                cursor = item.seq;
-            }
-            self.save_cursor(&peer.id, cursor);
-        }
-    }
-
-    fn save_cursor(&self, peer: &str, seq: u64) {
-        let Ok(mut cursors) = self.cursors.lock() else {
-            return;
-        };
-        cursors.insert(peer.to_owned(), seq);
-        // Losing a cursor only means re-reading some oplog (every step is idempotent), so a
-        // plain atomic replace is enough.
-        let path = &self.config.cursors_file;
-        let tmp = path.with_extension("tmp");
-        let result = serde_json::to_vec(&*cursors)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not save replication cursors");
         }
     }
 }
