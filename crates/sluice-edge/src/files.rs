@@ -161,7 +161,7 @@ async fn hit(
         headers,
         active: edge.config().active_content,
     };
-    match serve_local(store, read, source, || async { false }).await {
+    match serve_local(store, read, source, None).await {
         Ok(mut response) => {
             edge.cache().touch(key);
             let m = edge.metrics();

@@ -1,5 +1,7 @@
 //! `/v1/files`: upload, download (ranges, ETags, conditional requests) and delete.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -281,7 +283,14 @@ pub(crate) async fn download(
         headers: &headers,
         active: state.config().active_content,
     };
-    serve_local(store, request, source, || repair(&state, &id)).await
+    let repair: Repair = {
+        let (state, id) = (state.clone(), id.clone());
+        Arc::new(move || {
+            let (state, id) = (state.clone(), id.clone());
+            Box::pin(async move { repair(&state, &id).await })
+        })
+    };
+    serve_local(store, request, source, Some(repair)).await
 }
 
 /// A read of a complete file this process holds (storage nodes, and edges' caches).
@@ -295,19 +304,21 @@ pub struct LocalRead<'a> {
     pub active: sluice_http::ActiveContent,
 }
 
+/// Replaces a damaged copy of the file being read (true when it did): a peer's copy, whose
+/// bytes match the digest recorded for this one.
+pub type Repair =
+    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, bool> + Send + Sync + 'static>;
+
 /// Serves a complete file from `source`: conditionals, a Range (206/416), HEAD, and the
-/// first chunk read and verified before the head goes out. A damaged first chunk calls
-/// `repair`; if it returns true the file is opened again and served.
-pub async fn serve_local<R, Fut>(
+/// first chunk read and verified before the head goes out. A damaged block, in the first
+/// chunk or any later, calls `repair`; if it replaced the copy, the file is opened again and
+/// the read goes on from the same byte, so the client gets whole, correct bytes.
+pub async fn serve_local(
     store: &sluice_blob::BlobStore,
     request: LocalRead<'_>,
     source: Source,
-    repair: R,
-) -> Result<Response, ApiError>
-where
-    R: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
+    repair: Option<Repair>,
+) -> Result<Response, ApiError> {
     let LocalRead {
         key,
         etag,
@@ -369,8 +380,9 @@ where
             // Read (and verify) the first chunk before answering, so a damaged small file gets
             // a clean 500 rather than a truncated 200, or, in a group, is repaired from a peer
             // and served.
+            let mut repair = repair;
             let first = match reader.read_chunk(start, end, max).await {
-                Err(BlobError::Corrupt { .. }) if repair().await => {
+                Err(BlobError::Corrupt { .. }) if try_repair(&mut repair).await => {
                     reader = store.open_reader(key)?.ok_or(ApiError::NotFound)?;
                     reader.read_chunk(start, end, max).await?
                 }
@@ -379,7 +391,12 @@ where
             if cacheable {
                 store.offer_to_hot_cache(key, reader.meta().clone(), first.clone());
             }
-            body_stream(reader, first, start, end)
+            let reopen = repair.map(|repair| Reopen {
+                store: store.clone(),
+                key,
+                repair,
+            });
+            body_stream(reader, first, start, end, reopen)
         }
     };
     response.body(body).map_err(|_| ApiError::Internal)
@@ -458,26 +475,65 @@ fn slice_parts(parts: &[Bytes], start: u64, end: u64) -> impl Iterator<Item = By
     })
 }
 
+/// Calls `repair` once; later calls say no (a copy repaired and damaged again is not
+/// repaired in a loop).
+async fn try_repair(repair: &mut Option<Repair>) -> bool {
+    match repair.take() {
+        Some(repair) => repair().await,
+        None => false,
+    }
+}
+
+/// How a body stream that meets a damaged block gets a good copy and opens it again.
+pub(crate) struct Reopen {
+    store: sluice_blob::BlobStore,
+    key: sluice_proto::BlobKey,
+    repair: Repair,
+}
+
 /// Streams the rest of a range after its first chunk, one frame per block slice (hyper writes
-/// them with vectored I/O). A damaged block met mid-stream ends the body with an error, so the
-/// client sees a failed transfer, never wrong bytes.
-pub(crate) fn body_stream(reader: BlobReader, first: Chunk, start: u64, end: u64) -> Body {
+/// them with vectored I/O). A damaged block met mid-stream is repaired through `reopen` and
+/// the stream goes on from the same byte of the good copy; without it (or when the repair
+/// fails) the body ends with an error, so the client sees a failed transfer, never wrong
+/// bytes.
+pub(crate) fn body_stream(
+    reader: BlobReader,
+    first: Chunk,
+    start: u64,
+    end: u64,
+    reopen: Option<Reopen>,
+) -> Body {
     let next = start + first.iter().map(|b| b.len() as u64).sum::<u64>();
     if next >= end {
         return body_from_parts(first);
     }
     let head = futures_util::stream::iter(first.into_iter().map(Ok::<_, sluice_blob::BlobError>));
-    let rest = futures_util::stream::try_unfold((reader, next), move |(reader, at)| async move {
-        if at >= end {
-            return Ok::<_, sluice_blob::BlobError>(None);
-        }
-        let chunk = reader.read_chunk(at, end, CHUNK_BYTES).await?;
-        let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
-        if len == 0 {
-            return Ok(None);
-        }
-        Ok(Some((chunk, (reader, at + len))))
-    });
+    let rest = futures_util::stream::try_unfold(
+        (reader, next, reopen),
+        move |(mut reader, at, mut reopen)| async move {
+            if at >= end {
+                return Ok::<_, sluice_blob::BlobError>(None);
+            }
+            let chunk = match reader.read_chunk(at, end, CHUNK_BYTES).await {
+                Err(damaged @ BlobError::Corrupt { .. }) => {
+                    let Some(r) = reopen.take() else {
+                        return Err(damaged);
+                    };
+                    if !(r.repair)().await {
+                        return Err(damaged);
+                    }
+                    reader = r.store.open_reader(r.key)?.ok_or(damaged)?;
+                    reader.read_chunk(at, end, CHUNK_BYTES).await?
+                }
+                other => other?,
+            };
+            let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
+            if len == 0 {
+                return Ok(None);
+            }
+            Ok(Some((chunk, (reader, at + len, reopen))))
+        },
+    );
     let rest = rest
         .map_ok(|chunk| futures_util::stream::iter(chunk.into_iter().map(Ok)))
         .try_flatten();

@@ -139,7 +139,7 @@ pub(crate) async fn get_local(
     response
         .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, size)
-        .body(body_stream(reader, first, 0, size))
+        .body(body_stream(reader, first, 0, size, None))
         .map_err(|_| ApiError::Internal)
 }
 

@@ -26,7 +26,7 @@ use sluice_proto::GroupName;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use files::{LocalRead, Source as LocalSource, if_none_match, serve_local};
+pub use files::{LocalRead, Repair, Source as LocalSource, if_none_match, serve_local};
 pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, HotCacheLimits};
 pub use sluice_http::{
     AccessPolicy, ActiveContent, ClusterAccess, CorsPolicy, HttpLimits, HttpMetrics,

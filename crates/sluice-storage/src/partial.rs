@@ -203,7 +203,7 @@ async fn from_store(
             || Body::from(view),
         ),
         None => reply(request, content_type, size, total, Some(size), || {
-            crate::files::body_stream(reader, first, 0, size)
+            crate::files::body_stream(reader, first, 0, size, None)
         }),
     }
 }

@@ -287,3 +287,43 @@ async fn catch_up_goes_past_a_bad_file_and_takes_files_of_any_size() {
     assert_eq!(get(&b, bad), body_of(7));
     assert_eq!(metric(&b, "sluice_store_files"), 21);
 }
+
+#[test]
+fn damage_deep_in_a_file_is_repaired_during_the_read_that_meets_it() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tracker = Served::tracker(dirs[0].path(), &[], &ENV);
+    let a = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &ENV);
+    let _b = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &ENV);
+    wait_for("both nodes active", WAIT, || {
+        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
+    });
+    // 3 MB: its first read (512 KiB) is long past when the damage is met.
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let id = upload(&a, &body);
+    wait_for("b to hold it", WAIT, || {
+        nodes(&tracker).iter().all(|n| n.2 == 1)
+    });
+    let path = data_file(dirs[1].path(), &id);
+    let mut raw = std::fs::read(&path).unwrap();
+    let deep = raw.len() * 4 / 5;
+    raw[deep] ^= 0xff;
+    std::fs::write(&path, raw).unwrap();
+    // The read that meets the damage gets every byte right, and a's copy is good again.
+    assert_eq!(get(&a, &id), body);
+    assert_eq!(metric(&a, "sluice_repairs_total"), 1);
+    assert_eq!(get(&a, &id), body);
+    // A range that starts past the first read and crosses the damage, likewise.
+    let path = data_file(dirs[1].path(), &id);
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[deep] ^= 0xff;
+    std::fs::write(&path, raw).unwrap();
+    let range = curl_ok(&[
+        "-sS",
+        "-f",
+        "-r",
+        "1000000-2999999",
+        &format!("{}/v1/files/{id}", a.url),
+    ]);
+    assert_eq!(range, &body[1_000_000..3_000_000]);
+    assert_eq!(metric(&a, "sluice_repairs_total"), 2);
+}
