@@ -436,3 +436,70 @@ fn the_cli_converts_png_and_refuses_bad_input_in_one_line() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn an_upload_whose_bytes_all_arrived_is_completed_on_restart() {
+    // The node dies after the last PATCH's bytes are fsynced and before it completes the
+    // upload: a stock tus client's HEAD then says every byte arrived, and it sends nothing.
+    let data = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (hook, posts) = webhook_receiver();
+    let config = files.path().join("sluice.toml");
+    std::fs::write(&config, format!("webhook_url = \"{hook}\"\n")).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    let image = progressive_jpeg(400, 300, 43);
+    let cut = image.len() * 6 / 10;
+    std::fs::write(files.path().join("first"), &image[..cut]).unwrap();
+    let server = Served::start(data.path(), &["--config", &config]);
+    let meta = encode_metadata([("content-type", "image/jpeg"), ("q", "0.3")]);
+    let head = curl_head(&[
+        "-X",
+        "POST",
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        "-H",
+        &format!("Upload-Length: {}", image.len()),
+        "-H",
+        &format!("Upload-Metadata: {meta}"),
+        &format!("{}/v1/uploads", server.url),
+    ]);
+    let location = header(&head, "location").unwrap();
+    let head = patch(
+        &format!("{}{location}", server.url),
+        0,
+        &files.path().join("first"),
+    );
+    let fileid = header(&head, "sluice-file-id").unwrap();
+    let (event, _) = posts.recv_timeout(WAIT).unwrap();
+    assert_eq!(event, "file.committed");
+    drop(server); // SIGKILL
+    // What the last PATCH had made durable when the node died: the rest of the bytes.
+    let upload_id = location.rsplit('/').next().unwrap();
+    let data_file = data
+        .path()
+        .join("uploads")
+        .join(format!("{upload_id}.data"));
+    let mut held = std::fs::read(&data_file).unwrap();
+    assert_eq!(held.len(), cut);
+    held.extend_from_slice(&image[cut..]);
+    std::fs::write(&data_file, &held).unwrap();
+
+    let server = Served::start(data.path(), &["--config", &config]);
+    let (event, body) = posts.recv_timeout(WAIT).unwrap();
+    assert_eq!(event, "file.completed", "{body}");
+    assert!(body.contains(&fileid));
+    let (head, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    assert_eq!(header(&head, "sluice-complete"), None, "{head}");
+    assert_eq!(body, image);
+    let head = curl_head(&[
+        "-I",
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        &format!("{}{location}", server.url),
+    ]);
+    assert_eq!(status(&head), "404", "the session is over");
+    assert!(
+        posts.recv_timeout(Duration::from_millis(500)).is_err(),
+        "no file.abandoned or anything else"
+    );
+}
