@@ -3,9 +3,17 @@
 //! One thread owns every write transaction. Callers send it operations over a bounded channel;
 //! it takes all that are waiting (up to `MAX_BATCH`) into one transaction and one commit, so
 //! concurrent uploads share an fsync instead of queueing for one each (group commit).
+//!
+//! A commit that fails with an I/O error (a full disk) leaves redb refusing every later write
+//! until the database is opened again. So the writer then answers writes at once with the
+//! reason (`NoSpace` for a full disk), and every second opens the database again and tries an
+//! empty commit; once one goes through, writes resume by themselves. Reads go on throughout
+//! (but for the moment of reopening).
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sluice_proto::BlobKey;
@@ -27,6 +35,11 @@ const OPLOG_HEAD: &str = "oplog_head";
 
 const MAX_BATCH: usize = 512;
 const QUEUE_DEPTH: usize = 4096;
+/// How often a writer whose commits fail tries to recover.
+const RECOVERY_PAUSE: Duration = Duration::from_secs(1);
+/// What a recovering writer writes to see that there is room again.
+const PROBE_BYTES: usize = 256 << 10;
+const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
 
 /// Files and bytes held, kept in the index beside the records so they survive restarts exactly.
 #[derive(Debug, Default)]
@@ -51,14 +64,95 @@ pub(crate) enum IndexOp {
 }
 
 pub(crate) struct Index {
-    pub db: Arc<Database>,
+    db: Arc<DbSlot>,
     ops: mpsc::Sender<IndexOp>,
     pub counters: Arc<StoreCounters>,
+    /// Why writes fail, while they do.
+    trouble: Arc<Mutex<Option<Trouble>>>,
+}
+
+/// Why index writes fail, while they do.
+#[derive(Debug, Clone)]
+enum Trouble {
+    NoSpace,
+    Failed(String),
+}
+
+impl Trouble {
+    fn of(e: &BlobError) -> Self {
+        match e {
+            BlobError::NoSpace => Trouble::NoSpace,
+            other => Trouble::Failed(other.to_string()),
+        }
+    }
+
+    fn error(&self) -> BlobError {
+        match self {
+            Trouble::NoSpace => BlobError::NoSpace,
+            Trouble::Failed(reason) => BlobError::Index(reason.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for Trouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trouble::NoSpace => f.write_str("the disk holding the index is full"),
+            Trouble::Failed(reason) => write!(f, "the index cannot be written: {reason}"),
+        }
+    }
+}
+
+/// The open database, which the writer may close and open again (redb wants that after an
+/// I/O error in a commit).
+pub(crate) struct DbSlot {
+    path: PathBuf,
+    db: RwLock<Option<Arc<Database>>>,
+}
+
+impl DbSlot {
+    /// The database as it is now; briefly unavailable while the writer reopens it.
+    pub(crate) fn get(&self) -> Result<Arc<Database>, BlobError> {
+        self.db
+            .read()
+            .ok()
+            .and_then(|d| d.clone())
+            .ok_or(BlobError::Reopening)
+    }
+
+    /// Closes the database and opens it again. Waits (briefly) for readers holding it.
+    fn reopen(&self) -> Result<Arc<Database>, BlobError> {
+        let old = self
+            .db
+            .write()
+            .map_err(|_| BlobError::Index("index lock poisoned".into()))?
+            .take();
+        if let Some(mut old) = old {
+            // redb allows one open instance per file: the old one must go first.
+            for _ in 0..500 {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) => {
+                        old = shared;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+            }
+        }
+        let db = Arc::new(Database::create(&self.path)?);
+        if let Ok(mut slot) = self.db.write() {
+            *slot = Some(db.clone());
+        }
+        Ok(db)
+    }
 }
 
 impl Index {
     /// Opens (or creates) the index and starts its writer thread. Blocking.
-    pub fn open(path: &std::path::Path) -> Result<(Self, std::thread::JoinHandle<()>), BlobError> {
+    pub fn open(path: &Path) -> Result<(Self, std::thread::JoinHandle<()>), BlobError> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         let counters = StoreCounters::default();
@@ -73,22 +167,43 @@ impl Index {
             counters.bytes.store(get(BYTES)?, Ordering::Relaxed);
         }
         txn.commit()?;
-        let db = Arc::new(db);
+        let slot = Arc::new(DbSlot {
+            path: path.to_owned(),
+            db: RwLock::new(Some(Arc::new(db))),
+        });
         let counters = Arc::new(counters);
+        let trouble = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let writer_db = db.clone();
-        let writer_counters = counters.clone();
+        let writer = Writer {
+            slot: slot.clone(),
+            counters: counters.clone(),
+            trouble: trouble.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("sluice-index-writer".into())
-            .spawn(move || run_writer(&writer_db, &writer_counters, rx))?;
+            .spawn(move || writer.run(rx))?;
         Ok((
             Self {
-                db,
+                db: slot,
                 ops: tx,
                 counters,
+                trouble,
             },
             handle,
         ))
+    }
+
+    /// The database, for reads.
+    pub(crate) fn db(&self) -> Result<Arc<Database>, BlobError> {
+        self.db.get()
+    }
+
+    /// `Some(reason)` while writes fail (a full disk, say).
+    pub fn write_trouble(&self) -> Option<String> {
+        self.trouble
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(Trouble::to_string))
     }
 
     pub async fn insert(&self, key: BlobKey, meta: BlobMeta) -> Result<Adoption, BlobError> {
@@ -119,7 +234,7 @@ impl Index {
 
     /// Looks a key up. Blocking (may read from disk).
     pub fn get(&self, key: &BlobKey) -> Result<Option<BlobMeta>, BlobError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(BLOBS)?;
         match table.get(key.as_bytes().as_slice())? {
             Some(v) => Ok(Some(BlobMeta::decode(v.value())?)),
@@ -128,14 +243,14 @@ impl Index {
     }
 
     pub fn is_tombstoned(&self, key: &BlobKey) -> Result<bool, BlobError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(TOMBSTONES)?;
         Ok(table.get(key.as_bytes().as_slice())?.is_some())
     }
 
     /// Up to `limit` oplog entries with a sequence number above `after`, oldest first.
     pub fn oplog_after(&self, after: u64, limit: usize) -> Result<Vec<OplogEntry>, BlobError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(OPLOG)?;
         let mut out = Vec::new();
         for item in table.range(after.saturating_add(1)..)?.take(limit) {
@@ -147,7 +262,7 @@ impl Index {
 
     /// The sequence number of the newest oplog entry (0 when empty).
     pub fn oplog_head(&self) -> Result<u64, BlobError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let table = txn.open_table(COUNTERS)?;
         Ok(table.get(OPLOG_HEAD)?.map_or(0, |v| v.value()))
     }
@@ -158,17 +273,117 @@ impl Index {
     }
 }
 
-fn run_writer(db: &Database, counters: &StoreCounters, mut rx: mpsc::Receiver<IndexOp>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(op) = rx.blocking_recv() {
-        batch.push(op);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+/// The one writer of the index.
+struct Writer {
+    slot: Arc<DbSlot>,
+    counters: Arc<StoreCounters>,
+    trouble: Arc<Mutex<Option<Trouble>>>,
+}
+
+impl Writer {
+    fn run(self, mut rx: mpsc::Receiver<IndexOp>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            if let Some(trouble) = self.trouble() {
+                // Writes fail: answer them at once, and try to recover now and then.
+                loop {
+                    match rx.try_recv() {
+                        Ok(op) => op.refuse(&trouble),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                }
+                std::thread::sleep(RECOVERY_PAUSE);
+                self.recover();
+                continue;
+            }
+            let Some(op) = rx.blocking_recv() else {
+                return;
+            };
+            batch.push(op);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            match self.slot.get() {
+                Ok(db) => {
+                    if let Err(e) = apply_batch(&db, &self.counters, &mut batch) {
+                        self.set_trouble(Some(Trouble::of(&e)));
+                        // redb refuses reads too after a failed commit: open it again so
+                        // reads go on while writes wait for room.
+                        drop(db);
+                        if let Err(e) = self.slot.reopen() {
+                            tracing::error!(error = %e, "could not reopen the index; reads wait for it too");
+                        }
+                    }
+                }
+                Err(e) => {
+                    let trouble = Trouble::of(&e);
+                    batch.drain(..).for_each(|op| op.refuse(&trouble));
+                }
             }
         }
-        apply_batch(db, counters, &mut batch);
+    }
+
+    fn trouble(&self) -> Option<Trouble> {
+        self.trouble.lock().ok().and_then(|t| t.clone())
+    }
+
+    fn set_trouble(&self, trouble: Option<Trouble>) {
+        match &trouble {
+            Some(reason) => {
+                tracing::error!(%reason, "index writes fail; refusing writes until they work again")
+            }
+            None => tracing::info!("index writes work again"),
+        }
+        if let Ok(mut t) = self.trouble.lock() {
+            *t = trouble;
+        }
+    }
+
+    /// Writes (then removes) a probe of some size: writes resume if there is room for it. (An
+    /// empty commit goes through on a disk with no room at all.)
+    fn recover(&self) {
+        let attempt = || -> Result<(), BlobError> {
+            let db = match self.slot.get() {
+                Ok(db) => db,
+                Err(_) => self.slot.reopen()?,
+            };
+            for probe in [Some(vec![0u8; PROBE_BYTES]), None] {
+                let txn = db.begin_write()?;
+                {
+                    let mut table = txn.open_table(PROBE)?;
+                    match &probe {
+                        Some(bytes) => drop(table.insert("probe", bytes.as_slice())?),
+                        None => drop(table.remove("probe")?),
+                    }
+                }
+                txn.commit()?;
+            }
+            Ok(())
+        };
+        match attempt() {
+            Ok(()) => self.set_trouble(None),
+            Err(e) => {
+                if let Ok(mut t) = self.trouble.lock() {
+                    *t = Some(Trouble::of(&e));
+                }
+                // As after any failed commit, so reads go on.
+                let _ = self.slot.reopen();
+            }
+        }
+    }
+}
+
+impl IndexOp {
+    /// Answers the operation with the writer's trouble: `NoSpace` for a full disk.
+    fn refuse(self, trouble: &Trouble) {
+        match self {
+            IndexOp::Insert { done, .. } => drop(done.send(Err(trouble.error()))),
+            IndexOp::Remove { done, .. } => drop(done.send(Err(trouble.error()))),
+        }
     }
 }
 
@@ -210,7 +425,13 @@ enum Outcome {
     ),
 }
 
-fn apply_batch(db: &Database, counters: &StoreCounters, batch: &mut Vec<IndexOp>) {
+/// Applies a batch in one transaction and answers each operation; the commit's error, if any,
+/// is also returned (the writer decides what it means for later batches).
+fn apply_batch(
+    db: &Database,
+    counters: &StoreCounters,
+    batch: &mut Vec<IndexOp>,
+) -> Result<(), BlobError> {
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut files = counters.files.load(Ordering::Relaxed);
     let mut bytes = counters.bytes.load(Ordering::Relaxed);
@@ -300,19 +521,20 @@ fn apply_batch(db: &Database, counters: &StoreCounters, batch: &mut Vec<IndexOp>
                     Outcome::Removed(done, old) => drop(done.send(Ok(old))),
                 }
             }
+            Ok(())
         }
         Err(e) => {
             tracing::error!(error = %e, "index commit failed; the batch is refused");
-            // Operations not yet taken from the batch (an early error) are answered by dropping
-            // their senders, which callers see as `Closed`; those taken get the error itself.
-            batch.clear();
+            // Every operation of the batch gets the error, those not reached yet included.
+            let trouble = Trouble::of(&e);
+            batch.drain(..).for_each(|op| op.refuse(&trouble));
             for outcome in outcomes {
-                let err = BlobError::Index(e.to_string());
                 match outcome {
-                    Outcome::Inserted(done, _) => drop(done.send(Err(err))),
-                    Outcome::Removed(done, _) => drop(done.send(Err(err))),
+                    Outcome::Inserted(done, _) => drop(done.send(Err(trouble.error()))),
+                    Outcome::Removed(done, _) => drop(done.send(Err(trouble.error()))),
                 }
             }
+            Err(e)
         }
     }
 }

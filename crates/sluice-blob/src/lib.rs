@@ -61,6 +61,8 @@ pub enum BlobError {
     NoSpace,
     #[error("the store is shutting down")]
     Closed,
+    #[error("the index is being reopened after a failed write; try again")]
+    Reopening,
     #[error("this file was deleted")]
     Deleted,
     #[error("this id already holds a different file; file ids are immutable")]
@@ -79,23 +81,64 @@ impl BlobError {
     }
 }
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for BlobError {
-            fn from(e: $t) -> Self {
-                BlobError::Index(e.to_string())
-            }
-        }
-    )*};
+/// A redb storage error: a full disk is `NoSpace`, as for data files.
+fn from_storage(e: redb::StorageError) -> BlobError {
+    match e {
+        redb::StorageError::Io(io) if io.raw_os_error() == Some(28) => BlobError::NoSpace,
+        other => BlobError::Index(other.to_string()),
+    }
 }
-from_redb!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+
+impl From<redb::StorageError> for BlobError {
+    fn from(e: redb::StorageError) -> Self {
+        from_storage(e)
+    }
+}
+
+impl From<redb::CommitError> for BlobError {
+    fn from(e: redb::CommitError) -> Self {
+        match e {
+            redb::CommitError::Storage(s) => from_storage(s),
+            other => BlobError::Index(other.to_string()),
+        }
+    }
+}
+
+impl From<redb::TransactionError> for BlobError {
+    fn from(e: redb::TransactionError) -> Self {
+        match e {
+            redb::TransactionError::Storage(s) => from_storage(s),
+            other => BlobError::Index(other.to_string()),
+        }
+    }
+}
+
+impl From<redb::TableError> for BlobError {
+    fn from(e: redb::TableError) -> Self {
+        match e {
+            redb::TableError::Storage(s) => from_storage(s),
+            other => BlobError::Index(other.to_string()),
+        }
+    }
+}
+
+impl From<redb::DatabaseError> for BlobError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::Storage(s) => from_storage(s),
+            other => BlobError::Index(other.to_string()),
+        }
+    }
+}
+
+impl From<redb::Error> for BlobError {
+    fn from(e: redb::Error) -> Self {
+        match e {
+            redb::Error::Io(io) if io.raw_os_error() == Some(28) => BlobError::NoSpace,
+            other => BlobError::Index(other.to_string()),
+        }
+    }
+}
 
 /// Tunables of a store.
 #[derive(Debug, Clone)]
@@ -299,6 +342,12 @@ impl BlobStore {
                 matches!(self.inner.index.get(&key), Ok(Some(_)))
             });
         }
+    }
+
+    /// `Some(reason)` while writes fail (the index's disk is full, say); they resume by
+    /// themselves once they work again.
+    pub fn write_trouble(&self) -> Option<String> {
+        self.inner.index.write_trouble()
     }
 
     pub fn counters(&self) -> &StoreCounters {

@@ -504,7 +504,7 @@ mod store_tests {
         // Rewrite its record as the first release wrote it: no digest.
         meta.sha256 = None;
         {
-            let txn = store.index().db.begin_write().unwrap();
+            let txn = store.index().db().unwrap().begin_write().unwrap();
             {
                 let mut blobs = txn.open_table(crate::index::BLOBS).unwrap();
                 blobs

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_blob::{BlobError, BlobStore, BlobStoreOptions};
+use sluice_testkit::small_disk::SmallDisk;
 
 /// How often a test re-checks a condition it waits for.
 const POLL: Duration = Duration::from_millis(10);
@@ -627,4 +628,78 @@ async fn racing_writers_of_one_key_with_different_bytes_leave_one_whole_file() {
         assert_eq!(store.stat(key).unwrap().unwrap().sha256, Some(digest));
     }
     assert_eq!(tmp_entries(dir.path()), 0);
+}
+
+#[tokio::test]
+async fn an_index_whose_disk_filled_recovers_by_itself_once_space_returns() {
+    // The index on a small disk of its own (the data files beside it have room), which
+    // another process fills: the index's commits are what fail.
+    let disk = SmallDisk::mount("8m");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("FORMAT"), "sluice-blob 1\n").unwrap();
+    std::os::unix::fs::symlink(
+        disk.path().join("index.redb"),
+        dir.path().join("index.redb"),
+    )
+    .unwrap();
+    let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
+    let first = put(&store, b"kept through it all", 100).await;
+    let hog = disk.fill("hog");
+    // Many writers at once (they share commits), until a commit fails.
+    let mut stored = 1;
+    let refused = 'fill: loop {
+        let mut commits = Vec::new();
+        for i in 0..64 {
+            let key = store.new_key().unwrap();
+            let mut w = store.writer(key, "a/b".into(), u64::MAX);
+            w.write(Bytes::from(pattern(300, i))).await.unwrap();
+            commits.push(tokio::spawn(w.commit()));
+        }
+        let mut failure = None;
+        for c in commits {
+            match c.await.unwrap() {
+                Ok(_) => stored += 1,
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            break 'fill e;
+        }
+        assert!(stored < 100_000, "the index's disk never filled");
+    };
+    assert!(matches!(refused, BlobError::NoSpace), "{refused}");
+    // While it cannot write: writes are refused at once with the reason, reads go on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.write_trouble().is_none() {
+        assert!(Instant::now() < deadline, "the trouble was never said");
+        tokio::time::sleep(POLL).await;
+    }
+    assert!(store.write_trouble().unwrap().contains("full"));
+    let key = store.new_key().unwrap();
+    let mut w = store.writer(key, "a/b".into(), u64::MAX);
+    w.write(Bytes::from_static(b"x")).await.unwrap();
+    assert!(matches!(w.commit().await, Err(BlobError::NoSpace)));
+    assert_eq!(
+        read_all(&store, first, 0, u64::MAX).await.unwrap(),
+        b"kept through it all"
+    );
+    // Space returns: the store recovers by itself, without a restart.
+    std::fs::remove_file(&hog).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.write_trouble().is_some() {
+        assert!(Instant::now() < deadline, "the index never recovered");
+        tokio::time::sleep(POLL).await;
+    }
+    let after = put(&store, b"written after", 100).await;
+    assert_eq!(
+        read_all(&store, after, 0, u64::MAX).await.unwrap(),
+        b"written after"
+    );
+    assert_eq!(store.files(), stored + 1);
+    // Refused writes left no data file behind.
+    assert_eq!(
+        sluice_blob::data_file_paths(dir.path()).unwrap().len() as u64,
+        store.files()
+    );
+    store.close().await;
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use sluice_testkit::link::Link;
+use sluice_testkit::small_disk::SmallDisk;
 use sluice_testkit::{NodeSettings, TestEdge, TestNode, wait_until};
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -494,51 +495,16 @@ async fn a_slow_client_holds_nothing_back_and_tricks_get_clear_errors() {
     edge.stop().await;
 }
 
-/// A small filesystem of its own for the cache (tmpfs; the tests run as root, as CI does).
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .expect("mount runs");
-        assert!(
-            status.success(),
-            "mounting a tmpfs needs root (CI runs tests as root)"
-        );
-        Self { dir }
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 #[tokio::test]
 async fn a_cache_disk_filled_by_another_process_degrades_to_proxying() {
     let disk = SmallDisk::mount("4m");
     let node = TestNode::start().await;
-    let cache = disk.dir.path().join("cache");
+    let cache = disk.path().join("cache");
     let edge = TestEdge::start(&cache, TestEdge::config(&node.url, 64 << 20)).await;
     let data = pattern(1 << 20, 8);
     let id = upload(&node, data.clone()).await;
     // Another process takes every byte left on the disk.
-    let hog = disk.dir.path().join("hog");
-    let mut f = std::fs::File::create(&hog).unwrap();
-    let chunk = vec![0u8; 64 * 1024];
-    use std::io::Write;
-    while f.write_all(&chunk).is_ok() {}
-    let _ = f.sync_all();
-    drop(f);
+    let hog = disk.fill("hog");
     let url = format!("{}/v1/files/{id}", edge.url);
     for _ in 0..2 {
         let (s, h, body) = get(&url, &[]).await;

@@ -65,7 +65,8 @@ pub fn heartbeat(state: &StorageState, link: &ClusterLink) -> Heartbeat {
         files: store.files(),
         bytes: store.bytes(),
         free_bytes,
-        writable: free_bytes > link.free_space_reserve,
+        // A store whose index writes fail (its disk filled) takes no uploads until they work.
+        writable: free_bytes > link.free_space_reserve && store.write_trouble().is_none(),
         sync_lag: state.replication().map_or(0, |r| r.sync_lag()),
         catch_up_pending: state.replication().map_or(0, |r| r.catch_up_pending()),
         min_copies: state.replication().map_or(1, |r| r.min_copies() as u32),

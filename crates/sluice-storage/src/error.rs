@@ -105,7 +105,7 @@ impl From<BlobError> for ApiError {
             }
             // The reader already logged which block of which file.
             BlobError::Corrupt { .. } => ApiError::Corrupt,
-            BlobError::Closed => ApiError::Unavailable,
+            BlobError::Closed | BlobError::Reopening => ApiError::Unavailable,
             BlobError::Deleted => ApiError::Gone,
             BlobError::Conflict => ApiError::Conflict,
             BlobError::ChecksumMismatch => ApiError::DigestMismatch,

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use sluice_proto::GroupName;
 use tokio::net::TcpListener;
@@ -208,10 +208,7 @@ pub fn router(state: StorageState) -> Router {
                 .fallback(tus::other),
         )
         .route("/v1/events", get(events::stream))
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .fallback(|| async { error::ApiError::NoRoute })
         // Upload size is enforced by the handlers against the configured limit, for raw and
@@ -226,6 +223,15 @@ pub fn router(state: StorageState) -> Router {
             sluice_http::metrics::record,
         ))
         .with_state(state)
+}
+
+/// Alive (the process answers), and whether it can take writes now: a node whose index writes
+/// fail says why, and is still "ok" (it serves reads, and recovers by itself).
+async fn healthz(State(state): State<StorageState>) -> axum::Json<serde_json::Value> {
+    axum::Json(match state.store().write_trouble() {
+        None => serde_json::json!({"status": "ok", "writable": true}),
+        Some(reason) => serde_json::json!({"status": "ok", "writable": false, "reason": reason}),
+    })
 }
 
 /// Serves the storage API on `listener` until `shutdown` resolves, then stops accepting and

@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod images;
 pub mod link;
+pub mod small_disk;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Served, curl_ok, wait_for};
+use common::{Served, curl, curl_ok, wait_for};
+use sluice_testkit::small_disk::SmallDisk;
 
 const WAIT: Duration = Duration::from_secs(30);
 const SECRET: &str = "faults-s3cret";
@@ -326,4 +327,72 @@ fn damage_deep_in_a_file_is_repaired_during_the_read_that_meets_it() {
     ]);
     assert_eq!(range, &body[1_000_000..3_000_000]);
     assert_eq!(metric(&a, "sluice_repairs_total"), 2);
+}
+
+#[test]
+fn a_node_whose_index_disk_fills_refuses_uploads_says_why_and_recovers_by_itself() {
+    // The node's index on a small disk of its own, which another process then fills: the
+    // index's commits are what fail (its data files beside it have room).
+    let disk = SmallDisk::mount("8m");
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let data = dirs[1].path();
+    std::fs::write(data.join("FORMAT"), "sluice-blob 1\n").unwrap();
+    std::os::unix::fs::symlink(disk.path().join("index.redb"), data.join("index.redb")).unwrap();
+    let tracker = Served::tracker(dirs[0].path(), &[], &ENV);
+    let node = Served::storage(data, "g1", &[&tracker.url], &[], &ENV);
+    wait_for("the node to join", WAIT, || {
+        nodes(&tracker).iter().any(|n| n.1 == "active")
+    });
+    let mut acknowledged = vec![(upload(&node, b"before"), b"before".to_vec())];
+    let hog = disk.fill("hog");
+    // Uploads go on (into the room the index had left) until one is refused.
+    let refusal = loop {
+        let i = acknowledged.len();
+        let body = format!("file {i} of the uploads that fill the index").into_bytes();
+        let out = curl(&[
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "--data-binary",
+            &String::from_utf8_lossy(&body),
+            &format!("{}/v1/files", node.url),
+        ]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (json, status) = text.rsplit_once('\n').unwrap();
+        let json: serde_json::Value = serde_json::from_str(json).unwrap();
+        match status {
+            "201" | "200" => {
+                let id = json["fileid"].as_str().unwrap().to_owned();
+                acknowledged.push((id, body));
+            }
+            _ => break (status.to_owned(), json),
+        }
+        assert!(i < 20_000, "the index's disk never filled");
+    };
+    assert_eq!(refusal.0, "507", "{refusal:?}");
+    assert!(
+        refusal.1["error"].as_str().unwrap().contains("full"),
+        "{refusal:?}"
+    );
+    // It says why, and the trackers stop sending it uploads; reads go on.
+    let health = || -> serde_json::Value {
+        serde_json::from_slice(&curl_ok(&["-sS", &format!("{}/healthz", node.url)])).unwrap()
+    };
+    let h = health();
+    assert_eq!(h["writable"], false, "{h}");
+    assert!(h["reason"].as_str().unwrap().contains("full"), "{h}");
+    wait_for("the tracker to see it unwritable", WAIT, || {
+        cluster_view(&tracker)["groups"][0]["nodes"][0]["writable"] == false
+    });
+    for (id, body) in &acknowledged {
+        assert_eq!(&get(&node, id), body);
+    }
+    // Room again: it takes uploads again without a restart.
+    std::fs::remove_file(&hog).unwrap();
+    wait_for("writable again", WAIT, || health()["writable"] == true);
+    let id = upload(&node, b"after");
+    assert_eq!(get(&node, &id), b"after");
+    for (id, body) in &acknowledged {
+        assert_eq!(&get(&node, id), body);
+    }
 }
