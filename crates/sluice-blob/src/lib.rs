@@ -469,7 +469,14 @@ impl BlobStore {
     /// returns how many files went. Files of writers at work are left alone, so this is safe
     /// while the store is in use. (The open after a crash starts it in the background.)
     pub fn sweep_orphans(&self) -> io::Result<usize> {
-        sweep::sweep(self)
+        sweep::sweep(self, &mut |_| {})
+    }
+
+    /// [`Self::sweep_orphans`], calling `before_unlink` with each key whose file it is about
+    /// to remove, after deciding to: for tests that race writers against the sweep.
+    #[doc(hidden)]
+    pub fn sweep_orphans_with(&self, before_unlink: &mut dyn FnMut(&BlobKey)) -> io::Result<usize> {
+        sweep::sweep(self, before_unlink)
     }
 
     /// Marks `key` as being written until the returned guard drops.
@@ -489,13 +496,6 @@ impl BlobStore {
             key,
             turn,
         }
-    }
-
-    pub(crate) fn is_in_flight(&self, key: &BlobKey) -> bool {
-        self.inner
-            .in_flight
-            .lock()
-            .is_ok_and(|m| m.contains_key(key))
     }
 
     pub(crate) fn is_closing(&self) -> bool {
@@ -526,6 +526,20 @@ impl InFlight {
     /// Waits for this key's commit turn.
     pub(crate) async fn commit_turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
         self.turn.clone().lock_owned().await
+    }
+
+    /// The commit turn if nobody holds it now.
+    pub(crate) fn try_commit_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.turn.clone().try_lock_owned().ok()
+    }
+
+    /// Whether this is the only writer of its key at work.
+    pub(crate) fn alone(&self) -> bool {
+        self.store
+            .inner
+            .in_flight
+            .lock()
+            .is_ok_and(|m| m.get(&self.key).is_some_and(|e| e.writers == 1))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::BlobStore;
 pub(crate) fn start(store: BlobStore) {
     let spawned = std::thread::Builder::new()
         .name("sluice-orphan-sweep".into())
-        .spawn(move || match sweep(&store) {
+        .spawn(move || match sweep(&store, &mut |_| {}) {
             Ok(0) => tracing::debug!("orphan sweep found nothing"),
             Ok(n) => tracing::info!(removed = n, "orphan sweep removed unindexed data files"),
             Err(e) => tracing::warn!(error = %e, "orphan sweep stopped early"),
@@ -27,8 +27,12 @@ pub(crate) const TEMP_SUFFIX: &str = "tmp";
 /// The extension of an incomplete blob's data file (`KEY.SIZE.part`).
 pub(crate) const PART_SUFFIX: &str = "part";
 
-/// Returns how many files it removed.
-pub(crate) fn sweep(store: &BlobStore) -> std::io::Result<usize> {
+/// Returns how many files it removed. `before_unlink` is called with each key whose file is
+/// about to go, after the decision (tests race writers against it there).
+pub(crate) fn sweep(
+    store: &BlobStore,
+    before_unlink: &mut dyn FnMut(&BlobKey),
+) -> std::io::Result<usize> {
     let mut removed = 0;
     let mut failure = None;
     walk_shards(store.root(), &mut |path, name| {
@@ -39,28 +43,34 @@ pub(crate) fn sweep(store: &BlobStore) -> std::io::Result<usize> {
         let Ok(key) = BlobKey::parse(name.split('.').next().unwrap_or_default()) else {
             return Ok(true);
         };
-        // A writer registers its key before it creates any file and deregisters only after
-        // indexing, so checking "in flight" before "indexed" cannot miss a file of a live upload.
-        if store.is_in_flight(&key) {
+        // The sweep is a writer of the key while it judges it, and holds the key's commit
+        // turn: a writer that was at work first is left alone, and one that starts now places
+        // its file only after the unlink (every placing happens in that turn).
+        let claim = store.begin_write(key);
+        let Some(_turn) = claim.try_commit_turn() else {
+            return Ok(true);
+        };
+        if !claim.alone() {
             return Ok(true);
         }
-        if is_temp(path) {
+        let doomed = if is_temp(path) {
+            true
+        } else {
+            match store.index().get(&key) {
+                // A data file is kept only if it is the one the index names: a shorter prefix
+                // replaced just before a crash goes too.
+                Ok(Some(meta)) => store.data_path(&key, &meta) != path,
+                Ok(None) => true,
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    return Ok(false);
+                }
+            }
+        };
+        if doomed {
+            before_unlink(&key);
             remove_if_present(path)?;
             removed += 1;
-            return Ok(true);
-        }
-        match store.index().get(&key) {
-            // A data file is kept only if it is the one the index names: a shorter prefix
-            // replaced just before a crash goes too.
-            Ok(Some(meta)) if store.data_path(&key, &meta) == path => {}
-            Ok(_) => {
-                remove_if_present(path)?;
-                removed += 1;
-            }
-            Err(e) => {
-                failure = Some(e.to_string());
-                return Ok(false);
-            }
         }
         Ok(true)
     })?;

@@ -8,6 +8,7 @@ use sluice_testkit::small_disk::SmallDisk;
 
 /// How often a test re-checks a condition it waits for.
 const POLL: Duration = Duration::from_millis(10);
+const WAIT: Duration = Duration::from_secs(30);
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -701,5 +702,86 @@ async fn an_index_whose_disk_filled_recovers_by_itself_once_space_returns() {
         sluice_blob::data_file_paths(dir.path()).unwrap().len() as u64,
         store.files()
     );
+    store.close().await;
+}
+
+/// Copies a store's data files and format marker, not its index: what a crash between placing
+/// files and indexing them leaves. With the clean-close marker, so no sweep starts by itself.
+fn copy_unindexed(from: &std::path::Path, to: &std::path::Path) {
+    fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_tree(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    copy_tree(&from.join("blobs"), &to.join("blobs"));
+    std::fs::copy(from.join("FORMAT"), to.join("FORMAT")).unwrap();
+    std::fs::write(to.join("CLEAN"), b"").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_starts_while_the_sweep_judges_its_key_keeps_its_file() {
+    let source = tempfile::tempdir().unwrap();
+    let first = BlobStore::open(source.path(), small_blocks()).unwrap();
+    let mut files = std::collections::HashMap::new();
+    for i in 0..3u8 {
+        let data = pattern(5000 + usize::from(i), i);
+        files.insert(put(&first, &data, 5000).await, data);
+    }
+    first.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    copy_unindexed(source.path(), dir.path());
+    let store = BlobStore::open(dir.path(), small_blocks()).unwrap();
+    assert_eq!(store.files(), 0);
+    // The sweep has decided a file goes; just then a writer of that key (catch-up fetching the
+    // same file) starts, and runs to its end if it can.
+    let runtime = tokio::runtime::Handle::current();
+    let (sweeper, writer_store, bodies) = (store.clone(), store.clone(), files.clone());
+    let (removed, commits) = tokio::task::spawn_blocking(move || {
+        let mut commits = Vec::new();
+        let removed = sweeper.sweep_orphans_with(&mut |key| {
+            let (store, key, body) = (writer_store.clone(), *key, bodies[key].clone());
+            let (done, commit) = std::sync::mpsc::channel();
+            runtime.spawn(async move {
+                let mut w = store.writer(key, "image/jpeg".into(), u64::MAX);
+                w.write(Bytes::from(body)).await.unwrap();
+                let _ = done.send(w.commit().await);
+            });
+            // Time enough for the writer to finish, were it not held until the unlink is done.
+            // (A right sweep passes however long this is; a wrong one fails when the writer
+            // finishes within it, as it does in far less.)
+            let early = commit.recv_timeout(Duration::from_millis(300)).ok();
+            assert!(
+                early.is_none(),
+                "a writer placed its file while the sweep judged it"
+            );
+            commits.push(commit);
+        });
+        (removed.unwrap(), commits)
+    })
+    .await
+    .unwrap();
+    assert_eq!(removed, 3, "every unindexed file went");
+    for commit in commits {
+        let commit = tokio::task::spawn_blocking(move || commit.recv_timeout(WAIT))
+            .await
+            .unwrap();
+        commit
+            .expect("the writer finishes")
+            .expect("and stores its file");
+    }
+    // Each writer's file is whole and indexed; nothing else is left.
+    assert_eq!(store.files(), 3);
+    for (key, data) in &files {
+        assert_eq!(&read_all(&store, *key, 0, u64::MAX).await.unwrap(), data);
+    }
+    assert_eq!(sluice_blob::data_file_paths(dir.path()).unwrap().len(), 3);
+    assert_eq!(store.sweep_orphans().unwrap(), 0);
     store.close().await;
 }
