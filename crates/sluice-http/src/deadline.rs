@@ -5,21 +5,48 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+/// A connection's send timeout, which a handler may change for the response it serves (a live
+/// stream drops players that stall sooner than a download does). Handlers find it among the
+/// request's extensions.
+#[derive(Debug, Clone)]
+pub struct SendTimeout(Arc<AtomicU64>);
+
+impl SendTimeout {
+    pub fn new(timeout: Duration) -> Self {
+        Self(Arc::new(AtomicU64::new(millis(timeout))))
+    }
+
+    /// From the next wait on: a client that takes nothing this long is cut off.
+    pub fn set(&self, timeout: Duration) {
+        self.0.store(millis(timeout), Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 pub struct SendDeadline<T> {
     io: T,
-    timeout: Duration,
+    timeout: SendTimeout,
     /// Running while a write waits for the client; any progress clears it.
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> SendDeadline<T> {
-    pub fn new(io: T, timeout: Duration) -> Self {
+    pub fn new(io: T, timeout: SendTimeout) -> Self {
         Self {
             io,
             timeout,
@@ -40,7 +67,7 @@ impl<T> SendDeadline<T> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let timeout = self.timeout;
+                let timeout = self.timeout.get();
                 let sleep = self
                     .stalled
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));

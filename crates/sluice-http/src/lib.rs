@@ -19,6 +19,7 @@ pub use access::{AccessDenied, AccessPolicy};
 pub use cluster::{ClusterAccess, ClusterRefused};
 pub use content::ActiveContent;
 pub use cors::CorsPolicy;
+pub use deadline::SendTimeout;
 pub use metrics::HttpMetrics;
 
 use std::future::Future;
@@ -91,16 +92,19 @@ pub async fn serve(
         };
         let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
-        // Handlers that care who is calling (region routing) extract `ConnectInfo`.
+        // Handlers that care who is calling (region routing) extract `ConnectInfo`; those
+        // that want another send timeout for their response (live streams), `SendTimeout`.
+        let send_timeout = SendTimeout::new(limits.send_timeout);
         let service = tower_layer::Layer::layer(
             &axum::Extension(axum::extract::ConnectInfo(peer)),
             router.clone(),
         );
+        let service = tower_layer::Layer::layer(&axum::Extension(send_timeout.clone()), service);
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .serve_connection(
-                TokioIo::new(deadline::SendDeadline::new(stream, limits.send_timeout)),
+                TokioIo::new(deadline::SendDeadline::new(stream, send_timeout)),
                 TowerToHyperService::new(service),
             );
         let connection = graceful.watch(connection);

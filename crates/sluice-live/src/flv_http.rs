@@ -1,6 +1,7 @@
 //! HTTP-FLV: `GET /live/{app}/{stream}.flv` streams a live stream as an endless FLV file
 //! (what mpegts.js and ffplay read), starting at the last keyframe.
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri, header};
@@ -9,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use sluice_http::SendTimeout;
 use sluice_media::flv;
 
 use crate::LiveState;
@@ -26,6 +28,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 
 pub(crate) async fn play(
     State(state): State<LiveState>,
+    send_timeout: Option<Extension<SendTimeout>>,
     uri: Uri,
     Path((app, file)): Path<(String, String)>,
 ) -> Response {
@@ -47,6 +50,10 @@ pub(crate) async fn play(
     let Some(channel) = state.hub().get(&app, stream) else {
         return error(StatusCode::NOT_FOUND, "no such live stream");
     };
+    // A player that stalls is dropped as an RTMP one is, not after a download's send timeout.
+    if let Some(Extension(timeout)) = send_timeout {
+        timeout.set(state.config().player_stall_timeout);
+    }
     let header = flv::header(channel.has_audio(), channel.has_video());
     let player = FlvPlayer {
         feed: Feed::new(channel.subscribe()),

@@ -42,6 +42,8 @@ pub struct LiveConfig {
     /// A publisher silent this long is gone; a client that sends nothing during the
     /// handshake this long too.
     pub idle_timeout: Duration,
+    /// A player (RTMP or HTTP-FLV) whose connection takes nothing this long is dropped.
+    pub player_stall_timeout: Duration,
     /// Most bytes per second a publisher may send, averaged over a few seconds; beyond it the
     /// connection is closed (a flood, not a stream).
     pub max_ingest_rate: u64,
@@ -74,6 +76,7 @@ impl Default for LiveConfig {
             hls_max_segment_duration: Duration::from_secs(10),
             record_max_frames: 200_000,
             idle_timeout: Duration::from_secs(10),
+            player_stall_timeout: Duration::from_secs(10),
             max_ingest_rate: 12_500_000,
             max_connections: 10_000,
             access: sluice_http::AccessPolicy::default(),

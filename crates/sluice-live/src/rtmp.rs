@@ -21,8 +21,6 @@ use crate::{CHUNK_SIZE, LiveState};
 
 /// Frames written to a player in one go, at most (several batches, when it is behind).
 const BATCH_FRAMES: usize = 256;
-/// A player that accepts no bytes for this long is dropped.
-const PLAYER_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A timestamp this far behind the previous one of the same kind is a broken publisher.
 const MAX_BACKWARDS_MS: u32 = 1000;
 
@@ -134,6 +132,7 @@ impl Connection {
         let (mut reader, mut writer) = stream.into_split();
         let mut buf = vec![0u8; 64 * 1024];
         let idle = self.state.config().idle_timeout;
+        let stall = self.state.config().player_stall_timeout;
         let mut playing: Option<Playing> = None;
         loop {
             let next_frames = async {
@@ -179,7 +178,7 @@ impl Connection {
                         let chunk = self.session.out_chunk_size();
                         let parts: Vec<Bytes> = frames.iter().map(|f| f.rtmp_bytes(stream_id, chunk)).collect();
                         // A player whose socket takes nothing for this long is gone.
-                        tokio::time::timeout(PLAYER_WRITE_TIMEOUT, write_all_vectored(&mut writer, &parts))
+                        tokio::time::timeout(stall, write_all_vectored(&mut writer, &parts))
                             .await
                             .map_err(|_| "player stalled; dropped".to_owned())?
                             .map_err(|e| e.to_string())?;

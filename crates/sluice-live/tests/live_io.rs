@@ -251,6 +251,70 @@ async fn enhanced_rtmp_hevc_av1_vp9_pass_through_to_rtmp_and_http_flv() {
     }
 }
 
+/// How many players the stream has, as `/v1/live/streams` says.
+async fn players(server: &Server, stream: &str) -> u64 {
+    let list: serde_json::Value = reqwest::get(format!("{}/v1/live/streams", server.http))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == stream)
+        .map_or(0, |s| s["players"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn an_http_flv_player_that_takes_nothing_for_the_stall_timeout_is_dropped() {
+    let server = start_with(LiveConfig {
+        player_stall_timeout: Duration::from_secs(1),
+        ..LiveConfig::default()
+    })
+    .await;
+    let mut publisher = Client::connect(&server.rtmp, "live").await;
+    publisher.command("publish", "stall").await;
+    publisher
+        .read_until(|m| status(m).as_deref() == Some("NetStream.Publish.Start"))
+        .await;
+    publisher.video(0, &[0x17, 0, 0, 0, 0, 1, 2, 3]).await;
+    // A player that asks and then never reads (nor closes).
+    let mut stalled = TcpStream::connect(server.http.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stalled
+        .write_all(b"GET /live/live/stall.flv HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while players(&server, "stall").await != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the player never joined"
+        );
+        tokio::task::yield_now().await;
+    }
+    // The stream goes on (enough to fill the socket's buffers many times over) until the
+    // server gives the player up: within seconds, not the download send timeout (60 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut i = 1u32;
+    while players(&server, "stall").await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a stalled HTTP-FLV player is still counted"
+        );
+        for _ in 0..20 {
+            let mut f = vec![if i % 50 == 0 { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+            f.resize(50_000, 0xAB);
+            publisher.video(i * 40, &f).await;
+            i += 1;
+        }
+    }
+    drop(stalled);
+}
+
 #[tokio::test]
 async fn a_stalled_player_neither_slows_the_publisher_nor_the_others() {
     // The publisher sends 40 MB as fast as TCP takes them, far beyond real time: the backlog
@@ -261,6 +325,9 @@ async fn a_stalled_player_neither_slows_the_publisher_nor_the_others() {
             backlog: 48 << 20,
             ..Default::default()
         },
+        // It stalls while the whole 40 MB are sent (a debug build on a shared CPU): longer
+        // than a player is let stall by default.
+        player_stall_timeout: Duration::from_secs(120),
         ..LiveConfig::default()
     })
     .await;

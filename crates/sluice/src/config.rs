@@ -101,6 +101,8 @@ pub struct ServeConfig {
     pub hls_max_segment_duration: TimeSpan,
     /// A recording is stored after this many frames and the next part begins.
     pub record_max_frames: usize,
+    /// A live player (RTMP or HTTP-FLV) whose connection takes nothing this long is dropped.
+    pub live_player_stall_timeout: TimeSpan,
 }
 
 impl Default for ServeConfig {
@@ -149,6 +151,7 @@ impl Default for ServeConfig {
             hls_max_segment_size: ByteSize(4 << 20),
             hls_max_segment_duration: TimeSpan(std::time::Duration::from_secs(10)),
             record_max_frames: 200_000,
+            live_player_stall_timeout: TimeSpan(std::time::Duration::from_secs(10)),
         }
     }
 }
@@ -198,6 +201,7 @@ impl ValidServeConfig {
             on_play: raw.on_play.clone(),
             hook_timeout: std::time::Duration::from_millis(raw.hook_timeout_ms),
             idle_timeout: std::time::Duration::from_secs(raw.rtmp_idle_timeout_secs),
+            player_stall_timeout: raw.live_player_stall_timeout.0,
             hls_target: std::time::Duration::from_secs(raw.hls_target_secs),
             ..sluice_live::LiveConfig::default()
         }
@@ -357,6 +361,10 @@ impl ServeConfig {
         anyhow::ensure!(
             self.send_timeout.0 >= std::time::Duration::from_secs(1),
             "send_timeout must be at least 1s"
+        );
+        anyhow::ensure!(
+            self.live_player_stall_timeout.0 >= std::time::Duration::from_secs(1),
+            "live_player_stall_timeout must be at least 1s"
         );
         anyhow::ensure!(
             self.rtmp_idle_timeout_secs >= 1 && self.hls_target_secs >= 1,
