@@ -95,8 +95,7 @@ async fn serve(
                         return proxy(edge, &id, method, range.as_deref()).await;
                     }
                 }
-                let active = edge.config().active_content;
-                match from_spool(&fill, &head, wanted, &etag, (method, headers), active) {
+                match from_spool(edge, &id, &fill, &head, wanted, &etag, (method, headers)) {
                     Some(response) => return response,
                     // The fill ended between our look and the open: look again.
                     None => continue,
@@ -197,13 +196,15 @@ fn content_length(response: &Response) -> u64 {
 /// Answers from a fill's spool: the head now, the bytes as the fill writes them. `None` if
 /// the spool is gone (the fill just finished).
 fn from_spool(
+    edge: &EdgeState,
+    id: &FileId,
     fill: &Arc<Fill>,
     head: &OriginHead,
     wanted: RangeRequest,
     etag: &str,
     (method, headers): (&Method, &HeaderMap),
-    active: sluice_http::ActiveContent,
 ) -> Option<Result<Response, EdgeError>> {
+    let active = edge.config().active_content;
     let spool = match File::open(&fill.spool) {
         Ok(f) => Arc::new(f),
         Err(_) => return None,
@@ -245,50 +246,121 @@ fn from_spool(
     let body = if *method == Method::HEAD {
         Body::empty()
     } else {
-        spool_body(fill.watch(), spool, start, end)
+        let source = Source::Spool {
+            watch: fill.watch(),
+            spool,
+        };
+        miss_body(edge.clone(), id.clone(), source, start, end)
     };
     Some(builder.body(body).map_err(|_| EdgeError::Internal))
 }
 
-/// `start..end` of a spool, each byte sent once the fill has written it.
-fn spool_body(
-    watch: tokio::sync::watch::Receiver<FillState>,
-    spool: Arc<File>,
-    start: u64,
-    end: u64,
-) -> Body {
-    let stream = futures_util::stream::try_unfold((watch, start), move |(mut watch, at)| {
-        let spool = spool.clone();
+/// Where a miss's bytes come from.
+enum Source {
+    /// The fill's spool, each byte once the fill has written it.
+    Spool {
+        watch: tokio::sync::watch::Receiver<FillState>,
+        spool: Arc<File>,
+    },
+    /// The origin, asked for the rest after the fill failed under this client.
+    Origin(futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>),
+}
+
+/// `start..end` of a file for a client that joined a fill. If the fill fails before the
+/// client has its bytes (the edge's disk filled, the origin broke off), the rest is asked of
+/// the origin from where the client is: a response that promised a length is cut short only
+/// when the origin itself cannot give the rest.
+fn miss_body(edge: EdgeState, id: FileId, source: Source, start: u64, end: u64) -> Body {
+    let stream = futures_util::stream::try_unfold((source, start), move |(mut source, at)| {
+        let (edge, id) = (edge.clone(), id.clone());
         async move {
             loop {
                 if at >= end {
                     return Ok(None);
                 }
-                let available = match &*watch.borrow_and_update() {
-                    FillState::Receiving { received, .. } => *received,
-                    FillState::Done { head } => head.size,
-                    FillState::Refused(_) | FillState::Connecting => {
-                        return Err(std::io::Error::other("the origin fetch failed"));
+                match &mut source {
+                    Source::Spool { watch, spool } => {
+                        let available = match &*watch.borrow_and_update() {
+                            FillState::Receiving { received, .. } => Some(*received),
+                            FillState::Done { head } => Some(head.size),
+                            FillState::Refused(_) | FillState::Connecting => None,
+                        };
+                        let Some(available) = available else {
+                            source = Source::Origin(rest_from_origin(&edge, &id, at, end).await?);
+                            continue;
+                        };
+                        if at < available.min(end) {
+                            let len = (available.min(end) - at).min(SPOOL_CHUNK) as usize;
+                            let file = spool.clone();
+                            let bytes = tokio::task::spawn_blocking(move || {
+                                let mut buf = vec![0u8; len];
+                                file.read_exact_at(&mut buf, at).map(|()| buf)
+                            })
+                            .await
+                            .map_err(std::io::Error::other)??;
+                            return Ok(Some((Bytes::from(bytes), (source, at + len as u64))));
+                        }
+                        if watch.changed().await.is_err() {
+                            // The fill is gone without a last word: as if it failed.
+                            source = Source::Origin(rest_from_origin(&edge, &id, at, end).await?);
+                        }
                     }
-                };
-                if at < available.min(end) {
-                    let len = (available.min(end) - at).min(SPOOL_CHUNK) as usize;
-                    let file = spool.clone();
-                    let bytes = tokio::task::spawn_blocking(move || {
-                        let mut buf = vec![0u8; len];
-                        file.read_exact_at(&mut buf, at).map(|()| buf)
-                    })
-                    .await
-                    .map_err(std::io::Error::other)??;
-                    return Ok(Some((Bytes::from(bytes), (watch, at + len as u64))));
-                }
-                if watch.changed().await.is_err() {
-                    return Err(std::io::Error::other("the origin fetch ended"));
+                    Source::Origin(rest) => {
+                        let chunk = match rest.next().await {
+                            Some(chunk) => chunk?,
+                            None => {
+                                return Err(std::io::Error::other(format!(
+                                    "the origin broke off at byte {at} of {end}"
+                                )));
+                            }
+                        };
+                        if chunk.len() as u64 > end - at {
+                            return Err(std::io::Error::other("the origin sent too much"));
+                        }
+                        EdgeMetrics::add(&edge.metrics().bytes_from_origin, chunk.len() as u64);
+                        let next = at + chunk.len() as u64;
+                        return Ok(Some((chunk, (source, next))));
+                    }
                 }
             }
         }
     });
     Body::from_stream(stream)
+}
+
+/// Asks the origin for `at..end` of a file whose fill failed under a client.
+async fn rest_from_origin(
+    edge: &EdgeState,
+    id: &FileId,
+    at: u64,
+    end: u64,
+) -> std::io::Result<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>> {
+    tracing::info!(fileid = %id, at, "a fill failed under a client; the rest comes from the origin");
+    EdgeMetrics::add(&edge.metrics().continuations, 1);
+    EdgeMetrics::add(&edge.metrics().origin_fetches, 1);
+    let range = format!("bytes={at}-{}", end - 1);
+    let response = edge
+        .origin()
+        .get(id, Some(&range))
+        .await
+        .map_err(std::io::Error::other)?;
+    let expected = format!("bytes {at}-{}/", end - 1);
+    let answered = response
+        .headers()
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if response.status() != reqwest::StatusCode::PARTIAL_CONTENT || !answered.starts_with(&expected)
+    {
+        return Err(std::io::Error::other(format!(
+            "the origin answered {} ({answered}) for the rest of a failed fill",
+            response.status()
+        )));
+    }
+    Ok(response
+        .bytes_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other))
+        .boxed())
 }
 
 /// Passes one request through to the origin (a far range, or a file still arriving there):

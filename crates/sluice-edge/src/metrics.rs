@@ -20,6 +20,8 @@ pub struct EdgeMetrics {
     pub bytes_from_origin: AtomicU64,
     /// Requests made to the origin: cache fills and proxied reads.
     pub origin_fetches: AtomicU64,
+    /// Clients whose fill failed under them, continued from the origin.
+    pub continuations: AtomicU64,
 }
 
 impl EdgeMetrics {
@@ -57,6 +59,11 @@ pub(crate) async fn render(State(edge): State<EdgeState>) -> impl IntoResponse {
             "sluice_edge_origin_fetches_total",
             "Requests made to the origin (cache fills and proxied reads).",
             &m.origin_fetches,
+        ),
+        (
+            "sluice_edge_fill_continuations_total",
+            "Clients whose cache fill failed under them (a full disk, the origin broke off), continued from the origin with a range.",
+            &m.continuations,
         ),
     ] {
         render_counter(&mut out, name, help, counter.load(Ordering::Relaxed));

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+const WAIT: Duration = Duration::from_secs(30);
+
 use reqwest::StatusCode;
 use sluice_testkit::link::Link;
 use sluice_testkit::small_disk::SmallDisk;
@@ -611,5 +613,143 @@ async fn redirects_are_followed_only_to_nodes_the_trackers_list() {
     )
     .await;
     assert!(planted.load(Ordering::SeqCst) >= 1);
+    edge.stop().await;
+}
+
+/// Clients of a miss, each holding its response once its first 64 KiB arrived (so each is
+/// attached to the fill), with what it read so far. `range` asks for part of the file.
+async fn attached_clients(
+    url: &str,
+    n: usize,
+    range: Option<&str>,
+) -> Vec<(reqwest::Response, Vec<u8>)> {
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, range) = (url.to_owned(), range.map(str::to_owned));
+            tokio::spawn(async move {
+                let mut request = reqwest::Client::new().get(&url);
+                if let Some(range) = range {
+                    request = request.header("range", range);
+                }
+                let mut r = request.send().await.unwrap();
+                assert_eq!(cache_header(r.headers()), "miss");
+                let mut got = Vec::new();
+                while got.len() < 64 * 1024 {
+                    got.extend_from_slice(&r.chunk().await.unwrap().unwrap());
+                }
+                (r, got)
+            })
+        })
+        .collect();
+    let mut attached = Vec::new();
+    for c in clients {
+        attached.push(c.await.unwrap());
+    }
+    attached
+}
+
+/// The rest of a response's body, or the error that ended it.
+async fn rest(mut r: reqwest::Response, mut got: Vec<u8>) -> Result<Vec<u8>, reqwest::Error> {
+    while let Some(chunk) = r.chunk().await? {
+        got.extend_from_slice(&chunk);
+    }
+    Ok(got)
+}
+
+#[tokio::test]
+async fn clients_of_a_fill_the_origin_broke_off_get_the_rest_from_the_origin() {
+    let node = TestNode::start().await;
+    let link = Link::start(&node.url).await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&link.url, 64 << 20)).await;
+    let data = pattern(3 << 20, 6);
+    let id = upload(&node, data.clone()).await;
+    link.set_rate(1_000_000);
+    let url = format!("{}/v1/files/{id}", edge.url);
+    let whole = attached_clients(&url, 3, None).await;
+    let ranged = attached_clients(&url, 2, Some("bytes=1000-2999999")).await;
+    // The fill's connection is cut mid-body; the origin itself is fine.
+    link.set_down(true);
+    link.set_down(false);
+    for (r, got) in whole {
+        assert_eq!(rest(r, got).await.expect("a whole body"), data);
+    }
+    for (r, got) in ranged {
+        assert_eq!(
+            rest(r, got).await.expect("a whole range"),
+            &data[1000..3_000_000]
+        );
+    }
+    assert!(metric(&edge, "sluice_edge_fill_continuations_total").await >= 1);
+    // Nothing half-fetched was cached; the next request fills afresh.
+    let (s, _, body) = get(&url, &[]).await;
+    assert_eq!((s, body), (StatusCode::OK, data));
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn clients_of_a_fill_whose_origin_is_gone_get_an_error_never_a_short_file() {
+    let node = TestNode::start().await;
+    let link = Link::start(&node.url).await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&link.url, 64 << 20)).await;
+    let data = pattern(3 << 20, 7);
+    let id = upload(&node, data.clone()).await;
+    link.set_rate(1_000_000);
+    let url = format!("{}/v1/files/{id}", edge.url);
+    let clients = attached_clients(&url, 2, None).await;
+    link.set_down(true);
+    for (r, got) in clients {
+        assert_eq!(
+            r.headers()["content-length"],
+            data.len().to_string().as_str()
+        );
+        assert!(
+            rest(r, got).await.is_err(),
+            "the body ends in an error, which the client sees"
+        );
+    }
+    assert_eq!(edge.state.cache().files(), 0);
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn clients_of_a_fill_whose_cache_disk_fills_get_every_byte() {
+    // Room, once the hog goes, for the spool and the cached copy side by side.
+    let disk = SmallDisk::mount("16m");
+    let node = TestNode::start().await;
+    let link = Link::start(&node.url).await;
+    let edge = TestEdge::start(
+        &disk.path().join("cache"),
+        TestEdge::config(&link.url, 64 << 20),
+    )
+    .await;
+    let data = pattern(4 << 20, 8);
+    let id = upload(&node, data.clone()).await;
+    // Another process leaves the disk room for about a quarter of the file.
+    let hog = disk.fill_leaving("hog", 1 << 20);
+    link.set_rate(2_000_000);
+    let url = format!("{}/v1/files/{id}", edge.url);
+    let whole = attached_clients(&url, 3, None).await;
+    let ranged = attached_clients(&url, 1, Some("bytes=100000-")).await;
+    for (r, got) in whole {
+        assert_eq!(rest(r, got).await.expect("a whole body"), data);
+    }
+    for (r, got) in ranged {
+        assert_eq!(rest(r, got).await.expect("a whole range"), &data[100_000..]);
+    }
+    assert!(metric(&edge, "sluice_edge_fill_continuations_total").await >= 1);
+    // While the disk stays full, clients are proxied, whole.
+    let (s, _, body) = get(&url, &[]).await;
+    assert_eq!((s, body), (StatusCode::OK, data.clone()));
+    // Room again: cached as usual.
+    std::fs::remove_file(&hog).unwrap();
+    get(&url, &[]).await;
+    wait_until("cached once there is room", WAIT, || async {
+        edge.state.cache().files() == 1
+    })
+    .await;
+    let (_, h, body) = get(&url, &[]).await;
+    assert_eq!((cache_header(&h), body), ("hit", data));
     edge.stop().await;
 }

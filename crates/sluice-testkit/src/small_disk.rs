@@ -42,6 +42,21 @@ impl SmallDisk {
     }
 }
 
+impl SmallDisk {
+    /// Fills the disk but for about `room` bytes.
+    pub fn fill_leaving(&self, name: &str, room: u64) -> std::path::PathBuf {
+        let hog = self.fill(name);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&hog)
+            .expect("the hog opens");
+        let len = f.metadata().expect("the hog's size").len();
+        f.set_len(len.saturating_sub(room))
+            .expect("the hog shrinks");
+        hog
+    }
+}
+
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.dir.path()).status();
