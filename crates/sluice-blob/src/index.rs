@@ -242,6 +242,31 @@ impl Index {
         }
     }
 
+    /// Up to `limit` indexed keys after `after` (from the first when `None`), in key order.
+    pub fn keys_after(
+        &self,
+        after: Option<&BlobKey>,
+        limit: usize,
+    ) -> Result<Vec<BlobKey>, BlobError> {
+        let txn = self.db()?.begin_read()?;
+        let table = txn.open_table(BLOBS)?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        let range = match after {
+            Some(k) => table.range::<&[u8]>((
+                std::ops::Bound::Excluded(k.as_bytes().as_slice()),
+                std::ops::Bound::Unbounded,
+            ))?,
+            None => table.range::<&[u8]>(..)?,
+        };
+        for item in range.take(limit) {
+            let (k, _) = item?;
+            let bytes: [u8; sluice_proto::fileid::KEY_BYTES] =
+                k.value().try_into().map_err(|_| BlobError::BadRecord)?;
+            out.push(BlobKey::from_bytes(bytes));
+        }
+        Ok(out)
+    }
+
     pub fn is_tombstoned(&self, key: &BlobKey) -> Result<bool, BlobError> {
         let txn = self.db()?.begin_read()?;
         let table = txn.open_table(TOMBSTONES)?;

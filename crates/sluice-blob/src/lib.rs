@@ -250,7 +250,16 @@ impl BlobStore {
         // (its old data file is then unlinked): look again, a few times.
         for _ in 0..4 {
             match std::fs::File::open(self.data_path(&key, &meta)) {
-                Ok(file) => return Ok(Some(BlobReader::new(key, meta, file))),
+                Ok(file) => {
+                    // A data file of another length than its record says is damaged (cut
+                    // short by a disk fault, say): reads would otherwise end early.
+                    let expected = layout::BlockLayout::new(meta.block_size).file_len(meta.size);
+                    if file.metadata()?.len() != expected {
+                        tracing::error!(%key, "data file is not the length its record says");
+                        return Err(BlobError::Corrupt { key, block: 0 });
+                    }
+                    return Ok(Some(BlobReader::new(key, meta, file)));
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     // Deleted between the lookup and the open, replaced, or lost: tell which.
                     match self.inner.index.get(&key)? {
@@ -264,6 +273,16 @@ impl BlobStore {
         }
         tracing::error!(%key, "indexed blob has no data file");
         Err(BlobError::Corrupt { key, block: 0 })
+    }
+
+    /// Up to `limit` keys of indexed blobs after `after` (from the first when `None`), in key
+    /// order: for passes over everything the index names (the scrub). Blocking.
+    pub fn keys_after(
+        &self,
+        after: Option<&BlobKey>,
+        limit: usize,
+    ) -> Result<Vec<BlobKey>, BlobError> {
+        self.inner.index.keys_after(after, limit)
     }
 
     /// The SHA-256 of a blob's stored bytes, read through (and so verified by) its checksums.

@@ -430,8 +430,20 @@ pub(crate) async fn repair(state: &StorageState, id: &FileId) -> bool {
 /// Opens a local file, or fetches it from a peer first when this node has not caught up.
 async fn open_or_fetch(state: &StorageState, id: &FileId) -> Result<BlobReader, ApiError> {
     let store = state.store();
-    if let Some(reader) = store.open_reader(id.key)? {
-        return Ok(reader);
+    match store.open_reader(id.key) {
+        Ok(Some(reader)) => return Ok(reader),
+        Ok(None) => {}
+        // Indexed, but its data file is missing or cut short (a disk fault, an operator's
+        // slip): a peer's copy puts it back.
+        Err(BlobError::Corrupt { .. }) => {
+            if repair(state, id).await {
+                if let Some(reader) = store.open_reader(id.key)? {
+                    return Ok(reader);
+                }
+            }
+            return Err(ApiError::Corrupt);
+        }
+        Err(e) => return Err(e.into()),
     }
     if store.is_deleted(id.key)? {
         return Err(ApiError::NotFound);

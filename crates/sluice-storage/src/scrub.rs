@@ -43,58 +43,75 @@ pub async fn run_scrub(
     }
 }
 
-/// One pass over every file; returns (files checked, damaged found).
+/// Keys read from the index at a time.
+const KEYS_PER_PAGE: usize = 1024;
+
+/// One pass over every file the index names (so a data file that went missing is found too);
+/// returns (files checked, damaged found).
 async fn scrub_pass(state: &StorageState, config: &ScrubConfig) -> Result<(u64, u64), BlobError> {
-    let root = state.store().root().to_owned();
-    let keys = tokio::task::spawn_blocking(move || {
-        let mut keys = Vec::new();
-        sluice_blob::walk_data_files(&root, &mut |_, key| {
-            keys.push(key);
-            Ok(true)
-        })
-        .map(|()| keys)
-    })
-    .await
-    .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))??;
     let (mut files, mut damaged) = (0, 0);
-    for key in keys {
-        // Deleted since the walk, or an orphan awaiting the sweep: nothing to check.
-        let Some(reader) = state.store().open_reader(key)? else {
-            continue;
+    let mut after = None;
+    loop {
+        let store = state.store().clone();
+        let keys =
+            tokio::task::spawn_blocking(move || store.keys_after(after.as_ref(), KEYS_PER_PAGE))
+                .await
+                .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))??;
+        let Some(last) = keys.last() else {
+            return Ok((files, damaged));
         };
-        let size = reader.meta().size;
-        let mut at = 0;
-        let mut intact = true;
-        while at < size {
-            match reader.read_chunk(at, size, CHUNK_BYTES).await {
-                Ok(chunk) => {
-                    let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
-                    at += len;
-                    let pause =
-                        Duration::from_secs_f64(len as f64 / config.bytes_per_sec.max(1) as f64);
-                    tokio::time::sleep(pause).await;
-                }
-                Err(BlobError::Corrupt { .. }) => {
-                    intact = false;
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        files += 1;
-        state
-            .counters()
-            .scrubbed_files
-            .fetch_add(1, Ordering::Relaxed);
-        if !intact {
-            damaged += 1;
+        after = Some(*last);
+        for key in keys {
+            let intact = match check(state, config, key).await? {
+                None => continue,
+                Some(intact) => intact,
+            };
+            files += 1;
             state
                 .counters()
-                .scrub_damaged
+                .scrubbed_files
                 .fetch_add(1, Ordering::Relaxed);
-            let id = FileId::new(state.config().group.clone(), key);
-            crate::files::repair(state, &id).await;
+            if !intact {
+                damaged += 1;
+                state
+                    .counters()
+                    .scrub_damaged
+                    .fetch_add(1, Ordering::Relaxed);
+                let id = FileId::new(state.config().group.clone(), key);
+                crate::files::repair(state, &id).await;
+            }
         }
     }
-    Ok((files, damaged))
+}
+
+/// Reads a file through its checksums at the scrub's pace: `Some(intact)`, or `None` if it
+/// was deleted meanwhile.
+async fn check(
+    state: &StorageState,
+    config: &ScrubConfig,
+    key: sluice_proto::BlobKey,
+) -> Result<Option<bool>, BlobError> {
+    let reader = match state.store().open_reader(key) {
+        Ok(Some(reader)) => reader,
+        Ok(None) => return Ok(None),
+        // Its data file is missing or of the wrong length.
+        Err(BlobError::Corrupt { .. }) => return Ok(Some(false)),
+        Err(e) => return Err(e),
+    };
+    let size = reader.meta().size;
+    let mut at = 0;
+    while at < size {
+        match reader.read_chunk(at, size, CHUNK_BYTES).await {
+            Ok(chunk) => {
+                let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
+                at += len;
+                let pause =
+                    Duration::from_secs_f64(len as f64 / config.bytes_per_sec.max(1) as f64);
+                tokio::time::sleep(pause).await;
+            }
+            Err(BlobError::Corrupt { .. }) => return Ok(Some(false)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(true))
 }

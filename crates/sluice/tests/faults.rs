@@ -396,3 +396,47 @@ fn a_node_whose_index_disk_fills_refuses_uploads_says_why_and_recovers_by_itself
         assert_eq!(&get(&node, id), body);
     }
 }
+
+#[test]
+fn a_missing_or_cut_short_data_file_is_put_back_by_the_read_that_meets_it_or_the_scrub() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tracker = Served::tracker(dirs[0].path(), &[], &ENV);
+    let a_dir = dirs[1].path().join("a");
+    let a = storage_on(
+        &a_dir,
+        &tracker,
+        free_port(),
+        "scrub_interval_secs = 1\n",
+        &[],
+    );
+    let _b = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &ENV);
+    wait_for("both nodes active", WAIT, || {
+        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
+    });
+    let bodies: Vec<Vec<u8>> = (0..3).map(|i| body_of(i * 1000)).collect();
+    let ids: Vec<String> = bodies.iter().map(|b| upload(&a, b)).collect();
+    wait_for("b to hold them", WAIT, || {
+        nodes(&tracker).iter().all(|n| n.2 == 3)
+    });
+    // On a: one data file gone, one cut short, one gone where only the scrub will see it.
+    std::fs::remove_file(data_file(&a_dir, &ids[0])).unwrap();
+    let cut = data_file(&a_dir, &ids[1]);
+    let len = std::fs::metadata(&cut).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cut)
+        .unwrap()
+        .set_len(len - 5000)
+        .unwrap();
+    let unread = data_file(&a_dir, &ids[2]);
+    std::fs::remove_file(&unread).unwrap();
+    assert_eq!(get(&a, &ids[0]), bodies[0]);
+    assert_eq!(get(&a, &ids[1]), bodies[1]);
+    wait_for("the scrub to put the third back", WAIT, || {
+        unread.exists() && metric(&a, "sluice_repairs_total") == 3
+    });
+    assert_eq!(get(&a, &ids[2]), bodies[2]);
+    for (id, body) in ids.iter().zip(&bodies) {
+        assert_eq!(&get(&a, id), body);
+    }
+}
