@@ -334,14 +334,15 @@ fn a_node_whose_index_disk_fills_refuses_uploads_says_why_and_recovers_by_itself
     // The node's index on a small disk of its own, which another process then fills: the
     // index's commits are what fail (its data files beside it have room).
     let disk = SmallDisk::mount("8m");
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let data = dirs[1].path();
     std::fs::write(data.join("FORMAT"), "sluice-blob 1\n").unwrap();
     std::os::unix::fs::symlink(disk.path().join("index.redb"), data.join("index.redb")).unwrap();
     let tracker = Served::tracker(dirs[0].path(), &[], &ENV);
     let node = Served::storage(data, "g1", &[&tracker.url], &[], &ENV);
-    wait_for("the node to join", WAIT, || {
-        nodes(&tracker).iter().any(|n| n.1 == "active")
+    let peer = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &ENV);
+    wait_for("both nodes to join", WAIT, || {
+        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
     });
     let mut acknowledged = vec![(upload(&node, b"before"), b"before".to_vec())];
     let hog = disk.fill("hog");
@@ -382,16 +383,32 @@ fn a_node_whose_index_disk_fills_refuses_uploads_says_why_and_recovers_by_itself
     assert_eq!(h["writable"], false, "{h}");
     assert!(h["reason"].as_str().unwrap().contains("full"), "{h}");
     wait_for("the tracker to see it unwritable", WAIT, || {
-        cluster_view(&tracker)["groups"][0]["nodes"][0]["writable"] == false
+        cluster_view(&tracker)["groups"][0]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["url"] == node.url.as_str() && n["writable"] == false)
     });
     for (id, body) in &acknowledged {
         assert_eq!(&get(&node, id), body);
     }
+    // A file only its peer holds: fetching it here is refused for the full disk, not
+    // answered as if the file did not exist.
+    let elsewhere = upload(&peer, b"only on the peer");
+    let out = curl(&[
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        &format!("{}/v1/files/{elsewhere}", node.url),
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.ends_with("\n507"), "{text}");
     // Room again: it takes uploads again without a restart.
     std::fs::remove_file(&hog).unwrap();
     wait_for("writable again", WAIT, || health()["writable"] == true);
     let id = upload(&node, b"after");
     assert_eq!(get(&node, &id), b"after");
+    assert_eq!(get(&node, &elsewhere), b"only on the peer");
     for (id, body) in &acknowledged {
         assert_eq!(&get(&node, id), body);
     }

@@ -415,6 +415,9 @@ impl Replication {
         limit: u64,
         repair: bool,
     ) -> Result<bool, BlobError> {
+        // A peer had it but this node could not store it (a full disk): that, not "not
+        // found", is the answer.
+        let mut local_failure = None;
         for peer in self
             .peers()
             .into_iter()
@@ -423,12 +426,16 @@ impl Replication {
             match self.fetch_from(store, id, &peer.url, limit, repair).await {
                 Ok(Fetched::Stored) => return Ok(true),
                 Ok(Fetched::Gone | Fetched::NotThere(_)) => {}
+                Err(e @ (BlobError::NoSpace | BlobError::Reopening | BlobError::Closed)) => {
+                    tracing::warn!(peer = %peer.url, fileid = %id, error = %e, "a peer's copy could not be stored here");
+                    local_failure = Some(e);
+                }
                 Err(e) => {
                     tracing::warn!(peer = %peer.url, fileid = %id, error = %e, "peer fetch failed")
                 }
             }
         }
-        Ok(false)
+        local_failure.map_or(Ok(false), Err)
     }
 
     async fn fetch_from(
