@@ -251,6 +251,28 @@ async fn enhanced_rtmp_hevc_av1_vp9_pass_through_to_rtmp_and_http_flv() {
     }
 }
 
+/// A publisher of `live/NAME` whose publish was accepted and which sent a first keyframe.
+async fn publishing_with_a_keyframe(server: &Server, name: &str) -> Client {
+    let mut publisher = Client::connect(&server.rtmp, "live").await;
+    publisher.command("publish", name).await;
+    publisher
+        .read_until(|m| status(m).as_deref() == Some("NetStream.Publish.Start"))
+        .await;
+    publisher.video(0, &[0x17, 0, 0, 0, 0, 1, 2, 3]).await;
+    publisher
+}
+
+/// An HTTP-FLV request for `live/NAME` whose answer nobody reads (yet).
+async fn stalled_flv_player(server: &Server, name: &str) -> TcpStream {
+    let mut player = TcpStream::connect(server.http.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let request =
+        format!("GET /live/live/{name}.flv HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    player.write_all(request.as_bytes()).await.unwrap();
+    player
+}
+
 /// How many players the stream has, as `/v1/live/streams` says.
 async fn players(server: &Server, stream: &str) -> u64 {
     let list: serde_json::Value = reqwest::get(format!("{}/v1/live/streams", server.http))
@@ -274,20 +296,9 @@ async fn an_http_flv_player_that_takes_nothing_for_the_stall_timeout_is_dropped(
         ..LiveConfig::default()
     })
     .await;
-    let mut publisher = Client::connect(&server.rtmp, "live").await;
-    publisher.command("publish", "stall").await;
-    publisher
-        .read_until(|m| status(m).as_deref() == Some("NetStream.Publish.Start"))
-        .await;
-    publisher.video(0, &[0x17, 0, 0, 0, 0, 1, 2, 3]).await;
+    let mut publisher = publishing_with_a_keyframe(&server, "stall").await;
     // A player that asks and then never reads (nor closes).
-    let mut stalled = TcpStream::connect(server.http.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    stalled
-        .write_all(b"GET /live/live/stall.flv HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let stalled = stalled_flv_player(&server, "stall").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while players(&server, "stall").await != 1 {
         assert!(
@@ -331,20 +342,9 @@ async fn a_stalled_player_neither_slows_the_publisher_nor_the_others() {
         ..LiveConfig::default()
     })
     .await;
-    let mut publisher = Client::connect(&server.rtmp, "live").await;
-    publisher.command("publish", "busy").await;
-    publisher
-        .read_until(|m| status(m).as_deref() == Some("NetStream.Publish.Start"))
-        .await;
-    publisher.video(0, &[0x17, 0, 0, 0, 0, 1, 2, 3]).await;
+    let mut publisher = publishing_with_a_keyframe(&server, "busy").await;
     // A player that asks and then never reads.
-    let mut stalled = TcpStream::connect(server.http.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    stalled
-        .write_all(b"GET /live/live/busy.flv HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stalled = stalled_flv_player(&server, "busy").await;
     let mut good = reqwest::get(format!("{}/live/live/busy.flv", server.http))
         .await
         .unwrap();

@@ -165,24 +165,10 @@ fn storage_on(
 ) -> Served {
     let config_file = data.with_extension("toml");
     std::fs::write(&config_file, config).unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "storage",
-        "--group",
-        "g1",
-        "--tracker",
-        &tracker.url,
-        "--http",
-        &listen,
-        "--data",
-        data.to_str().unwrap(),
-        "--heartbeat-interval-ms",
-        "100",
-        "--config",
-        config_file.to_str().unwrap(),
-    ];
+    let mut args = vec!["--config", config_file.to_str().unwrap()];
     args.extend_from_slice(extra);
-    Served::spawn(&args, &ENV)
+    let listen = format!("127.0.0.1:{port}");
+    Served::storage_at(data, "g1", &[&tracker.url], &listen, &args, &ENV)
 }
 
 fn data_file(data_dir: &std::path::Path, fileid: &str) -> std::path::PathBuf {

@@ -311,22 +311,12 @@ fn a_copied_data_directory_or_a_wrong_advertise_cannot_take_a_nodes_place() {
     let port = clone.url.rsplit(':').next().unwrap().to_owned();
     let renamed = format!("http://localhost:{port}");
     let listen = format!("127.0.0.1:{port}");
-    let _same = Served::spawn(
-        &[
-            "storage",
-            "--group",
-            "g1",
-            "--tracker",
-            &tracker.url,
-            "--http",
-            &listen,
-            "--advertise",
-            &renamed,
-            "--data",
-            dirs[2].path().to_str().unwrap(),
-            "--heartbeat-interval-ms",
-            "100",
-        ],
+    let _same = Served::storage_at(
+        dirs[2].path(),
+        "g1",
+        &[&tracker.url],
+        &listen,
+        &["--advertise", &renamed],
         &env,
     );
     wait_for("the renamed node to be taken", WAIT, || {

@@ -62,12 +62,24 @@ impl Served {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        Self::storage_at(data, group, trackers, "127.0.0.1:0", extra, env)
+    }
+
+    /// [`Self::storage`] listening on LISTEN (a port a test chose, to restart it there).
+    pub fn storage_at(
+        data: &Path,
+        group: &str,
+        trackers: &[&str],
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut args = vec![
             "storage",
             "--group",
             group,
             "--http",
-            "127.0.0.1:0",
+            listen,
             "--data",
             data.to_str().expect("utf-8 path"),
             "--heartbeat-interval-ms",
