@@ -55,6 +55,27 @@ fn patch(url: &str, offset: usize, file: &std::path::Path) -> String {
     ])
 }
 
+/// A tus creation (a JPEG of LENGTH bytes, q 0.3) at SERVER with EXTRA curl flags; its head.
+fn create_upload(server: &str, length: usize, extra: &[&str]) -> String {
+    let meta = encode_metadata([("content-type", "image/jpeg"), ("q", "0.3")]);
+    let length = format!("Upload-Length: {length}");
+    let meta = format!("Upload-Metadata: {meta}");
+    let url = format!("{server}/v1/uploads");
+    let mut args = extra.to_vec();
+    args.extend_from_slice(&[
+        "-X",
+        "POST",
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        "-H",
+        &length,
+        "-H",
+        &meta,
+        &url,
+    ]);
+    curl_head(&args)
+}
+
 fn get(url: &str) -> (String, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let body = dir.path().join("b");
@@ -135,19 +156,7 @@ fn through_a_tracker_the_committed_part_is_on_the_peer_before_the_upload_ends() 
     std::fs::write(files.join("first"), &image[..half]).unwrap();
     std::fs::write(files.join("rest"), &image[half..]).unwrap();
     // Creation at the tracker: 307 to a node, whose Location is its own absolute URL.
-    let meta = encode_metadata([("content-type", "image/jpeg"), ("q", "0.3")]);
-    let head = curl_head(&[
-        "-L",
-        "-X",
-        "POST",
-        "-H",
-        "Tus-Resumable: 1.0.0",
-        "-H",
-        &format!("Upload-Length: {}", image.len()),
-        "-H",
-        &format!("Upload-Metadata: {meta}"),
-        &format!("{}/v1/uploads", t.url),
-    ]);
+    let head = create_upload(&t.url, image.len(), &["-L"]);
     assert!(head.starts_with("HTTP/1.1 307"), "{head}");
     assert_eq!(status(&head), "201", "{head}");
     let upload = header(&head, "location").unwrap();
@@ -200,18 +209,7 @@ fn sigkill_mid_upload_loses_no_acknowledged_byte_and_the_upload_resumes() {
     std::fs::write(files.path().join("first"), &image[..cut]).unwrap();
     std::fs::write(files.path().join("rest"), &image[cut..]).unwrap();
     let server = Served::start(data.path(), &[]);
-    let meta = encode_metadata([("content-type", "image/jpeg"), ("q", "0.3")]);
-    let head = curl_head(&[
-        "-X",
-        "POST",
-        "-H",
-        "Tus-Resumable: 1.0.0",
-        "-H",
-        &format!("Upload-Length: {}", image.len()),
-        "-H",
-        &format!("Upload-Metadata: {meta}"),
-        &format!("{}/v1/uploads", server.url),
-    ]);
+    let head = create_upload(&server.url, image.len(), &[]);
     let location = header(&head, "location").unwrap();
     let head = patch(
         &format!("{}{location}", server.url),
@@ -451,18 +449,7 @@ fn an_upload_whose_bytes_all_arrived_is_completed_on_restart() {
     let cut = image.len() * 6 / 10;
     std::fs::write(files.path().join("first"), &image[..cut]).unwrap();
     let server = Served::start(data.path(), &["--config", &config]);
-    let meta = encode_metadata([("content-type", "image/jpeg"), ("q", "0.3")]);
-    let head = curl_head(&[
-        "-X",
-        "POST",
-        "-H",
-        "Tus-Resumable: 1.0.0",
-        "-H",
-        &format!("Upload-Length: {}", image.len()),
-        "-H",
-        &format!("Upload-Metadata: {meta}"),
-        &format!("{}/v1/uploads", server.url),
-    ]);
+    let head = create_upload(&server.url, image.len(), &[]);
     let location = header(&head, "location").unwrap();
     let head = patch(
         &format!("{}{location}", server.url),
