@@ -443,3 +443,49 @@ fn a_missing_or_cut_short_data_file_is_put_back_by_the_read_that_meets_it_or_the
         assert_eq!(&get(&a, id), body);
     }
 }
+
+#[test]
+fn sluice_storage_enforces_its_connection_limit_and_request_head_deadline() {
+    use std::io::{Read, Write};
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tracker = Served::tracker(dirs[0].path(), &[], &ENV);
+    let node = storage_on(
+        &dirs[1].path().join("a"),
+        &tracker,
+        free_port(),
+        "max_connections = 2\nheader_read_timeout_secs = 1\n",
+        &[],
+    );
+    let addr = node.url.trim_start_matches("http://").to_owned();
+    // A half-sent request head is cut off after the deadline, not held open.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(WAIT)).unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    slow.read_to_end(&mut answer)
+        .expect("closed by the server, not by our read timeout");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Two quiet connections take both places: a third waits until one goes.
+    let held_at = std::time::Instant::now();
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    let third = std::thread::spawn({
+        let url = node.url.clone();
+        move || curl(&["-sS", "-m", "20", &format!("{url}/healthz")])
+    });
+    // The held ones are cut off at the head deadline (1 s); only then is the third served.
+    let out = third.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        held_at.elapsed() >= Duration::from_millis(900),
+        "a third connection was served past the limit of 2"
+    );
+    drop(held);
+}
