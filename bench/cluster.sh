@@ -9,8 +9,8 @@ requests=${1:-20000}
 conns=${2:-32}
 
 cargo build --release --quiet -p sluice
-SLUICE=target/release/sluice
-work=$(mktemp -d "${SLUICE_BENCH_DIR:-$PWD/target}/cluster.XXXXXX")
+SLUICE="${CARGO_TARGET_DIR:-$PWD/target}/release/sluice"
+work=$(mktemp -d "${SLUICE_BENCH_DIR:-${CARGO_TARGET_DIR:-$PWD/target}}/cluster.XXXXXX")
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

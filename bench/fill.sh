@@ -12,8 +12,8 @@ conns=${2:-32}
 probe=20000
 
 cargo build --release --quiet -p sluice
-SLUICE=target/release/sluice
-work=$(mktemp -d "${SLUICE_BENCH_DIR:-$PWD/target}/fill.XXXXXX")
+SLUICE="${CARGO_TARGET_DIR:-$PWD/target}/release/sluice"
+work=$(mktemp -d "${SLUICE_BENCH_DIR:-${CARGO_TARGET_DIR:-$PWD/target}}/fill.XXXXXX")
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT

@@ -23,7 +23,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 ulimit -n 65536 2>/dev/null || true
 
 cargo build --release --quiet -p sluice
-SLUICE=target/release/sluice
+SLUICE="${CARGO_TARGET_DIR:-$PWD/target}/release/sluice"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

@@ -21,7 +21,8 @@ cleanup() {
 trap cleanup EXIT
 (cd bench/encoders && cargo run --quiet --release -- photos "$work/photos" "$photos")
 
-target/release/sluice serve --data "$work/data" --http 127.0.0.1:0 2> "$work/serve.log" &
+SLUICE="${CARGO_TARGET_DIR:-$PWD/target}/release/sluice"
+"$SLUICE" serve --data "$work/data" --http 127.0.0.1:0 2> "$work/serve.log" &
 server=$!
 for _ in $(seq 100); do
   url="$(grep -o 'http=[^ ]*' "$work/serve.log" | head -1 | cut -d= -f2 || true)"
@@ -32,7 +33,7 @@ done
 
 echo "== share of bytes at each scan boundary (after sluice makes the photo progressive)"
 for photo in "$work"/photos/*.jpg; do
-  id="$(target/release/sluice upload "$photo" --server "$url" --progressive --q 1 2>/dev/null)"
+  id="$("$SLUICE" upload "$photo" --server "$url" --progressive --q 1 2>/dev/null)"
   curl -sS -o "$work/p.jpg" "$url/v1/files/$id"
   python3 - "$work/p.jpg" "$(basename "$photo")" <<'PY'
 import sys
@@ -58,7 +59,7 @@ echo "== time to file id vs time to complete at $rate"
 printf "%-12s %5s %10s %12s %7s\n" photo q id_s complete_s ratio
 for q in 0.2 0.3 0.5; do
   for photo in "$work"/photos/*.jpg; do
-    line="$(target/release/sluice upload "$photo" --server "$url" --progressive --q "$q" \
+    line="$("$SLUICE" upload "$photo" --server "$url" --progressive --q "$q" \
             --limit-rate "$rate" 2>&1 >/dev/null | grep 'id after')"
     id_s="$(echo "$line" | sed -E 's/.*id after ([0-9.]+) s.*/\1/')"
     all_s="$(echo "$line" | sed -E 's/.*complete after ([0-9.]+) s.*/\1/')"

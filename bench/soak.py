@@ -218,21 +218,39 @@ def publisher(ctx):
     while not ctx.stop.is_set():
         n += 1
         name = f"soak{n}"
-        ctx.live_stream = name
         seconds = min(60, max(5, int(ctx.end - time.monotonic())))
-        out = subprocess.run(
+        publish = subprocess.Popen(
             ["ffmpeg", "-nostdin", "-loglevel", "error", "-re",
              "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
              "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
              "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
              "-g", "50", "-b:v", "800k", "-c:a", "aac", "-b:a", "64k",
              "-f", "flv", f"rtmp://{ctx.live_rtmp}/live/{name}"],
-            capture_output=True)
-        if out.returncode == 0:
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Players are sent to a stream once the server lists it, not before.
+        deadline = time.monotonic() + 15
+        while publish.poll() is None and time.monotonic() < deadline:
+            if name in live_streams(ctx):
+                ctx.live_stream = name
+                break
+            time.sleep(0.1)
+        _, err = publish.communicate()
+        ctx.live_stream = None
+        if publish.returncode == 0:
             ctx.ledger.count("publish ok")
         else:
-            ctx.ledger.count("publish failed", first_line(out.stderr))
+            ctx.ledger.count("publish failed", first_line(err))
             ctx.stop.wait(1)
+
+
+def live_streams(ctx):
+    status, body = http_get(f"http://{ctx.live_http}/v1/live/streams", timeout=5)
+    if status != 200:
+        return set()
+    listed = json.loads(body)
+    if isinstance(listed, dict):
+        listed = listed.get("streams", [])
+    return {s.get("stream") for s in listed}
 
 
 def player(ctx, kind):
@@ -268,7 +286,8 @@ def killer(ctx):
         turn += 1
         node.kill9()
         ctx.ledger.note("killed", node=node.name)
-        ctx.ledger.count(f"SIGKILL {node.name}")
+        with ctx.ledger.lock:
+            ctx.kills[node.name] += 1
         ctx.stop.wait(random.uniform(5, 30))
         node.start()
         ctx.ledger.note("restarted", node=node.name)
@@ -367,7 +386,8 @@ def main():
     parser.add_argument("--work", required=True)
     args = parser.parse_args()
 
-    ctx = argparse.Namespace(args=args, sluice=args.sluice, stop=threading.Event(), live_stream=None)
+    ctx = argparse.Namespace(args=args, sluice=args.sluice, stop=threading.Event(), live_stream=None,
+                             kills=collections.Counter())
     ctx.scratch = tempfile.mkdtemp(dir=args.work, prefix="scratch.")
     ctx.ledger = Ledger(os.path.join(args.work, "ledger.jsonl"))
     tracker_port, a_port, b_port = free_port(), free_port(), free_port()
@@ -406,9 +426,11 @@ def main():
         while time.monotonic() < ctx.end:
             time.sleep(min(60, max(0.1, ctx.end - time.monotonic())))
             c = ctx.ledger.counts
+            failed = sum(n for what, n in c.items() if "failed" in what or "corrupt" in what)
             print(f"soak: {int(time.monotonic() - started)} s: {c['upload ok']} acked, "
                   f"{c['read ok']} reads, {c['delete ok']} deletes, "
-                  f"{c['upload failed'] + c['read failed'] + c['read corrupt']} failures", file=sys.stderr)
+                  f"{c['publish ok']} publishes, {c['play rtmp ok'] + c['play flv ok']} plays, "
+                  f"{sum(ctx.kills.values())} SIGKILLs, {failed} client failures", file=sys.stderr)
         ctx.stop.set()
         for t in workers:
             t.join(timeout=180)
@@ -430,7 +452,7 @@ def main():
     failures = files["lost"] + files["corrupted"] + files["resurrected"] + c["read corrupt"]
     report = {
         "minutes": args.minutes,
-        "sigkills": {n.name: n.starts - 1 for n in ctx.nodes},
+        "sigkills": dict(ctx.kills),
         "acknowledged": c["upload ok"],
         "lost": files["lost"],
         "corrupted": files["corrupted"],

@@ -54,6 +54,8 @@ pub async fn run(
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let mut ticks = tokio::time::interval(registration.interval);
+    // Whether each tracker took the last heartbeat: a change is logged, not every failure.
+    let mut taken: Vec<Option<bool>> = vec![None; registration.trackers.len()];
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -79,13 +81,21 @@ pub async fn run(
             }
             async move { (tracker, request.send().await) }
         });
-        for (tracker, result) in futures_util::future::join_all(sends).await {
-            match result {
-                Ok(r) if r.status().is_success() => {}
-                Ok(r) => {
-                    tracing::warn!(%tracker, status = %r.status(), "tracker refused the edge heartbeat")
+        let results = futures_util::future::join_all(sends).await;
+        for ((tracker, result), was) in results.into_iter().zip(taken.iter_mut()) {
+            let failure = match result {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("answered {}", r.status())),
+                Err(e) => Some(e.to_string()),
+            };
+            if *was != Some(failure.is_none()) {
+                match &failure {
+                    None => tracing::info!(%tracker, "registered with tracker"),
+                    Some(error) => {
+                        tracing::warn!(%tracker, %error, "edge heartbeat not taken (unreachable or refused); will keep trying")
+                    }
                 }
-                Err(e) => tracing::debug!(%tracker, error = %e, "tracker unreachable"),
+                *was = Some(failure.is_none());
             }
         }
     }

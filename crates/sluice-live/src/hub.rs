@@ -138,13 +138,19 @@ pub struct StreamInfo {
     pub stream: String,
     pub video_codec: Option<String>,
     pub audio_codec: Option<String>,
-    pub width: Option<f64>,
-    pub height: Option<f64>,
+    /// Pixels, as the publisher's metadata says (whole numbers, whatever AMF0 carries them as).
+    pub width: Option<u32>,
+    pub height: Option<u32>,
     pub frame_rate: Option<f64>,
     /// Bits per second received, averaged since the publish began.
     pub bitrate: u64,
     pub players: usize,
     pub uptime_secs: u64,
+}
+
+/// A dimension from metadata (AMF0 numbers are doubles), if it is a sane one.
+fn whole_pixels(n: f64) -> Option<u32> {
+    (n.is_finite() && (1.0..=65_535.0).contains(&n)).then(|| n.round() as u32)
 }
 
 /// Frames sent to players together.
@@ -364,8 +370,8 @@ impl Channel {
             stream: self.name.clone(),
             video_codec: s.video_codec.map(|c| c.name().to_owned()),
             audio_codec: s.audio_codec.map(|c| c.name().to_owned()),
-            width: number("width"),
-            height: number("height"),
+            width: number("width").and_then(whole_pixels),
+            height: number("height").and_then(whole_pixels),
             frame_rate: number("framerate").or_else(|| number("fps")),
             bitrate: (self.bytes_in.load(Ordering::Relaxed) as f64 * 8.0
                 / uptime.as_secs_f64().max(1.0)) as u64,

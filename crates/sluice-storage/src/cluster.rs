@@ -131,7 +131,7 @@ pub async fn run_heartbeats(
                 match result {
                     Ok(_) => tracing::info!(%tracker, "registered with tracker"),
                     Err(e) => {
-                        tracing::warn!(%tracker, error = %e, "tracker unreachable; will keep trying")
+                        tracing::warn!(%tracker, error = %e, "heartbeat not taken (unreachable or refused); will keep trying")
                     }
                 }
                 *was_up = Some(now_up);

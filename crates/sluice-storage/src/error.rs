@@ -36,6 +36,10 @@ pub enum ApiError {
     Corrupt,
     #[error("the server is shutting down")]
     Unavailable,
+    #[error(
+        "this node has not received this file yet and no peer could provide it now; catch-up keeps trying"
+    )]
+    NotYetHere,
     #[error("internal error; the details were logged")]
     Internal,
     #[error("access denied")]
@@ -79,7 +83,7 @@ impl ApiError {
             ApiError::NoSpace | ApiError::Full => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Corrupt | ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Denied(_) => StatusCode::FORBIDDEN,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::NotYetHere => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OffsetMismatch { .. } => StatusCode::CONFLICT,
             ApiError::WrongBodyType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TusVersion => StatusCode::PRECONDITION_FAILED,

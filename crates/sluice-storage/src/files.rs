@@ -455,7 +455,12 @@ async fn open_or_fetch(state: &StorageState, id: &FileId) -> Result<BlobReader, 
         .fetch_from_peers(store, id, state.config().max_upload_size, false)
         .await?
     {
-        return Err(ApiError::NotFound);
+        // A file catch-up knows this node is owed is not "no such file".
+        return Err(if r.is_pending(id) {
+            ApiError::NotYetHere
+        } else {
+            ApiError::NotFound
+        });
     }
     store.open_reader(id.key)?.ok_or(ApiError::NotFound)
 }

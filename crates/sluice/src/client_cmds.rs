@@ -159,6 +159,22 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     Err(last_error.map_or_else(|| anyhow::anyhow!("no tracker given"), anyhow::Error::from))
 }
 
+/// A size for people: "812B", "15.3MiB", "39.8GiB".
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
 fn cluster_table(view: &sluice_proto::cluster::ClusterView) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -185,8 +201,8 @@ fn cluster_table(view: &sluice_proto::cluster::ClusterView) -> String {
                 n.id,
                 state,
                 n.files,
-                sluice_proto::ByteSize(n.bytes).to_string(),
-                sluice_proto::ByteSize(n.free_bytes).to_string(),
+                human_bytes(n.bytes),
+                human_bytes(n.free_bytes),
                 n.sync_lag,
                 n.catch_up_pending,
                 seen,

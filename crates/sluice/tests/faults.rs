@@ -259,7 +259,23 @@ async fn catch_up_goes_past_a_bad_file_and_takes_files_of_any_size() {
     assert_eq!(b_view["catch_up_pending"], 1, "{b_view}");
     let table = common::sluice_ok(&["cluster", "--tracker", &tracker.url]);
     assert!(table.contains("PENDING"), "{table}");
+    assert!(
+        table.contains("MiB") || table.contains("GiB"),
+        "sizes for people: {table}"
+    );
     assert!(metric(&b, "sluice_catch_up_failures_total") >= 1);
+    // b answers a read of it "not here yet" (503), not "no such file".
+    let out = curl(&[
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        &format!("{}/v1/files/{bad}", b.url),
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.ends_with("\n503") && text.contains("catch-up"),
+        "{text}"
+    );
     // Once a's copy is good again, b's next try (with a back-off) takes it, and b is level.
     std::fs::write(&bad_file, &good_bytes).unwrap();
     link.set_rate(0);

@@ -199,8 +199,8 @@ fn ffmpeg_publishes_and_players_get_rtmp_and_http_flv() {
         (Some("live"), Some("aac"))
     );
     assert_eq!(
-        (cam["width"].as_f64(), cam["height"].as_f64()),
-        (Some(320.0), Some(240.0))
+        (cam["width"].as_u64(), cam["height"].as_u64()),
+        (Some(320), Some(240))
     );
     assert_eq!(cam["frame_rate"].as_f64(), Some(25.0));
     assert!(cam["bitrate"].as_u64().unwrap() > 10_000, "{cam}");

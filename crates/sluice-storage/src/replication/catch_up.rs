@@ -111,6 +111,13 @@ impl Replication {
     }
 
     /// Files set aside, waiting to be fetched again.
+    /// Whether catch-up read of this file in a peer's log but could not fetch it yet.
+    pub fn is_pending(&self, id: &FileId) -> bool {
+        self.progress
+            .lock()
+            .is_ok_and(|p| p.pending.contains_key(&id.to_string()))
+    }
+
     pub fn catch_up_pending(&self) -> u64 {
         self.progress.lock().map_or(0, |p| p.pending.len() as u64)
     }
