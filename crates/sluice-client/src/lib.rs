@@ -25,7 +25,8 @@ pub enum ClientError {
         status: u16,
         message: String,
     },
-    #[error("cannot reach {url}: {message}")]
+    /// The server could not be reached, or a transfer with it broke off: `message` says which.
+    #[error("{message} ({url})")]
     Transport { url: String, message: String },
     #[error("{path}: {source}")]
     File {
@@ -310,7 +311,7 @@ impl Client {
                 return Err(ClientError::Transport {
                     url: url.clone(),
                     message: format!(
-                        "body ended after {received} of {} bytes",
+                        "the transfer broke off after {received} of {} bytes",
                         total.unwrap_or(0)
                     ),
                 });
@@ -424,13 +425,33 @@ impl Client {
 }
 
 fn transport(url: &str, e: reqwest::Error) -> ClientError {
-    // reqwest's Display omits the cause ("error sending request"); the source says what failed.
-    let mut message = e.to_string();
+    // reqwest's own text repeats the URL ("error sending request for url (...)"); its causes
+    // say what failed ("tcp connect error: Connection refused"). Keep the causes, once each.
+    let mut causes: Vec<String> = Vec::new();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
-        message = format!("{message}: {s}");
+        let text = s.to_string();
+        if !causes
+            .iter()
+            .any(|c| c.contains(&text) || text.contains(c.as_str()))
+        {
+            causes.push(text);
+        }
         source = s.source();
     }
+    let what = if e.is_connect() {
+        "cannot reach the server"
+    } else if e.is_timeout() {
+        "the server did not answer in time"
+    } else if e.is_body() || e.is_decode() {
+        "the transfer broke off"
+    } else {
+        "the request failed"
+    };
+    let message = match causes.last() {
+        Some(cause) => format!("{what}: {cause}"),
+        None => format!("{what}: {e}"),
+    };
     ClientError::Transport {
         url: url.to_owned(),
         message,
