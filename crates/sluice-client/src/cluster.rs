@@ -103,6 +103,39 @@ impl TrackerSet {
                     }
                     last = Some(e);
                 }
+                // The node answered but could not serve it (a damaged copy it could not
+                // repair, a full disk): the trackers route in turn, so asking again reaches
+                // a peer, which may hold a good copy.
+                Err(e) if e.status().is_some_and(|s| s >= 500) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(ClientError::BadUrl(String::new())))
+    }
+
+    /// Deletes `fileid` at the node a tracker names; a node that does not answer is reported
+    /// and the trackers asked again, as for reads. A retry that finds the file deleted (410)
+    /// is a success: the first try's answer was lost, not its work.
+    async fn delete(&self, fileid: &str) -> Result<(), ClientError> {
+        let mut last = None;
+        for _ in 0..READ_ATTEMPTS {
+            let (tracker, link) = self
+                .any(|t| async move {
+                    let link = t.locate_delete(fileid).await?;
+                    Ok((t, link))
+                })
+                .await?;
+            let Some(link) = link else {
+                return Ok(());
+            };
+            match tracker.delete_at(&link).await {
+                Err(e @ ClientError::Transport { .. }) => {
+                    if let Some(node) = origin_of(&link) {
+                        self.report_unreachable(&node).await;
+                    }
+                    last = Some(e);
+                }
+                Err(e) if last.is_some() && e.status() == Some(410) => return Ok(()),
                 other => return other,
             }
         }
@@ -271,7 +304,7 @@ impl Endpoint {
     pub async fn delete(&self, fileid: &str) -> Result<(), ClientError> {
         match self {
             Endpoint::Server(c) => c.delete(fileid).await,
-            Endpoint::Trackers(t) => t.any(|c| async move { c.delete(fileid).await }).await,
+            Endpoint::Trackers(t) => t.delete(fileid).await,
         }
     }
 }

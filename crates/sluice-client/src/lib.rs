@@ -391,6 +391,33 @@ impl Client {
         Ok(())
     }
 
+    /// Asks a tracker where to delete a file: the delete link it signed for the node that
+    /// holds it, or `None` when the server asked deleted the file itself (`sluice serve`).
+    pub async fn locate_delete(&self, fileid: &str) -> Result<Option<String>, ClientError> {
+        let url = self.file_url(fileid);
+        let response = send(self.authorised(self.direct.delete(&url)), &url).await?;
+        if !response.status().is_redirection() {
+            check(response, &url).await?;
+            return Ok(None);
+        }
+        response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| response.url().join(l).ok())
+            .map(|u| Some(u.to_string()))
+            .ok_or_else(|| ClientError::Transport {
+                url,
+                message: "the tracker's redirect has no Location".into(),
+            })
+    }
+
+    /// Deletes at a link a tracker gave (signed: no credential of ours goes with it).
+    pub async fn delete_at(&self, url: &str) -> Result<(), ClientError> {
+        check(send(self.http.delete(url), url).await?, url).await?;
+        Ok(())
+    }
+
     pub async fn stat(&self, fileid: &str) -> Result<FileStat, ClientError> {
         self.stat_at(fileid, &self.read_url(fileid)).await
     }

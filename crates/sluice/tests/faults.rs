@@ -505,3 +505,40 @@ fn sluice_storage_enforces_its_connection_limit_and_request_head_deadline() {
     );
     drop(held);
 }
+
+#[test]
+fn deletes_through_trackers_fail_over_when_a_node_dies() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tracker = Served::tracker(dirs[0].path(), &[], &ENV);
+    let a = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &ENV);
+    let mut b = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &ENV);
+    wait_for("both nodes active", WAIT, || {
+        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
+    });
+    let ids: Vec<String> = (0..10).map(|i| upload(&a, &body_of(i))).collect();
+    wait_for("b to hold every file", WAIT, || {
+        nodes(&tracker).iter().all(|n| n.2 == 10)
+    });
+    // b dies; the tracker still calls it active (its heartbeats have not run out), and sends
+    // every other delete there.
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    for id in &ids {
+        common::sluice_ok(&["delete", id, "--tracker", &tracker.url]);
+    }
+    for id in &ids {
+        let out = curl(&[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{}/v1/files/{id}", a.url),
+        ]);
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "404",
+            "{id} is gone from a"
+        );
+    }
+}
