@@ -456,7 +456,9 @@ async fn open_or_fetch(state: &StorageState, id: &FileId) -> Result<BlobReader, 
         .await?
     {
         // A file catch-up knows this node is owed is not "no such file".
-        return Err(if r.is_pending(id) {
+        // Nor is a file a syncing node lacks: a peer it has not caught up with may hold it.
+        let behind = r.is_pending(id) || r.state() != sluice_proto::cluster::NodeState::Active;
+        return Err(if behind {
             ApiError::NotYetHere
         } else {
             ApiError::NotFound

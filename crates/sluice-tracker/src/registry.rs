@@ -385,8 +385,11 @@ impl Registry {
             .collect()
     }
 
-    /// An active node of `group` to read from, in turn; `Err(true)` if the group is known but
-    /// has no active node, `Err(false)` if the group is unknown.
+    /// A node of `group` to read from, in turn: an active one, or, when the group has none, a
+    /// syncing one (it serves what it holds, and says "not here yet" for what it lacks, rather
+    /// than the whole group being unreadable while a node that was down catches up with a peer
+    /// that is down now). `Err(true)` if the group is known but has no such node, `Err(false)`
+    /// if the group is unknown.
     pub fn route(&self, group: &str) -> Result<String, bool> {
         self.route_at(group, Instant::now())
     }
@@ -394,15 +397,21 @@ impl Registry {
     fn route_at(&self, group: &str, now: Instant) -> Result<String, bool> {
         let groups = self.groups.lock().map_err(|_| false)?;
         let nodes = groups.get(group).ok_or(false)?;
-        let active: Vec<&Member> = nodes
-            .values()
-            .filter(|m| self.state_of(m, now) == NodeState::Active)
-            .collect();
-        if active.is_empty() {
+        let in_state = |state: NodeState| -> Vec<&Member> {
+            nodes
+                .values()
+                .filter(|m| self.state_of(m, now) == state)
+                .collect()
+        };
+        let mut candidates = in_state(NodeState::Active);
+        if candidates.is_empty() {
+            candidates = in_state(NodeState::Syncing);
+        }
+        if candidates.is_empty() {
             return Err(true);
         }
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        Ok(active[turn % active.len()].last.url.clone())
+        Ok(candidates[turn % candidates.len()].last.url.clone())
     }
 }
 
@@ -438,6 +447,25 @@ mod tests {
         );
         r.heartbeat(hb("g2", "b", 100));
         assert!((0..10).all(|_| r.assign().unwrap().group == "g1"));
+    }
+
+    #[test]
+    fn reads_go_to_active_nodes_and_to_syncing_ones_only_when_none_is_active() {
+        let r = Registry::new(Duration::from_secs(6), Placement::RoundRobin, None);
+        r.heartbeat(hb("g1", "a", 1000));
+        r.heartbeat(Heartbeat {
+            state: NodeState::Syncing,
+            ..hb("g1", "b", 1000)
+        });
+        assert!((0..6).all(|_| r.route("g1") == Ok("http://a".into())));
+        r.heartbeat(Heartbeat {
+            state: NodeState::Syncing,
+            ..hb("g1", "a", 1000)
+        });
+        let picks: std::collections::BTreeSet<String> =
+            (0..6).map(|_| r.route("g1").unwrap()).collect();
+        assert_eq!(picks.len(), 2, "{picks:?}");
+        assert!(r.assign().is_none(), "no upload goes to a syncing node");
     }
 
     #[test]

@@ -542,3 +542,107 @@ fn deletes_through_trackers_fail_over_when_a_node_dies() {
         );
     }
 }
+
+/// (state, last_seen_ms) of the node at URL, as the tracker sees it.
+fn node_state(tracker: &Served, url: &str) -> Option<(String, u64)> {
+    cluster_view(tracker)["groups"][0]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["url"] == url)
+        .map(|n| {
+            (
+                n["state"].as_str().unwrap_or_default().to_owned(),
+                n["last_seen_ms"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+}
+
+#[test]
+fn a_node_back_while_the_peer_that_took_its_writes_is_down_stays_syncing_until_it_returns() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tracker = Served::tracker(dirs[0].path(), &["--offline-after-ms", "1000"], &ENV);
+    let quick = "catch_up_interval_ms = 100\n";
+    let (a_dir, b_dir) = (dirs[1].path().join("a"), dirs[2].path().join("b"));
+    let (a_port, b_port) = (free_port(), free_port());
+    let mut a = storage_on(&a_dir, &tracker, a_port, quick, &[]);
+    let mut b = storage_on(&b_dir, &tracker, b_port, quick, &[]);
+    wait_for("both nodes active", WAIT, || {
+        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
+    });
+    let old = upload(&a, b"on both");
+    let doomed = upload(&a, b"deleted while b is away");
+    wait_for("b to hold both", WAIT, || {
+        nodes(&tracker).iter().all(|n| n.2 == 2)
+    });
+    // b goes away; a takes writes and a delete that only it knows of; then a goes away too.
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    wait_for("b offline", WAIT, || {
+        node_state(&tracker, &b.url).is_some_and(|s| s.0 == "offline")
+    });
+    let missed = upload(&a, b"taken while b was away");
+    curl_ok(&[
+        "-sS",
+        "-f",
+        "-X",
+        "DELETE",
+        &format!("{}/v1/files/{doomed}", a.url),
+    ]);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    wait_for("a offline", WAIT, || {
+        node_state(&tracker, &a.url).is_some_and(|s| s.0 == "offline")
+    });
+    // b comes back: it cannot know what a took meanwhile, so it is not `active`, heartbeat
+    // after heartbeat (catch-up runs every 100 ms).
+    let b = storage_on(&b_dir, &tracker, b_port, quick, &[]);
+    let (mut heartbeats, mut previous) = (0, u64::MAX);
+    wait_for("ten heartbeats of b", WAIT, || {
+        if let Some((state, last_seen)) = node_state(&tracker, &b.url) {
+            assert_ne!(state, "active", "b called itself active while a was down");
+            // A fresh heartbeat shows as the time since the last one going down.
+            if state == "syncing" && last_seen < previous {
+                heartbeats += 1;
+            }
+            previous = last_seen;
+        }
+        heartbeats >= 10
+    });
+    // Reads go to it meanwhile (the group has no active node): what it holds is served, and
+    // what it lacks is "not here yet", not "no such file".
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("old");
+    common::sluice_ok(&[
+        "download",
+        &old,
+        "--tracker",
+        &tracker.url,
+        "-o",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&path).unwrap(), b"on both");
+    let answer = curl(&[
+        "-sS",
+        "-w",
+        "\n%{http_code}",
+        &format!("{}/v1/files/{missed}", b.url),
+    ]);
+    let text = String::from_utf8(answer.stdout).unwrap();
+    assert!(text.ends_with("\n503"), "{text}");
+    // a returns: b takes what it missed, applies the delete, and turns active.
+    let a = storage_on(&a_dir, &tracker, a_port, quick, &[]);
+    wait_for("both active again", WAIT, || {
+        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
+    });
+    assert_eq!(get(&b, &missed), b"taken while b was away");
+    let answer = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{}/v1/files/{doomed}", b.url),
+    ]);
+    assert_eq!(String::from_utf8(answer.stdout).unwrap(), "404");
+    drop(a);
+}

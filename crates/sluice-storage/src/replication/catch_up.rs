@@ -110,7 +110,6 @@ impl Replication {
         }
     }
 
-    /// Files set aside, waiting to be fetched again.
     /// Whether catch-up read of this file in a peer's log but could not fetch it yet.
     pub fn is_pending(&self, id: &FileId) -> bool {
         self.progress
@@ -118,6 +117,7 @@ impl Replication {
             .is_ok_and(|p| p.pending.contains_key(&id.to_string()))
     }
 
+    /// Files set aside, waiting to be fetched again.
     pub fn catch_up_pending(&self) -> u64 {
         self.progress.lock().map_or(0, |p| p.pending.len() as u64)
     }
@@ -128,20 +128,34 @@ impl Replication {
     }
 
     /// One pass over every known peer, then over the files set aside; true if this node holds
-    /// everything every peer it could reach has logged. A peer that cannot be reached does not
-    /// make us "behind": if it is down it takes no writes, and what it had is on the peers that
-    /// took its replicas.
+    /// everything its peers have logged. A peer that cannot be reached counts as level only if
+    /// we have been level with it since we started: one down since before we came back may
+    /// hold writes that only it took while we were away (and deletes we never heard of), so
+    /// until it returns (or an operator retires it) we are `syncing`, not `active`.
     async fn catch_up_round(&self, store: &BlobStore, group: &GroupName, limit: u64) -> bool {
         let mut level = self.peers_known.load(Ordering::Relaxed);
         for peer in self.peers() {
-            if peer.state == NodeState::Offline {
-                continue;
-            }
-            match self.catch_up_with(store, group, &peer, limit).await {
-                Ok(true) => {}
+            let result = if peer.state == NodeState::Offline {
+                Err("offline".to_owned())
+            } else {
+                self.catch_up_with(store, group, &peer, limit).await
+            };
+            match result {
+                Ok(true) => {
+                    if let Ok(mut met) = self.level_with.lock() {
+                        met.insert(peer.id.clone());
+                    }
+                }
                 Ok(false) => level = false,
                 Err(e) => {
-                    tracing::debug!(peer = %peer.url, error = %e, "catch-up with peer interrupted")
+                    let met = self
+                        .level_with
+                        .lock()
+                        .is_ok_and(|met| met.contains(&peer.id));
+                    if !met {
+                        level = false;
+                    }
+                    tracing::debug!(peer = %peer.url, error = %e, met, "catch-up with peer interrupted")
                 }
             }
         }

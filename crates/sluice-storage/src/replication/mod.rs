@@ -61,6 +61,9 @@ pub struct Replication {
     catch_up_failures: std::sync::atomic::AtomicU64,
     /// False until a catch-up round found this node level with every peer.
     caught_up: AtomicBool,
+    /// Peers this node has been level with since it started, by id. One it has not (down
+    /// since before we came back) may hold writes we missed while we were away.
+    level_with: Mutex<std::collections::HashSet<String>>,
     /// Operations each peer has that we have not applied yet, by peer id.
     lag: Mutex<BTreeMap<String, u64>>,
     /// Peers that pulled our oplog: id -> (url, when).
@@ -127,6 +130,7 @@ impl Replication {
             progress: Mutex::new(progress),
             catch_up_failures: std::sync::atomic::AtomicU64::new(0),
             caught_up: AtomicBool::new(false),
+            level_with: Mutex::new(std::collections::HashSet::new()),
             peers_known: AtomicBool::new(false),
             pullers: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
