@@ -73,7 +73,7 @@ async fn serve(
             Some(text.to_owned())
         }
     };
-    if let Some(response) = hit(edge, key, &etag, method, headers).await? {
+    if let Some(response) = hit(edge, &id, key, &etag, method, headers).await? {
         return Ok(response);
     }
     EdgeMetrics::add(&edge.metrics().misses, 1);
@@ -103,7 +103,7 @@ async fn serve(
             }
             FillState::Done { .. } => {
                 // Cached now (unless too large to cache): serve it like any hit.
-                return match hit(edge, key, &etag, method, headers).await? {
+                return match hit(edge, &id, key, &etag, method, headers).await? {
                     Some(response) => Ok(response),
                     None => proxy(edge, &id, method, range.as_deref()).await,
                 };
@@ -140,6 +140,7 @@ fn resolve(range: Option<&str>, size: u64) -> RangeRequest {
 /// Answers from the cache, if the file is there whole.
 async fn hit(
     edge: &EdgeState,
+    id: &FileId,
     key: BlobKey,
     etag: &str,
     method: &Method,
@@ -160,7 +161,16 @@ async fn hit(
         headers,
         active: edge.config().active_content,
     };
-    match serve_local(store, read, source, None).await {
+    // A damaged block, wherever in the file: the copy is fetched again from the origin and
+    // the read goes on from the same byte of the new one.
+    let refetch: sluice_storage::Repair = {
+        let (edge, id) = (edge.clone(), id.clone());
+        Arc::new(move || {
+            let (edge, id) = (edge.clone(), id.clone());
+            Box::pin(async move { refetch(&edge, &id, key).await })
+        })
+    };
+    match serve_local(store, read, source, Some(refetch)).await {
         Ok(mut response) => {
             edge.cache().touch(key);
             let m = edge.metrics();
@@ -181,6 +191,30 @@ async fn hit(
             Ok(None)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Drops a damaged cached copy and caches the file again (one fill, shared with any miss of
+/// it); true once the new copy is in the cache.
+async fn refetch(edge: &EdgeState, id: &FileId, key: BlobKey) -> bool {
+    tracing::warn!(fileid = %id, "damaged cached copy; fetching it again from the origin");
+    if let Err(e) = edge.cache().drop_file(edge.store(), key).await {
+        tracing::error!(fileid = %id, error = %e, "could not drop a damaged cached copy");
+        return false;
+    }
+    let fill = edge.fills().join_or_start(edge, id, key);
+    let mut watch = fill.watch();
+    loop {
+        match &*watch.borrow_and_update() {
+            FillState::Done { .. } => {
+                return edge.store().stat(key).ok().flatten().is_some();
+            }
+            FillState::Refused(_) => return false,
+            FillState::Connecting | FillState::Receiving { .. } => {}
+        }
+        if watch.changed().await.is_err() {
+            return false;
+        }
     }
 }
 

@@ -753,3 +753,31 @@ async fn clients_of_a_fill_whose_cache_disk_fills_get_every_byte() {
     assert_eq!((cache_header(&h), body), ("hit", data));
     edge.stop().await;
 }
+
+#[tokio::test]
+async fn a_cached_copy_damaged_deep_inside_is_fetched_again_and_the_client_gets_every_byte() {
+    let node = TestNode::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
+    let data = pattern(8 << 20, 9);
+    let id = upload(&node, data.clone()).await;
+    let url = format!("{}/v1/files/{id}", edge.url);
+    get(&url, &[]).await;
+    wait_until("cached", WAIT, || async { edge.state.cache().files() == 1 }).await;
+    // One byte of block 60 (of 64 KiB blocks, each followed by its checksum), far past the
+    // first chunk a hit reads before its head goes out.
+    let files = sluice_blob::data_file_paths(&cache.path().join("files")).unwrap();
+    let [cached] = files.as_slice() else {
+        panic!("one cached file: {files:?}")
+    };
+    let mut raw = std::fs::read(cached).unwrap();
+    raw[16 + 60 * (65_536 + 4) + 7] ^= 0x01;
+    std::fs::write(cached, raw).unwrap();
+    for _ in 0..2 {
+        let (s, h, body) = get(&url, &[]).await;
+        assert_eq!((s, cache_header(&h)), (StatusCode::OK, "hit"));
+        assert_eq!(body.len(), data.len());
+        assert!(body == data, "every byte right");
+    }
+    edge.stop().await;
+}
