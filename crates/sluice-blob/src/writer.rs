@@ -285,6 +285,11 @@ fn decide(new: &BlobMeta, current: Option<&BlobMeta>, repair: bool) -> Step {
         return Step::Adopt;
     }
     if !old.state.is_complete() {
+        // The very version held, from a peer, to replace a damaged copy of it.
+        let same_version = new.state == old.state && new.size == old.size;
+        if repair && same_version && old.sha256.is_some() && new.sha256 == old.sha256 {
+            return Step::RepairInPlace(old.clone());
+        }
         // A shorter or equal prefix of a file still arriving: the longer one stands.
         return Step::Keep(old.clone());
     }
@@ -458,6 +463,19 @@ mod tests {
         assert_eq!(
             decide(&shorter, Some(&part), false),
             Step::Keep(part.clone())
+        );
+        // An incomplete version is repaired only by its very bytes, in its very state.
+        assert_eq!(decide(&part, Some(&part), false), Step::Keep(part.clone()));
+        assert_eq!(
+            decide(&part, Some(&part), true),
+            Step::RepairInPlace(part.clone())
+        );
+        let other = meta(BlobState::Partial { total: 9 }, 3, Some([5; 32]));
+        assert_eq!(decide(&other, Some(&part), true), Step::Keep(part.clone()));
+        let abandoned = meta(BlobState::Abandoned { total: 9 }, 3, Some([3; 32]));
+        assert_eq!(
+            decide(&part, Some(&abandoned), true),
+            Step::Keep(abandoned.clone())
         );
     }
 }

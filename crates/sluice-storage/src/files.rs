@@ -270,7 +270,8 @@ pub(crate) async fn download(
                     follow,
                     active: state.config().active_content,
                 };
-                return crate::partial::serve(&state, request, reader).await;
+                let repair = repair_hook(&state, &id);
+                return crate::partial::serve(&state, request, reader, repair).await;
             }
             Source::Disk(reader)
         }
@@ -283,14 +284,16 @@ pub(crate) async fn download(
         headers: &headers,
         active: state.config().active_content,
     };
-    let repair: Repair = {
+    serve_local(store, request, source, Some(repair_hook(&state, &id))).await
+}
+
+/// Repairs this node's copy of `id` from a peer, when a read meets damage.
+fn repair_hook(state: &StorageState, id: &FileId) -> Repair {
+    let (state, id) = (state.clone(), id.clone());
+    Arc::new(move || {
         let (state, id) = (state.clone(), id.clone());
-        Arc::new(move || {
-            let (state, id) = (state.clone(), id.clone());
-            Box::pin(async move { repair(&state, &id).await })
-        })
-    };
-    serve_local(store, request, source, Some(repair)).await
+        Box::pin(async move { repair(&state, &id).await })
+    })
 }
 
 /// A read of a complete file this process holds (storage nodes, and edges' caches).
@@ -496,7 +499,7 @@ fn slice_parts(parts: &[Bytes], start: u64, end: u64) -> impl Iterator<Item = By
 
 /// Calls `repair` once; later calls say no (a copy repaired and damaged again is not
 /// repaired in a loop).
-async fn try_repair(repair: &mut Option<Repair>) -> bool {
+pub(crate) async fn try_repair(repair: &mut Option<Repair>) -> bool {
     match repair.take() {
         Some(repair) => repair().await,
         None => false,
@@ -505,9 +508,9 @@ async fn try_repair(repair: &mut Option<Repair>) -> bool {
 
 /// How a body stream that meets a damaged block gets a good copy and opens it again.
 pub(crate) struct Reopen {
-    store: sluice_blob::BlobStore,
-    key: sluice_proto::BlobKey,
-    repair: Repair,
+    pub(crate) store: sluice_blob::BlobStore,
+    pub(crate) key: sluice_proto::BlobKey,
+    pub(crate) repair: Repair,
 }
 
 /// Streams the rest of a range after its first chunk, one frame per block slice (hyper writes

@@ -36,6 +36,7 @@ pub(crate) async fn serve(
     state: &StorageState,
     request: Incomplete<'_>,
     reader: BlobReader,
+    repair: crate::files::Repair,
 ) -> Result<Response, ApiError> {
     if let Some(session) = state.uploads().live(&request.id.key) {
         if session.view().ending.is_none() {
@@ -47,7 +48,7 @@ pub(crate) async fn serve(
             }
         }
     }
-    from_store(state, &request, reader).await
+    from_store(state, &request, reader, repair).await
 }
 
 /// A 200 for an incomplete file of which `served` bytes are sent (`None`: a follow stream,
@@ -170,26 +171,36 @@ async fn from_store(
     state: &StorageState,
     request: &Incomplete<'_>,
     reader: BlobReader,
+    repair: crate::files::Repair,
 ) -> Result<Response, ApiError> {
+    // A damaged block is repaired from a peer (which holds this very version) once per read,
+    // whether met in the first chunk, in an image read whole, or mid-stream.
+    let mut repair = Some(repair);
+    let (mut reader, first) = match reader.read_chunk(0, reader.meta().size, CHUNK_BYTES).await {
+        Err(sluice_blob::BlobError::Corrupt { .. })
+            if crate::files::try_repair(&mut repair).await =>
+        {
+            let reader = reopen(state, request)?;
+            let first = reader
+                .read_chunk(0, reader.meta().size, CHUNK_BYTES)
+                .await?;
+            (reader, first)
+        }
+        other => (reader, other?),
+    };
     let meta = reader.meta().clone();
     let total = meta.state.total().unwrap_or(meta.size);
-    let first = reader.read_chunk(0, meta.size, CHUNK_BYTES).await?;
     let looks_jpeg = first.first().is_some_and(|b| b.starts_with(&[0xFF, 0xD8]));
     let mut view = None;
     if looks_jpeg && meta.size <= state.progressive_config().max_scan_tail as u64 {
         // An image: read it whole and cut it at its last complete scan.
-        let mut data = first.concat();
-        let mut at = data.len() as u64;
-        while at < meta.size {
-            let chunk = reader.read_chunk(at, meta.size, CHUNK_BYTES).await?;
-            if chunk.is_empty() {
-                break;
+        let data = match read_whole(&reader, first.concat()).await {
+            Err(ApiError::Corrupt) if crate::files::try_repair(&mut repair).await => {
+                reader = reopen(state, request)?;
+                read_whole(&reader, Vec::new()).await?
             }
-            for part in chunk {
-                at += part.len() as u64;
-                data.extend_from_slice(&part);
-            }
-        }
+            other => other?,
+        };
         view = sluice_media::jpeg::viewable_prefix(&data);
     }
     let (size, content_type) = (meta.size, &meta.content_type);
@@ -203,9 +214,39 @@ async fn from_store(
             || Body::from(view),
         ),
         None => reply(request, content_type, size, total, Some(size), || {
-            crate::files::body_stream(reader, first, 0, size, None)
+            let reopen = repair.map(|repair| crate::files::Reopen {
+                store: state.store().clone(),
+                key: request.id.key,
+                repair,
+            });
+            crate::files::body_stream(reader, first, 0, size, reopen)
         }),
     }
+}
+
+/// The stored version again, after a repair.
+fn reopen(state: &StorageState, request: &Incomplete<'_>) -> Result<BlobReader, ApiError> {
+    state
+        .store()
+        .open_reader(request.id.key)?
+        .ok_or(ApiError::NotFound)
+}
+
+/// The rest of a stored version after the `data` already read, verified.
+async fn read_whole(reader: &BlobReader, mut data: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+    let size = reader.meta().size;
+    let mut at = data.len() as u64;
+    while at < size {
+        let chunk = reader.read_chunk(at, size, CHUNK_BYTES).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        for part in chunk {
+            at += part.len() as u64;
+            data.extend_from_slice(&part);
+        }
+    }
+    Ok(data)
 }
 
 fn not_modified(etag: &str) -> Result<Response, ApiError> {

@@ -646,3 +646,106 @@ fn a_node_back_while_the_peer_that_took_its_writes_is_down_stays_syncing_until_i
     assert_eq!(String::from_utf8(answer.stdout).unwrap(), "404");
     drop(a);
 }
+
+#[test]
+fn damage_in_an_incomplete_file_is_repaired_during_the_read_that_meets_it() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tracker = Served::tracker(dirs[0].path(), &[], &ENV);
+    let a_dir = dirs[1].path().join("a");
+    let a = storage_on(&a_dir, &tracker, free_port(), "", &[]);
+    let _b = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &ENV);
+    wait_for("both nodes active", WAIT, || {
+        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
+    });
+    // A progressive upload of 3 MB that stops after 2 MB and is ended: both nodes keep what
+    // arrived, an incomplete (abandoned) file.
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let arrived = 2_000_000;
+    let files = tempfile::tempdir().unwrap();
+    let first = files.path().join("first");
+    std::fs::write(&first, &body[..arrived]).unwrap();
+    let meta = sluice_proto::tus::encode_metadata([("content-type", "video/mp4"), ("q", "0.5")]);
+    let created = String::from_utf8(
+        curl(&[
+            "-sS",
+            "-i",
+            "-X",
+            "POST",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            &format!("Upload-Length: {}", body.len()),
+            "-H",
+            &format!("Upload-Metadata: {meta}"),
+            &format!("{}/v1/uploads", a.url),
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let header = |head: &str, name: &str| -> String {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("{name} in {head}"))
+    };
+    let location = header(&created, "location");
+    let upload = if location.starts_with("http") {
+        location
+    } else {
+        format!("{}{location}", a.url)
+    };
+    let patched = String::from_utf8(
+        curl(&[
+            "-sS",
+            "-i",
+            "-X",
+            "PATCH",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            "Upload-Offset: 0",
+            "-H",
+            "Content-Type: application/offset+octet-stream",
+            "--data-binary",
+            &format!("@{}", first.display()),
+            &upload,
+        ])
+        .stdout,
+    )
+    .unwrap();
+    let id = header(&patched, "sluice-file-id");
+    curl_ok(&[
+        "-sS",
+        "-f",
+        "-X",
+        "DELETE",
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        &upload,
+    ]);
+    wait_for("both nodes to hold what arrived", WAIT, || {
+        nodes(&tracker).iter().all(|n| n.2 == 1) && get(&a, &id).len() == arrived
+    });
+    // One byte deep inside a's copy (block 20 of 64 KiB blocks, each with its checksum).
+    let key = id.split('/').nth(1).unwrap();
+    let shard = sluice_blob::data_file_paths(&a_dir).unwrap_or_default();
+    assert!(shard.is_empty(), "only the incomplete file: {shard:?}");
+    let part = std::fs::read_dir(a_dir.join("blobs"))
+        .unwrap()
+        .flat_map(|l1| std::fs::read_dir(l1.unwrap().path()).unwrap())
+        .flat_map(|l2| std::fs::read_dir(l2.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .find(|p| p.to_str().unwrap().ends_with(&format!("{key}.{arrived}.part")))
+        .expect("a's incomplete data file");
+    let mut raw = std::fs::read(&part).unwrap();
+    raw[16 + 20 * (65_536 + 4) + 9] ^= 0x01;
+    std::fs::write(&part, raw).unwrap();
+    assert!(
+        get(&a, &id) == body[..arrived],
+        "every byte that arrived, right"
+    );
+    assert_eq!(metric(&a, "sluice_repairs_total"), 1);
+    assert!(get(&a, &id) == body[..arrived]);
+}
