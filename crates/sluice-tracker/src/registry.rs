@@ -40,6 +40,9 @@ pub struct Registry {
     /// Turns for tie-breaks and round robin, shared by placement and routing.
     turn: AtomicUsize,
     members_file: Option<PathBuf>,
+    /// The members file is behind what the registry knows (its last write failed: a full
+    /// disk, say); the next heartbeat writes it again.
+    members_unsaved: std::sync::atomic::AtomicBool,
     retired: Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -86,6 +89,7 @@ impl Registry {
             placement,
             turn: AtomicUsize::new(0),
             members_file,
+            members_unsaved: std::sync::atomic::AtomicBool::new(false),
             retired: Mutex::new(Default::default()),
         };
         registry.load_members();
@@ -204,7 +208,7 @@ impl Registry {
                 unreachable: false,
             },
         );
-        if changed {
+        if changed || self.members_unsaved.load(Ordering::Relaxed) {
             self.save_members(&groups);
         }
         changed
@@ -241,9 +245,16 @@ impl Registry {
                 std::fs::File::open(&tmp)?.sync_all()?;
                 std::fs::rename(&tmp, path)
             });
+        let failed = result.is_err();
         if let Err(e) = result {
-            tracing::warn!(path = %path.display(), error = %e, "could not save the members file");
+            // Said once per failure spell, not per heartbeat.
+            if !self.members_unsaved.load(Ordering::Relaxed) {
+                tracing::warn!(path = %path.display(), error = %e, "could not save the members file; trying again with each heartbeat");
+            }
+        } else if self.members_unsaved.load(Ordering::Relaxed) {
+            tracing::info!(path = %path.display(), "members file saved again");
         }
+        self.members_unsaved.store(failed, Ordering::Relaxed);
     }
 
     fn state_of(&self, m: &Member, now: Instant) -> NodeState {
@@ -541,6 +552,28 @@ mod tests {
         assert_eq!(r.route("g1"), Err(true));
         r.heartbeat(hb("g1", "a", 1000));
         assert_eq!(r.route("g1"), Ok("http://a".to_string()));
+    }
+
+    #[test]
+    fn a_members_file_that_could_not_be_written_is_written_with_a_later_heartbeat() {
+        let dir = tempfile::tempdir().unwrap();
+        // Its directory is missing at first: the write fails, as on a full disk.
+        let file = dir.path().join("later").join("members.json");
+        let r = Registry::new(
+            Duration::from_secs(6),
+            Placement::MostFree,
+            Some(file.clone()),
+        );
+        r.heartbeat(hb("g1", "a", 1));
+        assert!(!file.exists());
+        std::fs::create_dir(dir.path().join("later")).unwrap();
+        // The same membership again: written now all the same.
+        r.heartbeat(hb("g1", "a", 1));
+        assert!(file.exists());
+        let restarted = Registry::new(Duration::from_secs(6), Placement::MostFree, Some(file));
+        let view = restarted.view();
+        assert_eq!(view.groups[0].nodes[0].id, "a");
+        assert_eq!(view.groups[0].nodes[0].state, NodeState::Offline);
     }
 
     #[test]

@@ -737,7 +737,11 @@ fn damage_in_an_incomplete_file_is_repaired_during_the_read_that_meets_it() {
         .flat_map(|l1| std::fs::read_dir(l1.unwrap().path()).unwrap())
         .flat_map(|l2| std::fs::read_dir(l2.unwrap().path()).unwrap())
         .map(|f| f.unwrap().path())
-        .find(|p| p.to_str().unwrap().ends_with(&format!("{key}.{arrived}.part")))
+        .find(|p| {
+            p.to_str()
+                .unwrap()
+                .ends_with(&format!("{key}.{arrived}.part"))
+        })
         .expect("a's incomplete data file");
     let mut raw = std::fs::read(&part).unwrap();
     raw[16 + 20 * (65_536 + 4) + 9] ^= 0x01;
