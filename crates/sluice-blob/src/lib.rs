@@ -289,19 +289,8 @@ impl BlobStore {
     pub async fn sha256_of(&self, key: BlobKey) -> Result<[u8; SHA256_LEN], BlobError> {
         use sha2::Digest;
         let reader = self.open_reader(key)?.ok_or(BlobError::Deleted)?;
-        let size = reader.meta().size;
         let mut hasher = sha2::Sha256::new();
-        let mut at = 0;
-        while at < size {
-            let chunk = reader.read_chunk(at, size, CHUNK_BYTES).await?;
-            if chunk.is_empty() {
-                break;
-            }
-            for part in chunk {
-                at += part.len() as u64;
-                hasher.update(&part);
-            }
-        }
+        reader.read_from(0, |part| hasher.update(part)).await?;
         Ok(hasher.finalize().into())
     }
 

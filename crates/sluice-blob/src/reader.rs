@@ -52,6 +52,26 @@ impl BlobReader {
         &self.meta
     }
 
+    /// Reads every verified byte from `at` to the end, handing each piece to `visit`.
+    pub async fn read_from(
+        &self,
+        mut at: u64,
+        mut visit: impl FnMut(&[u8]),
+    ) -> Result<(), BlobError> {
+        let size = self.meta.size;
+        while at < size {
+            let chunk = self.read_chunk(at, size, crate::CHUNK_BYTES).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            for part in chunk {
+                at += part.len() as u64;
+                visit(&part);
+            }
+        }
+        Ok(())
+    }
+
     pub fn key(&self) -> BlobKey {
         self.key
     }

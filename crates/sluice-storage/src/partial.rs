@@ -234,18 +234,9 @@ fn reopen(state: &StorageState, request: &Incomplete<'_>) -> Result<BlobReader, 
 
 /// The rest of a stored version after the `data` already read, verified.
 async fn read_whole(reader: &BlobReader, mut data: Vec<u8>) -> Result<Vec<u8>, ApiError> {
-    let size = reader.meta().size;
-    let mut at = data.len() as u64;
-    while at < size {
-        let chunk = reader.read_chunk(at, size, CHUNK_BYTES).await?;
-        if chunk.is_empty() {
-            break;
-        }
-        for part in chunk {
-            at += part.len() as u64;
-            data.extend_from_slice(&part);
-        }
-    }
+    reader
+        .read_from(data.len() as u64, |part| data.extend_from_slice(part))
+        .await?;
     Ok(data)
 }
 

@@ -60,21 +60,33 @@ fn body_of(i: usize) -> Vec<u8> {
     (0..20_000 + i * 37).map(|j| (j * 7 + i) as u8).collect()
 }
 
+/// A tracker and a two-node group g1 on DIRS[0..3], once both nodes are active.
+fn group_of_two(dirs: &[tempfile::TempDir]) -> (Served, Served, Served) {
+    let tracker = Served::tracker(dirs[0].path(), &[], &ENV);
+    let a = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &ENV);
+    let b = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &ENV);
+    wait_for("both nodes active", WAIT, || {
+        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
+    });
+    (tracker, a, b)
+}
+
+/// N files uploaded to NODE (bodies `body_of(i)`), once every node holds them.
+fn uploaded_to_all(tracker: &Served, node: &Served, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| upload(node, &body_of(i))).collect();
+    wait_for("every node to hold every file", WAIT, || {
+        nodes(tracker).iter().all(|node| node.2 == n as u64)
+    });
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_through_trackers_fail_over_when_a_node_dies_under_load() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     // The tracker's own offline time is left at its default (6 s): failing over must not wait
     // for it.
-    let tracker = Served::tracker(dirs[0].path(), &[], &ENV);
-    let a = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &ENV);
-    let mut b = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &ENV);
-    wait_for("both nodes active", WAIT, || {
-        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
-    });
-    let ids: Vec<String> = (0..40).map(|i| upload(&a, &body_of(i))).collect();
-    wait_for("b to hold every file", WAIT, || {
-        nodes(&tracker).iter().all(|n| n.2 == 40)
-    });
+    let (tracker, a, mut b) = group_of_two(&dirs);
+    let ids = uploaded_to_all(&tracker, &a, 40);
 
     let client = Arc::new(
         sluice_client::cluster::Endpoint::new(None, std::slice::from_ref(&tracker.url), None)
@@ -294,12 +306,7 @@ async fn catch_up_goes_past_a_bad_file_and_takes_files_of_any_size() {
 #[test]
 fn damage_deep_in_a_file_is_repaired_during_the_read_that_meets_it() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let tracker = Served::tracker(dirs[0].path(), &[], &ENV);
-    let a = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &ENV);
-    let _b = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &ENV);
-    wait_for("both nodes active", WAIT, || {
-        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
-    });
+    let (tracker, a, _b) = group_of_two(&dirs);
     // 3 MB: its first read (512 KiB) is long past when the damage is met.
     let body: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
     let id = upload(&a, &body);
@@ -509,16 +516,8 @@ fn sluice_storage_enforces_its_connection_limit_and_request_head_deadline() {
 #[test]
 fn deletes_through_trackers_fail_over_when_a_node_dies() {
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let tracker = Served::tracker(dirs[0].path(), &[], &ENV);
-    let a = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &ENV);
-    let mut b = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &ENV);
-    wait_for("both nodes active", WAIT, || {
-        nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
-    });
-    let ids: Vec<String> = (0..10).map(|i| upload(&a, &body_of(i))).collect();
-    wait_for("b to hold every file", WAIT, || {
-        nodes(&tracker).iter().all(|n| n.2 == 10)
-    });
+    let (tracker, a, mut b) = group_of_two(&dirs);
+    let ids = uploaded_to_all(&tracker, &a, 10);
     // b dies; the tracker still calls it active (its heartbeats have not run out), and sends
     // every other delete there.
     b.child.kill().unwrap();
