@@ -162,15 +162,16 @@ async fn hit(
         active: edge.config().active_content,
     };
     // A damaged block, wherever in the file: the copy is fetched again from the origin and
-    // the read goes on from the same byte of the new one.
-    let refetch: sluice_storage::Repair = {
+    // the read goes on from the same byte of the new one. (Only a read from disk can meet
+    // damage; the hot cache holds verified bytes.)
+    let refetch = matches!(source, LocalSource::Disk(_)).then(|| -> sluice_storage::Repair {
         let (edge, id) = (edge.clone(), id.clone());
         Arc::new(move || {
             let (edge, id) = (edge.clone(), id.clone());
             Box::pin(async move { refetch(&edge, &id, key).await })
         })
-    };
-    match serve_local(store, read, source, Some(refetch)).await {
+    });
+    match serve_local(store, read, source, refetch).await {
         Ok(mut response) => {
             edge.cache().touch(key);
             let m = edge.metrics();

@@ -41,8 +41,11 @@ fn millis(d: Duration) -> u64 {
 pub struct SendDeadline<T> {
     io: T,
     timeout: SendTimeout,
-    /// Running while a write waits for the client; any progress clears it.
-    stalled: Option<Pin<Box<Sleep>>>,
+    /// The timer, made once per connection and re-armed when a write starts waiting (a
+    /// busy connection waits often: no allocation or new timer each time).
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether a write is waiting now, i.e. the timer runs; any progress disarms it.
+    armed: bool,
 }
 
 impl<T> SendDeadline<T> {
@@ -50,7 +53,8 @@ impl<T> SendDeadline<T> {
         Self {
             io,
             timeout,
-            stalled: None,
+            timer: None,
+            armed: false,
         }
     }
 
@@ -63,15 +67,24 @@ impl<T> SendDeadline<T> {
     ) -> Poll<io::Result<R>> {
         match result {
             Poll::Ready(r) => {
-                self.stalled = None;
+                self.armed = false;
                 Poll::Ready(r)
             }
             Poll::Pending => {
                 let timeout = self.timeout.get();
-                let sleep = self
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if sleep.as_mut().poll(cx).is_ready() {
+                if !self.armed {
+                    let deadline = tokio::time::Instant::now() + timeout;
+                    match &mut self.timer {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    self.armed = true;
+                }
+                let expired = self
+                    .timer
+                    .as_mut()
+                    .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                if expired {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("the client took nothing for {timeout:?}"),

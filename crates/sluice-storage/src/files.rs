@@ -284,7 +284,9 @@ pub(crate) async fn download(
         headers: &headers,
         active: state.config().active_content,
     };
-    serve_local(store, request, source, Some(repair_hook(&state, &id))).await
+    // Only a read from disk can meet damage (the hot cache holds verified bytes).
+    let repair = matches!(source, Source::Disk(_)).then(|| repair_hook(&state, &id));
+    serve_local(store, request, source, repair).await
 }
 
 /// Repairs this node's copy of `id` from a peer, when a read meets damage.
