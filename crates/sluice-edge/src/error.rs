@@ -1,30 +1,25 @@
 //! Edge errors and the one place they become HTTP answers (`{"error": ...}` bodies).
 
-use axum::Json;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use sluice_proto::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("access denied")]
+    #[error("{0}")]
     Denied(sluice_http::AccessDenied),
     /// The origin's own answer (404, 403, 410, 416...), passed on as it came.
     #[error("origin answered {status}")]
     Origin { status: u16, body: Bytes },
     #[error("the origin is unavailable: {0}")]
     Unavailable(String),
-    #[error("no such endpoint")]
-    NoRoute,
-    #[error("{0}")]
-    Forbidden(&'static str),
     #[error("cannot start the edge: {0}")]
     Setup(String),
+    /// Serving a cached file failed.
     #[error("{0}")]
-    Local(#[from] sluice_storage::ApiError),
+    File(#[from] sluice_http::files::FileError),
     #[error("internal error; the details were logged")]
     Internal,
 }
@@ -37,15 +32,37 @@ impl From<sluice_http::AccessDenied> for EdgeError {
 
 impl From<sluice_blob::BlobError> for EdgeError {
     fn from(e: sluice_blob::BlobError) -> Self {
-        EdgeError::Local(e.into())
+        EdgeError::File(e.into())
+    }
+}
+
+impl sluice_http::HttpError for EdgeError {
+    fn status(&self) -> StatusCode {
+        match self {
+            EdgeError::Denied(denied) => denied.status(),
+            EdgeError::File(e) => e.status(),
+            EdgeError::Origin { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
+            }
+            EdgeError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            EdgeError::Unavailable(_) => StatusCode::BAD_GATEWAY,
+            EdgeError::Setup(_) | EdgeError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn add_headers(&self, headers: &mut HeaderMap) {
+        match self {
+            EdgeError::Denied(denied) => denied.add_headers(headers),
+            EdgeError::File(e) => e.add_headers(headers),
+            _ => {}
+        }
     }
 }
 
 impl IntoResponse for EdgeError {
     fn into_response(self) -> Response {
-        let status = match self {
-            EdgeError::Denied(denied) => return denied.into_response(),
-            EdgeError::Local(e) => return e.into_response(),
+        match self {
+            // The origin's own answer (its JSON body) is passed on as it came.
             EdgeError::Origin { status, body } => {
                 let mut r = (
                     StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
@@ -58,20 +75,9 @@ impl IntoResponse for EdgeError {
                     HeaderValue::from_static("application/json"),
                 );
                 h.insert("sluice-cache", HeaderValue::from_static("miss"));
-                return r;
+                r
             }
-            EdgeError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            EdgeError::Unavailable(_) => StatusCode::BAD_GATEWAY,
-            EdgeError::NoRoute => StatusCode::NOT_FOUND,
-            EdgeError::Forbidden(_) => StatusCode::FORBIDDEN,
-            EdgeError::Setup(_) | EdgeError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (
-            status,
-            Json(ErrorBody {
-                error: self.to_string(),
-            }),
-        )
-            .into_response()
+            other => sluice_http::error_response(&other),
+        }
     }
 }

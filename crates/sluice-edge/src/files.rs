@@ -12,9 +12,9 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use sluice_http::files::{LocalRead, LocalSource, if_none_match, serve_local};
 use sluice_proto::range::{ByteRange, RangeRequest};
 use sluice_proto::{BlobKey, FileId};
-use sluice_storage::{LocalRead, LocalSource, if_none_match, serve_local};
 
 use crate::fill::{Fill, FillState, OriginHead, Refusal};
 use crate::{EdgeError, EdgeMetrics, EdgeState};
@@ -164,7 +164,7 @@ async fn hit(
     // A damaged block, wherever in the file: the copy is fetched again from the origin and
     // the read goes on from the same byte of the new one. (Only a read from disk can meet
     // damage; the hot cache holds verified bytes.)
-    let refetch = matches!(source, LocalSource::Disk(_)).then(|| -> sluice_storage::Repair {
+    let refetch = matches!(source, LocalSource::Disk(_)).then(|| -> sluice_http::files::Repair {
         let (edge, id) = (edge.clone(), id.clone());
         Arc::new(move || {
             let (edge, id) = (edge.clone(), id.clone());
@@ -185,7 +185,7 @@ async fn hit(
                 .insert("sluice-cache", HeaderValue::from_static("hit"));
             Ok(Some(response))
         }
-        Err(sluice_storage::ApiError::Corrupt) => {
+        Err(sluice_http::files::FileError::Corrupt) => {
             // A damaged copy is dropped and fetched again, never served.
             tracing::warn!("damaged cached file dropped");
             edge.cache().drop_file(store, key).await?;
@@ -245,39 +245,15 @@ fn from_spool(
         Err(_) => return None,
     };
     let size = head.size;
-    let mut builder =
-        sluice_http::content::with_file_headers(Response::builder(), &head.content_type, active)
-            .header(header::ETAG, etag)
-            .header(header::CONTENT_TYPE, &head.content_type)
-            .header(header::ACCEPT_RANGES, "bytes")
-            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
-            .header("sluice-cache", "miss");
+    let builder = sluice_http::files::complete_file_head(&head.content_type, etag, active, None)
+        .header("sluice-cache", "miss");
     if if_none_match(headers, etag) {
-        return Some(
-            builder
-                .status(StatusCode::NOT_MODIFIED)
-                .body(Body::empty())
-                .map_err(|_| EdgeError::Internal),
-        );
+        return Some(sluice_http::files::not_modified(builder).map_err(EdgeError::from));
     }
-    let (status, start, end) = match wanted {
-        RangeRequest::Full => (StatusCode::OK, 0, size),
-        RangeRequest::Partial { start, end } => {
-            builder = builder.header(
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{size}", end - 1),
-            );
-            (StatusCode::PARTIAL_CONTENT, start, end)
-        }
-        RangeRequest::Unsatisfiable => {
-            return Some(Err(EdgeError::Local(
-                sluice_storage::ApiError::RangeNotSatisfiable { size },
-            )));
-        }
+    let (builder, start, end) = match sluice_http::files::with_range(builder, wanted, size) {
+        Ok(ranged) => ranged,
+        Err(e) => return Some(Err(e.into())),
     };
-    builder = builder
-        .status(status)
-        .header(header::CONTENT_LENGTH, end - start);
     let body = if *method == Method::HEAD {
         Body::empty()
     } else {
@@ -448,18 +424,12 @@ async fn proxy(
     builder.body(body).map_err(|_| EdgeError::Internal)
 }
 
-/// `POST /v1/internal/preload/{fileid}` (trackers, with the cluster secret): starts a fill so
+/// `POST /v1/internal/preload/{fileid}` (trackers; the router admits only cluster calls): starts a fill so
 /// the first real request is a hit. Answers at once.
 pub(crate) async fn preload(
     State(edge): State<EdgeState>,
     Path(text): Path<String>,
-    headers: HeaderMap,
 ) -> Result<StatusCode, EdgeError> {
-    let config = edge.config();
-    config
-        .cluster
-        .check(&config.access, &headers)
-        .map_err(|refused| EdgeError::Forbidden(refused.0))?;
     let id = FileId::parse(&text)
         .map_err(|e| EdgeError::BadRequest(format!("malformed file id: {e}")))?;
     let key = crate::cache::cache_key(&id);

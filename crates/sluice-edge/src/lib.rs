@@ -4,7 +4,7 @@
 //! bytes as they arrive (`Sluice-Cache: miss`). Signed URLs are checked here exactly as on
 //! storage nodes, and signature parameters are never part of the cache key.
 //!
-//! [`run`] takes a bound listener and a shutdown future, like every role.
+//! [`start`] takes a bound listener and a shutdown future, like every role.
 
 pub mod cache;
 mod error;
@@ -136,32 +136,81 @@ impl EdgeState {
 
 /// The edge's HTTP routes.
 pub fn router(state: EdgeState) -> Router {
-    Router::new()
+    let config = state.config();
+    let preload = sluice_http::cluster::cluster_only(
+        Router::new().route("/v1/internal/preload/{*fileid}", post(files::preload)),
+        config.cluster.clone(),
+        config.access.clone(),
+    );
+    let routes = Router::new()
         .route("/v1/files/{*fileid}", get(files::get_file))
-        .route("/v1/internal/preload/{*fileid}", post(files::preload))
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
-        .route("/metrics", get(metrics::render))
-        .fallback(|| async { EdgeError::NoRoute })
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(state.config().cors.clone()),
-            sluice_http::cors::cors,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.inner.http_metrics.clone(),
-            sluice_http::metrics::record,
-        ))
-        .with_state(state)
+        .merge(preload);
+    let common = sluice_http::CommonRoutes {
+        healthz: sluice_http::healthz_ok(),
+        metrics: get(metrics::render),
+        cors: config.cors.clone(),
+        recorder: state.inner.http_metrics.clone(),
+    };
+    sluice_http::role_router(routes, common, state)
 }
 
-/// Serves the edge on `listener` until `shutdown` resolves.
-pub async fn run(
+/// How an edge starts: its cache directory, its settings, and how it registers.
+#[derive(Debug, Clone)]
+pub struct EdgeStart {
+    /// The cache directory (created if missing; survives restarts).
+    pub cache_dir: PathBuf,
+    pub config: EdgeConfig,
+    /// The URL clients should use for this edge; default: the listen address.
+    pub advertise: Option<String>,
+    /// Between heartbeats to the trackers (when `config.trackers` names any).
+    pub heartbeat_interval: std::time::Duration,
+    pub shutdown: sluice_http::ShutdownLimits,
+}
+
+/// Opens the cache and serves the edge on `listener` until `shutdown` resolves: the one way an
+/// edge starts, for `sluice edge` and the tests alike. With trackers, its `registration`
+/// worker sends heartbeats; the cache is closed last.
+pub async fn start(
     listener: TcpListener,
-    state: EdgeState,
+    start: EdgeStart,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let limits = state.config().http.clone();
-    sluice_http::serve(listener, router(state), limits, shutdown).await
+) -> Result<sluice_http::Running<EdgeState>, EdgeError> {
+    let listen = listener
+        .local_addr()
+        .map_err(|e| EdgeError::Setup(e.to_string()))?;
+    let (dir, config) = (start.cache_dir.clone(), start.config.clone());
+    let state = tokio::task::spawn_blocking(move || EdgeState::open(&dir, config))
+        .await
+        .map_err(|e| EdgeError::Setup(e.to_string()))??;
+    let mut parts = sluice_http::RoleParts::new(
+        router(state.clone()),
+        state.config().http.clone(),
+        start.shutdown,
+    );
+    if !state.config().trackers.is_empty() {
+        let registration = registration::Registration {
+            trackers: state.config().trackers.clone(),
+            advertise: start
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("http://{listen}")),
+            interval: start.heartbeat_interval,
+        };
+        let edge = state.clone();
+        parts.workers.spawn("registration", |stopping| {
+            registration::run(edge, registration, stopping)
+        });
+    }
+    let store = state.store().clone();
+    parts.close = Box::pin(async move { store.close().await });
+    tracing::info!(
+        http = %format!("http://{listen}"),
+        origin = %state.config().origin,
+        cache = %start.cache_dir.display(),
+        cached_files = state.cache().files(),
+        region = state.config().region.as_deref().unwrap_or("-"),
+        "edge is ready"
+    );
+    sluice_http::role::run(listener, parts, state, shutdown)
+        .map_err(|e| EdgeError::Setup(e.to_string()))
 }

@@ -300,7 +300,7 @@ async fn with_the_origin_down_cached_files_are_served_and_others_fail_fast() {
 #[tokio::test]
 async fn signed_urls_are_checked_and_signatures_stay_out_of_the_cache_key() {
     let secrets = sluice_proto::SecretSet::parse("edge-secret,older").unwrap();
-    let access = sluice_storage::AccessPolicy {
+    let access = sluice_http::AccessPolicy {
         url_secret: Some(secrets.clone()),
         api_tokens: None,
     };

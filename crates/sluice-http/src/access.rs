@@ -2,11 +2,10 @@
 //! around another: with `SLUICE_URL_SECRET` set, reads need a valid signed link; with
 //! `SLUICE_API_TOKEN` set, writes need `Authorization: Bearer TOKEN` or a signed upload link.
 
-use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use sluice_proto::SecretSet;
 use sluice_proto::signature::{SignatureError, UploadGrant, verify_download, verify_upload};
-use sluice_proto::{ErrorBody, SecretSet};
 
 /// The secrets a role checks requests against.
 #[derive(Debug, Clone, Default)]
@@ -25,24 +24,33 @@ pub enum AccessDenied {
     NoToken(String),
 }
 
+impl std::fmt::Display for AccessDenied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessDenied::BadSignature(e) => e.fmt(f),
+            AccessDenied::NoToken(why) => f.write_str(why),
+        }
+    }
+}
+
+impl crate::errors::HttpError for AccessDenied {
+    fn status(&self) -> StatusCode {
+        match self {
+            AccessDenied::BadSignature(_) => StatusCode::FORBIDDEN,
+            AccessDenied::NoToken(_) => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    fn add_headers(&self, headers: &mut HeaderMap) {
+        if let AccessDenied::NoToken(_) = self {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+    }
+}
+
 impl IntoResponse for AccessDenied {
     fn into_response(self) -> Response {
-        match self {
-            AccessDenied::BadSignature(e) => (
-                StatusCode::FORBIDDEN,
-                Json(ErrorBody {
-                    error: e.to_string(),
-                }),
-            )
-                .into_response(),
-            AccessDenied::NoToken(why) => {
-                let mut r =
-                    (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: why })).into_response();
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                r
-            }
-        }
+        crate::errors::error_response(&self)
     }
 }
 

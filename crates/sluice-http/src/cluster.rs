@@ -2,11 +2,10 @@
 //! `/v1/internal/*` between nodes, and a tracker's calls to its edges. One rule for every role
 //! (DESIGN.md §3b), so no role is the way round another.
 
-use axum::Json;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use sluice_proto::SecretSet;
 use sluice_proto::cluster::CLUSTER_SECRET_HEADER;
-use sluice_proto::{ErrorBody, SecretSet};
 
 use crate::AccessPolicy;
 
@@ -26,15 +25,21 @@ pub enum ClusterAccess {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClusterRefused(pub &'static str);
 
+impl std::fmt::Display for ClusterRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl crate::errors::HttpError for ClusterRefused {
+    fn status(&self) -> StatusCode {
+        StatusCode::FORBIDDEN
+    }
+}
+
 impl IntoResponse for ClusterRefused {
     fn into_response(self) -> Response {
-        (
-            StatusCode::FORBIDDEN,
-            Json(ErrorBody {
-                error: self.0.to_owned(),
-            }),
-        )
-            .into_response()
+        crate::errors::error_response(&self)
     }
 }
 
@@ -83,6 +88,31 @@ impl ClusterAccess {
                 }
             }
         }
+    }
+}
+
+/// Middleware for a role's cluster routes: a call its cluster rule refuses gets 403 before
+/// the handler runs or the body is read. One guard for every role, so none copies the rule.
+pub fn cluster_only<S: Clone + Send + Sync + 'static>(
+    routes: axum::Router<S>,
+    cluster: ClusterAccess,
+    access: AccessPolicy,
+) -> axum::Router<S> {
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        std::sync::Arc::new((cluster, access)),
+        guard,
+    ))
+}
+
+async fn guard(
+    axum::extract::State(rule): axum::extract::State<std::sync::Arc<(ClusterAccess, AccessPolicy)>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (cluster, access) = &*rule;
+    match cluster.check(access, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
     }
 }
 

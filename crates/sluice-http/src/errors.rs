@@ -1,12 +1,35 @@
-//! Every error a role answers is JSON (`{"error": "..."}`), including the ones axum's
-//! extractors make on their own (a path that is not UTF-8, a body over its limit), which
-//! come as plain text.
+//! Every error a role answers is JSON (`{"error": "..."}`): each role's error type says its
+//! status and headers through [`HttpError`] and answers with [`error_response`]; the ones
+//! axum's extractors make on their own (a path that is not UTF-8, a body over its limit) come
+//! as plain text and are turned into JSON by [`json_errors`].
 
 use axum::extract::Request;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sluice_proto::ErrorBody;
+
+/// An error a role answers with: its status, its message (`Display`) as the JSON body, and
+/// any headers the status calls for (`Allow`, `Content-Range`, `WWW-Authenticate`...).
+pub trait HttpError: std::fmt::Display {
+    fn status(&self) -> StatusCode;
+
+    /// Headers the answer carries besides the JSON body's.
+    fn add_headers(&self, _headers: &mut HeaderMap) {}
+}
+
+/// The one way an error becomes an answer: `{"error": MESSAGE}` with its status and headers.
+pub fn error_response<E: HttpError + ?Sized>(error: &E) -> Response {
+    let mut response = (
+        error.status(),
+        axum::Json(ErrorBody {
+            error: error.to_string(),
+        }),
+    )
+        .into_response();
+    error.add_headers(response.headers_mut());
+    response
+}
 
 /// Longest plain-text error carried over; extractor messages are a line.
 const MAX_TEXT: usize = 4096;

@@ -13,14 +13,21 @@ pub mod content;
 pub mod cors;
 mod deadline;
 pub mod errors;
+pub mod files;
 pub mod metrics;
+pub mod role;
 
 pub use access::{AccessDenied, AccessPolicy};
 pub use cluster::{ClusterAccess, ClusterRefused};
 pub use content::ActiveContent;
 pub use cors::CorsPolicy;
 pub use deadline::SendTimeout;
+pub use errors::{HttpError, error_response};
 pub use metrics::HttpMetrics;
+pub use role::{
+    CommonRoutes, NoRoute, RoleParts, Running, ShutdownLimits, Stopping, Workers, healthz_ok,
+    role_router,
+};
 
 use std::future::Future;
 use std::pin::pin;

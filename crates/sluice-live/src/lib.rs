@@ -3,8 +3,8 @@
 //! live. The protocol is in `sluice-rtmp` (pure); this crate does the sockets and the fan-out
 //! ([`hub`]).
 //!
-//! [`run_rtmp`] takes a bound listener and a shutdown future, like every role; the HTTP side
-//! is a router ([`routes`]) that `sluice serve` and `sluice live` mount.
+//! [`start`] takes bound listeners and a shutdown future, like every role; `sluice serve`
+//! mounts [`routes`] in its own router and starts the RTMP side with [`spawn_workers`].
 
 pub mod backlog;
 mod flv_http;
@@ -49,6 +49,8 @@ pub struct LiveConfig {
     pub max_ingest_rate: u64,
     /// RTMP connections served at once.
     pub max_connections: usize,
+    /// The HTTP side's connection limit and timeouts (`sluice live`; `serve` uses its own).
+    pub http: sluice_http::HttpLimits,
     /// `SLUICE_URL_SECRET`: when set, publishing and playing need a signed stream name, and
     /// HTTP-FLV a signed URL.
     pub access: sluice_http::AccessPolicy,
@@ -79,6 +81,7 @@ impl Default for LiveConfig {
             player_stall_timeout: Duration::from_secs(10),
             max_ingest_rate: 12_500_000,
             max_connections: 10_000,
+            http: sluice_http::HttpLimits::default(),
             access: sluice_http::AccessPolicy::default(),
             cors: sluice_http::CorsPolicy::AnyOrigin,
             merge: Duration::from_millis(100),
@@ -102,6 +105,8 @@ struct Inner {
     hls: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<hls::HlsStream>>>,
     hooks: reqwest::Client,
     recording: Option<(record::RecordConfig, record::Recordings)>,
+    /// HTTP requests counted (`sluice live`'s `/metrics`).
+    http_metrics: Arc<sluice_http::HttpMetrics>,
 }
 
 impl LiveState {
@@ -130,6 +135,7 @@ impl LiveState {
                 hls: std::sync::Mutex::default(),
                 hooks: reqwest::Client::new(),
                 recording,
+                http_metrics: Arc::default(),
             }),
         }
     }
@@ -176,9 +182,8 @@ impl LiveState {
     }
 }
 
-/// The live role's HTTP routes (HTTP-FLV and the stream list).
-pub fn routes(state: LiveState) -> Router {
-    let cors = Arc::new(state.config().cors.clone());
+/// The live role's own HTTP routes: HTTP-FLV, HLS, the stream and recording lists.
+fn own_routes() -> Router<LiveState> {
     Router::new()
         .route("/live/{app}/{file}", get(flv_http::play))
         .route("/v1/live/recordings", get(recordings))
@@ -190,11 +195,37 @@ pub fn routes(state: LiveState) -> Router {
                 },
             ),
         )
+}
+
+/// The live routes with their CORS rule, for a router that has the rest (`sluice serve`).
+pub fn routes(state: LiveState) -> Router {
+    let cors = Arc::new(state.config().cors.clone());
+    own_routes()
         .layer(axum::middleware::from_fn_with_state(
             cors,
             sluice_http::cors::cors,
         ))
         .with_state(state)
+}
+
+/// `GET /metrics` of `sluice live`: its HTTP requests, and what is live.
+async fn render_metrics(axum::extract::State(state): axum::extract::State<LiveState>) -> String {
+    let mut out = String::with_capacity(4096);
+    state.inner.http_metrics.render(&mut out);
+    let streams = state.hub().list();
+    sluice_metrics::render_gauge(
+        &mut out,
+        "sluice_live_streams",
+        "Streams being published now.",
+        streams.len() as u64,
+    );
+    sluice_metrics::render_gauge(
+        &mut out,
+        "sluice_live_players",
+        "RTMP and HTTP-FLV players attached now.",
+        streams.iter().map(|s| s.players as u64).sum(),
+    );
+    out
 }
 
 /// `GET /v1/live/recordings`. Each names a file id, which is a read credential where links
@@ -210,11 +241,40 @@ async fn recordings(
     axum::Json(state.recordings().map(|r| r.list()).unwrap_or_default()).into_response()
 }
 
-/// Accepts RTMP connections on `listener` until `shutdown` resolves.
-pub async fn run_rtmp(
-    listener: TcpListener,
+/// Starts accepting RTMP connections on `rtmp` as the `rtmp` worker.
+pub fn spawn_workers(state: &LiveState, rtmp: TcpListener, workers: &mut sluice_http::Workers) {
+    let state = state.clone();
+    workers.spawn("rtmp", |stopping| async move {
+        if let Err(e) = rtmp::serve(rtmp, state, stopping).await {
+            tracing::error!(error = %e, "RTMP listener failed");
+        }
+    });
+}
+
+/// Serves the live role until `shutdown` resolves: RTMP on `rtmp` (a worker), HTTP-FLV, HLS
+/// and the stream list on `http`. The one way `sluice live` and the tests start it.
+pub fn start(
+    http: TcpListener,
+    rtmp: TcpListener,
     state: LiveState,
-    shutdown: impl Future<Output = ()> + Send,
-) -> std::io::Result<()> {
-    rtmp::serve(listener, state, shutdown).await
+    shutdown_limits: sluice_http::ShutdownLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<sluice_http::Running<LiveState>> {
+    let common = sluice_http::CommonRoutes {
+        healthz: sluice_http::healthz_ok(),
+        metrics: get(render_metrics),
+        cors: state.config().cors.clone(),
+        recorder: state.inner.http_metrics.clone(),
+    };
+    let router = sluice_http::role_router(own_routes(), common, state.clone());
+    let mut parts =
+        sluice_http::RoleParts::new(router, state.config().http.clone(), shutdown_limits);
+    tracing::info!(
+        http = %format!("http://{}", http.local_addr()?),
+        rtmp = %format!("rtmp://{}", rtmp.local_addr()?),
+        recording = state.recordings().is_some(),
+        "live server is ready"
+    );
+    spawn_workers(&state, rtmp, &mut parts.workers);
+    sluice_http::role::run(http, parts, state, shutdown)
 }

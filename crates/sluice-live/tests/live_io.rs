@@ -34,34 +34,10 @@ async fn start_with(config: LiveConfig) -> Server {
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (rtmp_addr, http_addr) = (rtmp.local_addr().unwrap(), http.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let stopped = async move {
+    sluice_live::start(http, rtmp, state, Default::default(), async move {
         let _ = stopped.await;
-    };
-    let (s1, s2) = (state.clone(), state.clone());
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        stopped.await;
-        let _ = tx.send(true);
-    });
-    let mut rx2 = rx.clone();
-    tokio::spawn(async move {
-        let mut rx = rx;
-        sluice_live::run_rtmp(rtmp, s1, async move {
-            let _ = rx.wait_for(|s| *s).await;
-        })
-        .await
-    });
-    tokio::spawn(async move {
-        sluice_http::serve(
-            http,
-            sluice_live::routes(s2),
-            Default::default(),
-            async move {
-                let _ = rx2.wait_for(|s| *s).await;
-            },
-        )
-        .await
-    });
+    })
+    .unwrap();
     Server {
         rtmp: rtmp_addr.to_string(),
         http: format!("http://{http_addr}"),
@@ -191,8 +167,13 @@ async fn enhanced_rtmp_hevc_av1_vp9_pass_through_to_rtmp_and_http_flv() {
         }
         // Players join now: they start at the last keyframe (coded frame 0) after the
         // sequence start.
+        // The next keyframe (coded frame 10) is sent only once both players are attached,
+        // or they would start there.
         let mut player = Client::connect(&server.rtmp, "live").await;
         player.command("play", &name).await;
+        let mut got = player
+            .read_until(|m| status(m).as_deref() == Some("NetStream.Play.Start"))
+            .await;
         let flv_url = format!("{}/live/live/{name}.flv", server.http);
         let mut flv_response = reqwest::get(&flv_url).await.unwrap();
         assert_eq!(flv_response.headers()["content-type"], "video/x-flv");
@@ -200,9 +181,11 @@ async fn enhanced_rtmp_hevc_av1_vp9_pass_through_to_rtmp_and_http_flv() {
             publisher.video((i as u32 + 11) * 40, f).await;
         }
         let last = frames.last().unwrap().clone();
-        let got = player
-            .read_until(|m| m.type_id == 9 && m.payload[..] == last[..])
-            .await;
+        got.extend(
+            player
+                .read_until(|m| m.type_id == 9 && m.payload[..] == last[..])
+                .await,
+        );
         let video: Vec<&[u8]> = got
             .iter()
             .filter(|m| m.type_id == 9)
@@ -640,13 +623,17 @@ async fn a_second_publish_on_one_stream_id_is_refused_and_names_are_freed() {
         max_ingest_rate: u64::MAX,
         ..LiveConfig::default()
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(sluice_live::run_rtmp(
-        listener,
+    let rtmp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = rtmp.local_addr().unwrap().to_string();
+    sluice_live::start(
+        http,
+        rtmp,
         state.clone(),
+        Default::default(),
         std::future::pending(),
-    ));
+    )
+    .unwrap();
     let server = Server {
         rtmp: addr,
         http: String::new(),

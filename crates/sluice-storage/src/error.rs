@@ -1,10 +1,8 @@
 //! API errors and the one place they become HTTP answers.
 
-use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sluice_blob::BlobError;
-use sluice_proto::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -42,7 +40,7 @@ pub enum ApiError {
     NotYetHere,
     #[error("internal error; the details were logged")]
     Internal,
-    #[error("access denied")]
+    #[error("{0}")]
     Denied(sluice_http::AccessDenied),
     #[error("Upload-Offset does not match: the upload is at {expected}")]
     OffsetMismatch { expected: u64 },
@@ -68,7 +66,7 @@ impl From<sluice_http::AccessDenied> for ApiError {
     }
 }
 
-impl ApiError {
+impl sluice_http::HttpError for ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -82,7 +80,7 @@ impl ApiError {
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::NoSpace | ApiError::Full => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Corrupt | ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Denied(_) => StatusCode::FORBIDDEN,
+            ApiError::Denied(denied) => denied.status(),
             ApiError::Unavailable | ApiError::NotYetHere => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::OffsetMismatch { .. } => StatusCode::CONFLICT,
             ApiError::WrongBodyType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -95,6 +93,25 @@ impl ApiError {
             ApiError::Busy => StatusCode::LOCKED,
             ApiError::Conflict => StatusCode::CONFLICT,
             ApiError::DigestMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    fn add_headers(&self, headers: &mut axum::http::HeaderMap) {
+        match self {
+            ApiError::RangeNotSatisfiable { size } => {
+                sluice_http::files::add_unsatisfiable_range(headers, *size);
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::TusVersion => {
+                headers.insert("tus-version", HeaderValue::from_static("1.0.0"));
+            }
+            ApiError::OffsetMismatch { expected } => {
+                headers.insert("upload-offset", HeaderValue::from(*expected));
+            }
+            ApiError::Denied(denied) => denied.add_headers(headers),
+            _ => {}
         }
     }
 }
@@ -130,37 +147,22 @@ impl From<crate::replication::ReplicationError> for ApiError {
     }
 }
 
+impl From<sluice_http::files::FileError> for ApiError {
+    fn from(e: sluice_http::files::FileError) -> Self {
+        use sluice_http::files::FileError;
+        match e {
+            FileError::BadRange(why) => ApiError::BadRequest(why),
+            FileError::RangeNotSatisfiable { size } => ApiError::RangeNotSatisfiable { size },
+            FileError::NotFound => ApiError::NotFound,
+            FileError::Corrupt => ApiError::Corrupt,
+            FileError::Unavailable => ApiError::Unavailable,
+            FileError::Internal => ApiError::Internal,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Denied(denied) = self {
-            return denied.into_response();
-        }
-        let status = self.status();
-        let mut response = (
-            status,
-            Json(ErrorBody {
-                error: self.to_string(),
-            }),
-        )
-            .into_response();
-        let headers = response.headers_mut();
-        match self {
-            ApiError::RangeNotSatisfiable { size } => {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    headers.insert(header::CONTENT_RANGE, v);
-                }
-            }
-            ApiError::MethodNotAllowed { allow } => {
-                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
-            }
-            ApiError::TusVersion => {
-                headers.insert("tus-version", HeaderValue::from_static("1.0.0"));
-            }
-            ApiError::OffsetMismatch { expected } => {
-                headers.insert("upload-offset", HeaderValue::from(expected));
-            }
-            _ => {}
-        }
-        response
+        sluice_http::error_response(&self)
     }
 }

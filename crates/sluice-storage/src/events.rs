@@ -94,6 +94,15 @@ pub struct Events {
     stream: broadcast::Sender<FileEvent>,
     webhook: Option<mpsc::Sender<FileEvent>>,
     counts: std::sync::Arc<EventCounts>,
+    /// The webhook's sending end, until the node's workers take it to run.
+    sender: std::sync::Arc<std::sync::Mutex<Option<WebhookSender>>>,
+}
+
+/// Posts queued events to the webhook, in order; run as the node's `webhook` worker.
+pub struct WebhookSender {
+    config: WebhookConfig,
+    queue: mpsc::Receiver<FileEvent>,
+    counts: std::sync::Arc<EventCounts>,
 }
 
 /// What `/metrics` shows of signalling.
@@ -105,7 +114,8 @@ pub struct EventCounts {
 }
 
 impl Events {
-    /// Starts the webhook sender, when one is configured; it stops when the hub is dropped.
+    /// The hub; with a webhook configured, events queue for the [`WebhookSender`] that
+    /// [`Events::take_webhook_sender`] hands the node's workers.
     pub fn new(webhook: Option<WebhookConfig>) -> Self {
         let (stream, _) = broadcast::channel(BROADCAST_DEPTH);
         let counts = std::sync::Arc::new(EventCounts {
@@ -116,16 +126,30 @@ impl Events {
             ),
             webhook_lost: std::sync::atomic::AtomicU64::new(0),
         });
+        let mut sender = None;
         let webhook = webhook.map(|config| {
-            let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
-            tokio::spawn(run_webhook(config, rx, counts.clone()));
+            let (tx, queue) = mpsc::channel(WEBHOOK_QUEUE);
+            sender = Some(WebhookSender {
+                config,
+                queue,
+                counts: counts.clone(),
+            });
             tx
         });
         Self {
             stream,
             webhook,
             counts,
+            sender: std::sync::Arc::new(std::sync::Mutex::new(sender)),
         }
+    }
+
+    /// The webhook sender, once (`None` without a webhook or when already taken).
+    pub fn take_webhook_sender(&self) -> Option<WebhookSender> {
+        self.sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     pub fn counts(&self) -> &EventCounts {
@@ -164,52 +188,77 @@ pub fn sign_body(secret: &str, body: &[u8]) -> String {
         .collect()
 }
 
-async fn run_webhook(
-    config: WebhookConfig,
-    mut queue: mpsc::Receiver<FileEvent>,
-    counts: std::sync::Arc<EventCounts>,
-) {
-    let client = match reqwest::Client::builder().timeout(config.timeout).build() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "webhook client could not start; events go to /v1/events only");
-            return;
-        }
-    };
-    // In order, one at a time: the IM server must hear `committed` before `completed`.
-    while let Some(event) = queue.recv().await {
-        let body = serde_json::to_vec(&event).unwrap_or_default();
-        let mut pause = config.backoff;
-        for attempt in 1..=config.attempts {
-            let mut request = client
-                .post(&config.url)
-                .header(header::CONTENT_TYPE.as_str(), "application/json")
-                .header(EVENT_HEADER, event.kind.name())
-                .body(body.clone());
-            if let Some(secret) = &config.secret {
-                request = request.header(
-                    SIGNATURE_HEADER,
-                    format!("sha256={}", sign_body(secret.current(), &body)),
-                );
+impl WebhookSender {
+    /// Posts events until `stopping` resolves; then takes no more, and posts those already
+    /// queued (the worker deadline bounds how long that may take).
+    pub async fn run(self, stopping: impl std::future::Future<Output = ()>) {
+        let WebhookSender {
+            config,
+            mut queue,
+            counts,
+        } = self;
+        let client = match reqwest::Client::builder().timeout(config.timeout).build() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook client could not start; events go to /v1/events only");
+                return;
             }
-            match request.send().await {
-                Ok(r) if r.status().is_success() => break,
-                outcome => {
-                    let why = match outcome {
-                        Ok(r) => format!("answered {}", r.status()),
-                        Err(e) => e.to_string(),
-                    };
-                    if attempt == config.attempts {
-                        counts
-                            .webhook_lost
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tracing::error!(url = %config.url, fileid = %event.fileid, event = event.kind.name(), %why, "webhook gave up on an event");
-                        break;
-                    }
-                    tracing::warn!(url = %config.url, attempt, %why, "webhook failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(30));
+        };
+        let mut stopping = std::pin::pin!(stopping);
+        let mut told = false;
+        // In order, one at a time: the IM server must hear `committed` before `completed`.
+        loop {
+            let event = tokio::select! {
+                () = &mut stopping, if !told => {
+                    told = true;
+                    queue.close();
+                    continue;
                 }
+                event = queue.recv() => event,
+            };
+            let Some(event) = event else { return };
+            post(&client, &config, &event, &counts).await;
+        }
+    }
+}
+
+async fn post(
+    client: &reqwest::Client,
+    config: &WebhookConfig,
+    event: &FileEvent,
+    counts: &EventCounts,
+) {
+    let body = serde_json::to_vec(event).unwrap_or_default();
+    let mut pause = config.backoff;
+    for attempt in 1..=config.attempts {
+        let mut request = client
+            .post(&config.url)
+            .header(header::CONTENT_TYPE.as_str(), "application/json")
+            .header(EVENT_HEADER, event.kind.name())
+            .body(body.clone());
+        if let Some(secret) = &config.secret {
+            request = request.header(
+                SIGNATURE_HEADER,
+                format!("sha256={}", sign_body(secret.current(), &body)),
+            );
+        }
+        match request.send().await {
+            Ok(r) if r.status().is_success() => return,
+            outcome => {
+                let why = match outcome {
+                    Ok(r) => format!("answered {}", r.status()),
+                    Err(e) => e.to_string(),
+                };
+                if attempt == config.attempts {
+                    counts
+                        .webhook_lost
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(url = %config.url, fileid = %event.fileid, event = event.kind.name(), %why, "webhook gave up on an event");
+                    return;
+                }
+                tracing::warn!(url = %config.url, attempt, %why, "webhook failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
             }
         }
     }

@@ -2,15 +2,13 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
-use sluice_blob::{BlobError, BlobMeta, BlobReader, BlobWriter, CHUNK_BYTES, Chunk, HotFile};
+use futures_util::StreamExt;
+use sluice_blob::{BlobError, BlobReader, BlobWriter};
+use sluice_http::files::{LocalRead, LocalSource, Repair, serve_local};
 use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
-use sluice_proto::range::{RangeRequest, request_for};
 use sluice_proto::{FileId, UploadResponse};
 
 use crate::StorageState;
@@ -256,7 +254,7 @@ pub(crate) async fn download(
     let id = parse_local_id(&state, &text)?;
     let store = state.store();
     let source = match store.hot().get(&id.key) {
-        Some(hot) => Source::Hot(hot),
+        Some(hot) => LocalSource::Hot(hot),
         None => {
             let reader = open_or_fetch(&state, &id).await?;
             if !reader.meta().state.is_complete() {
@@ -273,7 +271,7 @@ pub(crate) async fn download(
                 let repair = repair_hook(&state, &id);
                 return crate::partial::serve(&state, request, reader, repair).await;
             }
-            Source::Disk(reader)
+            LocalSource::Disk(reader)
         }
     };
     let etag = format!("\"{}\"", id.key);
@@ -285,8 +283,8 @@ pub(crate) async fn download(
         active: state.config().active_content,
     };
     // Only a read from disk can meet damage (the hot cache holds verified bytes).
-    let repair = matches!(source, Source::Disk(_)).then(|| repair_hook(&state, &id));
-    serve_local(store, request, source, repair).await
+    let repair = matches!(source, LocalSource::Disk(_)).then(|| repair_hook(&state, &id));
+    Ok(serve_local(store, request, source, repair).await?)
 }
 
 /// Repairs this node's copy of `id` from a peer, when a read meets damage.
@@ -296,115 +294,6 @@ fn repair_hook(state: &StorageState, id: &FileId) -> Repair {
         let (state, id) = (state.clone(), id.clone());
         Box::pin(async move { repair(&state, &id).await })
     })
-}
-
-/// A read of a complete file this process holds (storage nodes, and edges' caches).
-pub struct LocalRead<'a> {
-    pub key: sluice_proto::BlobKey,
-    /// The strong ETag to send (the file id's key, quoted).
-    pub etag: &'a str,
-    pub method: &'a Method,
-    pub headers: &'a HeaderMap,
-    /// How files a browser would run are served.
-    pub active: sluice_http::ActiveContent,
-}
-
-/// Replaces a damaged copy of the file being read (true when it did): a peer's copy, whose
-/// bytes match the digest recorded for this one.
-pub type Repair =
-    Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, bool> + Send + Sync + 'static>;
-
-/// Serves a complete file from `source`: conditionals, a Range (206/416), HEAD, and the
-/// first chunk read and verified before the head goes out. A damaged block, in the first
-/// chunk or any later, calls `repair`; if it replaced the copy, the file is opened again and
-/// the read goes on from the same byte, so the client gets whole, correct bytes.
-pub async fn serve_local(
-    store: &sluice_blob::BlobStore,
-    request: LocalRead<'_>,
-    source: Source,
-    repair: Option<Repair>,
-) -> Result<Response, ApiError> {
-    let LocalRead {
-        key,
-        etag,
-        method,
-        headers,
-        active,
-    } = request;
-    let meta = source.meta();
-    let size = meta.size;
-
-    let mut response =
-        sluice_http::content::with_file_headers(Response::builder(), &meta.content_type, active)
-            .header(header::ETAG, etag)
-            .header(header::ACCEPT_RANGES, "bytes")
-            .header(header::CONTENT_TYPE, &meta.content_type)
-            // A file never changes once complete, so caches may keep it as long as they like.
-            .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable")
-            .header(
-                header::LAST_MODIFIED,
-                httpdate::fmt_http_date(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(meta.created_ms),
-                ),
-            );
-
-    if if_none_match(headers, etag) {
-        return response
-            .status(StatusCode::NOT_MODIFIED)
-            .body(Body::empty())
-            .map_err(|_| ApiError::Internal);
-    }
-
-    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    // If-Range: a range only applies to the representation the client already has.
-    let range_header = range_header.filter(|_| if_range_holds(headers, etag));
-    let (status, start, end) = match request_for(range_header, size) {
-        Err(e) => return Err(ApiError::BadRequest(e.to_string())),
-        Ok(RangeRequest::Unsatisfiable) => return Err(ApiError::RangeNotSatisfiable { size }),
-        Ok(RangeRequest::Full) => (StatusCode::OK, 0, size),
-        Ok(RangeRequest::Partial { start, end }) => {
-            response = response.header(
-                header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{size}", end - 1),
-            );
-            (StatusCode::PARTIAL_CONTENT, start, end)
-        }
-    };
-    response = response
-        .status(status)
-        .header(header::CONTENT_LENGTH, end - start);
-    if *method == Method::HEAD {
-        return response.body(Body::empty()).map_err(|_| ApiError::Internal);
-    }
-    let body = match source {
-        Source::Hot(hot) => body_from_parts(slice_parts(&hot.parts, start, end).collect()),
-        Source::Disk(mut reader) => {
-            // A whole small file is read in one go and offered to the hot cache.
-            let cacheable = start == 0 && end == size && store.hot().admits(size);
-            let max = if cacheable { size } else { CHUNK_BYTES };
-            // Read (and verify) the first chunk before answering, so a damaged small file gets
-            // a clean 500 rather than a truncated 200, or, in a group, is repaired from a peer
-            // and served.
-            let mut repair = repair;
-            let first = match reader.read_chunk(start, end, max).await {
-                Err(BlobError::Corrupt { .. }) if try_repair(&mut repair).await => {
-                    reader = store.open_reader(key)?.ok_or(ApiError::NotFound)?;
-                    reader.read_chunk(start, end, max).await?
-                }
-                other => other?,
-            };
-            if cacheable {
-                store.offer_to_hot_cache(key, reader.meta().clone(), first.clone());
-            }
-            let reopen = repair.map(|repair| Reopen {
-                store: store.clone(),
-                key,
-                repair,
-            });
-            body_stream(reader, first, start, end, reopen)
-        }
-    };
-    response.body(body).map_err(|_| ApiError::Internal)
 }
 
 /// Replaces a damaged local copy with a peer's; false when no peer could provide one.
@@ -470,127 +359,6 @@ async fn open_or_fetch(state: &StorageState, id: &FileId) -> Result<BlobReader, 
         });
     }
     store.open_reader(id.key)?.ok_or(ApiError::NotFound)
-}
-
-/// Where a download's bytes come from.
-pub enum Source {
-    Hot(HotFile),
-    Disk(BlobReader),
-}
-
-impl Source {
-    fn meta(&self) -> &BlobMeta {
-        match self {
-            Source::Hot(hot) => &hot.meta,
-            Source::Disk(reader) => reader.meta(),
-        }
-    }
-}
-
-/// The pieces of `parts` (consecutive slices of one file) that cover `start..end`; no copies.
-fn slice_parts(parts: &[Bytes], start: u64, end: u64) -> impl Iterator<Item = Bytes> + '_ {
-    let mut at = 0u64;
-    parts.iter().filter_map(move |part| {
-        let (lo, hi) = (at, at + part.len() as u64);
-        at = hi;
-        let from = start.max(lo);
-        let to = end.min(hi);
-        (from < to).then(|| part.slice((from - lo) as usize..(to - lo) as usize))
-    })
-}
-
-/// Calls `repair` once; later calls say no (a copy repaired and damaged again is not
-/// repaired in a loop).
-pub(crate) async fn try_repair(repair: &mut Option<Repair>) -> bool {
-    match repair.take() {
-        Some(repair) => repair().await,
-        None => false,
-    }
-}
-
-/// How a body stream that meets a damaged block gets a good copy and opens it again.
-pub(crate) struct Reopen {
-    pub(crate) store: sluice_blob::BlobStore,
-    pub(crate) key: sluice_proto::BlobKey,
-    pub(crate) repair: Repair,
-}
-
-/// Streams the rest of a range after its first chunk, one frame per block slice (hyper writes
-/// them with vectored I/O). A damaged block met mid-stream is repaired through `reopen` and
-/// the stream goes on from the same byte of the good copy; without it (or when the repair
-/// fails) the body ends with an error, so the client sees a failed transfer, never wrong
-/// bytes.
-pub(crate) fn body_stream(
-    reader: BlobReader,
-    first: Chunk,
-    start: u64,
-    end: u64,
-    reopen: Option<Reopen>,
-) -> Body {
-    let next = start + first.iter().map(|b| b.len() as u64).sum::<u64>();
-    if next >= end {
-        return body_from_parts(first);
-    }
-    let head = futures_util::stream::iter(first.into_iter().map(Ok::<_, sluice_blob::BlobError>));
-    let rest = futures_util::stream::try_unfold(
-        (reader, next, reopen),
-        move |(mut reader, at, mut reopen)| async move {
-            if at >= end {
-                return Ok::<_, sluice_blob::BlobError>(None);
-            }
-            let chunk = match reader.read_chunk(at, end, CHUNK_BYTES).await {
-                Err(damaged @ BlobError::Corrupt { .. }) => {
-                    let Some(r) = reopen.take() else {
-                        return Err(damaged);
-                    };
-                    if !(r.repair)().await {
-                        return Err(damaged);
-                    }
-                    reader = r.store.open_reader(r.key)?.ok_or(damaged)?;
-                    reader.read_chunk(at, end, CHUNK_BYTES).await?
-                }
-                other => other?,
-            };
-            let len: u64 = chunk.iter().map(|b| b.len() as u64).sum();
-            if len == 0 {
-                return Ok(None);
-            }
-            Ok(Some((chunk, (reader, at + len, reopen))))
-        },
-    );
-    let rest = rest
-        .map_ok(|chunk| futures_util::stream::iter(chunk.into_iter().map(Ok)))
-        .try_flatten();
-    Body::from_stream(head.chain(rest))
-}
-
-/// A body of bytes already in hand; a single piece avoids the stream machinery.
-fn body_from_parts(parts: Vec<Bytes>) -> Body {
-    match <[Bytes; 1]>::try_from(parts) {
-        Ok([one]) => Body::from(one),
-        Err(parts) => Body::from_stream(futures_util::stream::iter(
-            parts.into_iter().map(Ok::<_, std::convert::Infallible>),
-        )),
-    }
-}
-
-/// `If-None-Match` uses weak comparison (RFC 9110 §13.1.2).
-pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
-}
-
-/// `If-Range` with an entity tag uses strong comparison; a date is never exact enough for us.
-fn if_range_holds(headers: &HeaderMap, etag: &str) -> bool {
-    match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-        None => true,
-        Some(v) => v.trim() == etag,
-    }
 }
 
 pub(crate) async fn delete(

@@ -1,9 +1,9 @@
-//! `/v1/internal/...`: what the nodes of a group call on each other. Each call needs the
-//! cluster secret when one is set, so no stranger can push files in or read around public
-//! routes.
+//! `/v1/internal/...`: what the nodes of a group call on each other. The router admits only
+//! cluster calls here (`sluice_http::cluster::cluster_only`), so no stranger can push files in
+//! or read around public routes.
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -13,7 +13,8 @@ use sluice_proto::cluster::{SHA256_HEADER, parse_sha256_hex, sha256_hex};
 
 use crate::StorageState;
 use crate::error::ApiError;
-use crate::files::{UploadLimit, body_stream, parse_local_id, within};
+use crate::files::{UploadLimit, parse_local_id, within};
+use sluice_http::files::body_stream;
 
 /// Carries an incomplete blob's state between peers: `partial TOTAL` or `abandoned TOTAL`.
 /// Absent for complete files, so older peers keep working.
@@ -41,14 +42,6 @@ pub(crate) fn parse_blob_state(value: Option<&str>) -> Result<BlobState, ApiErro
     }
 }
 
-fn authorise(state: &StorageState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let config = state.config();
-    config
-        .cluster
-        .check(&config.access, headers)
-        .map_err(|refused| ApiError::Forbidden(refused.0))
-}
-
 /// A replica from a peer: stored under the id the peer gave it, if its bytes match the SHA-256
 /// it declares. An id that holds a complete file keeps it: the same bytes again change
 /// nothing, other bytes are refused (409).
@@ -57,7 +50,6 @@ pub(crate) async fn put_replica(
     Path(text): Path<String>,
     request: Request,
 ) -> Result<StatusCode, ApiError> {
-    authorise(&state, request.headers())?;
     let id = parse_local_id(&state, &text)?;
     let digest = request
         .headers()
@@ -105,9 +97,7 @@ pub(crate) async fn put_replica(
 pub(crate) async fn delete_replica(
     State(state): State<StorageState>,
     Path(text): Path<String>,
-    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    authorise(&state, &headers)?;
     let id = parse_local_id(&state, &text)?;
     state.store().delete(id.key).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -118,9 +108,7 @@ pub(crate) async fn delete_replica(
 pub(crate) async fn get_local(
     State(state): State<StorageState>,
     Path(text): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorise(&state, &headers)?;
     let id = parse_local_id(&state, &text)?;
     let reader = state
         .store()
@@ -146,11 +134,7 @@ pub(crate) async fn get_local(
 /// `GET /v1/internal/identity`: who this node is. Trackers ask before they accept a node's
 /// first heartbeat from a URL, so a mistyped `--advertise` or a cloned data directory cannot
 /// take another node's place.
-pub(crate) async fn identity(
-    State(state): State<StorageState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorise(&state, &headers)?;
+pub(crate) async fn identity(State(state): State<StorageState>) -> Result<Response, ApiError> {
     let node_id = state.config().node_id.clone().ok_or(ApiError::NotFound)?;
     Ok(axum::Json(sluice_proto::cluster::NodeIdentity {
         node_id,
@@ -177,10 +161,8 @@ fn default_limit() -> usize {
 
 pub(crate) async fn oplog(
     State(state): State<StorageState>,
-    headers: HeaderMap,
     Query(q): Query<OplogQuery>,
 ) -> Result<Response, ApiError> {
-    authorise(&state, &headers)?;
     if let (Some(r), Some(id), Some(url)) = (state.replication(), &q.peer_id, &q.peer_url) {
         r.note_puller(id, url);
     }

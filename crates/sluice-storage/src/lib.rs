@@ -1,8 +1,8 @@
 //! The storage role: Sluice's HTTP file API (`/v1/files`) over the local blob store, plus
 //! `/healthz` and `/metrics`.
 //!
-//! [`run`] takes an already bound listener and a shutdown future, so tests bind port 0 and the
-//! binary binds what the user asked for; `main` only parses config and calls it.
+//! [`start`] takes an already bound listener, the node's config and a shutdown future, so tests
+//! bind port 0 and the binary binds what the user asked for; both start a node the same way.
 
 pub mod cluster;
 mod error;
@@ -10,23 +10,22 @@ pub mod events;
 mod files;
 mod internal;
 mod metrics;
+pub mod node;
 mod partial;
 pub mod progressive;
 pub mod replication;
 pub mod scrub;
 mod tus;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use sluice_proto::GroupName;
-use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use files::{LocalRead, Repair, Source as LocalSource, if_none_match, serve_local};
+pub use node::{Membership, NodeConfig, StartError, start};
 pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, HotCacheLimits};
 pub use sluice_http::{
     AccessPolicy, ActiveContent, ClusterAccess, CorsPolicy, HttpLimits, HttpMetrics,
@@ -172,7 +171,21 @@ impl StorageState {
 /// The node's HTTP routes.
 pub fn router(state: StorageState) -> Router {
     use error::ApiError::MethodNotAllowed;
-    Router::new()
+    let config = state.config();
+    let internal = sluice_http::cluster::cluster_only(
+        Router::new()
+            .route(
+                "/v1/internal/blobs/{*fileid}",
+                get(internal::get_local)
+                    .put(internal::put_replica)
+                    .delete(internal::delete_replica),
+            )
+            .route("/v1/internal/oplog", get(internal::oplog))
+            .route("/v1/internal/identity", get(internal::identity)),
+        config.cluster.clone(),
+        config.access.clone(),
+    );
+    let routes = Router::new()
         .route(
             "/v1/files",
             post(files::upload).fallback(|| async { MethodNotAllowed { allow: "POST" } }),
@@ -188,14 +201,6 @@ pub fn router(state: StorageState) -> Router {
                 }),
         )
         .route(
-            "/v1/internal/blobs/{*fileid}",
-            get(internal::get_local)
-                .put(internal::put_replica)
-                .delete(internal::delete_replica),
-        )
-        .route("/v1/internal/oplog", get(internal::oplog))
-        .route("/v1/internal/identity", get(internal::identity))
-        .route(
             "/v1/uploads",
             post(tus::create).options(tus::options).fallback(tus::other),
         )
@@ -208,21 +213,17 @@ pub fn router(state: StorageState) -> Router {
                 .fallback(tus::other),
         )
         .route("/v1/events", get(events::stream))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::render))
-        .fallback(|| async { error::ApiError::NoRoute })
+        .merge(internal)
         // Upload size is enforced by the handlers against the configured limit, for raw and
         // multipart bodies alike.
-        .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(state.config().cors.clone()),
-            sluice_http::cors::cors,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.inner.metrics.clone(),
-            sluice_http::metrics::record,
-        ))
-        .with_state(state)
+        .layer(DefaultBodyLimit::disable());
+    let common = sluice_http::CommonRoutes {
+        healthz: get(healthz),
+        metrics: get(metrics::render),
+        cors: config.cors.clone(),
+        recorder: state.inner.metrics.clone(),
+    };
+    sluice_http::role_router(routes, common, state)
 }
 
 /// Alive (the process answers), and whether it can take writes now: a node whose index writes
@@ -232,16 +233,4 @@ async fn healthz(State(state): State<StorageState>) -> axum::Json<serde_json::Va
         None => serde_json::json!({"status": "ok", "writable": true}),
         Some(reason) => serde_json::json!({"status": "ok", "writable": false, "reason": reason}),
     })
-}
-
-/// Serves the storage API on `listener` until `shutdown` resolves, then stops accepting and
-/// lets requests in flight finish; with the connection limit and request-head deadline of
-/// every role.
-pub async fn run(
-    listener: TcpListener,
-    state: StorageState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let limits = state.config().http.clone();
-    sluice_http::serve(listener, router(state), limits, shutdown).await
 }

@@ -36,7 +36,7 @@ pub(crate) async fn serve(
     state: &StorageState,
     request: Incomplete<'_>,
     reader: BlobReader,
-    repair: crate::files::Repair,
+    repair: sluice_http::files::Repair,
 ) -> Result<Response, ApiError> {
     if let Some(session) = state.uploads().live(&request.id.key) {
         if session.view().ending.is_none() {
@@ -72,7 +72,7 @@ fn reply(
             .header("sluice-total", total);
     if let Some(len) = served {
         let etag = format!("\"{}-{len}\"", request.id.key);
-        if crate::files::if_none_match(request.headers, &etag) {
+        if sluice_http::files::if_none_match(request.headers, &etag) {
             return not_modified(&etag);
         }
         b = b
@@ -171,14 +171,14 @@ async fn from_store(
     state: &StorageState,
     request: &Incomplete<'_>,
     reader: BlobReader,
-    repair: crate::files::Repair,
+    repair: sluice_http::files::Repair,
 ) -> Result<Response, ApiError> {
     // A damaged block is repaired from a peer (which holds this very version) once per read,
     // whether met in the first chunk, in an image read whole, or mid-stream.
     let mut repair = Some(repair);
     let (mut reader, first) = match reader.read_chunk(0, reader.meta().size, CHUNK_BYTES).await {
         Err(sluice_blob::BlobError::Corrupt { .. })
-            if crate::files::try_repair(&mut repair).await =>
+            if sluice_http::files::try_repair(&mut repair).await =>
         {
             let reader = reopen(state, request)?;
             let first = reader
@@ -195,7 +195,7 @@ async fn from_store(
     if looks_jpeg && meta.size <= state.progressive_config().max_scan_tail as u64 {
         // An image: read it whole and cut it at its last complete scan.
         let data = match read_whole(&reader, first.concat()).await {
-            Err(ApiError::Corrupt) if crate::files::try_repair(&mut repair).await => {
+            Err(ApiError::Corrupt) if sluice_http::files::try_repair(&mut repair).await => {
                 reader = reopen(state, request)?;
                 read_whole(&reader, Vec::new()).await?
             }
@@ -214,12 +214,12 @@ async fn from_store(
             || Body::from(view),
         ),
         None => reply(request, content_type, size, total, Some(size), || {
-            let reopen = repair.map(|repair| crate::files::Reopen {
+            let reopen = repair.map(|repair| sluice_http::files::Reopen {
                 store: state.store().clone(),
                 key: request.id.key,
                 repair,
             });
-            crate::files::body_stream(reader, first, 0, size, reopen)
+            sluice_http::files::body_stream(reader, first, 0, size, reopen)
         }),
     }
 }

@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 use sluice_storage::{BlobStoreOptions, StorageConfig, StorageState};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-/// A storage node running inside the test process.
+/// A storage node running inside the test process, started by the same
+/// [`sluice_storage::start`] as `sluice storage`.
 pub struct TestNode {
     pub url: String,
     pub state: StorageState,
     dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    running: Option<sluice_http::Running<StorageState>>,
 }
 
 /// The settings a test may change before boot.
@@ -66,34 +66,21 @@ impl TestNode {
 
     pub async fn start_with(settings: NodeSettings) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let state = open_state(dir.path(), &settings).await;
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
-        let url = format!("http://{}", listener.local_addr().expect("local addr"));
-        let state_for_server = state.clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        let (stop_watchdog, watchdog_stopped) = oneshot::channel::<()>();
-        tokio::spawn(sluice_storage::progressive::run_watchdog(
-            state.clone(),
-            async move {
-                let _ = watchdog_stopped.await;
-            },
-        ));
-        let task = tokio::spawn(async move {
-            let served = sluice_storage::run(listener, state_for_server, async move {
-                let _ = stopped.await;
-            })
-            .await;
-            let _ = stop_watchdog.send(());
-            served
-        });
+        let running = sluice_storage::start(listener, node_config(dir.path(), &settings), async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("start the storage node");
         Self {
-            url,
-            state,
+            url: running.url(),
+            state: running.state.clone(),
             dir,
             stop: Some(stop),
-            task: Some(task),
+            running: Some(running),
         }
     }
 
@@ -106,27 +93,26 @@ impl TestNode {
         sluice_blob::temp_file_paths(self.dir.path()).unwrap_or_default()
     }
 
-    /// Stops serving and waits for the server task to end.
+    /// Stops serving, and waits for the node's workers to stop and its store to close.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
+        drop(self.state);
+        if let Some(running) = self.running.take() {
+            let _ = running.stopped().await;
         }
     }
 }
 
-async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
-    let dir = dir.to_owned();
-    let block_size = settings.block_size;
-    let store = tokio::task::spawn_blocking(move || sluice_blob_open(&dir, block_size))
-        .await
-        .expect("open task")
-        .expect("open blob store");
-    StorageState::new(
-        store,
-        StorageConfig {
+fn node_config(dir: &Path, settings: &NodeSettings) -> sluice_storage::NodeConfig {
+    sluice_storage::NodeConfig {
+        data: dir.to_owned(),
+        store: BlobStoreOptions {
+            block_size: settings.block_size,
+            ..BlobStoreOptions::default()
+        },
+        storage: StorageConfig {
             group: settings.group.parse().expect("valid group"),
             max_upload_size: settings.max_upload_size,
             body_idle_timeout: settings.body_idle_timeout,
@@ -143,21 +129,13 @@ async fn open_state(dir: &Path, settings: &NodeSettings) -> StorageState {
             progressive: settings.progressive.clone(),
             webhook: settings.webhook.clone(),
         },
-    )
-    .expect("storage state")
-}
-
-fn sluice_blob_open(
-    dir: &Path,
-    block_size: u32,
-) -> Result<sluice_storage::BlobStore, sluice_storage::BlobError> {
-    sluice_storage::BlobStore::open(
-        dir,
-        BlobStoreOptions {
-            block_size,
-            ..BlobStoreOptions::default()
+        scrub: sluice_storage::scrub::ScrubConfig {
+            interval: Duration::from_secs(24 * 3600),
+            bytes_per_sec: 20 << 20,
         },
-    )
+        shutdown: sluice_http::ShutdownLimits::default(),
+        membership: None,
+    }
 }
 
 /// How often [`wait_until`] re-checks.
@@ -179,35 +157,39 @@ where
     }
 }
 
-/// An edge running inside the test process, in front of `origin`.
+/// An edge running inside the test process, in front of `origin`, started by the same
+/// [`sluice_edge::start`] as `sluice edge`.
 pub struct TestEdge {
     pub url: String,
     pub state: sluice_edge::EdgeState,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
+    running: Option<sluice_http::Running<sluice_edge::EdgeState>>,
 }
 
 impl TestEdge {
     /// Starts an edge whose cache lives in `cache_dir` (pass the same one to a restarted edge).
     pub async fn start(cache_dir: &Path, config: sluice_edge::EdgeConfig) -> Self {
-        let dir = cache_dir.to_owned();
-        let state = tokio::task::spawn_blocking(move || sluice_edge::EdgeState::open(&dir, config))
-            .await
-            .expect("open task")
-            .expect("open edge cache");
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
-        let url = format!("http://{}", listener.local_addr().expect("local addr"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sluice_edge::run(listener, state.clone(), async move {
+        let start = sluice_edge::EdgeStart {
+            cache_dir: cache_dir.to_owned(),
+            config,
+            advertise: None,
+            heartbeat_interval: Duration::from_secs(2),
+            shutdown: sluice_http::ShutdownLimits::default(),
+        };
+        let running = sluice_edge::start(listener, start, async move {
             let _ = stopped.await;
-        }));
+        })
+        .await
+        .expect("open edge cache");
         Self {
-            url,
-            state,
+            url: running.url(),
+            state: running.state.clone(),
             stop: Some(stop),
-            task: Some(task),
+            running: Some(running),
         }
     }
 
@@ -232,11 +214,9 @@ impl TestEdge {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-        let store = self.state.store().clone();
         drop(self.state);
-        store.close().await;
+        if let Some(running) = self.running.take() {
+            let _ = running.stopped().await;
+        }
     }
 }

@@ -90,12 +90,8 @@ impl EdgeRegistry {
     }
 }
 
-pub(crate) async fn heartbeat(
-    State(state): State<TrackerState>,
-    headers: HeaderMap,
-    body: BodyBytes,
-) -> Response {
-    let beat: EdgeHeartbeat = match admit_beat(&state, &headers, body, "edge heartbeat") {
+pub(crate) async fn heartbeat(State(state): State<TrackerState>, body: BodyBytes) -> Response {
+    let beat: EdgeHeartbeat = match admit_beat(body, "edge heartbeat") {
         Ok(b) => b,
         Err(refused) => return *refused,
     };

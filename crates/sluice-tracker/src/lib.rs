@@ -109,28 +109,21 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 
 /// The tracker's own routes. `sluice serve` merges the cluster ones into its router.
 pub fn router(state: TrackerState) -> Router {
-    cluster_routes()
+    let config = &state.inner.config;
+    let routes = cluster_routes(config)
         .route("/v1/files", post(redirect_upload))
         .route("/v1/uploads", post(redirect_upload))
         .route(
             "/v1/files/{*fileid}",
             get(redirect_read).delete(redirect_write),
-        )
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
-        .route("/metrics", get(render_metrics))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(state.inner.config.cors.clone()),
-            sluice_http::cors::cors,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.inner.metrics.clone(),
-            sluice_http::metrics::record,
-        ))
-        .with_state(state)
+        );
+    let common = sluice_http::CommonRoutes {
+        healthz: sluice_http::healthz_ok(),
+        metrics: get(render_metrics),
+        cors: config.cors.clone(),
+        recorder: state.inner.metrics.clone(),
+    };
+    sluice_http::role_router(routes, common, state)
 }
 
 /// Largest JSON body the tracker reads (heartbeats, reports, preloads are a few hundred bytes).
@@ -145,58 +138,63 @@ pub(crate) fn read_body(body: BodyBytes) -> Result<axum::body::Bytes, Box<Respon
 }
 
 /// Registration, the cluster view and upload assignment.
-pub fn cluster_routes() -> Router<TrackerState> {
+pub fn cluster_routes(config: &TrackerConfig) -> Router<TrackerState> {
+    // What only members of the cluster may call: heartbeats and retiring a node.
+    let members = sluice_http::cluster::cluster_only(
+        Router::new()
+            .route("/v1/cluster/heartbeat", post(heartbeat))
+            .route("/v1/cluster/nodes/{id}", axum::routing::delete(retire_node))
+            .route("/v1/edges/heartbeat", post(edges::heartbeat)),
+        config.cluster.clone(),
+        config.access.clone(),
+    );
     Router::new()
         .route("/v1/cluster", get(cluster_view))
-        .route("/v1/cluster/heartbeat", post(heartbeat))
         .route("/v1/assign", get(assign))
         .route("/v1/cluster/unreachable", post(report_unreachable))
-        .route("/v1/cluster/nodes/{id}", axum::routing::delete(retire_node))
-        .route("/v1/edges/heartbeat", post(edges::heartbeat))
         .route("/v1/edges", get(edges::list))
         .route("/v1/route/{*fileid}", get(edges::route))
         .route("/v1/preload", post(edges::preload))
+        .merge(members)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
-/// Serves the tracker on `listener` until `shutdown` resolves.
-pub async fn run(
+/// Serves the tracker on `listener` until `shutdown` resolves: the one way a tracker starts,
+/// for `sluice tracker` and the tests alike. It has no background work: heartbeats come to it.
+pub fn start(
     listener: TcpListener,
     state: TrackerState,
+    shutdown_limits: sluice_http::ShutdownLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let limits = state.inner.config.http.clone();
-    sluice_http::serve(listener, router(state), limits, shutdown).await
+) -> std::io::Result<sluice_http::Running<TrackerState>> {
+    let parts = sluice_http::RoleParts::new(
+        router(state.clone()),
+        state.inner.config.http.clone(),
+        shutdown_limits,
+    );
+    let known: usize = state
+        .registry()
+        .view()
+        .groups
+        .iter()
+        .map(|g| g.nodes.len())
+        .sum();
+    tracing::info!(http = %format!("http://{}", listener.local_addr()?), known_nodes = known, "tracker is ready");
+    sluice_http::role::run(listener, parts, state, shutdown)
 }
 
-/// Cluster calls (heartbeats, retiring) pass the cluster rule of the tracker's config.
-pub(crate) fn check_secret(
-    state: &TrackerState,
-    headers: &HeaderMap,
-) -> Result<(), sluice_http::ClusterRefused> {
-    let config = &state.inner.config;
-    config.cluster.check(&config.access, headers)
-}
-
-/// A heartbeat body from a member of the cluster: the secret checked, the JSON parsed.
+/// A heartbeat body from a member of the cluster (the router checked the secret), parsed.
 pub(crate) fn admit_beat<T: serde::de::DeserializeOwned>(
-    state: &TrackerState,
-    headers: &HeaderMap,
     body: BodyBytes,
     what: &str,
 ) -> Result<T, Box<Response>> {
-    check_secret(state, headers).map_err(|refused| Box::new(refused.into_response()))?;
     let body = read_body(body)?;
     serde_json::from_slice(&body)
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("bad {what}: {e}"))))
 }
 
-async fn heartbeat(
-    State(state): State<TrackerState>,
-    headers: HeaderMap,
-    body: BodyBytes,
-) -> Response {
-    let hb: Heartbeat = match admit_beat(&state, &headers, body, "heartbeat") {
+async fn heartbeat(State(state): State<TrackerState>, body: BodyBytes) -> Response {
+    let hb: Heartbeat = match admit_beat(body, "heartbeat") {
         Ok(hb) => hb,
         Err(refused) => return *refused,
     };
@@ -330,11 +328,7 @@ async fn retire_node(
     State(state): State<TrackerState>,
     Path(id): Path<String>,
     axum::extract::Query(q): axum::extract::Query<RetireQuery>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = check_secret(&state, &headers) {
-        return refused.into_response();
-    }
     match state.registry().retire(&id, q.force) {
         Ok(()) => {
             tracing::warn!(node = %id, force = q.force, "node retired from the cluster");

@@ -234,6 +234,50 @@ impl ValidServeConfig {
             .map(|url| sluice_storage::events::WebhookConfig::new(url, secret))
     }
 
+    /// The storage node this config describes; a member of a cluster when it names trackers.
+    pub fn node(&self, cluster: sluice_http::ClusterAccess) -> sluice_storage::NodeConfig {
+        let raw = &self.raw;
+        sluice_storage::NodeConfig {
+            data: raw.data.clone(),
+            store: self.blob.clone(),
+            storage: sluice_storage::StorageConfig {
+                group: self.group.clone(),
+                max_upload_size: raw.max_upload_size.0,
+                body_idle_timeout: std::time::Duration::from_secs(raw.body_idle_timeout_secs),
+                http: self.http_limits(),
+                cluster,
+                node_id: None,
+                capacity: raw.capacity.map(|c| c.0),
+                access: crate::roles::access_policy(),
+                active_content: self.active_content(),
+                cors: sluice_http::CorsPolicy::from_list(&raw.cors_origins),
+                progressive: self.progressive(),
+                webhook: self.webhook(),
+            },
+            scrub: sluice_storage::scrub::ScrubConfig {
+                interval: std::time::Duration::from_secs(raw.scrub_interval_secs),
+                bytes_per_sec: raw.scrub_bytes_per_sec.0,
+            },
+            shutdown: self.shutdown_limits(),
+            membership: (!raw.trackers.is_empty()).then(|| sluice_storage::Membership {
+                trackers: raw.trackers.clone(),
+                advertise: raw.advertise.clone(),
+                heartbeat_interval: std::time::Duration::from_millis(raw.heartbeat_interval_ms),
+                free_space_reserve: raw.free_space_reserve.0,
+                min_copies: raw.min_copies,
+                replication_timeout: std::time::Duration::from_millis(raw.replication_timeout_ms),
+                catch_up_interval: std::time::Duration::from_millis(raw.catch_up_interval_ms),
+            }),
+        }
+    }
+
+    pub fn shutdown_limits(&self) -> sluice_http::ShutdownLimits {
+        sluice_http::ShutdownLimits {
+            grace: std::time::Duration::from_secs(self.raw.shutdown_grace_secs),
+            ..sluice_http::ShutdownLimits::default()
+        }
+    }
+
     pub fn http_limits(&self) -> sluice_storage::HttpLimits {
         sluice_storage::HttpLimits {
             max_connections: self.raw.max_connections,

@@ -2,12 +2,10 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-use sluice_edge::{EdgeConfig, EdgeState};
-use tokio::net::TcpListener;
+use sluice_edge::{EdgeConfig, EdgeStart};
 
 use crate::cli::EdgeArgs;
-use crate::roles::{Background, init_logging, serve_until_signal};
+use crate::roles::{bind, init_logging, shutdown_requested, until_stopped};
 
 pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     init_logging();
@@ -38,47 +36,14 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
             ..sluice_blob::HotCacheLimits::default()
         },
     };
-    let cache = args.cache.clone();
-    let state = tokio::task::spawn_blocking(move || EdgeState::open(&cache, config))
-        .await
-        .context("opening the cache")??;
-    let listener = TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("listening on {}", args.http))?;
-    let addr = listener.local_addr()?;
-    let advertise = args
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
-    tracing::info!(
-        http = %format!("http://{addr}"),
-        origin = %args.origin,
-        cache = %args.cache.display(),
-        cached_files = state.cache().files(),
-        region = args.region.as_deref().unwrap_or("-"),
-        "sluice edge is ready"
-    );
-    let mut background = Background::new();
-    if !args.trackers.is_empty() {
-        background.spawn(sluice_edge::registration::run(
-            state.clone(),
-            sluice_edge::registration::Registration {
-                trackers: args.trackers.clone(),
-                advertise,
-                interval: Duration::from_secs(2),
-            },
-            background.stopped(),
-        ));
-    }
-    let store = state.store().clone();
-    let result = serve_until_signal(Duration::from_secs(30), move |stop| {
-        sluice_edge::run(listener, state, async move {
-            let _ = stop.await;
-        })
-    })
-    .await;
-    background.stop().await;
-    store.close().await;
-    tracing::info!("stopped");
-    result
+    let listener = bind(args.http, "HTTP").await?;
+    let start = EdgeStart {
+        cache_dir: args.cache.clone(),
+        config,
+        advertise: args.advertise.clone(),
+        heartbeat_interval: Duration::from_secs(2),
+        shutdown: sluice_http::ShutdownLimits::default(),
+    };
+    let running = sluice_edge::start(listener, start, shutdown_requested()).await?;
+    until_stopped(running).await
 }

@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 
 use crate::cli::LiveArgs;
-use crate::roles::{Background, init_logging, serve_until_signal};
+use crate::roles::{bind, init_logging, shutdown_requested, until_stopped};
 
 pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
     init_logging();
@@ -36,42 +35,12 @@ pub async fn run(args: LiveArgs) -> anyhow::Result<()> {
     } else {
         sluice_live::LiveState::new(config)
     };
-    let rtmp = TcpListener::bind(args.rtmp)
-        .await
-        .with_context(|| format!("listening for RTMP on {}", args.rtmp))?;
-    let http = TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("listening on {}", args.http))?;
-    tracing::info!(
-        http = %format!("http://{}", http.local_addr()?),
-        rtmp = %format!("rtmp://{}", rtmp.local_addr()?),
-        trackers = ?args.trackers,
-        "sluice live is ready"
-    );
-    let mut background = Background::new();
-    background.spawn({
-        let (live, stopped) = (live.clone(), background.stopped());
-        async move {
-            if let Err(e) = sluice_live::run_rtmp(rtmp, live, stopped).await {
-                tracing::error!(error = %e, "RTMP listener failed");
-            }
-        }
-    });
-    let router = sluice_live::routes(live).route(
-        "/healthz",
-        axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-    );
-    let result = serve_until_signal(Duration::from_secs(10), move |stop| {
-        sluice_http::serve(
-            http,
-            router,
-            sluice_http::HttpLimits::default(),
-            async move {
-                let _ = stop.await;
-            },
-        )
-    })
-    .await;
-    background.stop().await;
-    result
+    let rtmp = bind(args.rtmp, "RTMP").await?;
+    let http = bind(args.http, "HTTP").await?;
+    let shutdown = sluice_http::ShutdownLimits {
+        grace: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let running = sluice_live::start(http, rtmp, live, shutdown, shutdown_requested())?;
+    until_stopped(running).await
 }

@@ -1,53 +1,7 @@
-//! What every role's command shares: logging, signals, opening a storage node, and serving
-//! until SIGTERM/Ctrl-C with a bounded drain.
-
-use std::future::Future;
-use std::time::Duration;
+//! What every role's command shares: logging, signals, secrets from the environment.
+//! Starting and stopping a role is the role crate's own `start`.
 
 use anyhow::Context;
-use sluice_storage::{BlobStore, StorageConfig, StorageState};
-
-use crate::config::ValidServeConfig;
-
-/// Opens (or creates) the data directory's blob store.
-pub async fn open_store(config: &ValidServeConfig) -> anyhow::Result<BlobStore> {
-    let data = config.raw.data.clone();
-    let options = config.blob.clone();
-    tokio::task::spawn_blocking(move || BlobStore::open(&data, options))
-        .await
-        .context("opening the data directory")?
-        .with_context(|| format!("data directory {}", config.raw.data.display()))
-}
-
-/// The storage node's state over an open store.
-pub fn storage_state(
-    config: &ValidServeConfig,
-    store: BlobStore,
-    cluster: sluice_http::ClusterAccess,
-    node_id: &str,
-    replication: Option<std::sync::Arc<sluice_storage::replication::Replication>>,
-) -> anyhow::Result<StorageState> {
-    let state = StorageState::with_replication(
-        store,
-        StorageConfig {
-            group: config.group.clone(),
-            max_upload_size: config.raw.max_upload_size.0,
-            body_idle_timeout: Duration::from_secs(config.raw.body_idle_timeout_secs),
-            http: config.http_limits(),
-            cluster,
-            node_id: Some(node_id.to_owned()),
-            capacity: config.raw.capacity.map(|c| c.0),
-            access: access_policy(),
-            active_content: config.active_content(),
-            cors: sluice_http::CorsPolicy::from_list(&config.raw.cors_origins),
-            progressive: config.progressive(),
-            webhook: config.webhook(),
-        },
-        replication,
-    )
-    .context("reloading upload sessions")?;
-    Ok(state)
-}
 
 /// `SLUICE_URL_SECRET` and `SLUICE_API_TOKEN` from the environment: comma-separated lists,
 /// the first signs, all verify.
@@ -103,81 +57,28 @@ pub fn cluster_access(
     Ok(sluice_http::ClusterAccess::Open)
 }
 
-/// The background tasks of a role, stopped together at shutdown.
-pub struct Background {
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// Waits for the role to stop after SIGTERM/Ctrl-C (its shutdown future is
+/// [`shutdown_signal`]), and says so.
+pub async fn until_stopped<S>(running: sluice_http::Running<S>) -> anyhow::Result<()> {
+    running.stopped().await.context("HTTP server")?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
-impl Background {
-    pub fn new() -> Self {
-        Self {
-            stop: tokio::sync::watch::channel(false).0,
-            tasks: Vec::new(),
-        }
-    }
-
-    /// A future that resolves when [`Background::stop`] is called; hand one to each task.
-    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.stop.subscribe();
-        async move {
-            let _ = rx.wait_for(|stopped| *stopped).await;
-        }
-    }
-
-    pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.push(tokio::spawn(task));
-    }
-
-    /// Tells every task to stop and waits for them.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-    }
+/// Binds `addr` for `what`.
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening for {what} on {addr}"))
 }
 
-/// The scrub settings from config.
-pub fn scrub_config(config: &ValidServeConfig) -> sluice_storage::scrub::ScrubConfig {
-    sluice_storage::scrub::ScrubConfig {
-        interval: Duration::from_secs(config.raw.scrub_interval_secs),
-        bytes_per_sec: config.raw.scrub_bytes_per_sec.0,
-    }
-}
-
-/// Runs `server` (which stops accepting when its shutdown future resolves) until a signal,
-/// then gives requests in flight `grace` to finish.
-pub async fn serve_until_signal<F, Fut>(grace: Duration, server: F) -> anyhow::Result<()>
-where
-    F: FnOnce(tokio::sync::oneshot::Receiver<()>) -> Fut,
-    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
-{
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut task = tokio::spawn(server(stop_rx));
-    tokio::select! {
-        signal = shutdown_signal() => {
-            tracing::info!(signal, grace_secs = grace.as_secs(), "shutting down: finishing requests in flight");
-            let _ = stop_tx.send(());
-        }
-        ended = &mut task => {
-            return match ended {
-                Ok(result) => result.context("HTTP server"),
-                Err(e) => Err(e).context("HTTP server task"),
-            };
-        }
-    }
-    match tokio::time::timeout(grace, &mut task).await {
-        Ok(Ok(result)) => result.context("HTTP server"),
-        Ok(Err(e)) => Err(e).context("HTTP server task"),
-        Err(_) => {
-            tracing::warn!(
-                "requests still running after the grace period; stopping them (their uploads leave nothing behind)"
-            );
-            task.abort();
-            Ok(())
-        }
-    }
+/// Resolves on the first SIGTERM or SIGINT, saying which.
+pub async fn shutdown_requested() {
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, "shutting down");
 }
 
 /// Resolves with the name of the first SIGTERM or SIGINT (Ctrl-C).

@@ -1,19 +1,16 @@
 //! `sluice serve`: every role this build has, in one process, on one data directory: a storage
-//! node of one group, and a tracker that knows just that node (so `GET /v1/cluster` and
-//! `GET /v1/assign` answer as they do in a cluster).
+//! node of one group, a tracker that knows just that node (so `GET /v1/cluster` and
+//! `GET /v1/assign` answer as they do in a cluster), and with `--rtmp` the live role. Each
+//! role contributes its router and workers; they share one HTTP server.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_storage::cluster::{self, ClusterLink};
 use sluice_tracker::{Placement, TrackerConfig, TrackerState};
-use tokio::net::TcpListener;
 
 use crate::cli::ServeCmd;
 use crate::config::ServeConfig;
-use crate::roles::{
-    Background, init_logging, open_store, scrub_config, serve_until_signal, storage_state,
-};
+use crate::roles::{bind, init_logging, shutdown_requested, until_stopped};
 
 pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     init_logging();
@@ -30,17 +27,15 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
         crate::roles::cluster_secret(),
         sluice_http::ClusterAccess::Closed,
     );
-    let store = open_store(&config).await?;
-    let node_id = cluster::node_id(&config.raw.data).context("node id")?;
-    let state = storage_state(&config, store, cluster.clone(), &node_id, None)?;
-    let store = state.store().clone();
-    let listener = TcpListener::bind(config.raw.http)
-        .await
-        .with_context(|| format!("listening on {}", config.raw.http))?;
+    let listener = bind(config.raw.http, "HTTP").await?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
+    let mut node_config = config.node(cluster.clone());
+    // A node on its own: its embedded tracker hears from it directly, not over HTTP.
+    node_config.membership = None;
+    let node = sluice_storage::node::open(&node_config, &url).await?;
+    let mut parts = sluice_storage::node::parts(&node, &node_config);
 
-    // The embedded tracker hears from the embedded node directly, not over HTTP.
     let interval = Duration::from_millis(config.raw.heartbeat_interval_ms);
     let tracker = TrackerState::new(TrackerConfig {
         offline_after: interval * 3,
@@ -59,39 +54,24 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
         )?,
         trusted_proxies: crate::config::parse_prefixes(&config.raw.trusted_proxies)?,
     });
-    let link = ClusterLink {
-        trackers: Vec::new(),
-        node_id,
-        advertise: config.raw.advertise.clone().unwrap_or_else(|| url.clone()),
-        secret: None,
-        interval,
-        free_space_reserve: config.raw.free_space_reserve.0,
-    };
-    let mut background = Background::new();
-    {
-        let (state, tracker, stopped) = (state.clone(), tracker.clone(), background.stopped());
-        background.spawn(async move {
-            let mut stopped = std::pin::pin!(stopped);
+    let mut link = node.link.clone();
+    link.advertise = config.raw.advertise.clone().unwrap_or_else(|| url.clone());
+    link.interval = interval;
+    link.free_space_reserve = config.raw.free_space_reserve.0;
+    parts.workers.spawn("embedded-heartbeats", {
+        let (state, tracker) = (node.state.clone(), tracker.clone());
+        move |mut stopping| async move {
             let mut ticks = tokio::time::interval(link.interval);
             loop {
                 tokio::select! {
                     _ = ticks.tick() => {
-                        tracker.registry().heartbeat(cluster::heartbeat(&state, &link));
+                        tracker.registry().heartbeat(sluice_storage::cluster::heartbeat(&state, &link));
                     }
-                    () = &mut stopped => return,
+                    () = &mut stopping => return,
                 }
             }
-        });
-    }
-    background.spawn(sluice_storage::progressive::run_watchdog(
-        state.clone(),
-        background.stopped(),
-    ));
-    background.spawn(sluice_storage::scrub::run_scrub(
-        state.clone(),
-        scrub_config(&config),
-        background.stopped(),
-    ));
+        }
+    });
 
     // Live streaming, when an RTMP address is configured.
     let live_config = config.live();
@@ -111,18 +91,9 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     let rtmp_addr = match config.raw.rtmp {
         None => None,
         Some(addr) => {
-            let rtmp = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening for RTMP on {addr}"))?;
+            let rtmp = bind(addr, "RTMP").await?;
             let bound = rtmp.local_addr()?;
-            background.spawn({
-                let (live, stopped) = (live.clone(), background.stopped());
-                async move {
-                    if let Err(e) = sluice_live::run_rtmp(rtmp, live, stopped).await {
-                        tracing::error!(error = %e, "RTMP listener failed");
-                    }
-                }
-            });
+            sluice_live::spawn_workers(&live, rtmp, &mut parts.workers);
             Some(bound)
         }
     };
@@ -131,7 +102,8 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
         rtmp = %rtmp_addr.map(|a| format!("rtmp://{a}")).unwrap_or_else(|| "off".into()),
         data = %config.raw.data.display(),
         group = %config.group,
-        files = store.files(),
+        files = node.state.store().files(),
+        workers = ?parts.workers.names(),
         "sluice serve is ready"
     );
     if !addr.ip().is_loopback() && crate::roles::access_policy().api_tokens.is_none() {
@@ -139,21 +111,10 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
             "listening on {addr}, beyond loopback, with no API token: anyone who can reach it can upload and delete"
         );
     }
-    let router = sluice_storage::router(state)
-        .merge(sluice_tracker::cluster_routes().with_state(tracker))
+    parts.router = parts
+        .router
+        .merge(sluice_tracker::cluster_routes(tracker.config()).with_state(tracker.clone()))
         .merge(sluice_live::routes(live));
-    let limits = config.http_limits();
-    serve_until_signal(
-        Duration::from_secs(config.raw.shutdown_grace_secs),
-        move |stop| {
-            sluice_http::serve(listener, router, limits, async move {
-                let _ = stop.await;
-            })
-        },
-    )
-    .await?;
-    background.stop().await;
-    store.close().await;
-    tracing::info!("stopped");
-    Ok(())
+    let running = sluice_http::role::run(listener, parts, node.state, shutdown_requested())?;
+    until_stopped(running).await
 }

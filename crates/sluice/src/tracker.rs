@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sluice_tracker::{Placement, TrackerConfig, TrackerState};
-use tokio::net::TcpListener;
 
 use crate::cli::{PlacementArg, TrackerArgs};
-use crate::roles::{init_logging, serve_until_signal};
+use crate::roles::{bind, init_logging, shutdown_requested, until_stopped};
 
 pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
     init_logging();
@@ -40,24 +39,11 @@ pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
         regions,
         trusted_proxies,
     });
-    let listener = TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("listening on {}", args.http))?;
-    let addr = listener.local_addr()?;
-    let known = state
-        .registry()
-        .view()
-        .groups
-        .iter()
-        .map(|g| g.nodes.len())
-        .sum::<usize>();
-    tracing::info!(http = %format!("http://{addr}"), data = %args.data.display(), known_nodes = known, "sluice tracker is ready");
-    serve_until_signal(Duration::from_secs(10), move |stop| {
-        sluice_tracker::run(listener, state, async move {
-            let _ = stop.await;
-        })
-    })
-    .await?;
-    tracing::info!("stopped");
-    Ok(())
+    let listener = bind(args.http, "HTTP").await?;
+    let shutdown = sluice_http::ShutdownLimits {
+        grace: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let running = sluice_tracker::start(listener, state, shutdown, shutdown_requested())?;
+    until_stopped(running).await
 }

@@ -1,0 +1,330 @@
+//! What every role's startup shares: background work as named workers that all stop within a
+//! deadline, and serving the role's router until shutdown, with a bounded drain.
+//!
+//! Each role crate has `start(listener, config, shutdown) -> Running<State>`: it opens what the
+//! role needs, starts its workers, and hands both to [`run`]. The binary and the tests call the
+//! same `start`, so they cannot drift apart.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::HttpLimits;
+
+/// Resolves when the role is told to stop; each worker gets one.
+pub type Stopping = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A role's background work (heartbeats, catch-up, scrub, an RTMP listener...): named tasks,
+/// stopped together, each given what is left of one deadline.
+pub struct Workers {
+    stop: watch::Sender<bool>,
+    running: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Workers {
+    pub fn new() -> Self {
+        Self {
+            stop: watch::channel(false).0,
+            running: Vec::new(),
+        }
+    }
+
+    /// A future that resolves when the workers are told to stop.
+    pub fn stopping(&self) -> Stopping {
+        let mut told = self.stop.subscribe();
+        Box::pin(async move {
+            let _ = told.wait_for(|stop| *stop).await;
+        })
+    }
+
+    /// Starts `work` as the worker `name` (its logs carry the name); it should return soon
+    /// after the future it is given resolves.
+    pub fn spawn<F, Fut>(&mut self, name: &'static str, work: F)
+    where
+        F: FnOnce(Stopping) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let task = work(self.stopping());
+        let span = tracing::info_span!("worker", name);
+        self.running
+            .push((name, tokio::spawn(task.instrument(span))));
+    }
+
+    /// The names of the workers started, in order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.running.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// Tells every worker to stop and waits for them until `deadline` has passed; those still
+    /// running then are aborted, by name, so a stuck one never holds shutdown up.
+    pub async fn stop(self, deadline: Duration) {
+        let _ = self.stop.send(true);
+        let until = tokio::time::Instant::now() + deadline;
+        for (name, mut task) in self.running {
+            match tokio::time::timeout_at(until, &mut task).await {
+                Ok(Ok(())) => tracing::debug!(worker = name, "stopped"),
+                Ok(Err(e)) if e.is_panic() => {
+                    tracing::error!(worker = name, "worker panicked");
+                }
+                Ok(Err(_)) => {}
+                Err(_) => {
+                    tracing::warn!(
+                        worker = name,
+                        deadline_ms = deadline.as_millis() as u64,
+                        "worker did not stop within the shutdown deadline; aborting it"
+                    );
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+/// How long a role's shutdown may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownLimits {
+    /// Requests in flight get this long to finish after shutdown is asked for; then they are
+    /// cut off (an upload cut off leaves nothing behind).
+    pub grace: Duration,
+    /// Then the workers get this long to stop.
+    pub workers: Duration,
+}
+
+impl Default for ShutdownLimits {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(30),
+            workers: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a role serves: its router, limits and workers, and what to do last (close a store).
+pub struct RoleParts {
+    pub router: Router,
+    pub limits: HttpLimits,
+    pub shutdown: ShutdownLimits,
+    pub workers: Workers,
+    /// Runs once requests and workers are done: flushing and closing what the role opened.
+    pub close: Pin<Box<dyn Future<Output = ()> + Send + 'static>>,
+}
+
+impl RoleParts {
+    pub fn new(router: Router, limits: HttpLimits, shutdown: ShutdownLimits) -> Self {
+        Self {
+            router,
+            limits,
+            shutdown,
+            workers: Workers::new(),
+            close: Box::pin(async {}),
+        }
+    }
+}
+
+/// A role serving on its listener; `state` is the role's shared state (tests reach in).
+pub struct Running<S> {
+    pub state: S,
+    addr: SocketAddr,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl<S> Running<S> {
+    /// The address the role listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until the role has stopped: after its shutdown future resolved, requests were
+    /// drained (within the grace), workers stopped (within their deadline) and the store
+    /// closed. An error means the HTTP server itself failed. Drop every other clone of
+    /// the state first: a store is closed once nothing else holds it.
+    pub async fn stopped(self) -> std::io::Result<()> {
+        let Running { state, task, .. } = self;
+        drop(state);
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(format!("role task: {e}"))),
+        }
+    }
+}
+
+/// Serves `parts.router` on `listener` until `shutdown` resolves; then stops accepting, gives
+/// requests in flight the grace to finish, stops the workers within their deadline, and runs
+/// `parts.close`.
+pub fn run<S>(
+    listener: TcpListener,
+    parts: RoleParts,
+    state: S,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<Running<S>> {
+    let addr = listener.local_addr()?;
+    let RoleParts {
+        router,
+        limits,
+        shutdown: deadlines,
+        workers,
+        close,
+    } = parts;
+    let task = tokio::spawn(async move {
+        let (drain, draining) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tokio::spawn(crate::serve(listener, router, limits, async move {
+            let _ = draining.await;
+        }));
+        let served = tokio::select! {
+            () = shutdown => {
+                tracing::info!(grace_ms = deadlines.grace.as_millis() as u64, "shutting down: finishing requests in flight");
+                let _ = drain.send(());
+                match tokio::time::timeout(deadlines.grace, &mut server).await {
+                    Ok(joined) => flatten(joined),
+                    Err(_) => {
+                        tracing::warn!("requests still running after the grace period; stopping them (their uploads leave nothing behind)");
+                        server.abort();
+                        Ok(())
+                    }
+                }
+            }
+            joined = &mut server => flatten(joined),
+        };
+        workers.stop(deadlines.workers).await;
+        close.await;
+        served
+    });
+    Ok(Running { state, addr, task })
+}
+
+fn flatten(joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> std::io::Result<()> {
+    joined.unwrap_or_else(|e| Err(std::io::Error::other(format!("HTTP server task: {e}"))))
+}
+
+/// Any path no route of the role takes: 404 with the JSON body every error has.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("no such endpoint")]
+pub struct NoRoute;
+
+impl crate::HttpError for NoRoute {
+    fn status(&self) -> axum::http::StatusCode {
+        axum::http::StatusCode::NOT_FOUND
+    }
+}
+
+impl axum::response::IntoResponse for NoRoute {
+    fn into_response(self) -> axum::response::Response {
+        crate::error_response(&self)
+    }
+}
+
+/// What every role answers besides its own routes.
+pub struct CommonRoutes<S> {
+    /// `GET /healthz`: [`healthz_ok`] unless the role has more to say.
+    pub healthz: axum::routing::MethodRouter<S>,
+    /// `GET /metrics`, in the Prometheus text format.
+    pub metrics: axum::routing::MethodRouter<S>,
+    /// Which web origins may read.
+    pub cors: crate::CorsPolicy,
+    /// Where every request is counted (rendered by the role's `/metrics`).
+    pub recorder: std::sync::Arc<crate::HttpMetrics>,
+}
+
+/// `{"status": "ok"}`: the process answers.
+pub fn healthz_ok<S: Clone + Send + Sync + 'static>() -> axum::routing::MethodRouter<S> {
+    axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) })
+}
+
+/// A role's whole router: its own `routes`, `/healthz` and `/metrics`, a JSON 404 for any
+/// other path, CORS, and every request counted.
+pub fn role_router<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    common: CommonRoutes<S>,
+    state: S,
+) -> Router {
+    routes
+        .route("/healthz", common.healthz)
+        .route("/metrics", common.metrics)
+        .fallback(|| async { NoRoute })
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(common.cors),
+            crate::cors::cors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            common.recorder,
+            crate::metrics::record,
+        ))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn workers_stop_when_told_and_a_stuck_one_is_aborted_at_the_deadline() {
+        let mut workers = Workers::new();
+        let polite_stopped = Arc::new(AtomicBool::new(false));
+        let flag = polite_stopped.clone();
+        workers.spawn("polite", move |stopping| async move {
+            stopping.await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        workers.spawn("stuck", |_stopping| std::future::pending());
+        assert_eq!(workers.names(), ["polite", "stuck"]);
+        let started = std::time::Instant::now();
+        workers.stop(Duration::from_millis(200)).await;
+        assert!(polite_stopped.load(Ordering::SeqCst));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a stuck worker held shutdown up"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_running_role_stops_its_server_workers_and_closes_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let router = Router::new().route("/", axum::routing::get(|| async { "hi" }));
+        let mut parts = RoleParts::new(router, HttpLimits::default(), ShutdownLimits::default());
+        let worker_done = Arc::new(AtomicBool::new(false));
+        let closed_after_worker = Arc::new(AtomicBool::new(false));
+        let flag = worker_done.clone();
+        parts.workers.spawn("w", move |stopping| async move {
+            stopping.await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        let (done, closed) = (worker_done.clone(), closed_after_worker.clone());
+        parts.close = Box::pin(async move {
+            closed.store(done.load(Ordering::SeqCst), Ordering::SeqCst);
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = run(listener, parts, (), async move {
+            let _ = stopped.await;
+        })
+        .unwrap();
+        let addr = running.addr();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), running.stopped())
+            .await
+            .expect("stopped in time")
+            .unwrap();
+        assert!(closed_after_worker.load(Ordering::SeqCst));
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+}
