@@ -138,15 +138,6 @@ impl From<BlobError> for ApiError {
     }
 }
 
-impl From<crate::replication::ReplicationError> for ApiError {
-    fn from(e: crate::replication::ReplicationError) -> Self {
-        match e {
-            crate::replication::ReplicationError::Blob(b) => b.into(),
-            other => ApiError::NotEnoughCopies(other.to_string()),
-        }
-    }
-}
-
 impl From<sluice_http::files::FileError> for ApiError {
     fn from(e: sluice_http::files::FileError) -> Self {
         use sluice_http::files::FileError;

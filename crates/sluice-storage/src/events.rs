@@ -8,20 +8,13 @@
 //! events dropped with an error log when the queue is full so an endpoint that is down can
 //! never hold uploads back).
 
-use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::http::header;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 use tokio::sync::{broadcast, mpsc};
-
-use crate::StorageState;
-use crate::error::ApiError;
 
 /// Events kept for subscribers that fall behind.
 const BROADCAST_DEPTH: usize = 1024;
@@ -262,30 +255,6 @@ async fn post(
             }
         }
     }
-}
-
-/// `GET /v1/events`: server-sent events. With `SLUICE_API_TOKEN` set it needs the bearer token,
-/// since events name senders and receivers.
-pub(crate) async fn stream(
-    State(state): State<StorageState>,
-    headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    state.config().access.check_bearer(&headers)?;
-    let rx = state.events().subscribe();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        let sse = match rx.recv().await {
-            Ok(event) => {
-                let data = serde_json::to_string(&event).unwrap_or_default();
-                Event::default().event(event.kind.name()).data(data)
-            }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                Event::default().comment(format!("{n} events were skipped"))
-            }
-            Err(broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok(sse), rx))
-    });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 #[cfg(test)]

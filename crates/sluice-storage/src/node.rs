@@ -152,8 +152,8 @@ pub async fn open(config: &NodeConfig, listen_url: &str) -> Result<OpenNode, Sta
 pub fn spawn_workers(node: &OpenNode, config: &NodeConfig, workers: &mut Workers) {
     let state = &node.state;
     workers.spawn("upload-watchdog", {
-        let state = state.clone();
-        |stopping| crate::progressive::run_watchdog(state, stopping)
+        let uploads = state.upload_context().clone();
+        |stopping| crate::progressive::run_watchdog(uploads, stopping)
     });
     workers.spawn("scrub", {
         let (state, scrub) = (state.clone(), config.scrub.clone());

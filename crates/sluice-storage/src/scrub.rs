@@ -78,7 +78,7 @@ async fn scrub_pass(state: &StorageState, config: &ScrubConfig) -> Result<(u64, 
                     .scrub_damaged
                     .fetch_add(1, Ordering::Relaxed);
                 let id = FileId::new(state.config().group.clone(), key);
-                crate::files::repair(state, &id).await;
+                state.repair_from_peers(&id).await;
             }
         }
     }

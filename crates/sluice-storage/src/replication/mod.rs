@@ -14,6 +14,7 @@
 //! secret when one is set. Catch-up is in [`catch_up`].
 
 mod catch_up;
+pub(crate) mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -334,7 +335,7 @@ impl Replication {
                     .ok_or("file vanished")?;
                 let size = reader.meta().size;
                 let content_type = reader.meta().content_type.clone();
-                let blob_state = crate::internal::blob_state_header(reader.meta().state);
+                let blob_state = wire::blob_state_header(reader.meta().state);
                 // Every record this build writes has one; an older file cannot be pushed.
                 let sha256 = reader
                     .meta()
@@ -368,7 +369,7 @@ impl Replication {
             .client
             .put(format!("{}/v1/internal/blobs/{id}", peer.url));
         if let Some(v) = blob_state {
-            request = request.header(crate::internal::BLOB_STATE_HEADER, v);
+            request = request.header(wire::BLOB_STATE_HEADER, v);
         }
         let request = request
             .header(SHA256_HEADER, sha256_hex(&sha256))
@@ -466,13 +467,18 @@ impl Replication {
             .and_then(|v| v.to_str().ok())
             .unwrap_or(sluice_proto::api::DEFAULT_CONTENT_TYPE)
             .to_owned();
-        let blob_state = crate::internal::parse_blob_state(
+        let blob_state = wire::parse_blob_state(
             response
                 .headers()
-                .get(crate::internal::BLOB_STATE_HEADER)
+                .get(wire::BLOB_STATE_HEADER)
                 .and_then(|v| v.to_str().ok()),
         )
-        .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?;
+        .ok_or_else(|| {
+            BlobError::Io(std::io::Error::other(format!(
+                "a peer sent a bad {}",
+                wire::BLOB_STATE_HEADER
+            )))
+        })?;
         let declared = response
             .headers()
             .get(SHA256_HEADER)
@@ -524,4 +530,14 @@ pub fn oplog_page(
         })
         .collect();
     Ok(OplogPage { head, entries })
+}
+
+/// A write the group could not take as its rule asks: 503, try another group.
+impl From<ReplicationError> for crate::error::ApiError {
+    fn from(e: ReplicationError) -> Self {
+        match e {
+            ReplicationError::Blob(b) => b.into(),
+            other => crate::error::ApiError::NotEnoughCopies(other.to_string()),
+        }
+    }
 }

@@ -12,9 +12,9 @@ use sluice_proto::tus::{
 };
 use sluice_proto::{BlobKey, FileId};
 
+use super::files::UploadLimit;
 use crate::StorageState;
 use crate::error::ApiError;
-use crate::files::UploadLimit;
 use crate::progressive::{PatchBody, Session, new_record};
 
 /// Headers every tus answer carries.
@@ -258,7 +258,9 @@ async fn patch_body(
         checksum,
         idle: state.config().body_idle_timeout,
     };
-    session.patch(state, offset, body, mts_override).await
+    session
+        .patch(state.upload_context(), offset, body, mts_override)
+        .await
 }
 
 /// `Upload-Expires` and, once there is one, `Sluice-File-Id`.
@@ -290,7 +292,7 @@ pub(crate) async fn terminate(
         async {
             check_version(&headers)?;
             let session = session_for(&state, &id, "DELETE", &uri, &headers)?;
-            session.terminate(&state).await?;
+            session.terminate(state.upload_context()).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         .await,

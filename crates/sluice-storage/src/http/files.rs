@@ -261,7 +261,7 @@ pub(crate) async fn download(
                 let follow = uri
                     .query()
                     .is_some_and(|q| q.split('&').any(|p| p == "follow=1"));
-                let request = crate::partial::Incomplete {
+                let request = super::partial::Incomplete {
                     id: &id,
                     method: &method,
                     headers: &headers,
@@ -269,7 +269,7 @@ pub(crate) async fn download(
                     active: state.config().active_content,
                 };
                 let repair = repair_hook(&state, &id);
-                return crate::partial::serve(&state, request, reader, repair).await;
+                return super::partial::serve(&state, request, reader, repair).await;
             }
             LocalSource::Disk(reader)
         }
@@ -292,33 +292,8 @@ fn repair_hook(state: &StorageState, id: &FileId) -> Repair {
     let (state, id) = (state.clone(), id.clone());
     Arc::new(move || {
         let (state, id) = (state.clone(), id.clone());
-        Box::pin(async move { repair(&state, &id).await })
+        Box::pin(async move { state.repair_from_peers(&id).await })
     })
-}
-
-/// Replaces a damaged local copy with a peer's; false when no peer could provide one.
-pub(crate) async fn repair(state: &StorageState, id: &FileId) -> bool {
-    let Some(r) = state.replication() else {
-        return false;
-    };
-    match r
-        .fetch_from_peers(state.store(), id, state.config().max_upload_size, true)
-        .await
-    {
-        Ok(true) => {
-            tracing::warn!(fileid = %id, "damaged copy replaced with a peer's");
-            state.metrics_repaired();
-            true
-        }
-        Ok(false) => {
-            tracing::error!(fileid = %id, "damaged copy and no peer has a good one");
-            false
-        }
-        Err(e) => {
-            tracing::error!(fileid = %id, error = %e, "repair from a peer failed");
-            false
-        }
-    }
 }
 
 /// Opens a local file, or fetches it from a peer first when this node has not caught up.
@@ -330,7 +305,7 @@ async fn open_or_fetch(state: &StorageState, id: &FileId) -> Result<BlobReader, 
         // Indexed, but its data file is missing or cut short (a disk fault, an operator's
         // slip): a peer's copy puts it back.
         Err(BlobError::Corrupt { .. }) => {
-            if repair(state, id).await {
+            if state.repair_from_peers(id).await {
                 if let Some(reader) = store.open_reader(id.key)? {
                     return Ok(reader);
                 }

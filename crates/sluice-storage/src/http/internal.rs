@@ -7,40 +7,15 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use sluice_blob::{BlobState, CHUNK_BYTES};
+use sluice_blob::CHUNK_BYTES;
 use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
 use sluice_proto::cluster::{SHA256_HEADER, parse_sha256_hex, sha256_hex};
 
+use super::files::{UploadLimit, parse_local_id, within};
 use crate::StorageState;
 use crate::error::ApiError;
-use crate::files::{UploadLimit, parse_local_id, within};
+use crate::replication::wire::{BLOB_STATE_HEADER, blob_state_header, parse_blob_state};
 use sluice_http::files::body_stream;
-
-/// Carries an incomplete blob's state between peers: `partial TOTAL` or `abandoned TOTAL`.
-/// Absent for complete files, so older peers keep working.
-pub(crate) const BLOB_STATE_HEADER: &str = "sluice-blob-state";
-
-pub(crate) fn blob_state_header(state: BlobState) -> Option<String> {
-    match state {
-        BlobState::Complete => None,
-        BlobState::Partial { total } => Some(format!("partial {total}")),
-        BlobState::Abandoned { total } => Some(format!("abandoned {total}")),
-    }
-}
-
-pub(crate) fn parse_blob_state(value: Option<&str>) -> Result<BlobState, ApiError> {
-    let Some(value) = value else {
-        return Ok(BlobState::Complete);
-    };
-    let bad = || ApiError::BadRequest(format!("bad {BLOB_STATE_HEADER}"));
-    let (name, total) = value.split_once(' ').ok_or_else(bad)?;
-    let total = total.parse().map_err(|_| bad())?;
-    match name {
-        "partial" => Ok(BlobState::Partial { total }),
-        "abandoned" => Ok(BlobState::Abandoned { total }),
-        _ => Err(bad()),
-    }
-}
 
 /// A replica from a peer: stored under the id the peer gave it, if its bytes match the SHA-256
 /// it declares. An id that holds a complete file keeps it: the same bytes again change
@@ -78,7 +53,8 @@ pub(crate) async fn put_replica(
             .headers()
             .get(BLOB_STATE_HEADER)
             .and_then(|v| v.to_str().ok()),
-    )?;
+    )
+    .ok_or_else(|| ApiError::BadRequest(format!("bad {BLOB_STATE_HEADER}")))?;
     let limit = UploadLimit::for_upload(&state, declared, None)?;
     let mut writer = state.store().writer(id.key, content_type, limit.bytes);
     writer.set_state(blob_state);
