@@ -7,6 +7,7 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(30);
 
 use reqwest::StatusCode;
+use sluice_testkit::http::{get, metric, upload};
 use sluice_testkit::link::Link;
 use sluice_testkit::small_disk::SmallDisk;
 use sluice_testkit::{NodeSettings, TestEdge, TestNode, wait_until};
@@ -17,48 +18,16 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-async fn upload(node: &TestNode, body: Vec<u8>) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/files", node.url))
-        .header("content-type", "video/mp4")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json::<serde_json::Value>().await.unwrap()["fileid"]
+/// Uploads `body` as an MP4 straight to the node; its file id.
+async fn upload_mp4(node: &TestNode, body: Vec<u8>) -> String {
+    upload(&node.url, body, "video/mp4").await["fileid"]
         .as_str()
         .unwrap()
         .to_owned()
 }
 
-async fn get(
-    url: &str,
-    headers: &[(&str, &str)],
-) -> (StatusCode, reqwest::header::HeaderMap, Vec<u8>) {
-    let mut r = reqwest::Client::new().get(url);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    let r = r.send().await.unwrap();
-    let (s, h) = (r.status(), r.headers().clone());
-    (s, h, r.bytes().await.unwrap().to_vec())
-}
-
 fn cache_header(h: &reqwest::header::HeaderMap) -> &str {
     h.get("sluice-cache").map_or("", |v| v.to_str().unwrap())
-}
-
-async fn metric(edge: &TestEdge, name: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", edge.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in metrics"))
 }
 
 #[tokio::test]
@@ -67,7 +36,7 @@ async fn miss_then_hit_with_the_origin_headers_and_conditionals() {
     let cache = tempfile::tempdir().unwrap();
     let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
     let data = pattern(300_000, 1);
-    let id = upload(&node, data.clone()).await;
+    let id = upload_mp4(&node, data.clone()).await;
     let url = format!("{}/v1/files/{id}", edge.url);
 
     let (s, h, body) = get(&url, &[]).await;
@@ -97,14 +66,17 @@ async fn miss_then_hit_with_the_origin_headers_and_conditionals() {
     let (s, h, _) = get(&url, &[("range", "bytes=400000-")]).await;
     assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(h["content-range"], "bytes */300000");
-    assert_eq!(metric(&edge, "sluice_edge_origin_fetches_total").await, 1);
-    // The 416 is an error answer, not a hit.
-    assert_eq!(metric(&edge, "sluice_edge_hits_total").await, 3);
     assert_eq!(
-        metric(&edge, "sluice_edge_bytes_from_origin_total").await,
+        metric(&edge.url, "sluice_edge_origin_fetches_total").await,
+        1
+    );
+    // The 416 is an error answer, not a hit.
+    assert_eq!(metric(&edge.url, "sluice_edge_hits_total").await, 3);
+    assert_eq!(
+        metric(&edge.url, "sluice_edge_bytes_from_origin_total").await,
         300_000
     );
-    assert!(metric(&edge, "sluice_edge_bytes_from_cache_total").await >= 301_000);
+    assert!(metric(&edge.url, "sluice_edge_bytes_from_cache_total").await >= 301_000);
 
     // Unknown and malformed ids: the origin's 404, our 400.
     let (s, h, body) = get(
@@ -132,7 +104,7 @@ async fn concurrent_misses_make_one_fetch_and_every_client_streams_as_bytes_arri
     let cache = tempfile::tempdir().unwrap();
     let edge = TestEdge::start(cache.path(), TestEdge::config(&link.url, 64 << 20)).await;
     let data = pattern(2 << 20, 2);
-    let id = upload(&node, data.clone()).await;
+    let id = upload_mp4(&node, data.clone()).await;
     // 1 MB/s: the whole file takes about two seconds to reach the edge.
     link.set_rate(1_000_000);
     let url = format!("{}/v1/files/{id}", edge.url);
@@ -167,7 +139,10 @@ async fn concurrent_misses_make_one_fetch_and_every_client_streams_as_bytes_arri
         }
         assert_eq!(got, data);
     }
-    assert_eq!(metric(&edge, "sluice_edge_origin_fetches_total").await, 1);
+    assert_eq!(
+        metric(&edge.url, "sluice_edge_origin_fetches_total").await,
+        1
+    );
     assert_eq!(link.connections(), 1, "one connection to the origin");
     wait_until("cached", Duration::from_secs(10), || async {
         edge.state.cache().files() == 1
@@ -185,7 +160,7 @@ async fn a_seek_into_an_uncached_file_does_not_wait_for_the_whole_file() {
     let cache = tempfile::tempdir().unwrap();
     let edge = TestEdge::start(cache.path(), TestEdge::config(&link.url, 64 << 20)).await;
     let data = pattern(6 << 20, 3);
-    let id = upload(&node, data.clone()).await;
+    let id = upload_mp4(&node, data.clone()).await;
     link.set_rate(2_000_000);
     let url = format!("{}/v1/files/{id}", edge.url);
     let started = std::time::Instant::now();
@@ -219,7 +194,7 @@ async fn least_recently_used_files_are_evicted_and_the_cache_survives_a_restart(
         TestEdge::start(cache.path(), TestEdge::config(&node.url, 3 * size as u64)).await;
     let mut ids = Vec::new();
     for i in 0..4u8 {
-        ids.push(upload(&node, pattern(size, i)).await);
+        ids.push(upload_mp4(&node, pattern(size, i)).await);
     }
     let fetch = |edge_url: String, id: String| async move {
         let (s, h, body) = get(&format!("{edge_url}/v1/files/{id}"), &[]).await;
@@ -238,7 +213,7 @@ async fn least_recently_used_files_are_evicted_and_the_cache_survives_a_restart(
     assert_eq!(fetch(edge.url.clone(), ids[0].clone()).await.0, "hit");
     fetch(edge.url.clone(), ids[3].clone()).await;
     wait_until("the fourth cached", Duration::from_secs(10), || async {
-        metric(&edge, "sluice_edge_evictions_total").await == 1
+        metric(&edge.url, "sluice_edge_evictions_total").await == 1
     })
     .await;
     assert!(edge.state.cache().bytes() <= 3 * size as u64);
@@ -266,8 +241,8 @@ async fn with_the_origin_down_cached_files_are_served_and_others_fail_fast() {
     let link = Link::start(&node.url).await;
     let cache = tempfile::tempdir().unwrap();
     let edge = TestEdge::start(cache.path(), TestEdge::config(&link.url, 64 << 20)).await;
-    let cached = upload(&node, pattern(50_000, 4)).await;
-    let other = upload(&node, pattern(50_000, 5)).await;
+    let cached = upload_mp4(&node, pattern(50_000, 4)).await;
+    let other = upload_mp4(&node, pattern(50_000, 5)).await;
     get(&format!("{}/v1/files/{cached}", edge.url), &[]).await;
     wait_until("cached", Duration::from_secs(10), || async {
         edge.state.cache().files() == 1
@@ -315,7 +290,7 @@ async fn signed_urls_are_checked_and_signatures_stay_out_of_the_cache_key() {
     let edge = TestEdge::start(cache.path(), config).await;
     // Upload straight to the node (writes are open: no API token set).
     let data = pattern(10_000, 6);
-    let id = upload(&node, data.clone()).await;
+    let id = upload_mp4(&node, data.clone()).await;
     let path = format!("/v1/files/{id}");
     let now = sluice_http::access::now_unix();
     let sign = |expires: u64| sluice_proto::signature::sign_download(&secrets, &path, expires);
@@ -423,7 +398,7 @@ async fn a_slow_client_holds_nothing_back_and_tricks_get_clear_errors() {
     let cache = tempfile::tempdir().unwrap();
     let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
     let data = pattern(8 << 20, 7);
-    let id = upload(&node, data.clone()).await;
+    let id = upload_mp4(&node, data.clone()).await;
     let url = format!("{}/v1/files/{id}", edge.url);
     // A client that reads one chunk and stalls.
     let mut stalled = reqwest::get(&url).await.unwrap();
@@ -504,7 +479,7 @@ async fn a_cache_disk_filled_by_another_process_degrades_to_proxying() {
     let cache = disk.path().join("cache");
     let edge = TestEdge::start(&cache, TestEdge::config(&node.url, 64 << 20)).await;
     let data = pattern(1 << 20, 8);
-    let id = upload(&node, data.clone()).await;
+    let id = upload_mp4(&node, data.clone()).await;
     // Another process takes every byte left on the disk.
     let hog = disk.fill("hog");
     let url = format!("{}/v1/files/{id}", edge.url);
@@ -663,7 +638,7 @@ async fn clients_of_a_fill_the_origin_broke_off_get_the_rest_from_the_origin() {
     let cache = tempfile::tempdir().unwrap();
     let edge = TestEdge::start(cache.path(), TestEdge::config(&link.url, 64 << 20)).await;
     let data = pattern(3 << 20, 6);
-    let id = upload(&node, data.clone()).await;
+    let id = upload_mp4(&node, data.clone()).await;
     link.set_rate(1_000_000);
     let url = format!("{}/v1/files/{id}", edge.url);
     let whole = attached_clients(&url, 3, None).await;
@@ -680,7 +655,7 @@ async fn clients_of_a_fill_the_origin_broke_off_get_the_rest_from_the_origin() {
             &data[1000..3_000_000]
         );
     }
-    assert!(metric(&edge, "sluice_edge_fill_continuations_total").await >= 1);
+    assert!(metric(&edge.url, "sluice_edge_fill_continuations_total").await >= 1);
     // Nothing half-fetched was cached; the next request fills afresh.
     let (s, _, body) = get(&url, &[]).await;
     assert_eq!((s, body), (StatusCode::OK, data));
@@ -694,7 +669,7 @@ async fn clients_of_a_fill_whose_origin_is_gone_get_an_error_never_a_short_file(
     let cache = tempfile::tempdir().unwrap();
     let edge = TestEdge::start(cache.path(), TestEdge::config(&link.url, 64 << 20)).await;
     let data = pattern(3 << 20, 7);
-    let id = upload(&node, data.clone()).await;
+    let id = upload_mp4(&node, data.clone()).await;
     link.set_rate(1_000_000);
     let url = format!("{}/v1/files/{id}", edge.url);
     let clients = attached_clients(&url, 2, None).await;
@@ -725,7 +700,7 @@ async fn clients_of_a_fill_whose_cache_disk_fills_get_every_byte() {
     )
     .await;
     let data = pattern(4 << 20, 8);
-    let id = upload(&node, data.clone()).await;
+    let id = upload_mp4(&node, data.clone()).await;
     // Another process leaves the disk room for about a quarter of the file.
     let hog = disk.fill_leaving("hog", 1 << 20);
     link.set_rate(2_000_000);
@@ -738,7 +713,7 @@ async fn clients_of_a_fill_whose_cache_disk_fills_get_every_byte() {
     for (r, got) in ranged {
         assert_eq!(rest(r, got).await.expect("a whole range"), &data[100_000..]);
     }
-    assert!(metric(&edge, "sluice_edge_fill_continuations_total").await >= 1);
+    assert!(metric(&edge.url, "sluice_edge_fill_continuations_total").await >= 1);
     // While the disk stays full, clients are proxied, whole.
     let (s, _, body) = get(&url, &[]).await;
     assert_eq!((s, body), (StatusCode::OK, data.clone()));
@@ -760,7 +735,7 @@ async fn a_cached_copy_damaged_deep_inside_is_fetched_again_and_the_client_gets_
     let cache = tempfile::tempdir().unwrap();
     let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
     let data = pattern(8 << 20, 9);
-    let id = upload(&node, data.clone()).await;
+    let id = upload_mp4(&node, data.clone()).await;
     let url = format!("{}/v1/files/{id}", edge.url);
     get(&url, &[]).await;
     wait_until("cached", WAIT, || async { edge.state.cache().files() == 1 }).await;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use sluice_proto::tus::encode_metadata;
+use sluice_testkit::http::{error_text, get};
 use sluice_testkit::images::{djpeg_dimensions, progressive_jpeg};
 use sluice_testkit::{NodeSettings, TestNode, wait_until};
 use tokio::io::AsyncWriteExt;
@@ -51,19 +52,9 @@ fn file_id(headers: &HeaderMap) -> Option<String> {
         .map(|v| v.to_str().unwrap().to_owned())
 }
 
-async fn get(node: &TestNode, fileid: &str) -> (StatusCode, HeaderMap, Vec<u8>) {
-    let r = client()
-        .get(format!("{}/v1/files/{fileid}", node.url))
-        .send()
-        .await
-        .unwrap();
-    let (s, h) = (r.status(), r.headers().clone());
-    (s, h, r.bytes().await.unwrap().to_vec())
-}
-
-fn error_text(body: &[u8]) -> String {
-    let v: serde_json::Value = serde_json::from_slice(body).expect("JSON error body");
-    v["error"].as_str().unwrap().to_owned()
+/// The URL of file `fileid` on `node`.
+fn file_url(node: &TestNode, fileid: &str) -> String {
+    format!("{}/v1/files/{fileid}", node.url)
 }
 
 #[tokio::test]
@@ -241,7 +232,7 @@ async fn progressive_jpeg_gets_its_id_at_a_scan_boundary_and_every_state_decodes
             }
             offset = end;
             let Some(fid) = &fileid else { continue };
-            let (status, h, body) = get(&node, fid).await;
+            let (status, h, body) = get(&file_url(&node, fid), &[]).await;
             assert_eq!(status, StatusCode::OK);
             djpeg_dimensions(&body)
                 .map(|d| assert_eq!(d, (320, 240)))
@@ -320,7 +311,7 @@ async fn other_files_commit_at_exactly_their_mts_and_readers_see_what_arrived() 
         stored.size, 12_345,
         "the committed prefix is exactly the MTS"
     );
-    let (status, h, body) = get(&node, &fileid).await;
+    let (status, h, body) = get(&file_url(&node, &fileid), &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h["content-type"], "audio/ogg");
     assert_eq!(body, &data[..20_000], "readers get everything that arrived");
@@ -334,7 +325,7 @@ async fn other_files_commit_at_exactly_their_mts_and_readers_see_what_arrived() 
     assert_eq!(r.headers()["content-length"], "20000");
     let r = patch(&url, 20_000, &data[20_000..]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let (_, h, body) = get(&node, &fileid).await;
+    let (_, h, body) = get(&file_url(&node, &fileid), &[]).await;
     assert_eq!(body, data);
     assert!(h["cache-control"].to_str().unwrap().contains("immutable"));
 }
@@ -406,7 +397,7 @@ async fn bad_patches_are_refused_and_corrupt_nothing() {
     let r = patch(&url, 3000, &image[3000..]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let fileid = file_id(r.headers()).unwrap();
-    assert_eq!(get(&node, &fileid).await.2, image);
+    assert_eq!(get(&file_url(&node, &fileid), &[]).await.2, image);
 
     // Garbage that claims to be a JPEG: refused, and no file comes of it.
     let mut garbage = vec![0xFF, 0xD8, 0xFF, 0xC4, 0x00, 0x01];
@@ -456,7 +447,7 @@ async fn bad_patches_are_refused_and_corrupt_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let (status, h, body) = get(&node, &fileid).await;
+    let (status, h, body) = get(&file_url(&node, &fileid), &[]).await;
     assert_eq!(
         (status, &h["sluice-complete"]),
         (StatusCode::OK, &"false".parse().unwrap())
@@ -501,7 +492,7 @@ async fn a_sender_that_vanishes_leaves_the_file_finalised_at_what_arrived() {
     .await;
     let stored = node.state.store().stat(key).unwrap().unwrap();
     assert_eq!(stored.size, part as u64, "everything that arrived is kept");
-    let (status, h, body) = get(&node, &fileid).await;
+    let (status, h, body) = get(&file_url(&node, &fileid), &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h["sluice-complete"], "false");
     assert_eq!(djpeg_dimensions(&body), Ok((320, 240)));
@@ -588,7 +579,7 @@ async fn termination_before_and_after_the_mts() {
         del(url.clone()).await.unwrap().status(),
         StatusCode::NO_CONTENT
     );
-    let (status, h, body) = get(&node, &fileid).await;
+    let (status, h, body) = get(&file_url(&node, &fileid), &[]).await;
     assert_eq!((status, body.len()), (StatusCode::OK, 6000));
     assert_eq!(h["sluice-complete"], "false");
     assert_eq!(del(url).await.unwrap().status(), StatusCode::NOT_FOUND);
@@ -680,5 +671,5 @@ async fn a_dropped_connection_keeps_what_arrived_and_the_upload_resumes() {
     let r = patch(&url, offset, &data[offset..]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let fileid = file_id(r.headers()).unwrap();
-    assert_eq!(get(&node, &fileid).await.2, data);
+    assert_eq!(get(&file_url(&node, &fileid), &[]).await.2, data);
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, StatusCode};
 use sluice_proto::tus::encode_metadata;
 use sluice_storage::events::{WebhookConfig, sign_body};
+use sluice_testkit::http::{curl, get};
 use sluice_testkit::images::{djpeg_dimensions, progressive_jpeg};
 use sluice_testkit::{NodeSettings, TestNode, wait_until};
 
@@ -175,12 +176,7 @@ async fn events_reach_the_stream_and_the_webhook_signed_and_retried() {
         let v: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v["fileid"], fileid.as_str());
     }
-    let metrics = reqwest::get(format!("{}/metrics", node.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = String::from_utf8(get(&format!("{}/metrics", node.url), &[]).await.2).unwrap();
     for line in [
         "sluice_upload_events_total{event=\"file.committed\"} 1",
         "sluice_upload_events_total{event=\"file.completed\"} 1",
@@ -229,27 +225,8 @@ print(u.url)
         image.len().to_string().as_str()
     );
     let fileid = r.headers()["sluice-file-id"].to_str().unwrap().to_owned();
-    let body = reqwest::get(format!("{}/v1/files/{fileid}", node.url))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(body.as_ref(), image.as_slice());
-}
-
-async fn curl(args: &[&str]) -> String {
-    let out = tokio::process::Command::new("curl")
-        .args(args)
-        .output()
-        .await
-        .expect("curl is installed");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (_, _, body) = get(&format!("{}/v1/files/{fileid}", node.url), &[]).await;
+    assert_eq!(body, image);
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -272,27 +249,30 @@ async fn curl_speaks_the_raw_protocol() {
         encode_metadata([("content-type", "image/jpeg"), ("q", "0.25")])
     );
     // creation-with-upload: the first half rides on the POST.
-    let head = curl(&[
-        "-sS",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-X",
-        "POST",
-        "-H",
-        "Tus-Resumable: 1.0.0",
-        "-H",
-        &format!("Upload-Length: {}", image.len()),
-        "-H",
-        &meta,
-        "-H",
-        "Content-Type: application/offset+octet-stream",
-        "--data-binary",
-        &format!("@{}", dir.path().join("a").display()),
-        &format!("{}/v1/uploads", node.url),
-    ])
-    .await;
+    let head = String::from_utf8(
+        curl(&[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            &format!("Upload-Length: {}", image.len()),
+            "-H",
+            &meta,
+            "-H",
+            "Content-Type: application/offset+octet-stream",
+            "--data-binary",
+            &format!("@{}", dir.path().join("a").display()),
+            &format!("{}/v1/uploads", node.url),
+        ])
+        .await,
+    )
+    .unwrap();
     assert!(head.starts_with("HTTP/1.1 201"), "{head}");
     assert_eq!(
         header(&head, "upload-offset"),
@@ -304,52 +284,61 @@ async fn curl_speaks_the_raw_protocol() {
         .to_owned();
     // A receiver with curl gets a viewable image now.
     let partial = dir.path().join("partial.jpg");
-    let head = curl(&[
-        "-sS",
-        "-D",
-        "-",
-        "-o",
-        partial.to_str().unwrap(),
-        &format!("{}/v1/files/{fileid}", node.url),
-    ])
-    .await;
+    let head = String::from_utf8(
+        curl(&[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            partial.to_str().unwrap(),
+            &format!("{}/v1/files/{fileid}", node.url),
+        ])
+        .await,
+    )
+    .unwrap();
     assert_eq!(header(&head, "sluice-complete"), Some("false"));
     assert_eq!(
         djpeg_dimensions(&std::fs::read(&partial).unwrap()),
         Ok((320, 240))
     );
     // HEAD, then the rest with PATCH.
-    let head = curl(&[
-        "-sS",
-        "-I",
-        "-H",
-        "Tus-Resumable: 1.0.0",
-        &format!("{}{location}", node.url),
-    ])
-    .await;
+    let head = String::from_utf8(
+        curl(&[
+            "-sS",
+            "-I",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            &format!("{}{location}", node.url),
+        ])
+        .await,
+    )
+    .unwrap();
     assert_eq!(
         header(&head, "upload-offset"),
         Some(cut.to_string().as_str())
     );
-    let head = curl(&[
-        "-sS",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-X",
-        "PATCH",
-        "-H",
-        "Tus-Resumable: 1.0.0",
-        "-H",
-        &format!("Upload-Offset: {cut}"),
-        "-H",
-        "Content-Type: application/offset+octet-stream",
-        "--data-binary",
-        &format!("@{}", dir.path().join("b").display()),
-        &format!("{}{location}", node.url),
-    ])
-    .await;
+    let head = String::from_utf8(
+        curl(&[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "PATCH",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            &format!("Upload-Offset: {cut}"),
+            "-H",
+            "Content-Type: application/offset+octet-stream",
+            "--data-binary",
+            &format!("@{}", dir.path().join("b").display()),
+            &format!("{}{location}", node.url),
+        ])
+        .await,
+    )
+    .unwrap();
     assert!(head.starts_with("HTTP/1.1 204"), "{head}");
     assert_eq!(header(&head, "sluice-file-id"), Some(fileid.as_str()));
     let whole = dir.path().join("whole.jpg");
@@ -442,8 +431,6 @@ async fn tus_needs_the_token_or_a_signed_upload_link() {
     let r = patch(upload, None).await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let fileid = r.headers()["sluice-file-id"].to_str().unwrap().to_owned();
-    let body = reqwest::get(format!("{}/v1/files/{fileid}", node.url))
-        .await
-        .unwrap();
-    assert_eq!(body.bytes().await.unwrap().as_ref(), &[1u8; 10]);
+    let (_, _, body) = get(&format!("{}/v1/files/{fileid}", node.url), &[]).await;
+    assert_eq!(body, [1u8; 10]);
 }
