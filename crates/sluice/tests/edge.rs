@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Served, curl, wait_for};
+use common::{Served, curl, get, header, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "cluster-s3cret";
@@ -39,39 +39,6 @@ fn edge(dir: &std::path::Path, tracker: &Served, region: &str) -> Served {
         ],
         &env(),
     )
-}
-
-/// Status, headers and body of a GET (redirects not followed unless `-L` is in `extra`).
-fn get(url: &str, extra: &[&str]) -> (String, String, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let body = dir.path().join("b");
-    let mut args = vec!["-sS", "-D", "-", "-o", body.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    args.push(url);
-    let out = curl(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let head = String::from_utf8_lossy(&out.stdout).into_owned();
-    let last = head
-        .rsplit("HTTP/1.1 ")
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    (
-        last[..3].to_owned(),
-        last,
-        std::fs::read(body).unwrap_or_default(),
-    )
-}
-
-fn header(head: &str, name: &str) -> Option<String> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-    })
 }
 
 fn signed(path: &str) -> String {

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BIN, Served, curl, curl_ok, wait_for};
+use common::{BIN, Served, curl, curl_ok, get_json, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "cluster-s3cret";
@@ -43,9 +43,7 @@ fn request(method: &str, url: &str, headers: &[&str], body: Option<&[u8]>) -> (u
 }
 
 fn cluster_view(url: &str) -> serde_json::Value {
-    let (code, body) = request("GET", &format!("{url}/v1/cluster"), &[], None);
-    assert_eq!(code, 200);
-    serde_json::from_slice(&body).unwrap()
+    get_json(&format!("{url}/v1/cluster"))
 }
 
 fn node_urls(view: &serde_json::Value) -> Vec<String> {
