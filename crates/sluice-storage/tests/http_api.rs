@@ -647,56 +647,74 @@ async fn a_full_node_refuses_with_507_and_keeps_what_it_has() {
     .await;
 }
 
-#[tokio::test]
-async fn signed_links_guard_reads_and_tokens_guard_writes() {
-    use sluice_proto::SecretSet;
-    use sluice_proto::signature::{sign_download, sign_upload};
-    let url_secret = SecretSet::parse("new-secret,old-secret").unwrap();
-    let tokens = SecretSet::parse("tok").unwrap();
-    let node = TestNode::start_with(NodeSettings {
+/// The URL secret of [`guarded_node`]: links signed with either of its keys open reads.
+fn url_secret() -> sluice_proto::SecretSet {
+    sluice_proto::SecretSet::parse("new-secret,old-secret").unwrap()
+}
+
+/// The API token of [`guarded_node`].
+fn api_tokens() -> sluice_proto::SecretSet {
+    sluice_proto::SecretSet::parse("tok").unwrap()
+}
+
+/// A node whose reads need a signed link and whose writes need the API token.
+async fn guarded_node() -> TestNode {
+    TestNode::start_with(NodeSettings {
         access: sluice_storage::AccessPolicy {
-            url_secret: Some(url_secret.clone()),
-            api_tokens: Some(tokens.clone()),
+            url_secret: Some(url_secret()),
+            api_tokens: Some(api_tokens()),
         },
         ..NodeSettings::default()
     })
-    .await;
-    let c = reqwest::Client::new();
-    let now = std::time::SystemTime::now()
+    .await
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs();
+        .as_secs()
+}
 
-    // Writes: 401 without the token, 201 with it.
-    let r = c
+/// A POST of `body` to `{node}/v1/files`, with `token` as its bearer if any.
+async fn post_file(node: &TestNode, token: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+    let mut r = reqwest::Client::new()
         .post(format!("{}/v1/files", node.url))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(error_text(&r.bytes().await.unwrap()).contains("Bearer"));
-    let r = c
-        .post(format!("{}/v1/files", node.url))
-        .bearer_auth("wrong")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = c
-        .post(format!("{}/v1/files", node.url))
-        .bearer_auth("tok")
-        .body(pattern(1000))
-        .send()
-        .await
-        .unwrap();
+        .body(body);
+    if let Some(token) = token {
+        r = r.bearer_auth(token);
+    }
+    r.send().await.unwrap()
+}
+
+/// Uploads `pattern(1000)` to a guarded node with its token; the file's path.
+async fn upload_with_the_token(node: &TestNode) -> String {
+    let r = post_file(node, Some("tok"), pattern(1000)).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let v: serde_json::Value = r.json().await.unwrap();
-    let path = v["url"].as_str().unwrap().to_owned();
+    v["url"].as_str().unwrap().to_owned()
+}
 
+#[tokio::test]
+async fn writes_need_the_api_token() {
+    let node = guarded_node().await;
+    let r = post_file(&node, None, b"x".to_vec()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(error_text(&r.bytes().await.unwrap()).contains("Bearer"));
+    let r = post_file(&node, Some("wrong"), b"x".to_vec()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = post_file(&node, Some("tok"), pattern(1000)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_signed_upload_link_is_reusable_until_it_expires_and_caps_the_size() {
+    use sluice_proto::signature::sign_upload;
+    let node = guarded_node().await;
+    let c = reqwest::Client::new();
+    let now = now();
     // A signed upload link: what a phone gets from its app backend.
-    let link = sign_upload(&tokens, "POST", "/v1/files", now + 60, 500);
+    let link = sign_upload(&api_tokens(), "POST", "/v1/files", now + 60, 500);
     let r = c
         .post(format!("{}{link}", node.url))
         .body(pattern(400))
@@ -727,7 +745,7 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
         StatusCode::PAYLOAD_TOO_LARGE,
         "the link's size cap holds"
     );
-    let expired = sign_upload(&tokens, "POST", "/v1/files", now - 1, 500);
+    let expired = sign_upload(&api_tokens(), "POST", "/v1/files", now - 1, 500);
     let r = c
         .post(format!("{}{expired}", node.url))
         .body("x")
@@ -736,21 +754,34 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(error_text(&r.bytes().await.unwrap()).contains("expired"));
+}
+
+#[tokio::test]
+async fn an_upload_link_signed_with_the_url_secret_is_refused() {
+    let node = guarded_node().await;
     // The URL secret is not a write key.
-    let wrong_key = sign_upload(&url_secret, "POST", "/v1/files", now + 60, 500);
-    let r = c
+    let wrong_key =
+        sluice_proto::signature::sign_upload(&url_secret(), "POST", "/v1/files", now() + 60, 500);
+    let r = reqwest::Client::new()
         .post(format!("{}{wrong_key}", node.url))
         .body("x")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
 
+#[tokio::test]
+async fn reads_without_a_valid_signature_are_refused_with_the_reason() {
+    use sluice_proto::signature::sign_download;
+    let node = guarded_node().await;
+    let path = upload_with_the_token(&node).await;
+    let now = now();
     // Reads: 403 with a reason unless signed.
     for (query, reason) in [
         (String::new(), "needs a signature"),
         (
-            sign_download(&url_secret, &path, now - 1)
+            sign_download(&url_secret(), &path, now - 1)
                 .split_once('?')
                 .unwrap()
                 .1
@@ -758,7 +789,7 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
             "expired",
         ),
         (
-            sign_download(&url_secret, "/v1/files/g1/other", now + 60)
+            sign_download(&url_secret(), "/v1/files/g1/other", now + 60)
                 .split_once('?')
                 .unwrap()
                 .1
@@ -775,16 +806,33 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
             error_text(&body)
         );
     }
-    let signed = sign_download(&url_secret, &path, now + 60);
+    let head = reqwest::Client::new()
+        .head(format!("{}{path}", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn signed_links_open_reads_with_the_current_or_the_old_url_secret() {
+    use sluice_proto::signature::sign_download;
+    let node = guarded_node().await;
+    let path = upload_with_the_token(&node).await;
+    let signed = sign_download(&url_secret(), &path, now() + 60);
     let (status, _, body) = get(&at(&node, &signed), &[]).await;
     assert_eq!((status, body), (StatusCode::OK, pattern(1000)));
     // Rotation: a link signed with the old secret still opens.
-    let old = sign_download(&SecretSet::parse("old-secret").unwrap(), &path, now + 60);
+    let old_secret = sluice_proto::SecretSet::parse("old-secret").unwrap();
+    let old = sign_download(&old_secret, &path, now() + 60);
     assert_eq!(get(&at(&node, &old), &[]).await.0, StatusCode::OK);
-    let head = c.head(format!("{}{path}", node.url)).send().await.unwrap();
-    assert_eq!(head.status(), StatusCode::FORBIDDEN);
+}
 
-    // Deletes need the token; probes and scrapers need nothing.
+#[tokio::test]
+async fn deletes_need_the_api_token() {
+    let node = guarded_node().await;
+    let path = upload_with_the_token(&node).await;
+    let c = reqwest::Client::new();
     let r = c
         .delete(format!("{}{path}", node.url))
         .send()
@@ -798,6 +846,11 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn probes_and_scrapers_need_no_credential_on_a_guarded_node() {
+    let node = guarded_node().await;
     assert_eq!(get(&at(&node, "/healthz"), &[]).await.0, StatusCode::OK);
     assert_eq!(get(&at(&node, "/metrics"), &[]).await.0, StatusCode::OK);
 }
@@ -825,7 +878,7 @@ async fn internal_routes_are_no_way_round_the_signed_link_rule() {
 }
 
 #[tokio::test]
-async fn web_players_on_other_origins_may_read() {
+async fn web_players_on_any_origin_may_read_and_preflight_ranges() {
     let node = TestNode::start().await;
     let v = upload(&node.url, pattern(2000), "video/mp2t").await;
     let path = v["url"].as_str().unwrap();
@@ -864,6 +917,12 @@ async fn web_players_on_other_origins_may_read() {
             .unwrap()
             .contains("Range")
     );
+}
+
+#[tokio::test]
+async fn writes_are_not_opened_to_other_origins() {
+    let node = TestNode::start().await;
+    let c = reqwest::Client::new();
     // Writes are not opened to other origins.
     let r = c
         .post(format!("{}/v1/files", node.url))
@@ -877,7 +936,11 @@ async fn web_players_on_other_origins_may_read() {
             .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
             .is_none()
     );
+}
 
+#[tokio::test]
+async fn with_a_list_of_origins_only_those_may_read() {
+    let c = reqwest::Client::new();
     let listed = TestNode::start_with(NodeSettings {
         cors: sluice_storage::CorsPolicy::from_list(&["https://app.example".into()]),
         ..NodeSettings::default()
