@@ -80,7 +80,14 @@ async fn miss_then_hit_with_the_origin_headers_and_conditionals() {
     );
     assert!(metric(&edge.url, "sluice_edge_bytes_from_cache_total").await >= 301_000);
 
-    // Unknown and malformed ids: the origin's 404, our 400.
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_ids_get_the_origins_404_and_malformed_ones_our_400() {
+    let node = TestNode::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
     let (s, h, body) = get(
         &format!("{}/v1/files/g1/aaaaaaaaaaaaaaaaaaaaaaaaaa", edge.url),
         &[],
@@ -346,8 +353,14 @@ async fn with_the_origin_down_cached_files_are_served_and_others_fail_fast() {
     edge.stop().await;
 }
 
-#[tokio::test]
-async fn signed_urls_are_checked_and_signatures_stay_out_of_the_cache_key() {
+/// An edge and its origin node, both reading only signed links (URL secrets `edge-secret`,
+/// then `older`); writes to the node are open (no API token set).
+async fn private_media() -> (
+    sluice_proto::SecretSet,
+    TestNode,
+    TestEdge,
+    tempfile::TempDir,
+) {
     let secrets = sluice_proto::SecretSet::parse("edge-secret,older").unwrap();
     let access = sluice_storage::AccessPolicy {
         url_secret: Some(secrets.clone()),
@@ -362,6 +375,25 @@ async fn signed_urls_are_checked_and_signatures_stay_out_of_the_cache_key() {
     let mut config = TestEdge::config(&node.url, 64 << 20);
     config.access = access;
     let edge = TestEdge::start(cache.path(), config).await;
+    (secrets, node, edge, cache)
+}
+
+#[tokio::test]
+async fn with_private_media_and_no_cluster_secret_the_preload_route_is_closed() {
+    let (_secrets, node, edge, _cache) = private_media().await;
+    let id = upload_mp4(&node, pattern(10_000, 6)).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/internal/preload/{id}", edge.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn signed_urls_are_checked_and_signatures_stay_out_of_the_cache_key() {
+    let (secrets, node, edge, _cache) = private_media().await;
     // Upload straight to the node (writes are open: no API token set).
     let data = pattern(10_000, 6);
     let id = upload_mp4(&node, data.clone()).await;
@@ -388,13 +420,6 @@ async fn signed_urls_are_checked_and_signatures_stay_out_of_the_cache_key() {
     assert_eq!((s, cache_header(&h)), (StatusCode::OK, "hit"));
     let tampered = sign(now + 60).replace(&format!("{}", now + 60), &format!("{}", now + 6000));
     let expired = sign(now - 1);
-    // With private media and no cluster secret, the internal preload route is closed.
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/internal/preload/{id}", edge.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let repeated = format!("{}&expires={}", sign(now + 60), now + 60);
     for bad in [
         tampered,
@@ -467,7 +492,7 @@ async fn files_still_arriving_are_passed_through_never_cached() {
 }
 
 #[tokio::test]
-async fn a_slow_client_holds_nothing_back_and_tricks_get_clear_errors() {
+async fn a_stalled_client_holds_back_neither_other_clients_nor_the_fill() {
     let node = TestNode::start().await;
     let cache = tempfile::tempdir().unwrap();
     let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
@@ -487,7 +512,14 @@ async fn a_slow_client_holds_nothing_back_and_tricks_get_clear_errors() {
     )
     .await;
     drop(stalled);
+    edge.stop().await;
+}
 
+#[tokio::test]
+async fn path_tricks_never_reach_a_file() {
+    let node = TestNode::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
     // Path tricks never reach a file.
     let raw = |path: &'static str| {
         let addr = edge.url.trim_start_matches("http://").to_owned();
@@ -514,7 +546,25 @@ async fn a_slow_client_holds_nothing_back_and_tricks_get_clear_errors() {
         let status: u16 = answer[9..12].parse().unwrap();
         assert!(matches!(status, 400 | 404), "{path}: {answer}");
     }
-    // Ranges that overflow; a huge query; repeated parameters.
+    edge.stop().await;
+}
+
+/// An 8 MiB file uploaded to `node` and cached whole at `edge`; its id.
+async fn cached_file(node: &TestNode, edge: &TestEdge) -> String {
+    let id = upload_mp4(node, pattern(8 << 20, 7)).await;
+    get(&format!("{}/v1/files/{id}", edge.url), &[]).await;
+    wait_until("cached", WAIT, || async { edge.state.cache().files() == 1 }).await;
+    id
+}
+
+#[tokio::test]
+async fn overflowing_ranges_are_refused_never_a_server_error() {
+    let node = TestNode::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
+    let id = cached_file(&node, &edge).await;
+    let url = format!("{}/v1/files/{id}", edge.url);
+    // Ranges that overflow.
     for range in [
         "bytes=18446744073709551615-",
         "bytes=0-99999999999999999999999",
@@ -525,6 +575,15 @@ async fn a_slow_client_holds_nothing_back_and_tricks_get_clear_errors() {
     }
     let (s, _, _) = get(&url, &[("range", "bytes=18446744073709551615-")]).await;
     assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE);
+    edge.stop().await;
+}
+
+#[tokio::test]
+async fn a_huge_query_is_refused_or_ignored_never_a_server_error() {
+    let node = TestNode::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let edge = TestEdge::start(cache.path(), TestEdge::config(&node.url, 64 << 20)).await;
+    let id = cached_file(&node, &edge).await;
     // A huge query is refused or ignored, never a server error (and never a different file).
     let addr = edge.url.trim_start_matches("http://").to_owned();
     let status = {
