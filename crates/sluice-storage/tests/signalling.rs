@@ -87,6 +87,38 @@ async fn webhook_receiver(failures: usize) -> (String, Arc<Mutex<Received>>) {
     (url, received)
 }
 
+/// A node whose writes (and event stream) need the API token `t0ken`.
+async fn node_with_a_token() -> TestNode {
+    TestNode::start_with(NodeSettings {
+        access: sluice_storage::AccessPolicy {
+            url_secret: None,
+            api_tokens: sluice_proto::SecretSet::parse("t0ken"),
+        },
+        ..NodeSettings::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_event_stream_needs_the_api_token() {
+    let node = node_with_a_token().await;
+    let client = reqwest::Client::new();
+    // The stream names senders and receivers: it needs the token.
+    let r = client
+        .get(format!("{}/v1/events", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = client
+        .get(format!("{}/v1/events", node.url))
+        .header("authorization", "Bearer t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn events_reach_the_stream_and_the_webhook_signed_and_retried() {
     let (hook, received) = webhook_receiver(2).await;
@@ -105,13 +137,6 @@ async fn events_reach_the_stream_and_the_webhook_signed_and_retried() {
     })
     .await;
     let client = reqwest::Client::new();
-    // The stream names senders and receivers: it needs the token.
-    let r = client
-        .get(format!("{}/v1/events", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let mut stream = client
         .get(format!("{}/v1/events", node.url))
         .header("authorization", "Bearer t0ken")
@@ -353,65 +378,78 @@ async fn curl_speaks_the_raw_protocol() {
     assert_eq!(std::fs::read(&whole).unwrap(), image);
 }
 
+/// A tus creation of an upload of `length` bytes at `url`, with `token` as its bearer if any.
+async fn tus_create(
+    url: String,
+    token: Option<&str>,
+    length: usize,
+) -> reqwest::Result<reqwest::Response> {
+    let mut r = reqwest::Client::new()
+        .post(url)
+        .header(TUS.0, TUS.1)
+        .header("upload-length", length);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await
+}
+
+/// A PATCH of ten bytes at offset 0 to the upload at `url`, with `token` as its bearer if any.
+async fn tus_patch_ten_bytes(
+    url: String,
+    token: Option<&str>,
+) -> reqwest::Result<reqwest::Response> {
+    let mut r = reqwest::Client::new()
+        .patch(url)
+        .header(TUS.0, TUS.1)
+        .header("upload-offset", 0)
+        .header("content-type", "application/offset+octet-stream")
+        .body(vec![1u8; 10]);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await
+}
+
 #[tokio::test]
-async fn tus_needs_the_token_or_a_signed_upload_link() {
-    let tokens = sluice_proto::SecretSet::parse("t0ken").unwrap();
-    let node = TestNode::start_with(NodeSettings {
-        access: sluice_storage::AccessPolicy {
-            url_secret: None,
-            api_tokens: Some(tokens.clone()),
-        },
-        ..NodeSettings::default()
-    })
-    .await;
-    let client = reqwest::Client::new();
-    let create = |url: String, token: Option<&str>, length: usize| {
-        let mut r = client
-            .post(url)
-            .header(TUS.0, TUS.1)
-            .header("upload-length", length);
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        r.send()
-    };
+async fn tus_creation_and_patches_need_the_api_token() {
+    let node = node_with_a_token().await;
     let base = format!("{}/v1/uploads", node.url);
     assert_eq!(
-        create(base.clone(), None, 10).await.unwrap().status(),
+        tus_create(base.clone(), None, 10).await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        create(base.clone(), Some("wrong"), 10)
+        tus_create(base.clone(), Some("wrong"), 10)
             .await
             .unwrap()
             .status(),
         StatusCode::UNAUTHORIZED
     );
     // Created with the token: its PATCHes need the token too.
-    let r = create(base.clone(), Some("t0ken"), 10).await.unwrap();
+    let r = tus_create(base.clone(), Some("t0ken"), 10).await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let upload = format!("{}{}", node.url, r.headers()["location"].to_str().unwrap());
-    let patch = |url: String, token: Option<&str>| {
-        let mut r = client
-            .patch(url)
-            .header(TUS.0, TUS.1)
-            .header("upload-offset", 0)
-            .header("content-type", "application/offset+octet-stream")
-            .body(vec![1u8; 10]);
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        r.send()
-    };
     assert_eq!(
-        patch(upload.clone(), None).await.unwrap().status(),
+        tus_patch_ten_bytes(upload.clone(), None)
+            .await
+            .unwrap()
+            .status(),
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        patch(upload, Some("t0ken")).await.unwrap().status(),
+        tus_patch_ten_bytes(upload, Some("t0ken"))
+            .await
+            .unwrap()
+            .status(),
         StatusCode::NO_CONTENT
     );
+}
 
+#[tokio::test]
+async fn a_signed_upload_link_lets_tus_create_within_its_cap_and_the_upload_id_is_the_credential() {
+    let tokens = sluice_proto::SecretSet::parse("t0ken").unwrap();
+    let node = node_with_a_token().await;
     // A phone with a signed upload link: the link caps the size, and the unguessable upload
     // id it gets back is its credential for the PATCHes.
     let expires = std::time::SystemTime::now()
@@ -422,13 +460,16 @@ async fn tus_needs_the_token_or_a_signed_upload_link() {
     let link = sluice_proto::signature::sign_upload(&tokens, "POST", "/v1/uploads", expires, 1000);
     let signed = format!("{}{link}", node.url);
     assert_eq!(
-        create(signed.clone(), None, 5000).await.unwrap().status(),
+        tus_create(signed.clone(), None, 5000)
+            .await
+            .unwrap()
+            .status(),
         StatusCode::PAYLOAD_TOO_LARGE
     );
-    let r = create(signed, None, 10).await.unwrap();
+    let r = tus_create(signed, None, 10).await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let upload = format!("{}{}", node.url, r.headers()["location"].to_str().unwrap());
-    let r = patch(upload, None).await.unwrap();
+    let r = tus_patch_ten_bytes(upload, None).await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let fileid = r.headers()["sluice-file-id"].to_str().unwrap().to_owned();
     let (_, _, body) = get(&format!("{}/v1/files/{fileid}", node.url), &[]).await;
