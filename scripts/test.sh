@@ -35,4 +35,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 # Fuzz targets live outside the workspace (cargo fuzz builds them with its own flags); checking
 # them here keeps them compiling.
 cargo check --quiet --manifest-path fuzz/Cargo.toml --bins
-cargo test --workspace
+# --no-fail-fast: every test binary runs even when one fails, so one run shows every failure.
+cargo test --workspace --no-fail-fast

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{self, HeaderMap};
+use reqwest::header;
+use sluice_testkit::http::{curl, error_text, get, metric, upload};
 use sluice_testkit::{NodeSettings, TestNode, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -12,50 +13,23 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
-async fn upload(node: &TestNode, body: Vec<u8>, content_type: &str) -> serde_json::Value {
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/files", node.url))
-        .header(header::CONTENT_TYPE, content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json().await.unwrap()
-}
-
-async fn get(
-    node: &TestNode,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (StatusCode, HeaderMap, Vec<u8>) {
-    let mut req = reqwest::Client::new().get(format!("{}{path}", node.url));
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status();
-    let h = r.headers().clone();
-    (status, h, r.bytes().await.unwrap().to_vec())
-}
-
-fn error_text(body: &[u8]) -> String {
-    let v: serde_json::Value = serde_json::from_slice(body).expect("error body is JSON");
-    v["error"].as_str().expect("has an error string").to_owned()
+/// The URL of `path` on `node`.
+fn at(node: &TestNode, path: &str) -> String {
+    format!("{}{path}", node.url)
 }
 
 #[tokio::test]
 async fn upload_then_read_whole_ranges_and_conditionals() {
     let node = TestNode::start().await;
     let data = pattern(200_000);
-    let created = upload(&node, data.clone(), "image/jpeg").await;
+    let created = upload(&node.url, data.clone(), "image/jpeg").await;
     let fileid = created["fileid"].as_str().unwrap();
     assert!(fileid.starts_with("g1/"));
     assert_eq!(created["url"], format!("/v1/files/{fileid}"));
     assert_eq!(created["size"], 200_000);
     let path = format!("/v1/files/{fileid}");
 
-    let (status, h, body) = get(&node, &path, &[]).await;
+    let (status, h, body) = get(&at(&node, &path), &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, data);
     assert_eq!(h[header::CONTENT_TYPE], "image/jpeg");
@@ -66,44 +40,51 @@ async fn upload_then_read_whole_ranges_and_conditionals() {
         "strong ETag: {etag}"
     );
 
-    let (status, h, body) = get(&node, &path, &[("range", "bytes=65530-65545")]).await;
+    let (status, h, body) = get(&at(&node, &path), &[("range", "bytes=65530-65545")]).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(h[header::CONTENT_RANGE], "bytes 65530-65545/200000");
     assert_eq!(body, &data[65530..65546]);
 
-    let (status, _, body) = get(&node, &path, &[("range", "bytes=-10")]).await;
+    let (status, _, body) = get(&at(&node, &path), &[("range", "bytes=-10")]).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(body, &data[199_990..]);
 
-    let (status, _, body) = get(&node, &path, &[("range", "bytes=199999-")]).await;
+    let (status, _, body) = get(&at(&node, &path), &[("range", "bytes=199999-")]).await;
     assert_eq!((status, body.len()), (StatusCode::PARTIAL_CONTENT, 1));
 
-    let (status, h, body) = get(&node, &path, &[("range", "bytes=200000-")]).await;
+    let (status, h, body) = get(&at(&node, &path), &[("range", "bytes=200000-")]).await;
     assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(h[header::CONTENT_RANGE], "bytes */200000");
     assert!(!error_text(&body).is_empty());
 
-    let (status, _, body) = get(&node, &path, &[("range", "bytes=9-3")]).await;
+    let (status, _, body) = get(&at(&node, &path), &[("range", "bytes=9-3")]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(error_text(&body).contains("Range"));
 
     // Several ranges, or another unit: the whole file, as RFC 9110 allows.
-    let (status, _, body) = get(&node, &path, &[("range", "bytes=0-1,5-6")]).await;
+    let (status, _, body) = get(&at(&node, &path), &[("range", "bytes=0-1,5-6")]).await;
     assert_eq!((status, body.len()), (StatusCode::OK, 200_000));
 
-    let (status, _, body) = get(&node, &path, &[("if-none-match", &etag)]).await;
+    let (status, _, body) = get(&at(&node, &path), &[("if-none-match", &etag)]).await;
     assert_eq!((status, body.len()), (StatusCode::NOT_MODIFIED, 0));
-    let (status, _, _) = get(&node, &path, &[("if-none-match", "\"other\", W/\"x\"")]).await;
+    let (status, _, _) = get(
+        &at(&node, &path),
+        &[("if-none-match", "\"other\", W/\"x\"")],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = get(&node, &path, &[("if-none-match", "*")]).await;
+    let (status, _, _) = get(&at(&node, &path), &[("if-none-match", "*")]).await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
 
     // If-Range: the range applies only if the client's copy is this one.
-    let (status, _, _) = get(&node, &path, &[("range", "bytes=0-9"), ("if-range", &etag)]).await;
+    let (status, _, _) = get(
+        &at(&node, &path),
+        &[("range", "bytes=0-9"), ("if-range", &etag)],
+    )
+    .await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     let (status, _, body) = get(
-        &node,
-        &path,
+        &at(&node, &path),
         &[("range", "bytes=0-9"), ("if-range", "\"stale\"")],
     )
     .await;
@@ -132,10 +113,14 @@ async fn default_content_type_and_empty_file() {
     assert_eq!(r.status(), StatusCode::CREATED);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["size"], 0);
-    let (status, h, body) = get(&node, v["url"].as_str().unwrap(), &[]).await;
+    let (status, h, body) = get(&at(&node, v["url"].as_str().unwrap()), &[]).await;
     assert_eq!((status, body.len()), (StatusCode::OK, 0));
     assert_eq!(h[header::CONTENT_TYPE], "application/octet-stream");
-    let (status, _, _) = get(&node, v["url"].as_str().unwrap(), &[("range", "bytes=0-")]).await;
+    let (status, _, _) = get(
+        &at(&node, v["url"].as_str().unwrap()),
+        &[("range", "bytes=0-")],
+    )
+    .await;
     assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
 }
 
@@ -161,7 +146,7 @@ async fn multipart_upload_keeps_the_part_type() {
     assert_eq!(r.status(), StatusCode::CREATED);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["size"], 70_000);
-    let (_, h, body) = get(&node, v["url"].as_str().unwrap(), &[]).await;
+    let (_, h, body) = get(&at(&node, v["url"].as_str().unwrap()), &[]).await;
     assert_eq!(body, data);
     assert_eq!(h[header::CONTENT_TYPE], "video/mp4");
 
@@ -180,7 +165,7 @@ async fn multipart_upload_keeps_the_part_type() {
 #[tokio::test]
 async fn delete_then_gone() {
     let node = TestNode::start().await;
-    let v = upload(&node, pattern(1000), "audio/amr").await;
+    let v = upload(&node.url, pattern(1000), "audio/amr").await;
     let url = format!("{}{}", node.url, v["url"].as_str().unwrap());
     let c = reqwest::Client::new();
     assert_eq!(
@@ -211,15 +196,15 @@ async fn malformed_unknown_and_foreign_ids() {
         "g1/aaaaaaaaaaaaaaaaaaaaaaaaaa/extra",
         "g1/%2e%2e%2f%2e%2e",
     ] {
-        let (status, _, body) = get(&node, &format!("/v1/files/{bad}"), &[]).await;
+        let (status, _, body) = get(&at(&node, &format!("/v1/files/{bad}")), &[]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(error_text(&body).contains("file id"), "{bad}");
     }
-    let (status, _, _) = get(&node, "/v1/files/g1/aaaaaaaaaaaaaaaaaaaaaaaaaa", &[]).await;
+    let (status, _, _) = get(&at(&node, "/v1/files/g1/aaaaaaaaaaaaaaaaaaaaaaaaaa"), &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, _) = get(&node, "/v1/files/g2/aaaaaaaaaaaaaaaaaaaaaaaaaa", &[]).await;
+    let (status, _, _) = get(&at(&node, "/v1/files/g2/aaaaaaaaaaaaaaaaaaaaaaaaaa"), &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, body) = get(&node, "/nothing/here", &[]).await;
+    let (status, _, body) = get(&at(&node, "/nothing/here"), &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(!error_text(&body).is_empty());
 
@@ -373,7 +358,7 @@ async fn short_body_and_vanishing_clients_leave_nothing() {
     .await;
     assert_eq!(node.state.store().files(), 0);
     // And the node still works.
-    upload(&node, pattern(10), "text/plain").await;
+    upload(&node.url, pattern(10), "text/plain").await;
 }
 
 #[tokio::test]
@@ -412,7 +397,7 @@ async fn large_file_streams_in_and_out() {
     assert_eq!(v["size"], LEN);
     let path = v["url"].as_str().unwrap();
     let one = pattern(1 << 20);
-    let (status, _, body) = get(&node, path, &[("range", "bytes=50331640-50331660")]).await;
+    let (status, _, body) = get(&at(&node, path), &[("range", "bytes=50331640-50331660")]).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     let at = 50_331_640 % (1 << 20);
     let want: Vec<u8> = (at..at + 21).map(|i| one[i % (1 << 20)]).collect();
@@ -437,7 +422,7 @@ async fn large_file_streams_in_and_out() {
 async fn damaged_file_is_never_served_as_good() {
     let node = TestNode::start().await;
     // Larger than one read chunk (512 KiB), so the damage is met after the head went out.
-    let v = upload(&node, pattern(1_500_000), "image/png").await;
+    let v = upload(&node.url, pattern(1_500_000), "image/png").await;
     // Damage the one data file on disk.
     let file = sluice_blob::data_file_paths(node.data_dir())
         .unwrap()
@@ -448,7 +433,7 @@ async fn damaged_file_is_never_served_as_good() {
     std::fs::write(&file, raw).unwrap();
     let path = v["url"].as_str().unwrap();
     // The damage is in the last block: a range there gets a clean 500.
-    let (status, _, body) = get(&node, path, &[("range", "bytes=-100")]).await;
+    let (status, _, body) = get(&at(&node, path), &[("range", "bytes=-100")]).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(error_text(&body).contains("damaged"));
     // A whole read starts fine and then fails: the client must see an error, never a full body.
@@ -463,17 +448,17 @@ async fn damaged_file_is_never_served_as_good() {
         "damaged body delivered as complete"
     );
     // Undamaged blocks still read.
-    let (status, _, body) = get(&node, path, &[("range", "bytes=0-999")]).await;
+    let (status, _, body) = get(&at(&node, path), &[("range", "bytes=0-999")]).await;
     assert_eq!((status, body), (StatusCode::PARTIAL_CONTENT, pattern(1000)));
 }
 
 #[tokio::test]
 async fn metrics_count_requests_bytes_and_files() {
     let node = TestNode::start().await;
-    let v = upload(&node, pattern(5000), "image/jpeg").await;
-    get(&node, v["url"].as_str().unwrap(), &[]).await;
-    get(&node, "/v1/files/g1/bad", &[]).await;
-    let (status, h, body) = get(&node, "/metrics", &[]).await;
+    let v = upload(&node.url, pattern(5000), "image/jpeg").await;
+    get(&at(&node, v["url"].as_str().unwrap()), &[]).await;
+    get(&at(&node, "/v1/files/g1/bad"), &[]).await;
+    let (status, h, body) = get(&at(&node, "/metrics"), &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         h[header::CONTENT_TYPE]
@@ -500,7 +485,7 @@ async fn metrics_count_requests_bytes_and_files() {
         .parse()
         .unwrap();
     assert!(sent >= 5000);
-    let (status, _, body) = get(&node, "/healthz", &[]).await;
+    let (status, _, body) = get(&at(&node, "/healthz"), &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8(body).unwrap().contains("ok"));
 }
@@ -538,20 +523,6 @@ async fn curl_uploads_and_reads_ranges() {
     .await;
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["size"], 123_456);
-}
-
-async fn curl(args: &[&str]) -> Vec<u8> {
-    let out = tokio::process::Command::new("curl")
-        .args(args)
-        .output()
-        .await
-        .expect("curl is installed (scripts/test.sh installs it)");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 /// Sends raw bytes and returns the status code and body text.
@@ -603,33 +574,25 @@ async fn a_stalled_upload_times_out_with_408_and_leaves_nothing() {
     assert_eq!(node.state.store().files(), 0);
 }
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing"))
-}
-
 #[tokio::test]
 async fn hot_files_are_served_from_memory_until_deleted() {
     let node = TestNode::start().await;
     let data = pattern(150_000);
-    let v = upload(&node, data.clone(), "image/webp").await;
+    let v = upload(&node.url, data.clone(), "image/webp").await;
     let path = v["url"].as_str().unwrap();
-    let metrics = || async { String::from_utf8(get(&node, "/metrics", &[]).await.2).unwrap() };
 
     // First whole read comes from disk and fills the cache; the next ones are hits.
-    assert_eq!(get(&node, path, &[]).await.2, data);
-    let text = metrics().await;
-    assert_eq!(metric(&text, "sluice_hot_cache_hits_total"), 0);
-    assert_eq!(metric(&text, "sluice_hot_cache_bytes"), 150_000);
-    let (status, h, body) = get(&node, path, &[]).await;
+    assert_eq!(get(&at(&node, path), &[]).await.2, data);
+    assert_eq!(metric(&node.url, "sluice_hot_cache_hits_total").await, 0);
+    assert_eq!(metric(&node.url, "sluice_hot_cache_bytes").await, 150_000);
+    let (status, h, body) = get(&at(&node, path), &[]).await;
     assert_eq!((status, body), (StatusCode::OK, data.clone()));
     assert_eq!(h[header::CONTENT_TYPE], "image/webp");
-    let (status, h, body) = get(&node, path, &[("range", "bytes=65530-131080")]).await;
+    let (status, h, body) = get(&at(&node, path), &[("range", "bytes=65530-131080")]).await;
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(h[header::CONTENT_RANGE], "bytes 65530-131080/150000");
     assert_eq!(body, &data[65530..131081]);
-    assert_eq!(metric(&metrics().await, "sluice_hot_cache_hits_total"), 2);
+    assert_eq!(metric(&node.url, "sluice_hot_cache_hits_total").await, 2);
 
     // A delete takes it out of memory too.
     let r = reqwest::Client::new()
@@ -638,8 +601,8 @@ async fn hot_files_are_served_from_memory_until_deleted() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(get(&node, path, &[]).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(metric(&metrics().await, "sluice_hot_cache_bytes"), 0);
+    assert_eq!(get(&at(&node, path), &[]).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(metric(&node.url, "sluice_hot_cache_bytes").await, 0);
 }
 
 #[tokio::test]
@@ -649,7 +612,7 @@ async fn a_full_node_refuses_with_507_and_keeps_what_it_has() {
         ..NodeSettings::default()
     })
     .await;
-    let first = upload(&node, pattern(60_000), "image/jpeg").await;
+    let first = upload(&node.url, pattern(60_000), "image/jpeg").await;
     let c = reqwest::Client::new();
     // Declared too large for the room left.
     let r = c
@@ -674,8 +637,8 @@ async fn a_full_node_refuses_with_507_and_keeps_what_it_has() {
         assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
     }
     // What fits still goes in; what was there is intact.
-    upload(&node, pattern(30_000), "image/jpeg").await;
-    let (status, _, body) = get(&node, first["url"].as_str().unwrap(), &[]).await;
+    upload(&node.url, pattern(30_000), "image/jpeg").await;
+    let (status, _, body) = get(&at(&node, first["url"].as_str().unwrap()), &[]).await;
     assert_eq!((status, body), (StatusCode::OK, pattern(60_000)));
     assert_eq!(node.state.store().files(), 2);
     wait_until("temp files removed", Duration::from_secs(10), || async {
@@ -684,56 +647,74 @@ async fn a_full_node_refuses_with_507_and_keeps_what_it_has() {
     .await;
 }
 
-#[tokio::test]
-async fn signed_links_guard_reads_and_tokens_guard_writes() {
-    use sluice_proto::SecretSet;
-    use sluice_proto::signature::{sign_download, sign_upload};
-    let url_secret = SecretSet::parse("new-secret,old-secret").unwrap();
-    let tokens = SecretSet::parse("tok").unwrap();
-    let node = TestNode::start_with(NodeSettings {
+/// The URL secret of [`guarded_node`]: links signed with either of its keys open reads.
+fn url_secret() -> sluice_proto::SecretSet {
+    sluice_proto::SecretSet::parse("new-secret,old-secret").unwrap()
+}
+
+/// The API token of [`guarded_node`].
+fn api_tokens() -> sluice_proto::SecretSet {
+    sluice_proto::SecretSet::parse("tok").unwrap()
+}
+
+/// A node whose reads need a signed link and whose writes need the API token.
+async fn guarded_node() -> TestNode {
+    TestNode::start_with(NodeSettings {
         access: sluice_storage::AccessPolicy {
-            url_secret: Some(url_secret.clone()),
-            api_tokens: Some(tokens.clone()),
+            url_secret: Some(url_secret()),
+            api_tokens: Some(api_tokens()),
         },
         ..NodeSettings::default()
     })
-    .await;
-    let c = reqwest::Client::new();
-    let now = std::time::SystemTime::now()
+    .await
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs();
+        .as_secs()
+}
 
-    // Writes: 401 without the token, 201 with it.
-    let r = c
+/// A POST of `body` to `{node}/v1/files`, with `token` as its bearer if any.
+async fn post_file(node: &TestNode, token: Option<&str>, body: Vec<u8>) -> reqwest::Response {
+    let mut r = reqwest::Client::new()
         .post(format!("{}/v1/files", node.url))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(error_text(&r.bytes().await.unwrap()).contains("Bearer"));
-    let r = c
-        .post(format!("{}/v1/files", node.url))
-        .bearer_auth("wrong")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = c
-        .post(format!("{}/v1/files", node.url))
-        .bearer_auth("tok")
-        .body(pattern(1000))
-        .send()
-        .await
-        .unwrap();
+        .body(body);
+    if let Some(token) = token {
+        r = r.bearer_auth(token);
+    }
+    r.send().await.unwrap()
+}
+
+/// Uploads `pattern(1000)` to a guarded node with its token; the file's path.
+async fn upload_with_the_token(node: &TestNode) -> String {
+    let r = post_file(node, Some("tok"), pattern(1000)).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let v: serde_json::Value = r.json().await.unwrap();
-    let path = v["url"].as_str().unwrap().to_owned();
+    v["url"].as_str().unwrap().to_owned()
+}
 
+#[tokio::test]
+async fn writes_need_the_api_token() {
+    let node = guarded_node().await;
+    let r = post_file(&node, None, b"x".to_vec()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(error_text(&r.bytes().await.unwrap()).contains("Bearer"));
+    let r = post_file(&node, Some("wrong"), b"x".to_vec()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = post_file(&node, Some("tok"), pattern(1000)).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_signed_upload_link_is_reusable_until_it_expires_and_caps_the_size() {
+    use sluice_proto::signature::sign_upload;
+    let node = guarded_node().await;
+    let c = reqwest::Client::new();
+    let now = now();
     // A signed upload link: what a phone gets from its app backend.
-    let link = sign_upload(&tokens, "POST", "/v1/files", now + 60, 500);
+    let link = sign_upload(&api_tokens(), "POST", "/v1/files", now + 60, 500);
     let r = c
         .post(format!("{}{link}", node.url))
         .body(pattern(400))
@@ -764,7 +745,7 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
         StatusCode::PAYLOAD_TOO_LARGE,
         "the link's size cap holds"
     );
-    let expired = sign_upload(&tokens, "POST", "/v1/files", now - 1, 500);
+    let expired = sign_upload(&api_tokens(), "POST", "/v1/files", now - 1, 500);
     let r = c
         .post(format!("{}{expired}", node.url))
         .body("x")
@@ -773,21 +754,34 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert!(error_text(&r.bytes().await.unwrap()).contains("expired"));
+}
+
+#[tokio::test]
+async fn an_upload_link_signed_with_the_url_secret_is_refused() {
+    let node = guarded_node().await;
     // The URL secret is not a write key.
-    let wrong_key = sign_upload(&url_secret, "POST", "/v1/files", now + 60, 500);
-    let r = c
+    let wrong_key =
+        sluice_proto::signature::sign_upload(&url_secret(), "POST", "/v1/files", now() + 60, 500);
+    let r = reqwest::Client::new()
         .post(format!("{}{wrong_key}", node.url))
         .body("x")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
 
+#[tokio::test]
+async fn reads_without_a_valid_signature_are_refused_with_the_reason() {
+    use sluice_proto::signature::sign_download;
+    let node = guarded_node().await;
+    let path = upload_with_the_token(&node).await;
+    let now = now();
     // Reads: 403 with a reason unless signed.
     for (query, reason) in [
         (String::new(), "needs a signature"),
         (
-            sign_download(&url_secret, &path, now - 1)
+            sign_download(&url_secret(), &path, now - 1)
                 .split_once('?')
                 .unwrap()
                 .1
@@ -795,7 +789,7 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
             "expired",
         ),
         (
-            sign_download(&url_secret, "/v1/files/g1/other", now + 60)
+            sign_download(&url_secret(), "/v1/files/g1/other", now + 60)
                 .split_once('?')
                 .unwrap()
                 .1
@@ -804,7 +798,7 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
         ),
         ("expires=abc&sig=zz".to_owned(), "malformed"),
     ] {
-        let (status, _, body) = get(&node, &format!("{path}?{query}"), &[]).await;
+        let (status, _, body) = get(&at(&node, &format!("{path}?{query}")), &[]).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{query}");
         assert!(
             error_text(&body).contains(reason),
@@ -812,16 +806,33 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
             error_text(&body)
         );
     }
-    let signed = sign_download(&url_secret, &path, now + 60);
-    let (status, _, body) = get(&node, &signed, &[]).await;
+    let head = reqwest::Client::new()
+        .head(format!("{}{path}", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn signed_links_open_reads_with_the_current_or_the_old_url_secret() {
+    use sluice_proto::signature::sign_download;
+    let node = guarded_node().await;
+    let path = upload_with_the_token(&node).await;
+    let signed = sign_download(&url_secret(), &path, now() + 60);
+    let (status, _, body) = get(&at(&node, &signed), &[]).await;
     assert_eq!((status, body), (StatusCode::OK, pattern(1000)));
     // Rotation: a link signed with the old secret still opens.
-    let old = sign_download(&SecretSet::parse("old-secret").unwrap(), &path, now + 60);
-    assert_eq!(get(&node, &old, &[]).await.0, StatusCode::OK);
-    let head = c.head(format!("{}{path}", node.url)).send().await.unwrap();
-    assert_eq!(head.status(), StatusCode::FORBIDDEN);
+    let old_secret = sluice_proto::SecretSet::parse("old-secret").unwrap();
+    let old = sign_download(&old_secret, &path, now() + 60);
+    assert_eq!(get(&at(&node, &old), &[]).await.0, StatusCode::OK);
+}
 
-    // Deletes need the token; probes and scrapers need nothing.
+#[tokio::test]
+async fn deletes_need_the_api_token() {
+    let node = guarded_node().await;
+    let path = upload_with_the_token(&node).await;
+    let c = reqwest::Client::new();
     let r = c
         .delete(format!("{}{path}", node.url))
         .send()
@@ -835,8 +846,13 @@ async fn signed_links_guard_reads_and_tokens_guard_writes() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(get(&node, "/healthz", &[]).await.0, StatusCode::OK);
-    assert_eq!(get(&node, "/metrics", &[]).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn probes_and_scrapers_need_no_credential_on_a_guarded_node() {
+    let node = guarded_node().await;
+    assert_eq!(get(&at(&node, "/healthz"), &[]).await.0, StatusCode::OK);
+    assert_eq!(get(&at(&node, "/metrics"), &[]).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -849,22 +865,22 @@ async fn internal_routes_are_no_way_round_the_signed_link_rule() {
         ..NodeSettings::default()
     })
     .await;
-    let v = upload(&node, pattern(100), "image/png").await;
+    let v = upload(&node.url, pattern(100), "image/png").await;
     let fileid = v["fileid"].as_str().unwrap();
     for path in [
         format!("/v1/internal/blobs/{fileid}"),
         "/v1/internal/oplog".to_owned(),
     ] {
-        let (status, _, body) = get(&node, &path, &[]).await;
+        let (status, _, body) = get(&at(&node, &path), &[]).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
         assert!(error_text(&body).contains("SLUICE_CLUSTER_SECRET"));
     }
 }
 
 #[tokio::test]
-async fn web_players_on_other_origins_may_read() {
+async fn web_players_on_any_origin_may_read_and_preflight_ranges() {
     let node = TestNode::start().await;
-    let v = upload(&node, pattern(2000), "video/mp2t").await;
+    let v = upload(&node.url, pattern(2000), "video/mp2t").await;
     let path = v["url"].as_str().unwrap();
     let c = reqwest::Client::new();
     let r = c
@@ -901,6 +917,12 @@ async fn web_players_on_other_origins_may_read() {
             .unwrap()
             .contains("Range")
     );
+}
+
+#[tokio::test]
+async fn writes_are_not_opened_to_other_origins() {
+    let node = TestNode::start().await;
+    let c = reqwest::Client::new();
     // Writes are not opened to other origins.
     let r = c
         .post(format!("{}/v1/files", node.url))
@@ -914,13 +936,17 @@ async fn web_players_on_other_origins_may_read() {
             .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
             .is_none()
     );
+}
 
+#[tokio::test]
+async fn with_a_list_of_origins_only_those_may_read() {
+    let c = reqwest::Client::new();
     let listed = TestNode::start_with(NodeSettings {
         cors: sluice_storage::CorsPolicy::from_list(&["https://app.example".into()]),
         ..NodeSettings::default()
     })
     .await;
-    let v = upload(&listed, pattern(10), "image/png").await;
+    let v = upload(&listed.url, pattern(10), "image/png").await;
     let url = format!("{}{}", listed.url, v["url"].as_str().unwrap());
     let r = c
         .get(&url)
@@ -960,7 +986,7 @@ async fn peers_need_the_cluster_secret_to_push_or_pull() {
         ..NodeSettings::default()
     })
     .await;
-    let v = upload(&node, pattern(100), "image/png").await;
+    let v = upload(&node.url, pattern(100), "image/png").await;
     let fileid = v["fileid"].as_str().unwrap();
     let c = reqwest::Client::new();
     let internal = format!("{}/v1/internal/blobs/{fileid}", node.url);
@@ -1003,10 +1029,10 @@ async fn a_stored_id_is_immutable_even_to_peers() {
     })
     .await;
     let original = pattern(3000);
-    let v = upload(&node, original.clone(), "image/png").await;
+    let v = upload(&node.url, original.clone(), "image/png").await;
     let fileid = v["fileid"].as_str().unwrap();
     let path = format!("/v1/files/{fileid}");
-    let (_, before, _) = get(&node, &path, &[]).await;
+    let (_, before, _) = get(&at(&node, &path), &[]).await;
     let c = reqwest::Client::new();
     let put = |body: Vec<u8>, digest: Option<String>| {
         let mut r = c
@@ -1034,7 +1060,7 @@ async fn a_stored_id_is_immutable_even_to_peers() {
     // The same bytes again: accepted, and nothing changes.
     let r = put(original.clone(), Some(hex(&original))).await.unwrap();
     assert!(r.status().is_success(), "{}", r.status());
-    let (status, after, body) = get(&node, &path, &[]).await;
+    let (status, after, body) = get(&at(&node, &path), &[]).await;
     assert_eq!((status, body), (StatusCode::OK, original.clone()));
     assert_eq!(after[header::ETAG], before[header::ETAG]);
     assert_eq!(after[header::CONTENT_TYPE], "image/png");

@@ -6,6 +6,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use sluice_proto::tus::encode_metadata;
+use sluice_testkit::http::{error_text, get};
 use sluice_testkit::images::{djpeg_dimensions, progressive_jpeg};
 use sluice_testkit::{NodeSettings, TestNode, wait_until};
 use tokio::io::AsyncWriteExt;
@@ -51,28 +52,30 @@ fn file_id(headers: &HeaderMap) -> Option<String> {
         .map(|v| v.to_str().unwrap().to_owned())
 }
 
-async fn get(node: &TestNode, fileid: &str) -> (StatusCode, HeaderMap, Vec<u8>) {
-    let r = client()
-        .get(format!("{}/v1/files/{fileid}", node.url))
-        .send()
-        .await
-        .unwrap();
-    let (s, h) = (r.status(), r.headers().clone());
-    (s, h, r.bytes().await.unwrap().to_vec())
+/// The URL of file `fileid` on `node`.
+fn file_url(node: &TestNode, fileid: &str) -> String {
+    format!("{}/v1/files/{fileid}", node.url)
 }
 
-fn error_text(body: &[u8]) -> String {
-    let v: serde_json::Value = serde_json::from_slice(body).expect("JSON error body");
-    v["error"].as_str().unwrap().to_owned()
-}
-
-#[tokio::test]
-async fn discovery_and_creation_rules() {
-    let node = TestNode::start_with(NodeSettings {
+/// A node that takes uploads of up to 1 MiB.
+async fn node_with_a_1_mib_limit() -> TestNode {
+    TestNode::start_with(NodeSettings {
         max_upload_size: 1 << 20,
         ..NodeSettings::default()
     })
-    .await;
+    .await
+}
+
+/// Upload sessions the node keeps on disk.
+fn upload_sessions(node: &TestNode) -> usize {
+    std::fs::read_dir(node.data_dir().join("uploads"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test]
+async fn options_lists_the_tus_version_extensions_size_limit_and_checksums() {
+    let node = node_with_a_1_mib_limit().await;
     let r = client()
         .request(reqwest::Method::OPTIONS, format!("{}/v1/uploads", node.url))
         .send()
@@ -99,7 +102,11 @@ async fn discovery_and_creation_rules() {
             .unwrap()
             .contains("sha1")
     );
+}
 
+#[tokio::test]
+async fn bad_creations_are_refused_with_a_reason_and_leave_no_session() {
+    let node = node_with_a_1_mib_limit().await;
     let post = |headers: Vec<(&'static str, String)>| {
         let mut r = client().post(format!("{}/v1/uploads", node.url));
         for (k, v) in headers {
@@ -178,11 +185,12 @@ async fn discovery_and_creation_rules() {
         assert!(text.contains(words), "{shown}: {text}");
     }
     // Nothing of the refused creations is left.
-    let left = std::fs::read_dir(node.data_dir().join("uploads"))
-        .unwrap()
-        .count();
-    assert_eq!(left, 0);
-    // Unknown and malformed upload ids.
+    assert_eq!(upload_sessions(&node), 0);
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_upload_ids_are_not_found() {
+    let node = node_with_a_1_mib_limit().await;
     for id in ["aaaaaaaaaaaaaaaaaaaaaaaaaa", "../../etc/passwd", "x"] {
         let r = client()
             .head(format!("{}/v1/uploads/{id}", node.url))
@@ -241,7 +249,7 @@ async fn progressive_jpeg_gets_its_id_at_a_scan_boundary_and_every_state_decodes
             }
             offset = end;
             let Some(fid) = &fileid else { continue };
-            let (status, h, body) = get(&node, fid).await;
+            let (status, h, body) = get(&file_url(&node, fid), &[]).await;
             assert_eq!(status, StatusCode::OK);
             djpeg_dimensions(&body)
                 .map(|d| assert_eq!(d, (320, 240)))
@@ -294,10 +302,7 @@ async fn progressive_jpeg_gets_its_id_at_a_scan_boundary_and_every_state_decodes
         "the ETag changes as scans arrive: {all_etags:?}"
     );
     // Session files are gone once uploads end.
-    let left = std::fs::read_dir(node.data_dir().join("uploads"))
-        .unwrap()
-        .count();
-    assert_eq!(left, 0);
+    assert_eq!(upload_sessions(&node), 0);
 }
 
 #[tokio::test]
@@ -320,7 +325,7 @@ async fn other_files_commit_at_exactly_their_mts_and_readers_see_what_arrived() 
         stored.size, 12_345,
         "the committed prefix is exactly the MTS"
     );
-    let (status, h, body) = get(&node, &fileid).await;
+    let (status, h, body) = get(&file_url(&node, &fileid), &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h["content-type"], "audio/ogg");
     assert_eq!(body, &data[..20_000], "readers get everything that arrived");
@@ -334,29 +339,59 @@ async fn other_files_commit_at_exactly_their_mts_and_readers_see_what_arrived() 
     assert_eq!(r.headers()["content-length"], "20000");
     let r = patch(&url, 20_000, &data[20_000..]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let (_, h, body) = get(&node, &fileid).await;
+    let (_, h, body) = get(&file_url(&node, &fileid), &[]).await;
     assert_eq!(body, data);
     assert!(h["cache-control"].to_str().unwrap().contains("immutable"));
 }
 
-#[tokio::test]
-async fn bad_patches_are_refused_and_corrupt_nothing() {
-    let node = TestNode::start().await;
+/// A JPEG upload (q 0.3) whose first 1000 bytes are in; its URL and the whole image.
+async fn jpeg_upload_with_its_first_1000_bytes(node: &TestNode) -> (String, Vec<u8>) {
     let image = progressive_jpeg(160, 120, 7);
     let url = create(
-        &node,
+        node,
         image.len(),
         &[("content-type", "image/jpeg"), ("q", "0.3")],
     )
     .await;
     let r = patch(&url, 0, &image[..1000]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    (url, image)
+}
 
-    // Wrong offset: 409 with the right one.
+/// The offset the node gives for the upload at `url`.
+async fn upload_offset(url: &str) -> String {
+    let r = client()
+        .head(url)
+        .header(TUS.0, TUS.1)
+        .send()
+        .await
+        .unwrap();
+    r.headers()["upload-offset"].to_str().unwrap().to_owned()
+}
+
+/// Sends the rest of `image` from `offset`; the file must then be the image, byte for byte:
+/// nothing refused before corrupted it.
+async fn finish_and_expect_the_image(node: &TestNode, url: &str, image: &[u8], offset: usize) {
+    let r = patch(url, offset, &image[offset..]).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let fileid = file_id(r.headers()).unwrap();
+    assert_eq!(get(&file_url(node, &fileid), &[]).await.2, image);
+}
+
+#[tokio::test]
+async fn a_patch_at_the_wrong_offset_gets_409_with_the_right_one_and_corrupts_nothing() {
+    let node = TestNode::start().await;
+    let (url, image) = jpeg_upload_with_its_first_1000_bytes(&node).await;
     let r = patch(&url, 500, &image[500..1500]).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(r.headers()["upload-offset"], "1000");
-    // Wrong body type: 415.
+    finish_and_expect_the_image(&node, &url, &image, 1000).await;
+}
+
+#[tokio::test]
+async fn a_patch_of_the_wrong_content_type_gets_415_and_corrupts_nothing() {
+    let node = TestNode::start().await;
+    let (url, image) = jpeg_upload_with_its_first_1000_bytes(&node).await;
     let r = client()
         .patch(&url)
         .header(TUS.0, TUS.1)
@@ -367,9 +402,15 @@ async fn bad_patches_are_refused_and_corrupt_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    // A body that does not match its checksum: 460, nothing kept.
+    finish_and_expect_the_image(&node, &url, &image, 1000).await;
+}
+
+#[tokio::test]
+async fn a_patch_failing_its_checksum_gets_460_and_keeps_nothing_then_the_right_one_is_taken() {
     use base64::Engine;
     use sha1::Digest;
+    let node = TestNode::start().await;
+    let (url, image) = jpeg_upload_with_its_first_1000_bytes(&node).await;
     let digest = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(b));
     let send_checked = |offset: usize, body: Vec<u8>, sum: String| {
         client()
@@ -381,34 +422,36 @@ async fn bad_patches_are_refused_and_corrupt_nothing() {
             .body(body)
             .send()
     };
+    // A body that does not match its checksum: 460, nothing kept.
     let r = send_checked(1000, image[1000..3000].to_vec(), digest(b"something else"))
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 460);
-    let r = client()
-        .head(&url)
-        .header(TUS.0, TUS.1)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["upload-offset"], "1000");
+    assert_eq!(upload_offset(&url).await, "1000");
     // The right checksum is taken.
     let r = send_checked(1000, image[1000..3000].to_vec(), digest(&image[1000..3000]))
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(r.headers()["upload-offset"], "3000");
-    // A body past Upload-Length: 413 before anything is read.
-    let mut long = image[3000..].to_vec();
-    long.extend_from_slice(b"extra");
-    let r = patch(&url, 3000, &long).await;
-    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let r = patch(&url, 3000, &image[3000..]).await;
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let fileid = file_id(r.headers()).unwrap();
-    assert_eq!(get(&node, &fileid).await.2, image);
+    finish_and_expect_the_image(&node, &url, &image, 3000).await;
+}
 
-    // Garbage that claims to be a JPEG: refused, and no file comes of it.
+#[tokio::test]
+async fn a_patch_past_the_upload_length_gets_413_and_corrupts_nothing() {
+    let node = TestNode::start().await;
+    let (url, image) = jpeg_upload_with_its_first_1000_bytes(&node).await;
+    // A body past Upload-Length: 413 before anything is read.
+    let mut long = image[1000..].to_vec();
+    long.extend_from_slice(b"extra");
+    let r = patch(&url, 1000, &long).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    finish_and_expect_the_image(&node, &url, &image, 1000).await;
+}
+
+#[tokio::test]
+async fn garbage_claiming_to_be_a_jpeg_is_refused_and_makes_no_file() {
+    let node = TestNode::start().await;
     let mut garbage = vec![0xFF, 0xD8, 0xFF, 0xC4, 0x00, 0x01];
     garbage.extend((0..5000).map(|i| (i * 7) as u8));
     let url = create(
@@ -426,9 +469,14 @@ async fn bad_patches_are_refused_and_corrupt_nothing() {
     let r = patch(&url, 6, &garbage[6..]).await;
     assert!(r.status().is_client_error());
     assert_eq!(node.state.store().files(), files_before);
+    assert_eq!(node.state.store().files(), 0, "no file came of it");
+}
 
-    // A valid image that turns to garbage after its id: the garbage is refused and not kept,
-    // so the file, finalised, is still an image.
+/// A valid image that turns to garbage after its id: the garbage is refused and not kept, so
+/// the file, finalised, is still an image.
+#[tokio::test]
+async fn a_jpeg_turning_to_garbage_after_its_id_is_refused_and_the_file_stays_an_image() {
+    let node = TestNode::start().await;
     let image = progressive_jpeg(320, 240, 9);
     let url = create(
         &node,
@@ -456,7 +504,7 @@ async fn bad_patches_are_refused_and_corrupt_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let (status, h, body) = get(&node, &fileid).await;
+    let (status, h, body) = get(&file_url(&node, &fileid), &[]).await;
     assert_eq!(
         (status, &h["sluice-complete"]),
         (StatusCode::OK, &"false".parse().unwrap())
@@ -464,16 +512,21 @@ async fn bad_patches_are_refused_and_corrupt_nothing() {
     assert_eq!(djpeg_dimensions(&body), Ok((320, 240)));
 }
 
-#[tokio::test]
-async fn a_sender_that_vanishes_leaves_the_file_finalised_at_what_arrived() {
-    let node = TestNode::start_with(NodeSettings {
+/// A node whose watchdog gives up on an upload quiet for 400 ms.
+async fn node_that_abandons_quiet_uploads() -> TestNode {
+    TestNode::start_with(NodeSettings {
         progressive: sluice_storage::progressive::ProgressiveConfig {
             abandon_after: Duration::from_millis(400),
             ..Default::default()
         },
         ..NodeSettings::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_sender_that_vanishes_leaves_the_file_finalised_at_what_arrived() {
+    let node = node_that_abandons_quiet_uploads().await;
     let mut events = node.state.events().subscribe();
     let image = progressive_jpeg(320, 240, 11);
     let url = create(
@@ -501,7 +554,7 @@ async fn a_sender_that_vanishes_leaves_the_file_finalised_at_what_arrived() {
     .await;
     let stored = node.state.store().stat(key).unwrap().unwrap();
     assert_eq!(stored.size, part as u64, "everything that arrived is kept");
-    let (status, h, body) = get(&node, &fileid).await;
+    let (status, h, body) = get(&file_url(&node, &fileid), &[]).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(h["sluice-complete"], "false");
     assert_eq!(djpeg_dimensions(&body), Ok((320, 240)));
@@ -532,7 +585,12 @@ async fn a_sender_that_vanishes_leaves_the_file_finalised_at_what_arrived() {
         },
     )
     .await;
-    // An upload that never reached its MTS is dropped without a trace.
+}
+
+#[tokio::test]
+async fn a_quiet_upload_that_never_reached_its_mts_is_dropped_without_a_trace() {
+    let node = node_that_abandons_quiet_uploads().await;
+    let image = progressive_jpeg(320, 240, 11);
     let url = create(
         &node,
         image.len(),
@@ -544,27 +602,30 @@ async fn a_sender_that_vanishes_leaves_the_file_finalised_at_what_arrived() {
     wait_until(
         "the quiet upload is dropped",
         Duration::from_secs(10),
-        || async {
-            std::fs::read_dir(node.data_dir().join("uploads"))
-                .unwrap()
-                .count()
-                == 0
-        },
+        || async { upload_sessions(&node) == 0 },
     )
     .await;
+    assert_eq!(node.state.store().files(), 0, "no file came of it");
+}
+
+/// DELETE of the upload at `url`, as tus terminates it.
+async fn terminate(url: &str) -> StatusCode {
+    client()
+        .delete(url)
+        .header(TUS.0, TUS.1)
+        .send()
+        .await
+        .unwrap()
+        .status()
 }
 
 #[tokio::test]
-async fn termination_before_and_after_the_mts() {
+async fn termination_before_the_mts_leaves_nothing() {
     let node = TestNode::start().await;
     let data = vec![7u8; 10_000];
     let url = create(&node, data.len(), &[("mts", "5000")]).await;
     patch(&url, 0, &data[..1000]).await;
-    let del = |url: String| client().delete(url).header(TUS.0, TUS.1).send();
-    assert_eq!(
-        del(url.clone()).await.unwrap().status(),
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(terminate(&url).await, StatusCode::NO_CONTENT);
     let r = client()
         .head(&url)
         .header(TUS.0, TUS.1)
@@ -572,26 +633,23 @@ async fn termination_before_and_after_the_mts() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert_eq!(
-        std::fs::read_dir(node.data_dir().join("uploads"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(upload_sessions(&node), 0);
     assert_eq!(node.state.store().files(), 0);
+}
 
+#[tokio::test]
+async fn termination_after_the_mts_keeps_the_file_finalised_at_what_arrived() {
+    let node = TestNode::start().await;
+    let data = vec![7u8; 10_000];
     // After the MTS the id is out, so the file stays, finalised at what arrived.
     let url = create(&node, data.len(), &[("mts", "5000")]).await;
     let r = patch(&url, 0, &data[..6000]).await;
     let fileid = file_id(r.headers()).unwrap();
-    assert_eq!(
-        del(url.clone()).await.unwrap().status(),
-        StatusCode::NO_CONTENT
-    );
-    let (status, h, body) = get(&node, &fileid).await;
+    assert_eq!(terminate(&url).await, StatusCode::NO_CONTENT);
+    let (status, h, body) = get(&file_url(&node, &fileid), &[]).await;
     assert_eq!((status, body.len()), (StatusCode::OK, 6000));
     assert_eq!(h["sluice-complete"], "false");
-    assert_eq!(del(url).await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(terminate(&url).await, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -680,5 +738,5 @@ async fn a_dropped_connection_keeps_what_arrived_and_the_upload_resumes() {
     let r = patch(&url, offset, &data[offset..]).await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let fileid = file_id(r.headers()).unwrap();
-    assert_eq!(get(&node, &fileid).await.2, data);
+    assert_eq!(get(&file_url(&node, &fileid), &[]).await.2, data);
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, StatusCode};
 use sluice_proto::tus::encode_metadata;
 use sluice_storage::events::{WebhookConfig, sign_body};
+use sluice_testkit::http::{curl, get};
 use sluice_testkit::images::{djpeg_dimensions, progressive_jpeg};
 use sluice_testkit::{NodeSettings, TestNode, wait_until};
 
@@ -86,6 +87,38 @@ async fn webhook_receiver(failures: usize) -> (String, Arc<Mutex<Received>>) {
     (url, received)
 }
 
+/// A node whose writes (and event stream) need the API token `t0ken`.
+async fn node_with_a_token() -> TestNode {
+    TestNode::start_with(NodeSettings {
+        access: sluice_storage::AccessPolicy {
+            url_secret: None,
+            api_tokens: sluice_proto::SecretSet::parse("t0ken"),
+        },
+        ..NodeSettings::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_event_stream_needs_the_api_token() {
+    let node = node_with_a_token().await;
+    let client = reqwest::Client::new();
+    // The stream names senders and receivers: it needs the token.
+    let r = client
+        .get(format!("{}/v1/events", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = client
+        .get(format!("{}/v1/events", node.url))
+        .header("authorization", "Bearer t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn events_reach_the_stream_and_the_webhook_signed_and_retried() {
     let (hook, received) = webhook_receiver(2).await;
@@ -104,13 +137,6 @@ async fn events_reach_the_stream_and_the_webhook_signed_and_retried() {
     })
     .await;
     let client = reqwest::Client::new();
-    // The stream names senders and receivers: it needs the token.
-    let r = client
-        .get(format!("{}/v1/events", node.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let mut stream = client
         .get(format!("{}/v1/events", node.url))
         .header("authorization", "Bearer t0ken")
@@ -175,12 +201,7 @@ async fn events_reach_the_stream_and_the_webhook_signed_and_retried() {
         let v: serde_json::Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v["fileid"], fileid.as_str());
     }
-    let metrics = reqwest::get(format!("{}/metrics", node.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = String::from_utf8(get(&format!("{}/metrics", node.url), &[]).await.2).unwrap();
     for line in [
         "sluice_upload_events_total{event=\"file.committed\"} 1",
         "sluice_upload_events_total{event=\"file.completed\"} 1",
@@ -229,27 +250,8 @@ print(u.url)
         image.len().to_string().as_str()
     );
     let fileid = r.headers()["sluice-file-id"].to_str().unwrap().to_owned();
-    let body = reqwest::get(format!("{}/v1/files/{fileid}", node.url))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(body.as_ref(), image.as_slice());
-}
-
-async fn curl(args: &[&str]) -> String {
-    let out = tokio::process::Command::new("curl")
-        .args(args)
-        .output()
-        .await
-        .expect("curl is installed");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (_, _, body) = get(&format!("{}/v1/files/{fileid}", node.url), &[]).await;
+    assert_eq!(body, image);
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
@@ -272,27 +274,30 @@ async fn curl_speaks_the_raw_protocol() {
         encode_metadata([("content-type", "image/jpeg"), ("q", "0.25")])
     );
     // creation-with-upload: the first half rides on the POST.
-    let head = curl(&[
-        "-sS",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-X",
-        "POST",
-        "-H",
-        "Tus-Resumable: 1.0.0",
-        "-H",
-        &format!("Upload-Length: {}", image.len()),
-        "-H",
-        &meta,
-        "-H",
-        "Content-Type: application/offset+octet-stream",
-        "--data-binary",
-        &format!("@{}", dir.path().join("a").display()),
-        &format!("{}/v1/uploads", node.url),
-    ])
-    .await;
+    let head = String::from_utf8(
+        curl(&[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "POST",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            &format!("Upload-Length: {}", image.len()),
+            "-H",
+            &meta,
+            "-H",
+            "Content-Type: application/offset+octet-stream",
+            "--data-binary",
+            &format!("@{}", dir.path().join("a").display()),
+            &format!("{}/v1/uploads", node.url),
+        ])
+        .await,
+    )
+    .unwrap();
     assert!(head.starts_with("HTTP/1.1 201"), "{head}");
     assert_eq!(
         header(&head, "upload-offset"),
@@ -304,52 +309,61 @@ async fn curl_speaks_the_raw_protocol() {
         .to_owned();
     // A receiver with curl gets a viewable image now.
     let partial = dir.path().join("partial.jpg");
-    let head = curl(&[
-        "-sS",
-        "-D",
-        "-",
-        "-o",
-        partial.to_str().unwrap(),
-        &format!("{}/v1/files/{fileid}", node.url),
-    ])
-    .await;
+    let head = String::from_utf8(
+        curl(&[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            partial.to_str().unwrap(),
+            &format!("{}/v1/files/{fileid}", node.url),
+        ])
+        .await,
+    )
+    .unwrap();
     assert_eq!(header(&head, "sluice-complete"), Some("false"));
     assert_eq!(
         djpeg_dimensions(&std::fs::read(&partial).unwrap()),
         Ok((320, 240))
     );
     // HEAD, then the rest with PATCH.
-    let head = curl(&[
-        "-sS",
-        "-I",
-        "-H",
-        "Tus-Resumable: 1.0.0",
-        &format!("{}{location}", node.url),
-    ])
-    .await;
+    let head = String::from_utf8(
+        curl(&[
+            "-sS",
+            "-I",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            &format!("{}{location}", node.url),
+        ])
+        .await,
+    )
+    .unwrap();
     assert_eq!(
         header(&head, "upload-offset"),
         Some(cut.to_string().as_str())
     );
-    let head = curl(&[
-        "-sS",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-X",
-        "PATCH",
-        "-H",
-        "Tus-Resumable: 1.0.0",
-        "-H",
-        &format!("Upload-Offset: {cut}"),
-        "-H",
-        "Content-Type: application/offset+octet-stream",
-        "--data-binary",
-        &format!("@{}", dir.path().join("b").display()),
-        &format!("{}{location}", node.url),
-    ])
-    .await;
+    let head = String::from_utf8(
+        curl(&[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-X",
+            "PATCH",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            &format!("Upload-Offset: {cut}"),
+            "-H",
+            "Content-Type: application/offset+octet-stream",
+            "--data-binary",
+            &format!("@{}", dir.path().join("b").display()),
+            &format!("{}{location}", node.url),
+        ])
+        .await,
+    )
+    .unwrap();
     assert!(head.starts_with("HTTP/1.1 204"), "{head}");
     assert_eq!(header(&head, "sluice-file-id"), Some(fileid.as_str()));
     let whole = dir.path().join("whole.jpg");
@@ -364,65 +378,78 @@ async fn curl_speaks_the_raw_protocol() {
     assert_eq!(std::fs::read(&whole).unwrap(), image);
 }
 
+/// A tus creation of an upload of `length` bytes at `url`, with `token` as its bearer if any.
+async fn tus_create(
+    url: String,
+    token: Option<&str>,
+    length: usize,
+) -> reqwest::Result<reqwest::Response> {
+    let mut r = reqwest::Client::new()
+        .post(url)
+        .header(TUS.0, TUS.1)
+        .header("upload-length", length);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await
+}
+
+/// A PATCH of ten bytes at offset 0 to the upload at `url`, with `token` as its bearer if any.
+async fn tus_patch_ten_bytes(
+    url: String,
+    token: Option<&str>,
+) -> reqwest::Result<reqwest::Response> {
+    let mut r = reqwest::Client::new()
+        .patch(url)
+        .header(TUS.0, TUS.1)
+        .header("upload-offset", 0)
+        .header("content-type", "application/offset+octet-stream")
+        .body(vec![1u8; 10]);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    r.send().await
+}
+
 #[tokio::test]
-async fn tus_needs_the_token_or_a_signed_upload_link() {
-    let tokens = sluice_proto::SecretSet::parse("t0ken").unwrap();
-    let node = TestNode::start_with(NodeSettings {
-        access: sluice_storage::AccessPolicy {
-            url_secret: None,
-            api_tokens: Some(tokens.clone()),
-        },
-        ..NodeSettings::default()
-    })
-    .await;
-    let client = reqwest::Client::new();
-    let create = |url: String, token: Option<&str>, length: usize| {
-        let mut r = client
-            .post(url)
-            .header(TUS.0, TUS.1)
-            .header("upload-length", length);
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        r.send()
-    };
+async fn tus_creation_and_patches_need_the_api_token() {
+    let node = node_with_a_token().await;
     let base = format!("{}/v1/uploads", node.url);
     assert_eq!(
-        create(base.clone(), None, 10).await.unwrap().status(),
+        tus_create(base.clone(), None, 10).await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        create(base.clone(), Some("wrong"), 10)
+        tus_create(base.clone(), Some("wrong"), 10)
             .await
             .unwrap()
             .status(),
         StatusCode::UNAUTHORIZED
     );
     // Created with the token: its PATCHes need the token too.
-    let r = create(base.clone(), Some("t0ken"), 10).await.unwrap();
+    let r = tus_create(base.clone(), Some("t0ken"), 10).await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let upload = format!("{}{}", node.url, r.headers()["location"].to_str().unwrap());
-    let patch = |url: String, token: Option<&str>| {
-        let mut r = client
-            .patch(url)
-            .header(TUS.0, TUS.1)
-            .header("upload-offset", 0)
-            .header("content-type", "application/offset+octet-stream")
-            .body(vec![1u8; 10]);
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        r.send()
-    };
     assert_eq!(
-        patch(upload.clone(), None).await.unwrap().status(),
+        tus_patch_ten_bytes(upload.clone(), None)
+            .await
+            .unwrap()
+            .status(),
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        patch(upload, Some("t0ken")).await.unwrap().status(),
+        tus_patch_ten_bytes(upload, Some("t0ken"))
+            .await
+            .unwrap()
+            .status(),
         StatusCode::NO_CONTENT
     );
+}
 
+#[tokio::test]
+async fn a_signed_upload_link_lets_tus_create_within_its_cap_and_the_upload_id_is_the_credential() {
+    let tokens = sluice_proto::SecretSet::parse("t0ken").unwrap();
+    let node = node_with_a_token().await;
     // A phone with a signed upload link: the link caps the size, and the unguessable upload
     // id it gets back is its credential for the PATCHes.
     let expires = std::time::SystemTime::now()
@@ -433,17 +460,18 @@ async fn tus_needs_the_token_or_a_signed_upload_link() {
     let link = sluice_proto::signature::sign_upload(&tokens, "POST", "/v1/uploads", expires, 1000);
     let signed = format!("{}{link}", node.url);
     assert_eq!(
-        create(signed.clone(), None, 5000).await.unwrap().status(),
+        tus_create(signed.clone(), None, 5000)
+            .await
+            .unwrap()
+            .status(),
         StatusCode::PAYLOAD_TOO_LARGE
     );
-    let r = create(signed, None, 10).await.unwrap();
+    let r = tus_create(signed, None, 10).await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let upload = format!("{}{}", node.url, r.headers()["location"].to_str().unwrap());
-    let r = patch(upload, None).await.unwrap();
+    let r = tus_patch_ten_bytes(upload, None).await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let fileid = r.headers()["sluice-file-id"].to_str().unwrap().to_owned();
-    let body = reqwest::get(format!("{}/v1/files/{fileid}", node.url))
-        .await
-        .unwrap();
-    assert_eq!(body.bytes().await.unwrap().as_ref(), &[1u8; 10]);
+    let (_, _, body) = get(&format!("{}/v1/files/{fileid}", node.url), &[]).await;
+    assert_eq!(body, [1u8; 10]);
 }

@@ -2,6 +2,7 @@
 //! tests talk to real servers over real sockets and never share a port or a directory.
 
 pub mod browser;
+pub mod http;
 pub mod images;
 pub mod link;
 pub mod small_disk;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Served, curl, sluice, sluice_ok, wait_for};
+use common::{Served, curl, get, get_json, sluice, sluice_ok, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -31,16 +31,6 @@ fn storage(
         .into_iter()
         .collect();
     Served::storage(data, group, &urls, &[], &env)
-}
-
-fn get_json(url: &str) -> serde_json::Value {
-    let out = curl(&["-sS", "-f", url]);
-    assert!(
-        out.status.success(),
-        "GET {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Node states by node URL, as a tracker sees them.
@@ -215,20 +205,8 @@ fn upload_via(tracker: &Served, body: &[u8]) -> String {
 
 /// The status and body of a GET straight to one node.
 fn get_from(node: &Served, fileid: &str) -> (String, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let body = dir.path().join("b");
-    let out = curl(&[
-        "-sS",
-        "-o",
-        body.to_str().unwrap(),
-        "-w",
-        "%{http_code}",
-        &format!("{}/v1/files/{fileid}", node.url),
-    ]);
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        std::fs::read(&body).unwrap_or_default(),
-    )
+    let (status, _, body) = get(&format!("{}/v1/files/{fileid}", node.url), &[]);
+    (status, body)
 }
 
 fn node_files(node: &Served) -> u64 {
@@ -382,12 +360,9 @@ fn the_cli_survives_a_dead_tracker_and_a_node_killed_mid_uploads() {
     drop(c);
 }
 
+/// `name` in a node's metrics; 0 while the node does not say.
 fn metric(node: &Served, name: &str) -> u64 {
-    let out = curl(&["-sS", &format!("{}/metrics", node.url)]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
+    common::metric(&node.url, name).unwrap_or(0)
 }
 
 /// Flips one byte of a file's data on a node's disk.

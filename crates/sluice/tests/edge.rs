@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Served, curl, wait_for};
+use common::{Served, curl, get, header, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "cluster-s3cret";
@@ -41,39 +41,6 @@ fn edge(dir: &std::path::Path, tracker: &Served, region: &str) -> Served {
     )
 }
 
-/// Status, headers and body of a GET (redirects not followed unless `-L` is in `extra`).
-fn get(url: &str, extra: &[&str]) -> (String, String, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let body = dir.path().join("b");
-    let mut args = vec!["-sS", "-D", "-", "-o", body.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    args.push(url);
-    let out = curl(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let head = String::from_utf8_lossy(&out.stdout).into_owned();
-    let last = head
-        .rsplit("HTTP/1.1 ")
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    (
-        last[..3].to_owned(),
-        last,
-        std::fs::read(body).unwrap_or_default(),
-    )
-}
-
-fn header(head: &str, name: &str) -> Option<String> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-    })
-}
-
 fn signed(path: &str) -> String {
     let secrets = sluice_proto::SecretSet::parse(URL_SECRET).unwrap();
     let expires = std::time::SystemTime::now()
@@ -84,56 +51,102 @@ fn signed(path: &str) -> String {
     sluice_proto::signature::sign_download(&secrets, path, expires)
 }
 
+/// A cluster on DIRS[0..4]: a tracker mapping 127.0.0.0/8 to asia and 10.9.0.0/16 to eu
+/// (trusting 127.0.0.1 as a proxy), a storage node, and an edge in each of eu and asia, all
+/// live. The node holds a 400 kB file.
+struct Regions {
+    tracker: Served,
+    node: Served,
+    eu: Served,
+    asia: Served,
+    fileid: String,
+    data: Vec<u8>,
+    /// `/v1/route/{fileid}?expires=..&sig=..`: a signed route to the file.
+    route: String,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Regions {
+    fn start() -> Self {
+        let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut tracker_env = env();
+        tracker_env.push(("SLUICE_API_TOKEN", TOKEN));
+        let tracker = Served::tracker(
+            dirs[0].path(),
+            &[
+                "--region-map",
+                "127.0.0.0/8=asia",
+                "--region-map",
+                "10.9.0.0/16=eu",
+                "--trusted-proxy",
+                "127.0.0.1",
+            ],
+            &tracker_env,
+        );
+        let node = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &env());
+        let eu = edge(dirs[2].path(), &tracker, "eu");
+        let asia = edge(dirs[3].path(), &tracker, "asia");
+        wait_for("both edges live and the node active", WAIT, || {
+            let out = curl(&["-sS", &format!("{}/v1/edges", tracker.url)]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let live = v["edges"]
+                .as_array()
+                .map_or(0, |e| e.iter().filter(|e| e["live"] == true).count());
+            let cluster = curl(&["-sS", &format!("{}/v1/cluster", tracker.url)]);
+            live == 2 && String::from_utf8_lossy(&cluster.stdout).contains("\"active\"")
+        });
+
+        let file = dirs[4].path().join("clip.mp4");
+        let data: Vec<u8> = (0..400_000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&file, &data).unwrap();
+        let out = curl(&[
+            "-sS",
+            "-f",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("{}/v1/files", node.url),
+        ]);
+        let fileid = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["fileid"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let route = signed(&format!("/v1/files/{fileid}")).replacen("/v1/files/", "/v1/route/", 1);
+        Self {
+            tracker,
+            node,
+            eu,
+            asia,
+            fileid,
+            data,
+            route,
+            _dirs: dirs,
+        }
+    }
+}
+
 #[test]
-fn trackers_route_regions_to_their_edges_and_edges_preload() {
-    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut tracker_env = env();
-    tracker_env.push(("SLUICE_API_TOKEN", TOKEN));
-    let tracker = Served::tracker(
-        dirs[0].path(),
-        &[
-            "--region-map",
-            "127.0.0.0/8=asia",
-            "--region-map",
-            "10.9.0.0/16=eu",
-            "--trusted-proxy",
-            "127.0.0.1",
-        ],
-        &tracker_env,
-    );
-    let node = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &env());
-    let eu = edge(dirs[2].path(), &tracker, "eu");
-    let asia = edge(dirs[3].path(), &tracker, "asia");
-    wait_for("both edges live and the node active", WAIT, || {
-        let out = curl(&["-sS", &format!("{}/v1/edges", tracker.url)]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let live = v["edges"]
-            .as_array()
-            .map_or(0, |e| e.iter().filter(|e| e["live"] == true).count());
-        let cluster = curl(&["-sS", &format!("{}/v1/cluster", tracker.url)]);
-        live == 2 && String::from_utf8_lossy(&cluster.stdout).contains("\"active\"")
-    });
-
-    let work = tempfile::tempdir().unwrap();
-    let file = work.path().join("clip.mp4");
-    let data: Vec<u8> = (0..400_000u32).map(|i| (i * 7) as u8).collect();
-    std::fs::write(&file, &data).unwrap();
-    let out = curl(&[
-        "-sS",
-        "-f",
-        "--data-binary",
-        &format!("@{}", file.display()),
-        &format!("{}/v1/files", node.url),
-    ]);
-    let fileid = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["fileid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let route = signed(&format!("/v1/files/{fileid}")).replacen("/v1/files/", "/v1/route/", 1);
-
+fn the_tracker_refuses_an_unsigned_route() {
+    let r = Regions::start();
+    let Regions {
+        tracker, fileid, ..
+    } = &r;
     // Unsigned: refused at the tracker, as at the node and the edges.
     let (status, _, _) = get(&format!("{}/v1/route/{fileid}?region=eu", tracker.url), &[]);
     assert_eq!(status, "403");
+}
+
+#[test]
+fn a_region_parameter_picks_its_edge_and_the_signature_goes_along() {
+    let r = Regions::start();
+    let Regions {
+        tracker,
+        eu,
+        fileid,
+        data,
+        route,
+        ..
+    } = &r;
     // ?region= picks the edge; the signature goes along (region does not).
     let (status, head, _) = get(&format!("{}{route}&region=eu", tracker.url), &[]);
     assert_eq!(status, "302");
@@ -148,7 +161,19 @@ fn trackers_route_regions_to_their_edges_and_edges_preload() {
         (status.as_str(), header(&head, "sluice-cache").as_deref()),
         ("200", Some("miss"))
     );
-    assert_eq!(body, data);
+    assert_eq!(&body, data);
+}
+
+#[test]
+fn without_a_region_the_client_address_decides_through_trusted_proxies() {
+    let r = Regions::start();
+    let Regions {
+        tracker,
+        eu,
+        asia,
+        route,
+        ..
+    } = &r;
     // No parameter: the client's address decides. Straight from 127.0.0.1: asia.
     let (_, head, _) = get(&format!("{}{route}", tracker.url), &[]);
     assert!(header(&head, "location").unwrap().starts_with(&asia.url));
@@ -158,10 +183,32 @@ fn trackers_route_regions_to_their_edges_and_edges_preload() {
         &["-H", "X-Forwarded-For: 10.9.0.5"],
     );
     assert!(header(&head, "location").unwrap().starts_with(&eu.url));
+}
+
+#[test]
+fn a_region_with_no_edge_is_sent_to_the_origin() {
+    let r = Regions::start();
+    let Regions {
+        tracker,
+        node,
+        route,
+        ..
+    } = &r;
     // A region with no edge: the origin (a node of the file's group).
     let (_, head, _) = get(&format!("{}{route}&region=mars", tracker.url), &[]);
     assert!(header(&head, "location").unwrap().starts_with(&node.url));
+}
 
+#[test]
+fn preload_needs_the_api_token_and_fills_the_regions_edge_before_anyone_asks() {
+    let r = Regions::start();
+    let Regions {
+        tracker,
+        asia,
+        fileid,
+        data,
+        ..
+    } = &r;
     // Preload: authenticated, then the asia edge has the file before anyone asks it.
     let body = format!("{{\"fileid\":\"{fileid}\",\"region\":\"asia\"}}");
     let preload = |token: Option<&str>| {
@@ -200,7 +247,7 @@ fn trackers_route_regions_to_their_edges_and_edges_preload() {
         (status.as_str(), header(&head, "sluice-cache").as_deref()),
         ("200", Some("hit"))
     );
-    assert_eq!(body, data);
+    assert_eq!(&body, data);
 }
 
 #[test]

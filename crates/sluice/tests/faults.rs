@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Served, curl, curl_ok, wait_for};
+use common::{Served, curl, curl_ok, get_json, get_ok, wait_for};
 use sluice_testkit::small_disk::SmallDisk;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -16,7 +16,7 @@ const SECRET: &str = "faults-s3cret";
 const ENV: [(&str, &str); 1] = [("SLUICE_CLUSTER_SECRET", SECRET)];
 
 fn cluster_view(tracker: &Served) -> serde_json::Value {
-    serde_json::from_slice(&curl_ok(&["-sS", &format!("{}/v1/cluster", tracker.url)])).unwrap()
+    get_json(&format!("{}/v1/cluster", tracker.url))
 }
 
 /// (url, state, files) of every node, as the tracker sees them.
@@ -193,14 +193,13 @@ fn data_file(data_dir: &std::path::Path, fileid: &str) -> std::path::PathBuf {
 }
 
 fn metric(node: &Served, name: &str) -> u64 {
-    let text = String::from_utf8(curl_ok(&["-sS", &format!("{}/metrics", node.url)])).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} in {text}"))
+    common::metric(&node.url, name)
+        .unwrap_or_else(|| panic!("{name} in the metrics of {}", node.url))
 }
 
-fn get(node: &Served, fileid: &str) -> Vec<u8> {
-    curl_ok(&["-sS", "-f", &format!("{}/v1/files/{fileid}", node.url)])
+/// The body of file `fileid` on `node`, which must serve it.
+fn body_from(node: &Served, fileid: &str) -> Vec<u8> {
+    get_ok(&format!("{}/v1/files/{fileid}", node.url))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,9 +249,9 @@ async fn catch_up_goes_past_a_bad_file_and_takes_files_of_any_size() {
         Duration::from_secs(60),
         || metric(&b, "sluice_store_files") == 20,
     );
-    assert_eq!(get(&b, &big), big_body);
+    assert_eq!(body_from(&b, &big), big_body);
     for (i, id) in small.iter().enumerate().filter(|(_, id)| *id != bad) {
-        assert_eq!(get(&b, id), body_of(i));
+        assert_eq!(body_from(&b, id), body_of(i));
     }
     wait_for("b to report the file set aside", WAIT, || {
         metric(&b, "sluice_catch_up_pending") == 1
@@ -299,7 +298,7 @@ async fn catch_up_goes_past_a_bad_file_and_takes_files_of_any_size() {
                 && nodes(&tracker).iter().all(|n| n.1 == "active")
         },
     );
-    assert_eq!(get(&b, bad), body_of(7));
+    assert_eq!(body_from(&b, bad), body_of(7));
     assert_eq!(metric(&b, "sluice_store_files"), 21);
 }
 
@@ -319,9 +318,9 @@ fn damage_deep_in_a_file_is_repaired_during_the_read_that_meets_it() {
     raw[deep] ^= 0xff;
     std::fs::write(&path, raw).unwrap();
     // The read that meets the damage gets every byte right, and a's copy is good again.
-    assert_eq!(get(&a, &id), body);
+    assert_eq!(body_from(&a, &id), body);
     assert_eq!(metric(&a, "sluice_repairs_total"), 1);
-    assert_eq!(get(&a, &id), body);
+    assert_eq!(body_from(&a, &id), body);
     // A range that starts past the first read and crosses the damage, likewise.
     let path = data_file(dirs[1].path(), &id);
     let mut raw = std::fs::read(&path).unwrap();
@@ -399,7 +398,7 @@ fn a_node_whose_index_disk_fills_refuses_uploads_says_why_and_recovers_by_itself
             .any(|n| n["url"] == node.url.as_str() && n["writable"] == false)
     });
     for (id, body) in &acknowledged {
-        assert_eq!(&get(&node, id), body);
+        assert_eq!(&body_from(&node, id), body);
     }
     // A file only its peer holds: fetching it here is refused for the full disk, not
     // answered as if the file did not exist.
@@ -416,10 +415,10 @@ fn a_node_whose_index_disk_fills_refuses_uploads_says_why_and_recovers_by_itself
     std::fs::remove_file(&hog).unwrap();
     wait_for("writable again", WAIT, || health()["writable"] == true);
     let id = upload(&node, b"after");
-    assert_eq!(get(&node, &id), b"after");
-    assert_eq!(get(&node, &elsewhere), b"only on the peer");
+    assert_eq!(body_from(&node, &id), b"after");
+    assert_eq!(body_from(&node, &elsewhere), b"only on the peer");
     for (id, body) in &acknowledged {
-        assert_eq!(&get(&node, id), body);
+        assert_eq!(&body_from(&node, id), body);
     }
 }
 
@@ -456,14 +455,14 @@ fn a_missing_or_cut_short_data_file_is_put_back_by_the_read_that_meets_it_or_the
         .unwrap();
     let unread = data_file(&a_dir, &ids[2]);
     std::fs::remove_file(&unread).unwrap();
-    assert_eq!(get(&a, &ids[0]), bodies[0]);
-    assert_eq!(get(&a, &ids[1]), bodies[1]);
+    assert_eq!(body_from(&a, &ids[0]), bodies[0]);
+    assert_eq!(body_from(&a, &ids[1]), bodies[1]);
     wait_for("the scrub to put the third back", WAIT, || {
         unread.exists() && metric(&a, "sluice_repairs_total") == 3
     });
-    assert_eq!(get(&a, &ids[2]), bodies[2]);
+    assert_eq!(body_from(&a, &ids[2]), bodies[2]);
     for (id, body) in ids.iter().zip(&bodies) {
-        assert_eq!(&get(&a, id), body);
+        assert_eq!(&body_from(&a, id), body);
     }
 }
 
@@ -633,7 +632,7 @@ fn a_node_back_while_the_peer_that_took_its_writes_is_down_stays_syncing_until_i
     wait_for("both active again", WAIT, || {
         nodes(&tracker).iter().filter(|n| n.1 == "active").count() == 2
     });
-    assert_eq!(get(&b, &missed), b"taken while b was away");
+    assert_eq!(body_from(&b, &missed), b"taken while b was away");
     let answer = curl(&[
         "-sS",
         "-o",
@@ -725,7 +724,7 @@ fn damage_in_an_incomplete_file_is_repaired_during_the_read_that_meets_it() {
         &upload,
     ]);
     wait_for("both nodes to hold what arrived", WAIT, || {
-        nodes(&tracker).iter().all(|n| n.2 == 1) && get(&a, &id).len() == arrived
+        nodes(&tracker).iter().all(|n| n.2 == 1) && body_from(&a, &id).len() == arrived
     });
     // One byte deep inside a's copy (block 20 of 64 KiB blocks, each with its checksum).
     let key = id.split('/').nth(1).unwrap();
@@ -746,9 +745,9 @@ fn damage_in_an_incomplete_file_is_repaired_during_the_read_that_meets_it() {
     raw[16 + 20 * (65_536 + 4) + 9] ^= 0x01;
     std::fs::write(&part, raw).unwrap();
     assert!(
-        get(&a, &id) == body[..arrived],
+        body_from(&a, &id) == body[..arrived],
         "every byte that arrived, right"
     );
     assert_eq!(metric(&a, "sluice_repairs_total"), 1);
-    assert!(get(&a, &id) == body[..arrived]);
+    assert!(body_from(&a, &id) == body[..arrived]);
 }

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Served, curl, wait_for};
+use common::{Served, curl, get_json, wait_for};
 use sluice_rtmp::Amf0;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -94,8 +94,7 @@ fn probe(url: &str) -> Result<Vec<String>, String> {
 }
 
 fn streams(served: &Served) -> serde_json::Value {
-    let out = curl(&["-sS", &format!("{}/v1/live/streams", served.url)]);
-    serde_json::from_slice(&out.stdout).unwrap()
+    get_json(&format!("{}/v1/live/streams", served.url))
 }
 
 fn wait_live(served: &Served, name: &str) {

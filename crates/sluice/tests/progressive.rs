@@ -6,38 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Served, curl, wait_for};
+use common::{Served, curl, curl_head, get, header, status, wait_for};
 use sluice_proto::tus::encode_metadata;
 use sluice_testkit::images::{djpeg_dimensions, progressive_jpeg};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "s3cret-for-tests";
-
-/// Runs curl with `-D -`, dropping the body; returns the status lines and headers.
-fn curl_head(args: &[&str]) -> String {
-    let mut all = vec!["-sS", "-D", "-", "-o", "/dev/null"];
-    all.extend_from_slice(args);
-    let out = curl(&all);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of `name` in the last response of `head` (after redirects).
-fn header(head: &str, name: &str) -> Option<String> {
-    let last = head.rsplit("HTTP/1.1 ").next()?;
-    last.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-    })
-}
-
-fn status(head: &str) -> String {
-    head.rsplit("HTTP/1.1 ").next().unwrap_or_default()[..3].to_owned()
-}
 
 fn patch(url: &str, offset: usize, file: &std::path::Path) -> String {
     curl_head(&[
@@ -74,19 +48,6 @@ fn create_upload(server: &str, length: usize, extra: &[&str]) -> String {
         &url,
     ]);
     curl_head(&args)
-}
-
-fn get(url: &str) -> (String, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let body = dir.path().join("b");
-    let out = curl(&["-sS", "-D", "-", "-o", body.to_str().unwrap(), url]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let head = String::from_utf8_lossy(&out.stdout).into_owned();
-    (head, std::fs::read(body).unwrap_or_default())
 }
 
 /// A webhook endpoint on a thread: answers 204 and keeps each (event header, body).
@@ -171,12 +132,12 @@ fn through_a_tracker_the_committed_part_is_on_the_peer_before_the_upload_ends() 
     assert_eq!(status(&head), "204", "{head}");
     let fileid = header(&head, "sluice-file-id").expect("committed at q = 0.3");
     // The peer already holds the committed part: a receiver routed there sees an image.
-    let (head, body) = get(&format!("{}/v1/files/{fileid}", peer.url));
+    let (_, head, body) = get(&format!("{}/v1/files/{fileid}", peer.url), &[]);
     assert_eq!(status(&head), "200", "{head}");
     assert_eq!(header(&head, "sluice-complete").as_deref(), Some("false"));
     assert_eq!(djpeg_dimensions(&body), Ok((400, 300)));
     // So does a read through the tracker.
-    let (head, body) = get(&format!("{}/v1/files/{fileid}", t.url));
+    let (_, head, body) = get(&format!("{}/v1/files/{fileid}", t.url), &[]);
     assert_eq!(
         status(&head),
         "302",
@@ -187,7 +148,7 @@ fn through_a_tracker_the_committed_part_is_on_the_peer_before_the_upload_ends() 
     let head = patch(&upload, half, &files.join("rest"));
     assert_eq!(status(&head), "204", "{head}");
     for node in [taker, peer] {
-        let (head, body) = get(&format!("{}/v1/files/{fileid}", node.url));
+        let (_, head, body) = get(&format!("{}/v1/files/{fileid}", node.url), &[]);
         assert_eq!(status(&head), "200");
         assert_eq!(header(&head, "sluice-complete"), None);
         assert_eq!(body, image, "whole on {}", node.url);
@@ -229,12 +190,12 @@ fn sigkill_mid_upload_loses_no_acknowledged_byte_and_the_upload_resumes() {
         "{head}"
     );
     assert_eq!(header(&head, "sluice-file-id"), Some(fileid.clone()));
-    let (head, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    let (_, head, body) = get(&format!("{}/v1/files/{fileid}", server.url), &[]);
     assert_eq!(header(&head, "sluice-complete").as_deref(), Some("false"));
     assert_eq!(djpeg_dimensions(&body), Ok((400, 300)));
     let head = patch(&upload, cut, &files.path().join("rest"));
     assert_eq!(status(&head), "204", "{head}");
-    let (_, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    let (_, _, body) = get(&format!("{}/v1/files/{fileid}", server.url), &[]);
     assert_eq!(body, image);
 }
 
@@ -282,7 +243,7 @@ fn the_cli_prints_the_id_at_the_mts_then_finishes_the_upload() {
     let fileid = fileid.trim().to_owned();
     assert!(fileid.starts_with("g1/"), "{fileid:?}");
     // The id came out before the upload ended: the file is still incomplete, yet an image.
-    let (head, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    let (_, head, body) = get(&format!("{}/v1/files/{fileid}", server.url), &[]);
     assert_eq!(
         header(&head, "sluice-complete").as_deref(),
         Some("false"),
@@ -297,7 +258,7 @@ fn the_cli_prints_the_id_at_the_mts_then_finishes_the_upload() {
         "{stderr}"
     );
     // The whole file is the baseline's coefficients in progressive order: the same pixels.
-    let (head, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    let (_, head, body) = get(&format!("{}/v1/files/{fileid}", server.url), &[]);
     assert_eq!(header(&head, "sluice-complete"), None);
     assert!(
         sluice_media::jpeg::scan_boundaries(&body)
@@ -349,7 +310,7 @@ fn without_q_the_cli_measures_the_link_and_chooses_the_mts() {
         .expect(&stderr);
     assert!(line.contains("q = 0.20"), "{line}");
     let fileid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let (_, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    let (_, _, body) = get(&format!("{}/v1/files/{fileid}", server.url), &[]);
     assert_eq!(
         body,
         std::fs::read(&photo).unwrap(),
@@ -401,7 +362,7 @@ fn the_cli_converts_png_and_refuses_bad_input_in_one_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     let fileid = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let (head, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    let (_, head, body) = get(&format!("{}/v1/files/{fileid}", server.url), &[]);
     assert_eq!(header(&head, "content-type").as_deref(), Some("image/jpeg"));
     assert_eq!(djpeg_dimensions(&body), Ok((120, 90)));
 
@@ -475,7 +436,7 @@ fn an_upload_whose_bytes_all_arrived_is_completed_on_restart() {
     let (event, body) = posts.recv_timeout(WAIT).unwrap();
     assert_eq!(event, "file.completed", "{body}");
     assert!(body.contains(&fileid));
-    let (head, body) = get(&format!("{}/v1/files/{fileid}", server.url));
+    let (_, head, body) = get(&format!("{}/v1/files/{fileid}", server.url), &[]);
     assert_eq!(header(&head, "sluice-complete"), None, "{head}");
     assert_eq!(body, image);
     let head = curl_head(&[

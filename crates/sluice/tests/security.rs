@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{BIN, Served, curl, curl_ok, wait_for};
+use common::{BIN, Served, curl, curl_ok, get_json, wait_for};
 
 const WAIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "cluster-s3cret";
@@ -43,9 +43,7 @@ fn request(method: &str, url: &str, headers: &[&str], body: Option<&[u8]>) -> (u
 }
 
 fn cluster_view(url: &str) -> serde_json::Value {
-    let (code, body) = request("GET", &format!("{url}/v1/cluster"), &[], None);
-    assert_eq!(code, 200);
-    serde_json::from_slice(&body).unwrap()
+    get_json(&format!("{url}/v1/cluster"))
 }
 
 fn node_urls(view: &serde_json::Value) -> Vec<String> {
@@ -324,9 +322,9 @@ fn a_copied_data_directory_or_a_wrong_advertise_cannot_take_a_nodes_place() {
     });
 }
 
-#[test]
-fn every_cluster_route_shrugs_off_garbage_oversized_bodies_and_other_nodes_messages() {
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+/// A tracker, a storage node of g1 and an edge in region eu, all live, on DIRS[0..3]; the node
+/// holds one file ("precious"), whose id comes last.
+fn cluster_holding_a_file(dirs: &[tempfile::TempDir]) -> (Served, Served, Served, String) {
     let env = [("SLUICE_CLUSTER_SECRET", SECRET)];
     let tracker = Served::tracker(dirs[0].path(), &[], &env);
     let node = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &env);
@@ -368,12 +366,31 @@ fn every_cluster_route_shrugs_off_garbage_oversized_bodies_and_other_nodes_messa
         .as_str()
         .unwrap()
         .to_owned();
-    let before = cluster_view(&tracker.url);
-    let node_id = before["groups"][0]["nodes"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    (tracker, node, edge, fileid)
+}
 
+/// What must hold after hostile requests: the same node at the same place, the file intact,
+/// everyone healthy.
+fn nothing_changed(
+    before: &serde_json::Value,
+    tracker: &Served,
+    node: &Served,
+    edge: &Served,
+    fileid: &str,
+) {
+    assert_eq!(node_urls(&cluster_view(&tracker.url)), node_urls(before));
+    let (code, body) = request("GET", &format!("{}/v1/files/{fileid}", node.url), &[], None);
+    assert_eq!((code, body), (200, b"precious".to_vec()));
+    for url in [&tracker.url, &node.url, &edge.url] {
+        assert_eq!(request("GET", &format!("{url}/healthz"), &[], None).0, 200);
+    }
+}
+
+#[test]
+fn every_cluster_route_answers_garbage_and_oversized_bodies_without_a_5xx() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (tracker, node, edge, fileid) = cluster_holding_a_file(&dirs);
+    let before = cluster_view(&tracker.url);
     let mut seed = 0x9e3779b97f4a7c15u64;
     let mut garbage = |len: usize| -> Vec<u8> {
         (0..len)
@@ -442,8 +459,21 @@ fn every_cluster_route_shrugs_off_garbage_oversized_bodies_and_other_nodes_messa
             }
         }
     }
-    // Messages about other nodes, with the secret: another node's id at a URL that is not it,
-    // and an edge claiming to be at the storage node's address.
+    nothing_changed(&before, &tracker, &node, &edge, &fileid);
+}
+
+#[test]
+fn a_heartbeat_with_another_nodes_id_at_a_url_that_is_not_it_is_refused() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (tracker, node, edge, fileid) = cluster_holding_a_file(&dirs);
+    let before = cluster_view(&tracker.url);
+    let node_id = before["groups"][0]["nodes"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let with_secret = format!("sluice-cluster-secret: {SECRET}");
+    // With the secret: another node's id at a URL that is not it.
     let (code, _) = request(
         "POST",
         &format!("{}/v1/cluster/heartbeat", tracker.url),
@@ -451,13 +481,7 @@ fn every_cluster_route_shrugs_off_garbage_oversized_bodies_and_other_nodes_messa
         Some(&heartbeat(&node_id, "http://127.0.0.1:9")),
     );
     assert_eq!(code, 409);
-    // Nothing changed: the same node at the same place, the file intact, everyone healthy.
-    assert_eq!(node_urls(&cluster_view(&tracker.url)), node_urls(&before));
-    let (code, body) = request("GET", &format!("{}/v1/files/{fileid}", node.url), &[], None);
-    assert_eq!((code, body), (200, b"precious".to_vec()));
-    for url in [&tracker.url, &node.url, &edge.url] {
-        assert_eq!(request("GET", &format!("{url}/healthz"), &[], None).0, 200);
-    }
+    nothing_changed(&before, &tracker, &node, &edge, &fileid);
 }
 
 /// A TCP proxy on 127.0.0.1 that records every byte clients send through it; its target is set

@@ -245,3 +245,73 @@ pub fn sluice(args: &[&str]) -> Output {
 pub fn data_files(root: &Path) -> usize {
     sluice_blob::data_file_paths(root).map_or(0, |p| p.len())
 }
+
+/// Runs curl with `-D -`, dropping the body; returns the status lines and headers of every
+/// answer (redirects included, when `-L` is in `args`).
+pub fn curl_head(args: &[&str]) -> String {
+    let mut all = vec!["-sS", "-D", "-", "-o", "/dev/null"];
+    all.extend_from_slice(args);
+    String::from_utf8_lossy(&curl_ok(&all)).into_owned()
+}
+
+/// A GET of `url` with curl (redirects followed only when `-L` is in `extra`): the status of
+/// the last answer, that answer's head (status line and headers), and the body.
+pub fn get(url: &str, extra: &[&str]) -> (String, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("b");
+    let mut args = vec!["-sS", "-D", "-", "-o", body.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let heads = String::from_utf8_lossy(&curl_ok(&args)).into_owned();
+    let last = heads
+        .rfind("HTTP/1.1 ")
+        .map_or(heads.as_str(), |at| &heads[at..]);
+    (
+        status(last),
+        last.to_owned(),
+        std::fs::read(body).unwrap_or_default(),
+    )
+}
+
+/// The body of a GET of `url`, which must succeed (curl `-f`).
+pub fn get_ok(url: &str) -> Vec<u8> {
+    curl_ok(&["-sS", "-f", url])
+}
+
+/// A GET of `url` (which must succeed) whose answer is JSON.
+pub fn get_json(url: &str) -> serde_json::Value {
+    let body = get_ok(url);
+    serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "GET {url} is not JSON: {e}: {}",
+            String::from_utf8_lossy(&body)
+        )
+    })
+}
+
+/// `name`'s value in `{url}/metrics`; None when the server does not answer or lacks it.
+pub fn metric(url: &str, name: &str) -> Option<u64> {
+    let out = curl(&["-sS", "-f", &format!("{url}/metrics")]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+}
+
+/// The value of header `name` in the last answer of `head` (after redirects).
+pub fn header(head: &str, name: &str) -> Option<String> {
+    let last = head.rsplit("HTTP/1.1 ").next()?;
+    last.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+/// The status code of the last answer of `head` (after redirects).
+pub fn status(head: &str) -> String {
+    head.rsplit("HTTP/1.1 ")
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(3)
+        .collect()
+}
