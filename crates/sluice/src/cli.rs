@@ -86,21 +86,24 @@ pub struct ServeCmd {
 
 #[derive(Args, Debug)]
 pub struct LiveArgs {
-    /// Address for RTMP (publish and play).
-    #[arg(long, default_value = "127.0.0.1:1935")]
-    pub rtmp: SocketAddr,
-    /// Address for HTTP-FLV and the stream list.
-    #[arg(long, default_value = "127.0.0.1:8090")]
-    pub http: SocketAddr,
+    /// TOML config file (its `[live]` section); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address for RTMP (publish and play) [default: 127.0.0.1:1935].
+    #[arg(long)]
+    pub rtmp: Option<SocketAddr>,
+    /// Address for HTTP-FLV, HLS and the stream list [default: 127.0.0.1:8090].
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
     /// Trackers of the cluster (where recordings are stored); repeat for several.
     #[arg(long = "tracker")]
     pub trackers: Vec<String>,
     /// Record every publish into the cluster's storage (needs --tracker).
     #[arg(long)]
     pub record: bool,
-    /// Directory for recordings in progress and the recordings list.
-    #[arg(long, default_value = "sluice-live")]
-    pub data: std::path::PathBuf,
+    /// Directory for recordings in progress and the recordings list [default: sluice-live].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Run without SLUICE_CLUSTER_SECRET, with cluster routes open to anyone who can reach
     /// this port: for a lab only.
     #[arg(long)]
@@ -111,8 +114,8 @@ pub struct LiveArgs {
 pub struct StorageArgs {
     #[command(flatten)]
     pub node: ServeArgs,
-    /// A tracker to register with; repeat for several.
-    #[arg(long = "tracker", required = true)]
+    /// A tracker to register with; repeat for several (or `trackers` in the config).
+    #[arg(long = "tracker")]
     pub trackers: Vec<String>,
     /// The URL clients and peers should use for this node (default: the listen address).
     #[arg(long)]
@@ -131,18 +134,22 @@ pub enum PlacementArg {
 
 #[derive(Args, Debug)]
 pub struct EdgeArgs {
+    /// TOML config file (its `[edge]` section); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// Where files come from on a miss: a `sluice serve`, a storage node or a tracker.
     #[arg(long)]
-    pub origin: String,
-    /// Address for the edge's HTTP API.
-    #[arg(long, default_value = "127.0.0.1:8088")]
-    pub http: SocketAddr,
-    /// Cache directory (created if missing; survives restarts).
-    #[arg(long, default_value = "sluice-edge-cache")]
-    pub cache: PathBuf,
-    /// Most bytes of files kept; least recently used files go first (e.g. `10GiB`).
-    #[arg(long, default_value = "1GiB")]
-    pub cache_size: ByteSize,
+    pub origin: Option<String>,
+    /// Address for the edge's HTTP API [default: 127.0.0.1:8088].
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Cache directory (created if missing; survives restarts) [default: sluice-edge-cache].
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Most bytes of files kept; least recently used files go first (e.g. `10GiB`)
+    /// [default: 1GiB].
+    #[arg(long)]
+    pub cache_size: Option<ByteSize>,
     /// The region this edge serves (trackers route clients of that region here).
     #[arg(long)]
     pub region: Option<String>,
@@ -152,12 +159,12 @@ pub struct EdgeArgs {
     /// The URL clients should use for this edge (default: the listen address).
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Memory for the cache of small hot files.
-    #[arg(long, default_value = "256MiB")]
-    pub hot_cache_size: ByteSize,
-    /// Connections served at once.
-    #[arg(long, default_value_t = 10_000)]
-    pub max_connections: usize,
+    /// Memory for the cache of small hot files [default: 256MiB].
+    #[arg(long)]
+    pub hot_cache_size: Option<ByteSize>,
+    /// Connections served at once [default: 10000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// Serve HTML, SVG, XML and JavaScript files inline (still sandboxed) rather than as
     /// attachments.
     #[arg(long)]
@@ -170,18 +177,21 @@ pub struct EdgeArgs {
 
 #[derive(Args, Debug)]
 pub struct TrackerArgs {
-    /// Address for the tracker's HTTP API.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub http: SocketAddr,
-    /// Directory for the tracker's members file.
-    #[arg(long, default_value = "sluice-tracker")]
-    pub data: PathBuf,
-    /// Milliseconds without a heartbeat before a node is marked offline.
-    #[arg(long, default_value_t = 6000)]
-    pub offline_after_ms: u64,
-    /// How uploads are spread over groups.
-    #[arg(long, value_enum, default_value = "most-free")]
-    pub placement: PlacementArg,
+    /// TOML config file (its `[tracker]` section); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address for the tracker's HTTP API [default: 127.0.0.1:9090].
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Directory for the tracker's members file [default: sluice-tracker].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Milliseconds without a heartbeat before a node is marked offline [default: 6000].
+    #[arg(long)]
+    pub offline_after_ms: Option<u64>,
+    /// How uploads are spread over groups [default: most-free].
+    #[arg(long, value_enum)]
+    pub placement: Option<PlacementArg>,
     /// Clients from an address prefix belong to a region, e.g. `10.8.0.0/16=eu`; repeat.
     /// `GET /v1/route/{fileid}` sends them to an edge of that region.
     #[arg(long = "region-map", value_name = "PREFIX=REGION")]

@@ -3,8 +3,6 @@
 //! `GET /v1/assign` answer as they do in a cluster), and with `--rtmp` the live role. Each
 //! role contributes its router and workers; they share one HTTP server.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use sluice_tracker::{Placement, TrackerConfig, TrackerState};
 
@@ -16,10 +14,10 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     init_logging();
     let mut config = ServeConfig::load(&args.node)?;
     if args.rtmp.is_some() {
-        config.raw.rtmp = args.rtmp;
+        config.raw.live.rtmp = args.rtmp;
     }
     if args.record {
-        config.raw.record = true;
+        config.raw.live.record = true;
     }
     // Without a cluster secret, serve takes no registrations and serves no internal route:
     // it needs none to work alone.
@@ -27,7 +25,7 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
         crate::roles::cluster_secret(),
         sluice_http::ClusterAccess::Closed,
     );
-    let listener = bind(config.raw.http, "HTTP").await?;
+    let listener = bind(config.raw.node.http, "HTTP").await?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     let mut node_config = config.node(cluster.clone());
@@ -36,7 +34,7 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     let node = sluice_storage::node::open(&node_config, &url).await?;
     let mut parts = sluice_storage::node::parts(&node, &node_config);
 
-    let interval = Duration::from_millis(config.raw.heartbeat_interval_ms);
+    let interval = config.raw.node.heartbeat_interval.0;
     let tracker = TrackerState::new(TrackerConfig {
         offline_after: interval * 3,
         placement: Placement::MostFree,
@@ -44,20 +42,19 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
         members_file: None,
         access: crate::roles::access_policy(),
         cors: sluice_http::CorsPolicy::AnyOrigin,
-        http: config.http_limits(),
-        regions: crate::config::parse_regions(
-            config
-                .raw
-                .regions
-                .iter()
-                .map(|(p, r)| (p.as_str(), r.as_str())),
-        )?,
-        trusted_proxies: crate::config::parse_prefixes(&config.raw.trusted_proxies)?,
+        http: config.raw.http.limits(),
+        regions: config.raw.routing.regions()?,
+        trusted_proxies: crate::config::parse_prefixes(&config.raw.routing.trusted_proxies)?,
     });
     let mut link = node.link.clone();
-    link.advertise = config.raw.advertise.clone().unwrap_or_else(|| url.clone());
+    link.advertise = config
+        .raw
+        .node
+        .advertise
+        .clone()
+        .unwrap_or_else(|| url.clone());
     link.interval = interval;
-    link.free_space_reserve = config.raw.free_space_reserve.0;
+    link.free_space_reserve = config.raw.node.free_space_reserve.0;
     parts.workers.spawn("embedded-heartbeats", {
         let (state, tracker) = (node.state.clone(), tracker.clone());
         move |mut stopping| async move {
@@ -75,20 +72,20 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
 
     // Live streaming, when an RTMP address is configured.
     let live_config = config.live();
-    let live = if config.raw.record {
+    let live = if config.raw.live.record {
         // Recordings are uploaded to this very server, like any other file.
         let store =
             sluice_client::cluster::Endpoint::new(Some(&url), &[], crate::client_cmds::api_token())
                 .context("recording upload client")?;
         let record = sluice_live::record::RecordConfig {
-            dir: config.raw.data.join("live"),
+            dir: config.raw.node.data.join("live"),
             store,
         };
         sluice_live::LiveState::with_recording(live_config, record).context("recordings")?
     } else {
         sluice_live::LiveState::new(live_config)
     };
-    let rtmp_addr = match config.raw.rtmp {
+    let rtmp_addr = match config.raw.live.rtmp {
         None => None,
         Some(addr) => {
             let rtmp = bind(addr, "RTMP").await?;
@@ -100,7 +97,7 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     tracing::info!(
         http = %url,
         rtmp = %rtmp_addr.map(|a| format!("rtmp://{a}")).unwrap_or_else(|| "off".into()),
-        data = %config.raw.data.display(),
+        data = %config.raw.node.data.display(),
         group = %config.group,
         files = node.state.store().files(),
         workers = ?parts.workers.names(),

@@ -6,9 +6,9 @@ use crate::roles::{bind, cluster_access, init_logging, shutdown_requested, until
 
 pub async fn run(args: StorageArgs) -> anyhow::Result<()> {
     init_logging();
-    let cluster = cluster_access("storage node", args.insecure_no_cluster_secret, true)?;
     let config = ServeConfig::load_storage(&args)?;
-    let listener = bind(config.raw.http, "HTTP").await?;
+    let cluster = cluster_access("storage node", args.insecure_no_cluster_secret, true)?;
+    let listener = bind(config.raw.node.http, "HTTP").await?;
     let running =
         sluice_storage::start(listener, config.node(cluster), shutdown_requested()).await?;
     until_stopped(running).await

@@ -276,3 +276,84 @@ fn with_a_url_secret_the_cli_signs_its_own_reads() {
         "{stat}"
     );
 }
+
+/// A config file for every role at once: each role reads its section, flags win over it, and
+/// a misspelt key stops the role with one line naming it.
+#[test]
+fn every_role_takes_its_section_of_one_config_file_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let config = dir.path().join("sluice.toml");
+    // Port 1 cannot be bound here: a role that starts took the flag's address instead.
+    std::fs::write(
+        &config,
+        format!(
+            "[tracker]\nhttp = \"127.0.0.1:0\"\ndata = {tracker:?}\noffline_after = \"1s\"\n\
+             [edge]\norigin = \"http://127.0.0.1:9\"\nhttp = \"127.0.0.1:1\"\ncache = {cache:?}\n\
+             [live]\nhttp = \"127.0.0.1:0\"\nrtmp = \"127.0.0.1:0\"\n",
+            tracker = path("tracker"),
+            cache = path("cache"),
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let open = ("SLUICE_CLUSTER_SECRET", "s3cret");
+
+    let tracker = Served::spawn(&["tracker", "--config", config], &[open]);
+    assert!(std::path::Path::new(&path("tracker")).is_dir());
+    let edge = Served::spawn(
+        &["edge", "--config", config, "--http", "127.0.0.1:0"],
+        &[open],
+    );
+    let live = Served::spawn(&["live", "--config", config], &[open]);
+    assert!(live.rtmp.is_some());
+    for role in [&tracker, &edge, &live] {
+        let health = curl(&["-sf", &format!("{}/healthz", role.url)]);
+        assert!(health.status.success(), "{}", role.url);
+    }
+
+    // `sluice storage` finds its trackers in `[storage]`.
+    let node_config = dir.path().join("node.toml");
+    std::fs::write(
+        &node_config,
+        format!(
+            "group = \"g7\"\n[storage]\ntrackers = [{:?}]\nheartbeat_interval = \"100ms\"\n",
+            tracker.url
+        ),
+    )
+    .unwrap();
+    let _node = Served::spawn(
+        &[
+            "storage",
+            "--config",
+            node_config.to_str().unwrap(),
+            "--data",
+            &path("node"),
+            "--http",
+            "127.0.0.1:0",
+        ],
+        &[open],
+    );
+    common::wait_for(
+        "the node to register",
+        std::time::Duration::from_secs(20),
+        || {
+            common::get_json(&format!("{}/v1/cluster", tracker.url))
+                .to_string()
+                .contains("\"g7\"")
+        },
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[edge]\norigin = \"http://x\"\ncache_sise = \"1GiB\"\n",
+    )
+    .unwrap();
+    for role in ["edge", "tracker", "live", "serve"] {
+        let out = sluice(&[role, "--config", bad.to_str().unwrap()]);
+        assert!(!out.status.success(), "{role} started with a misspelt key");
+        let line = stderr_line(&out);
+        assert!(line.contains("cache_sise"), "{role}: {line}");
+    }
+}
