@@ -1,0 +1,14 @@
+//! Small process state done right, the same in every role:
+//!
+//! - [`file`]: state files (`NODE_ID`, `members.json`, `peers.json`, upload sessions...)
+//!   written whole and durably (temp file, fsync, rename, directory fsync), JSON ones with a
+//!   version marker so a newer format is refused rather than misread.
+//! - [`sync`]: locks that survive a panic elsewhere: a poisoned lock is recovered (and said
+//!   once), never skipped, since what these locks guard (maps, counters, lists) is whole at
+//!   every step.
+
+pub mod file;
+pub mod sync;
+
+pub use file::{StateError, load, load_or_create_id, save, save_blocking, write_durably};
+pub use sync::{LockRecover, RwLockRecover};
