@@ -16,17 +16,14 @@ pub struct Registration {
 
 /// This edge's id: made once and kept in the cache directory, so it survives restarts.
 pub fn edge_id(dir: &std::path::Path) -> std::io::Result<String> {
-    let path = dir.join("EDGE_ID");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        if !id.trim().is_empty() {
-            return Ok(id.trim().to_owned());
-        }
-    }
-    let mut bytes = [0u8; sluice_proto::fileid::KEY_BYTES];
-    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let id = sluice_proto::BlobKey::from_bytes(bytes).to_string();
-    std::fs::write(&path, format!("{id}\n"))?;
-    Ok(id)
+    Ok(sluice_state::load_or_create_id(
+        &dir.join("EDGE_ID"),
+        || {
+            let mut bytes = [0u8; sluice_proto::fileid::KEY_BYTES];
+            getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok(sluice_proto::BlobKey::from_bytes(bytes).to_string())
+        },
+    )?)
 }
 
 /// Heartbeats every tracker each interval until `shutdown`.
@@ -35,8 +32,18 @@ pub async fn run(
     registration: Registration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let id = match edge_id(edge.store().root().parent().unwrap_or(edge.store().root())) {
-        Ok(id) => id,
+    let dir = edge
+        .store()
+        .root()
+        .parent()
+        .unwrap_or(edge.store().root())
+        .to_owned();
+    let id = match tokio::task::spawn_blocking(move || edge_id(&dir)).await {
+        Ok(Ok(id)) => id,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot make an edge id; not registering with trackers");
+            return;
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot make an edge id; not registering with trackers");
             return;

@@ -18,6 +18,41 @@ pub trait HttpError: std::fmt::Display {
     fn add_headers(&self, _headers: &mut HeaderMap) {}
 }
 
+/// An answer refused with a status and a reason, for roles whose refusals are few and plain
+/// (the tracker's, HTTP-FLV's).
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl HttpError for Refusal {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error_response(&self)
+    }
+}
+
 /// The one way an error becomes an answer: `{"error": MESSAGE}` with its status and headers.
 pub fn error_response<E: HttpError + ?Sized>(error: &E) -> Response {
     let mut response = (

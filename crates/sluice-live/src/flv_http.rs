@@ -17,13 +17,7 @@ use crate::LiveState;
 use crate::hub::{Feed, FeedStep, Frame, MAX_BATCH_BYTES};
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        axum::Json(sluice_proto::ErrorBody {
-            error: message.to_owned(),
-        }),
-    )
-        .into_response()
+    sluice_http::errors::Refusal::new(status, message).into_response()
 }
 
 pub(crate) async fn play(

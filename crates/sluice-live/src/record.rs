@@ -54,7 +54,10 @@ fn first_part() -> u32 {
     1
 }
 
-/// The recordings list, kept in `recordings.json` (written atomically on each change).
+/// The format version of `recordings.json`.
+const RECORDINGS_VERSION: u32 = 1;
+
+/// The recordings list, kept in `recordings.json` (written durably on each change).
 pub struct Recordings {
     file: PathBuf,
     list: Mutex<Vec<Recording>>,
@@ -72,10 +75,8 @@ impl Recordings {
             }
         }
         let file = dir.join("recordings.json");
-        let list = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
+        // An unreadable list stops the start: saving over it would lose every entry.
+        let list = sluice_state::load(&file, RECORDINGS_VERSION)?.unwrap_or_default();
         Ok(Self {
             file,
             list: Mutex::new(list),
@@ -86,21 +87,13 @@ impl Recordings {
         self.list.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// Adds a recording and saves the list (blocking: called off the async threads).
     fn add(&self, recording: Recording) {
         let Ok(mut list) = self.list.lock() else {
             return;
         };
         list.push(recording);
-        let tmp = self.file.with_extension("json.tmp");
-        let written = serde_json::to_vec_pretty(&*list)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let mut f = File::create(&tmp)?;
-                f.write_all(&bytes)?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &self.file)
-            });
-        if let Err(e) = written {
+        if let Err(e) = sluice_state::save_blocking(&self.file, RECORDINGS_VERSION, &*list) {
             tracing::error!(error = %e, "could not save the recordings list");
         }
     }

@@ -693,3 +693,34 @@ async fn wait_until_free(state: &LiveState) {
         tokio::time::sleep(POLL).await;
     }
 }
+
+#[tokio::test]
+async fn the_live_role_answers_health_metrics_and_json_404s_like_every_role() {
+    let server = start().await;
+    let (_publisher, code) = try_publish(&server, "cam-metrics").await;
+    assert_eq!(code, "NetStream.Publish.Start");
+    let missing = reqwest::get(format!("{}/nowhere", server.http))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(body["error"], "no such endpoint");
+    let health = reqwest::get(format!("{}/healthz", server.http))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let metrics = reqwest::get(format!("{}/metrics", server.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "sluice_live_streams 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_http_requests_total{") && metrics.contains("status=\"404\""),
+        "{metrics}"
+    );
+}

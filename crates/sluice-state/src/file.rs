@@ -48,11 +48,13 @@ impl StateError {
 }
 
 impl From<StateError> for std::io::Error {
+    /// Keeps the kind (a full disk stays `StorageFull`) and names the file.
     fn from(e: StateError) -> Self {
-        match e {
-            StateError::Io { source, .. } => source,
-            other => std::io::Error::other(other.to_string()),
-        }
+        let kind = match &e {
+            StateError::Io { source, .. } => source.kind(),
+            _ => std::io::ErrorKind::InvalidData,
+        };
+        std::io::Error::new(kind, e.to_string())
     }
 }
 

@@ -27,22 +27,17 @@ pub struct ClusterLink {
 /// Reads the node's id from `DATA/NODE_ID`, creating it (random, durable) on first start, so a
 /// node keeps its identity across restarts and address changes.
 pub fn node_id(data: &Path) -> std::io::Result<String> {
-    let path = data.join("NODE_ID");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    Ok(sluice_state::load_or_create_id(
+        &data.join("NODE_ID"),
+        new_id,
+    )?)
+}
+
+/// A fresh random id (as unguessable as a file id's key).
+pub fn new_id() -> std::io::Result<String> {
     let mut bytes = [0u8; sluice_proto::fileid::KEY_BYTES];
     getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let id = sluice_proto::BlobKey::from_bytes(bytes).to_string();
-    let tmp = data.join("NODE_ID.tmp");
-    std::fs::write(&tmp, format!("{id}\n"))?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data)?.sync_all()?;
-    Ok(id)
+    Ok(sluice_proto::BlobKey::from_bytes(bytes).to_string())
 }
 
 /// What this node would say in a heartbeat now.

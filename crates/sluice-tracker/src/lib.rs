@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 use sluice_http::{HttpLimits, HttpMetrics};
 use sluice_proto::cluster::{Heartbeat, HeartbeatAnswer, NodeIdentity};
-use sluice_proto::{ErrorBody, FileId, GroupName};
+use sluice_proto::{FileId, GroupName};
 use tokio::net::TcpListener;
 
 pub use edges::EdgeRegistry;
@@ -98,13 +98,7 @@ impl TrackerState {
 }
 
 pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(ErrorBody {
-            error: message.into(),
-        }),
-    )
-        .into_response()
+    sluice_http::errors::Refusal::new(status, message).into_response()
 }
 
 /// The tracker's own routes. `sluice serve` merges the cluster ones into its router.

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -40,16 +40,23 @@ pub struct Registry {
     /// Turns for tie-breaks and round robin, shared by placement and routing.
     turn: AtomicUsize,
     members_file: Option<PathBuf>,
+    /// Writes the members file off the async threads, the latest membership last.
+    members: Option<sluice_state::Saver<MembersFile>>,
     /// The members file is behind what the registry knows (its last write failed: a full
     /// disk, say); the next heartbeat writes it again.
-    members_unsaved: std::sync::atomic::AtomicBool,
+    members_unsaved: Arc<std::sync::atomic::AtomicBool>,
     retired: Mutex<std::collections::BTreeSet<String>>,
 }
+
+/// The members file's format version.
+const MEMBERS_VERSION: u32 = 1;
 
 /// What the members file keeps: who belongs where, so a restarted tracker shows a node that is
 /// down as offline instead of forgetting it.
 #[derive(Serialize, Deserialize)]
 struct MembersFile {
+    /// Written by releases before the file had a version envelope; kept for them.
+    #[serde(default)]
     version: u32,
     nodes: Vec<KnownNode>,
     /// Nodes retired for good: their heartbeats are refused.
@@ -83,13 +90,37 @@ impl Registry {
         placement: Placement,
         members_file: Option<PathBuf>,
     ) -> Self {
+        let members_unsaved = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let members = members_file.as_deref().and_then(|path| {
+            let unsaved = members_unsaved.clone();
+            let shown = path.display().to_string();
+            let saver = sluice_state::Saver::start(path, MEMBERS_VERSION, move |result| {
+                match result {
+                    // Said once per failure spell, not per heartbeat.
+                    Err(e) => {
+                        if !unsaved.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(path = %shown, error = %e, "could not save the members file; trying again with each heartbeat");
+                        }
+                    }
+                    Ok(()) => {
+                        if unsaved.swap(false, Ordering::Relaxed) {
+                            tracing::info!(path = %shown, "members file saved again");
+                        }
+                    }
+                }
+            });
+            saver
+                .inspect_err(|e| tracing::error!(error = %e, "cannot start the members file writer; membership is kept in memory only"))
+                .ok()
+        });
         let registry = Self {
             groups: Mutex::new(BTreeMap::new()),
             offline_after,
             placement,
             turn: AtomicUsize::new(0),
             members_file,
-            members_unsaved: std::sync::atomic::AtomicBool::new(false),
+            members,
+            members_unsaved,
             retired: Mutex::new(Default::default()),
         };
         registry.load_members();
@@ -100,13 +131,13 @@ impl Registry {
         let Some(path) = &self.members_file else {
             return;
         };
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return;
-        };
-        let file: MembersFile = match serde_json::from_str(&text) {
-            Ok(f) => f,
+        let file: MembersFile = match sluice_state::load(path, MEMBERS_VERSION) {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            // Soft state: the nodes' next heartbeats rebuild it (retirements aside, which
+            // the operator repeats), so a tracker still starts.
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable members file");
+                tracing::error!(error = %e, "ignoring an unreadable members file; nodes are relearnt from their heartbeats");
                 return;
             }
         };
@@ -215,7 +246,7 @@ impl Registry {
     }
 
     fn save_members(&self, groups: &BTreeMap<String, BTreeMap<String, Member>>) {
-        let Some(path) = &self.members_file else {
+        let Some(saver) = &self.members else {
             return;
         };
         let file = MembersFile {
@@ -224,7 +255,7 @@ impl Registry {
                 .lock()
                 .map(|r| r.iter().cloned().collect())
                 .unwrap_or_default(),
-            version: 1,
+            version: MEMBERS_VERSION,
             nodes: groups
                 .iter()
                 .flat_map(|(g, nodes)| {
@@ -236,25 +267,14 @@ impl Registry {
                 })
                 .collect(),
         };
-        // Small and rare (membership changes only): written in place of the old one atomically.
-        let result = serde_json::to_vec_pretty(&file)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, bytes)?;
-                std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, path)
-            });
-        let failed = result.is_err();
-        if let Err(e) = result {
-            // Said once per failure spell, not per heartbeat.
-            if !self.members_unsaved.load(Ordering::Relaxed) {
-                tracing::warn!(path = %path.display(), error = %e, "could not save the members file; trying again with each heartbeat");
-            }
-        } else if self.members_unsaved.load(Ordering::Relaxed) {
-            tracing::info!(path = %path.display(), "members file saved again");
+        saver.save(file);
+    }
+
+    /// Waits until the members file holds what the registry knows (tests, shutdown).
+    pub fn flush_members(&self) {
+        if let Some(saver) = &self.members {
+            saver.flush();
         }
-        self.members_unsaved.store(failed, Ordering::Relaxed);
     }
 
     fn state_of(&self, m: &Member, now: Instant) -> NodeState {
@@ -565,10 +585,12 @@ mod tests {
             Some(file.clone()),
         );
         r.heartbeat(hb("g1", "a", 1));
+        r.flush_members();
         assert!(!file.exists());
         std::fs::create_dir(dir.path().join("later")).unwrap();
         // The same membership again: written now all the same.
         r.heartbeat(hb("g1", "a", 1));
+        r.flush_members();
         assert!(file.exists());
         let restarted = Registry::new(Duration::from_secs(6), Placement::MostFree, Some(file));
         let view = restarted.view();

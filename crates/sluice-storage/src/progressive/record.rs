@@ -1,7 +1,6 @@
 //! A session's declaration, `DATA/uploads/ID.json`, written durably.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -36,16 +35,17 @@ pub(crate) fn expects_jpeg(record: &SessionRecord) -> bool {
 }
 
 pub(crate) fn write_record(path: &Path, record: &SessionRecord) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec(record).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
+    Ok(sluice_state::save_blocking(path, RECORD_VERSION, record)?)
+}
+
+/// A record saved by [`write_record`], or by a release before the version envelope.
+pub(crate) fn read_record(path: &Path) -> std::io::Result<SessionRecord> {
+    let record: SessionRecord = sluice_state::load(path, RECORD_VERSION)?
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no session record"))?;
+    if record.version != RECORD_VERSION {
+        return Err(std::io::Error::other("unknown session record version"));
     }
-    Ok(())
+    Ok(record)
 }
 
 pub(crate) fn new_record(

@@ -9,7 +9,7 @@ use sluice_blob::BlobStore;
 use sluice_media::jpeg::ScanTracker;
 use sluice_proto::BlobKey;
 
-use super::record::{RECORD_VERSION, SessionRecord, write_record};
+use super::record::{SessionRecord, read_record, write_record};
 use super::session::{Progress, Session, track_file};
 use super::{ProgressiveConfig, io_error};
 use crate::error::ApiError;
@@ -70,11 +70,7 @@ impl Uploads {
     ) -> std::io::Result<()> {
         let record_path = self.dir.join(format!("{id}.json"));
         let data_path = self.dir.join(format!("{id}.data"));
-        let record: SessionRecord =
-            serde_json::from_slice(&std::fs::read(&record_path)?).map_err(std::io::Error::other)?;
-        if record.version != RECORD_VERSION {
-            return Err(std::io::Error::other("unknown session record version"));
-        }
+        let record = read_record(&record_path)?;
         let file = File::options().read(true).write(true).open(&data_path)?;
         let offset = file.metadata()?.len().min(record.length);
         let tracker = track_file(&file, offset, config.max_scan_tail)?;

@@ -15,7 +15,7 @@ use sluice_proto::{BlobKey, FileId};
 use tokio::sync::watch;
 
 use super::record::{SessionRecord, expects_jpeg, write_record};
-use super::{ProgressiveConfig, READ_CHUNK, UploadContext, io_error, now_ms, run_blocking};
+use super::{ProgressiveConfig, READ_CHUNK, UploadContext, now_ms, run_blocking};
 use crate::error::ApiError;
 use crate::events::{EventKind, FileEvent};
 use crate::replication::ReplicaSource;
@@ -182,7 +182,7 @@ impl Session {
             });
         }
         if let Some(mts) = mts_override {
-            self.set_mts(&progress, mts)?;
+            self.set_mts(&progress, mts).await?;
         }
         self.touch();
         let file = progress.file.clone().ok_or(ApiError::Internal)?;
@@ -259,7 +259,7 @@ impl Session {
     }
 
     /// Lowers or raises the MTS before the commit (the client measured its link).
-    fn set_mts(&self, progress: &Progress, mts: u64) -> Result<(), ApiError> {
+    async fn set_mts(&self, progress: &Progress, mts: u64) -> Result<(), ApiError> {
         if progress.committed.is_some() {
             return Ok(());
         }
@@ -270,7 +270,8 @@ impl Session {
             ));
         }
         record.mts = mts;
-        write_record(&self.record_path, &record).map_err(io_error)?;
+        let (path, saved) = (self.record_path.clone(), record.clone());
+        run_blocking(move || write_record(&path, &saved)).await?;
         if let Ok(mut r) = self.record.lock() {
             *r = record;
         }

@@ -24,9 +24,14 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// ...up to this.
 const LONGEST_RETRY: Duration = Duration::from_secs(300);
 
+/// The format version of `peers.json`.
+pub(super) const PROGRESS_VERSION: u32 = 2;
+
 /// What catch-up keeps across rounds and restarts (`peers.json`).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub(super) struct Progress {
+    /// Written inside the file by releases before the version envelope.
+    #[serde(default)]
     version: u32,
     /// Position reached in each peer's oplog, by node id.
     cursors: BTreeMap<String, u64>,
@@ -46,36 +51,28 @@ struct Pending {
 impl Progress {
     /// The saved progress; a file of the first release (cursors alone) is read too.
     pub(super) fn load(path: &Path) -> Self {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return Self::default();
-        };
-        serde_json::from_str(&text)
-            .or_else(|_| {
-                serde_json::from_str::<BTreeMap<String, u64>>(&text).map(|cursors| Self {
+        match sluice_state::load::<Self>(path, PROGRESS_VERSION) {
+            Ok(Some(progress)) => progress,
+            Ok(None) => Self::default(),
+            Err(e) => match sluice_state::load::<BTreeMap<String, u64>>(path, PROGRESS_VERSION) {
+                Ok(Some(cursors)) => Self {
                     cursors,
                     ..Self::default()
-                })
-            })
-            .unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "unreadable catch-up progress; starting over (every step is idempotent)");
-                Self::default()
-            })
+                },
+                _ => {
+                    // Losing it only means re-reading some oplog: every step is idempotent.
+                    tracing::warn!(error = %e, "unreadable catch-up progress; starting over");
+                    Self::default()
+                }
+            },
+        }
     }
 
-    fn save(&mut self, path: &Path) {
-        self.version = 2;
-        // Losing it only means re-reading some oplog (every step is idempotent), but a file
-        // set aside must not be forgotten: written whole, then renamed.
-        let tmp = path.with_extension("tmp");
-        let result = serde_json::to_vec(self)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                std::fs::write(&tmp, bytes)?;
-                std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, path)
-            });
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not save catch-up progress");
+    /// A copy to save.
+    fn snapshot(&self) -> Self {
+        Self {
+            version: PROGRESS_VERSION,
+            ..self.clone()
         }
     }
 }
@@ -294,8 +291,8 @@ impl Replication {
                 Err(e) => self.set_aside(&id, e),
             }
         }
-        if let Ok(mut p) = self.progress.lock() {
-            p.save(&self.config.cursors_file);
+        if let Ok(p) = self.progress.lock() {
+            self.save_progress_file(&p);
         }
     }
 
@@ -331,7 +328,15 @@ impl Replication {
     fn save_progress(&self, peer: &str, cursor: u64) {
         if let Ok(mut p) = self.progress.lock() {
             p.cursors.insert(peer.to_owned(), cursor);
-            p.save(&self.config.cursors_file);
+            self.save_progress_file(&p);
+        }
+    }
+
+    /// Hands the progress to its file's writer: a file set aside must not be forgotten by a
+    /// restart, but the catch-up loop does not wait for the disk.
+    fn save_progress_file(&self, progress: &Progress) {
+        if let Some(saver) = &self.progress_file {
+            saver.save(progress.snapshot());
         }
     }
 }
@@ -355,7 +360,7 @@ mod tests {
                 next_try: Some(Instant::now()),
             },
         );
-        p.save(&path);
+        sluice_state::save_blocking(&path, PROGRESS_VERSION, &p.snapshot()).unwrap();
         let again = Progress::load(&path);
         assert_eq!(again.cursors.get("node-a"), Some(&42));
         assert_eq!(again.pending["g1/x"].attempts, 3);

@@ -58,6 +58,8 @@ pub struct Replication {
     peers: RwLock<Vec<NodeView>>,
     /// How far catch-up got with each peer, and the files it could not fetch yet.
     progress: Mutex<catch_up::Progress>,
+    /// Writes `peers.json` off the async threads.
+    progress_file: Option<sluice_state::Saver<catch_up::Progress>>,
     /// Files catch-up failed to fetch, ever.
     catch_up_failures: std::sync::atomic::AtomicU64,
     /// False until a catch-up round found this node level with every peer.
@@ -123,12 +125,33 @@ impl Replication {
             .pool_max_idle_per_host(64)
             .build()?;
         let progress = catch_up::Progress::load(&config.cursors_file);
+        let shown = config.cursors_file.display().to_string();
+        let failing = AtomicBool::new(false);
+        let progress_file = sluice_state::Saver::start(
+            &config.cursors_file,
+            catch_up::PROGRESS_VERSION,
+            // Said once per failure spell, not per oplog page.
+            move |result| match result {
+                Err(e) if !failing.swap(true, Ordering::Relaxed) => {
+                    tracing::warn!(path = %shown, error = %e, "could not save catch-up progress; each change tries again");
+                }
+                Err(_) => {}
+                Ok(()) => {
+                    if failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(path = %shown, "catch-up progress saved again");
+                    }
+                }
+            },
+        )
+        .inspect_err(|e| tracing::error!(error = %e, "cannot start the catch-up progress writer"))
+        .ok();
         Ok(Self {
             config,
             node_id,
             client,
             peers: RwLock::new(Vec::new()),
             progress: Mutex::new(progress),
+            progress_file,
             catch_up_failures: std::sync::atomic::AtomicU64::new(0),
             caught_up: AtomicBool::new(false),
             level_with: Mutex::new(std::collections::HashSet::new()),
