@@ -12,6 +12,7 @@ use bytes::Bytes;
 use sluice_blob::BlobState;
 use sluice_media::jpeg::ScanTracker;
 use sluice_proto::{BlobKey, FileId};
+use sluice_state::LockRecover;
 use tokio::sync::watch;
 
 use super::record::{SessionRecord, expects_jpeg, write_record};
@@ -112,10 +113,7 @@ impl Session {
     }
 
     pub fn record(&self) -> SessionRecord {
-        self.record
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.record.lock_or_recover().clone()
     }
 
     pub fn view(&self) -> View {
@@ -271,9 +269,7 @@ impl Session {
         }
         record.mts = mts;
         write_record(&self.record_path, &record).map_err(io_error)?;
-        if let Ok(mut r) = self.record.lock() {
-            *r = record;
-        }
+        *self.record.lock_or_recover() = record;
         Ok(())
     }
 
@@ -407,9 +403,7 @@ impl Session {
         let path = self.record_path.clone();
         let saved = record.clone();
         run_blocking(move || write_record(&path, &saved)).await?;
-        if let Ok(mut r) = self.record.lock() {
-            *r = record;
-        }
+        *self.record.lock_or_recover() = record;
         cx.uploads.index_key(key, self);
         Ok(key)
     }
