@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use sluice_proto::BlobKey;
+use sluice_state::LockRecover;
 
 use crate::record::BlobMeta;
 
@@ -74,11 +75,9 @@ impl HotCache {
     }
 
     pub fn get(&self, key: &BlobKey) -> Option<HotFile> {
-        let found = self.slots.lock().ok().and_then(|slots| {
-            slots.entries.get(key).map(|e| {
-                e.referenced.store(true, Ordering::Relaxed);
-                e.file.clone()
-            })
+        let found = self.slots.lock_or_recover().entries.get(key).map(|e| {
+            e.referenced.store(true, Ordering::Relaxed);
+            e.file.clone()
         });
         let counter = if found.is_some() {
             &self.hits
@@ -103,9 +102,7 @@ impl HotCache {
             return;
         }
         {
-            let Ok(mut slots) = self.slots.lock() else {
-                return;
-            };
+            let mut slots = self.slots.lock_or_recover();
             if slots.entries.contains_key(&key) {
                 return;
             }
@@ -130,16 +127,15 @@ impl HotCache {
     }
 
     pub fn remove(&self, key: &BlobKey) {
-        if let Ok(mut slots) = self.slots.lock() {
-            if let Some(e) = slots.entries.remove(key) {
-                slots.bytes -= e.file.meta.size;
-                // Its place in `order` is dropped lazily by `evict_one`.
-            }
+        let mut slots = self.slots.lock_or_recover();
+        if let Some(e) = slots.entries.remove(key) {
+            slots.bytes -= e.file.meta.size;
+            // Its place in `order` is dropped lazily by `evict_one`.
         }
     }
 
     pub fn bytes(&self) -> u64 {
-        self.slots.lock().map_or(0, |s| s.bytes)
+        self.slots.lock_or_recover().bytes
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sluice_proto::BlobKey;
+use sluice_state::{LockRecover, RwLockRecover};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::BlobError;
@@ -114,19 +115,14 @@ impl DbSlot {
     /// The database as it is now; briefly unavailable while the writer reopens it.
     pub(crate) fn get(&self) -> Result<Arc<Database>, BlobError> {
         self.db
-            .read()
-            .ok()
-            .and_then(|d| d.clone())
+            .read_or_recover()
+            .clone()
             .ok_or(BlobError::Reopening)
     }
 
     /// Closes the database and opens it again. Waits (briefly) for readers holding it.
     fn reopen(&self) -> Result<Arc<Database>, BlobError> {
-        let old = self
-            .db
-            .write()
-            .map_err(|_| BlobError::Index("index lock poisoned".into()))?
-            .take();
+        let old = self.db.write_or_recover().take();
         if let Some(mut old) = old {
             // redb allows one open instance per file: the old one must go first.
             for _ in 0..500 {
@@ -143,9 +139,7 @@ impl DbSlot {
             }
         }
         let db = Arc::new(Database::create(&self.path)?);
-        if let Ok(mut slot) = self.db.write() {
-            *slot = Some(db.clone());
-        }
+        *self.db.write_or_recover() = Some(db.clone());
         Ok(db)
     }
 }
@@ -201,9 +195,9 @@ impl Index {
     /// `Some(reason)` while writes fail (a full disk, say).
     pub fn write_trouble(&self) -> Option<String> {
         self.trouble
-            .lock()
-            .ok()
-            .and_then(|t| t.as_ref().map(Trouble::to_string))
+            .lock_or_recover()
+            .as_ref()
+            .map(Trouble::to_string)
     }
 
     pub async fn insert(&self, key: BlobKey, meta: BlobMeta) -> Result<Adoption, BlobError> {
@@ -353,7 +347,7 @@ impl Writer {
     }
 
     fn trouble(&self) -> Option<Trouble> {
-        self.trouble.lock().ok().and_then(|t| t.clone())
+        self.trouble.lock_or_recover().clone()
     }
 
     fn set_trouble(&self, trouble: Option<Trouble>) {
@@ -363,9 +357,7 @@ impl Writer {
             }
             None => tracing::info!("index writes work again"),
         }
-        if let Ok(mut t) = self.trouble.lock() {
-            *t = trouble;
-        }
+        *self.trouble.lock_or_recover() = trouble;
     }
 
     /// Writes (then removes) a probe of some size: writes resume if there is room for it. (An
@@ -392,9 +384,7 @@ impl Writer {
         match attempt() {
             Ok(()) => self.set_trouble(None),
             Err(e) => {
-                if let Ok(mut t) = self.trouble.lock() {
-                    *t = Some(Trouble::of(&e));
-                }
+                *self.trouble.lock_or_recover() = Some(Trouble::of(&e));
                 // As after any failed commit, so reads go on.
                 let _ = self.slot.reopen();
             }

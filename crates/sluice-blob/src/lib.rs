@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use sluice_proto::BlobKey;
+use sluice_state::LockRecover;
 
 pub use hot::{HotCache, HotCacheLimits, HotFile};
 pub use index::{Adoption, OpKind, OplogEntry, StoreCounters};
@@ -419,7 +420,7 @@ impl BlobStore {
                 }
             }
         };
-        let handle = inner.writer_thread.lock().ok().and_then(|mut h| h.take());
+        let handle = inner.writer_thread.lock_or_recover().take();
         inner.index.close();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
@@ -489,15 +490,11 @@ impl BlobStore {
 
     /// Marks `key` as being written until the returned guard drops.
     pub(crate) fn begin_write(&self, key: BlobKey) -> InFlight {
-        let turn = match self.inner.in_flight.lock() {
-            Ok(mut map) => {
-                let entry = map.entry(key).or_default();
-                entry.writers += 1;
-                entry.turn.clone()
-            }
-            // A poisoned map means a writer panicked: a lock of our own still orders nothing,
-            // but the commit itself stays correct (the index decides).
-            Err(_) => Arc::default(),
+        let turn = {
+            let mut map = self.inner.in_flight.lock_or_recover();
+            let entry = map.entry(key).or_default();
+            entry.writers += 1;
+            entry.turn.clone()
         };
         InFlight {
             store: self.clone(),
@@ -546,19 +543,19 @@ impl InFlight {
         self.store
             .inner
             .in_flight
-            .lock()
-            .is_ok_and(|m| m.get(&self.key).is_some_and(|e| e.writers == 1))
+            .lock_or_recover()
+            .get(&self.key)
+            .is_some_and(|e| e.writers == 1)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.store.inner.in_flight.lock() {
-            if let Some(entry) = map.get_mut(&self.key) {
-                entry.writers -= 1;
-                if entry.writers == 0 {
-                    map.remove(&self.key);
-                }
+        let mut map = self.store.inner.in_flight.lock_or_recover();
+        if let Some(entry) = map.get_mut(&self.key) {
+            entry.writers -= 1;
+            if entry.writers == 0 {
+                map.remove(&self.key);
             }
         }
     }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Buf, Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use sluice_proto::BlobKey;
+use sluice_state::LockRecover;
 
 use crate::index::{Adoption, supersedes};
 use crate::layout::BlockLayout;
@@ -386,22 +387,17 @@ struct TempFileGuard(Mutex<Option<PathBuf>>);
 
 impl TempFileGuard {
     fn path(&self) -> PathBuf {
-        self.0
-            .lock()
-            .map(|p| p.clone().unwrap_or_default())
-            .unwrap_or_default()
+        self.0.lock_or_recover().clone().unwrap_or_default()
     }
 
     fn disarm(&self) {
-        if let Ok(mut p) = self.0.lock() {
-            *p = None;
-        }
+        *self.0.lock_or_recover() = None;
     }
 }
 
 impl Drop for TempFileGuard {
     fn drop(&mut self) {
-        let path = self.0.get_mut().ok().and_then(|p| p.take());
+        let path = self.0.lock_or_recover().take();
         if let Some(path) = path {
             // Unlinking one directory entry is quick; doing it here keeps cleanup certain even
             // when the runtime is shutting down.

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
 use sluice_blob::{BlobError, BlobStore};
 use sluice_proto::{BlobKey, FileId};
+use sluice_state::LockRecover;
 
 /// The blob key a file id is cached under.
 pub fn cache_key(id: &FileId) -> BlobKey {
@@ -120,17 +121,15 @@ impl CacheIndex {
     }
 
     pub fn bytes(&self) -> u64 {
-        self.state.lock().map_or(0, |s| s.bytes)
+        self.state.lock_or_recover().bytes
     }
 
     pub fn files(&self) -> u64 {
-        self.state.lock().map_or(0, |s| s.entries.len() as u64)
+        self.state.lock_or_recover().entries.len() as u64
     }
 
     pub fn touch(&self, key: BlobKey) {
-        if let Ok(mut s) = self.state.lock() {
-            s.touch(key);
-        }
+        self.state.lock_or_recover().touch(key);
     }
 
     /// Whether a file of `size` bytes may be cached at all (larger than the whole cache: no).
@@ -140,18 +139,16 @@ impl CacheIndex {
 
     /// Records a newly cached file and evicts the least recently used ones beyond the size.
     pub async fn insert(&self, store: &BlobStore, key: BlobKey, size: u64) {
-        let victims = match self.state.lock() {
-            Ok(mut s) => {
+        let victims = {
+            let mut s = self.state.lock_or_recover();
+            s.insert(key, size);
+            let mut victims = s.victims(self.capacity);
+            // The file just cached stays, even if it alone fills the cache.
+            if let Some(at) = victims.iter().position(|v| *v == key) {
+                victims.remove(at);
                 s.insert(key, size);
-                let mut victims = s.victims(self.capacity);
-                // The file just cached stays, even if it alone fills the cache.
-                if let Some(at) = victims.iter().position(|v| *v == key) {
-                    victims.remove(at);
-                    s.insert(key, size);
-                }
-                victims
             }
-            Err(_) => Vec::new(),
+            victims
         };
         for victim in victims {
             match store.evict(victim).await {
@@ -165,9 +162,7 @@ impl CacheIndex {
 
     /// Forgets a file found missing or damaged on disk.
     pub async fn drop_file(&self, store: &BlobStore, key: BlobKey) -> Result<(), BlobError> {
-        if let Ok(mut s) = self.state.lock() {
-            s.remove(&key);
-        }
+        self.state.lock_or_recover().remove(&key);
         store.evict(key).await.map(|_| ())
     }
 }

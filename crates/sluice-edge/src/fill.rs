@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sluice_proto::{BlobKey, FileId};
+use sluice_state::LockRecover;
 use tokio::sync::watch;
 
 use crate::EdgeState;
@@ -76,10 +77,7 @@ pub struct Fills {
 impl Fills {
     /// The fill of `id` in progress, or a new one started now.
     pub fn join_or_start(&self, edge: &EdgeState, id: &FileId, key: BlobKey) -> Arc<Fill> {
-        let Ok(mut map) = self.map.lock() else {
-            // A poisoned map: fetch without sharing rather than fail.
-            return start(edge, id, key);
-        };
+        let mut map = self.map.lock_or_recover();
         if let Some(fill) = map.get(&key) {
             return fill.clone();
         }
@@ -89,13 +87,11 @@ impl Fills {
     }
 
     fn finish(&self, key: &BlobKey) {
-        if let Ok(mut map) = self.map.lock() {
-            map.remove(key);
-        }
+        self.map.lock_or_recover().remove(key);
     }
 
     pub fn in_progress(&self) -> usize {
-        self.map.lock().map_or(0, |m| m.len())
+        self.map.lock_or_recover().len()
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use reqwest::Url;
 use sluice_proto::cluster::ClusterView;
 use sluice_proto::{FileId, SecretSet};
+use sluice_state::{LockRecover, RwLockRecover};
 
 /// A slow origin is not a dead one, but a silent one is: a read that waits this long fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -207,15 +208,13 @@ impl NodeDirectory {
     }
 
     fn lists(&self, host: &str) -> bool {
-        self.known.read().is_ok_and(|k| k.contains(host))
+        self.known.read_or_recover().contains(host)
     }
 
     /// Asks every source for its cluster view, unless that was done a moment ago.
     async fn refresh(&self, http: &reqwest::Client) {
         {
-            let Ok(mut last) = self.refreshed.lock() else {
-                return;
-            };
+            let mut last = self.refreshed.lock_or_recover();
             if last.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
                 return;
             }
@@ -248,9 +247,7 @@ impl NodeDirectory {
             .filter_map(|n| Url::parse(&n.url).ok())
             .map(|u| u.origin().ascii_serialization())
             .collect();
-        if let Ok(mut known) = self.known.write() {
-            *known = hosts;
-        }
+        *self.known.write_or_recover() = hosts;
     }
 }
 

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use sluice_state::LockRecover;
 use tokio::sync::watch;
 
 pub struct Backlog<T> {
@@ -82,7 +83,7 @@ impl<T: Clone> Backlog<T> {
     /// Adds an item of `bytes` for every current follower; with none, it is dropped.
     pub fn push(&self, item: T, bytes: usize) {
         let next = {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = self.state.lock_or_recover();
             if s.followers > 0 {
                 let unread = s.followers;
                 s.entries.push_back(Entry {
@@ -104,7 +105,7 @@ impl<T: Clone> Backlog<T> {
 
     /// A follower that reads from the next item pushed on.
     pub fn follow(self: &Arc<Self>) -> Follower<T> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.state.lock_or_recover();
         s.followers += 1;
         Follower {
             cursor: s.next_position(),
@@ -115,7 +116,7 @@ impl<T: Clone> Backlog<T> {
 
     /// Bytes held now (what the slowest follower has not read, within the budget).
     pub fn bytes(&self) -> usize {
-        self.state.lock().map_or(0, |s| s.bytes)
+        self.state.lock_or_recover().bytes
     }
 }
 
@@ -129,7 +130,7 @@ pub struct Follower<T> {
 impl<T: Clone> Follower<T> {
     /// The next item if one is waiting.
     pub fn try_next(&mut self) -> Option<Next<T>> {
-        let mut s = self.backlog.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.backlog.state.lock_or_recover();
         if self.cursor < s.first {
             let missed = s.first - self.cursor;
             self.cursor = s.first;
@@ -163,7 +164,7 @@ impl<T: Clone> Follower<T> {
 impl<T> Drop for Follower<T> {
     /// What it had not read is no longer waited for.
     fn drop(&mut self) {
-        let mut s = self.backlog.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self.backlog.state.lock_or_recover();
         s.followers -= 1;
         let from = self.cursor.saturating_sub(s.first) as usize;
         for e in s.entries.iter_mut().skip(from) {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use sluice_media::flv;
 use sluice_media::ts::{AacConfig, AvcConfig, PID_AUDIO, PID_VIDEO, TsWriter, annex_b};
+use sluice_state::LockRecover;
 
 use crate::LiveState;
 use crate::hub::{Channel, Feed, FeedStep, Frame, FrameKind};
@@ -119,9 +120,7 @@ impl HlsStream {
     }
 
     fn feed(&self, frame: &Frame) {
-        let Ok(mut s) = self.state.lock() else {
-            return;
-        };
+        let mut s = self.state.lock_or_recover();
         let ts = u64::from(frame.timestamp);
         match frame.kind {
             FrameKind::Data => {}
@@ -261,14 +260,13 @@ impl HlsStream {
     }
 
     fn end(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            self.close(&mut s, None);
-            s.ended = true;
-        }
+        let mut s = self.state.lock_or_recover();
+        self.close(&mut s, None);
+        s.ended = true;
     }
 
     pub fn segment(&self, seq: u64) -> Option<SegmentData> {
-        let s = self.state.lock().ok()?;
+        let s = self.state.lock_or_recover();
         s.segments
             .iter()
             .find(|g| g.seq == seq)
@@ -277,7 +275,7 @@ impl HlsStream {
 
     /// The playlist; `uri(seq)` names each segment. `None` before the first segment is whole.
     pub fn playlist(&self, uri: impl Fn(u64) -> String) -> Option<String> {
-        let s = self.state.lock().ok()?;
+        let s = self.state.lock_or_recover();
         let first = s.segments.front()?;
         let target = s
             .segments

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use sluice_media::flv;
 use sluice_rtmp::Message;
 use sluice_rtmp::amf0::{self, Amf0};
+use sluice_state::LockRecover;
 use tokio::sync::watch;
 
 use crate::backlog::{Backlog, Follower, Next};
@@ -225,9 +226,7 @@ impl Channel {
     pub fn publish(&self, kind: FrameKind, timestamp: u32, payload: Bytes, immediate: bool) {
         self.bytes_in
             .fetch_add(payload.len() as u64, Ordering::Relaxed);
-        let Ok(mut s) = self.state.lock() else {
-            return;
-        };
+        let mut s = self.state.lock_or_recover();
         s.next_seq += 1;
         let frame = Frame::new(s.next_seq, kind, timestamp, payload);
         // Headers (metadata, codec configuration) are kept apart from the GOP: a new player
@@ -295,9 +294,8 @@ impl Channel {
 
     /// Sends the frames queued since the last batch.
     pub fn flush(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            self.send_pending(&mut s);
-        }
+        let mut s = self.state.lock_or_recover();
+        self.send_pending(&mut s);
     }
 
     /// A player's subscription (counted in the stream's players).
@@ -310,7 +308,7 @@ impl Channel {
 
     /// The same frames for the server's own use (the HLS segmenter): not counted as a player.
     pub fn follow(self: &Arc<Self>) -> Subscription {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.state.lock_or_recover();
         let mut start: Vec<Arc<Frame>> = Vec::new();
         start.extend(s.metadata.clone());
         start.extend(s.video_header.clone());
@@ -339,21 +337,15 @@ impl Channel {
     }
 
     pub fn has_audio(&self) -> bool {
-        self.state
-            .lock()
-            .map(|s| s.audio_codec.is_some())
-            .unwrap_or(false)
+        self.state.lock_or_recover().audio_codec.is_some()
     }
 
     pub fn has_video(&self) -> bool {
-        self.state
-            .lock()
-            .map(|s| s.video_codec.is_some())
-            .unwrap_or(false)
+        self.state.lock_or_recover().video_codec.is_some()
     }
 
     pub fn info(&self) -> StreamInfo {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.state.lock_or_recover();
         let meta = s
             .metadata
             .as_ref()
@@ -397,7 +389,7 @@ impl Hub {
         merge: Duration,
         limits: StreamLimits,
     ) -> Option<Arc<Channel>> {
-        let mut map = self.channels.lock().ok()?;
+        let mut map = self.channels.lock_or_recover();
         let key = (app.to_owned(), name.to_owned());
         if map.contains_key(&key) {
             return None;
@@ -424,28 +416,23 @@ impl Hub {
     /// Ends a stream (its publisher left).
     pub fn stop(&self, channel: &Arc<Channel>) {
         channel.end();
-        if let Ok(mut map) = self.channels.lock() {
-            let key = (channel.app.clone(), channel.name.clone());
-            if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, channel)) {
-                map.remove(&key);
-            }
+        let mut map = self.channels.lock_or_recover();
+        let key = (channel.app.clone(), channel.name.clone());
+        if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, channel)) {
+            map.remove(&key);
         }
     }
 
     pub fn get(&self, app: &str, name: &str) -> Option<Arc<Channel>> {
         self.channels
-            .lock()
-            .ok()?
+            .lock_or_recover()
             .get(&(app.to_owned(), name.to_owned()))
             .cloned()
     }
 
     pub fn list(&self) -> Vec<StreamInfo> {
-        let channels: Vec<Arc<Channel>> = self
-            .channels
-            .lock()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
+        let channels: Vec<Arc<Channel>> =
+            self.channels.lock_or_recover().values().cloned().collect();
         let mut out: Vec<StreamInfo> = channels.iter().map(|c| c.info()).collect();
         out.sort_by(|a, b| (&a.app, &a.stream).cmp(&(&b.app, &b.stream)));
         out

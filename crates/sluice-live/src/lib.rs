@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use sluice_state::LockRecover;
 use tokio::net::TcpListener;
 
 pub use hub::{Hub, StreamInfo, StreamLimits};
@@ -161,23 +162,23 @@ impl LiveState {
     }
 
     pub fn hls(&self, app: &str, stream: &str) -> Option<Arc<hls::HlsStream>> {
-        let map = self.inner.hls.lock().ok()?;
+        let map = self.inner.hls.lock_or_recover();
         map.get(&(app.to_owned(), stream.to_owned())).cloned()
     }
 
     fn set_hls(&self, app: &str, stream: &str, hls: Arc<hls::HlsStream>) {
-        if let Ok(mut map) = self.inner.hls.lock() {
-            map.insert((app.to_owned(), stream.to_owned()), hls);
-        }
+        self.inner
+            .hls
+            .lock_or_recover()
+            .insert((app.to_owned(), stream.to_owned()), hls);
     }
 
     /// Forgets an ended stream's HLS, unless a new publish replaced it.
     fn remove_hls(&self, app: &str, stream: &str, hls: &Arc<hls::HlsStream>) {
-        if let Ok(mut map) = self.inner.hls.lock() {
-            let key = (app.to_owned(), stream.to_owned());
-            if map.get(&key).is_some_and(|h| Arc::ptr_eq(h, hls)) {
-                map.remove(&key);
-            }
+        let mut map = self.inner.hls.lock_or_recover();
+        let key = (app.to_owned(), stream.to_owned());
+        if map.get(&key).is_some_and(|h| Arc::ptr_eq(h, hls)) {
+            map.remove(&key);
         }
     }
 }

@@ -20,6 +20,7 @@ use sluice_client::cluster::Endpoint;
 use sluice_media::flv;
 use sluice_media::mp4::{self, Sample, Track, TrackKind};
 use sluice_rtmp::amf0::{self, Amf0};
+use sluice_state::LockRecover;
 
 use crate::LiveState;
 use crate::hub::{Channel, Feed, FeedStep, Frame, FrameKind};
@@ -84,14 +85,12 @@ impl Recordings {
     }
 
     pub fn list(&self) -> Vec<Recording> {
-        self.list.lock().map(|l| l.clone()).unwrap_or_default()
+        self.list.lock_or_recover().clone()
     }
 
     /// Adds a recording and saves the list (blocking: called off the async threads).
     fn add(&self, recording: Recording) {
-        let Ok(mut list) = self.list.lock() else {
-            return;
-        };
+        let mut list = self.list.lock_or_recover();
         list.push(recording);
         if let Err(e) = sluice_state::save_blocking(&self.file, RECORDINGS_VERSION, &*list) {
             tracing::error!(error = %e, "could not save the recordings list");

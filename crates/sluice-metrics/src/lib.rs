@@ -7,6 +7,8 @@
 use std::fmt::Write;
 use std::sync::Mutex;
 
+use sluice_state::LockRecover;
+
 /// Seconds; spans a cached 5 KB read on loopback up to a slow multi-GB transfer.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -35,9 +37,7 @@ impl CounterVec {
     }
 
     pub fn inc_by(&self, values: &[&str], by: u64) {
-        let Ok(mut series) = self.series.lock() else {
-            return;
-        };
+        let mut series = self.series.lock_or_recover();
         match series.iter_mut().find(|(k, _)| same(k, values)) {
             Some((_, v)) => *v += by,
             None => series.push((owned(values), by)),
@@ -46,23 +46,22 @@ impl CounterVec {
 
     pub fn get(&self, values: &[&str]) -> u64 {
         self.series
-            .lock()
-            .ok()
-            .and_then(|s| s.iter().find(|(k, _)| same(k, values)).map(|(_, v)| *v))
-            .unwrap_or(0)
+            .lock_or_recover()
+            .iter()
+            .find(|(k, _)| same(k, values))
+            .map_or(0, |(_, v)| *v)
     }
 
     pub fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "counter");
-        if let Ok(series) = self.series.lock() {
-            for (values, v) in series.iter() {
-                let _ = writeln!(
-                    out,
-                    "{}{} {v}",
-                    self.name,
-                    label_text(self.labels, values, None)
-                );
-            }
+        let series = self.series.lock_or_recover();
+        for (values, v) in series.iter() {
+            let _ = writeln!(
+                out,
+                "{}{} {v}",
+                self.name,
+                label_text(self.labels, values, None)
+            );
         }
     }
 }
@@ -99,9 +98,7 @@ impl HistogramVec {
     }
 
     pub fn observe(&self, values: &[&str], sample: f64) {
-        let Ok(mut series) = self.series.lock() else {
-            return;
-        };
+        let mut series = self.series.lock_or_recover();
         let idx = match series.iter().position(|s| same(&s.values, values)) {
             Some(i) => i,
             None => {
@@ -124,9 +121,7 @@ impl HistogramVec {
 
     pub fn render(&self, out: &mut String) {
         header(out, self.name, self.help, "histogram");
-        let Ok(series) = self.series.lock() else {
-            return;
-        };
+        let series = self.series.lock_or_recover();
         for s in series.iter() {
             let mut cumulative = 0;
             for (le, n) in self.buckets.iter().zip(&s.counts) {

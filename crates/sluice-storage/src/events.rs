@@ -14,6 +14,7 @@ use axum::http::header;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
+use sluice_state::LockRecover;
 use tokio::sync::{broadcast, mpsc};
 
 /// Events kept for subscribers that fall behind.
@@ -139,10 +140,7 @@ impl Events {
 
     /// The webhook sender, once (`None` without a webhook or when already taken).
     pub fn take_webhook_sender(&self) -> Option<WebhookSender> {
-        self.sender
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+        self.sender.lock_or_recover().take()
     }
 
     pub fn counts(&self) -> &EventCounts {

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use sluice_proto::FileId;
 use sluice_proto::cluster::{CLUSTER_SECRET_HEADER, EdgeHeartbeat, EdgeView, PreloadRequest};
 use sluice_proto::net::{client_address, region_of};
+use sluice_state::LockRecover;
 
 use crate::{
     BodyBytes, TrackerState, admit_beat, error, file_location, read_body, redirect, with_query,
@@ -41,18 +42,14 @@ impl EdgeRegistry {
 
     /// Records a heartbeat; true when the edge is new.
     pub fn heartbeat(&self, beat: EdgeHeartbeat) -> bool {
-        let Ok(mut edges) = self.edges.lock() else {
-            return false;
-        };
-        edges
+        self.edges
+            .lock_or_recover()
             .insert(beat.edge_id.clone(), (beat, Instant::now()))
             .is_none()
     }
 
     pub fn view(&self) -> Vec<EdgeView> {
-        let Ok(edges) = self.edges.lock() else {
-            return Vec::new();
-        };
+        let edges = self.edges.lock_or_recover();
         let mut out: Vec<EdgeView> = edges
             .values()
             .map(|(beat, seen)| EdgeView {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sluice_proto::cluster::{Assignment, ClusterView, GroupView, Heartbeat, NodeState, NodeView};
+use sluice_state::LockRecover;
 
 /// How uploads are spread over groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -141,12 +142,8 @@ impl Registry {
                 return;
             }
         };
-        if let Ok(mut retired) = self.retired.lock() {
-            retired.extend(file.retired);
-        }
-        let Ok(mut groups) = self.groups.lock() else {
-            return;
-        };
+        self.retired.lock_or_recover().extend(file.retired);
+        let mut groups = self.groups.lock_or_recover();
         for n in file.nodes {
             let last = Heartbeat {
                 node_id: n.node_id.clone(),
@@ -174,16 +171,14 @@ impl Registry {
 
     /// Whether the node was retired for good (its heartbeats are refused).
     pub fn is_retired(&self, node_id: &str) -> bool {
-        self.retired.lock().is_ok_and(|r| r.contains(node_id))
+        self.retired.lock_or_recover().contains(node_id)
     }
 
     /// Removes a node from its group for good. Unless `force`, only a node that is down and
     /// whose files another active node of the group holds (by count, as last reported).
     pub fn retire(&self, node_id: &str, force: bool) -> Result<(), RetireError> {
         let now = Instant::now();
-        let Ok(mut groups) = self.groups.lock() else {
-            return Err(RetireError::Unknown);
-        };
+        let mut groups = self.groups.lock_or_recover();
         let (group, member) = groups
             .iter()
             .find_map(|(g, nodes)| nodes.get(node_id).map(|m| (g.clone(), m)))
@@ -206,9 +201,7 @@ impl Registry {
             nodes.remove(node_id);
         }
         groups.retain(|_, nodes| !nodes.is_empty());
-        if let Ok(mut retired) = self.retired.lock() {
-            retired.insert(node_id.to_owned());
-        }
+        self.retired.lock_or_recover().insert(node_id.to_owned());
         self.save_members(&groups);
         Ok(())
     }
@@ -219,9 +212,7 @@ impl Registry {
         if self.is_retired(&hb.node_id) {
             return false;
         }
-        let Ok(mut groups) = self.groups.lock() else {
-            return false;
-        };
+        let mut groups = self.groups.lock_or_recover();
         // A node that moved to another group leaves its old one.
         for (name, nodes) in groups.iter_mut() {
             if *name != hb.group {
@@ -250,11 +241,7 @@ impl Registry {
             return;
         };
         let file = MembersFile {
-            retired: self
-                .retired
-                .lock()
-                .map(|r| r.iter().cloned().collect())
-                .unwrap_or_default(),
+            retired: self.retired.lock_or_recover().iter().cloned().collect(),
             version: MEMBERS_VERSION,
             nodes: groups
                 .iter()
@@ -292,9 +279,7 @@ impl Registry {
     }
 
     fn view_at(&self, now: Instant) -> ClusterView {
-        let Ok(groups) = self.groups.lock() else {
-            return ClusterView { groups: Vec::new() };
-        };
+        let groups = self.groups.lock_or_recover();
         ClusterView {
             groups: groups
                 .iter()
@@ -328,7 +313,7 @@ impl Registry {
     }
 
     fn assign_at(&self, now: Instant) -> Option<Assignment> {
-        let groups = self.groups.lock().ok()?;
+        let groups = self.groups.lock_or_recover();
         // A group can take uploads when it has an active node and every active node is
         // writable (each will hold a copy); its room is that of its fullest active node.
         let mut candidates: Vec<(&String, u64, Vec<&Member>)> = groups
@@ -374,9 +359,7 @@ impl Registry {
 
     /// Marks the node at `url` offline until it next sends a heartbeat; false if unknown.
     pub fn mark_unreachable(&self, url: &str) -> bool {
-        let Ok(mut groups) = self.groups.lock() else {
-            return false;
-        };
+        let mut groups = self.groups.lock_or_recover();
         let mut found = false;
         for m in groups.values_mut().flat_map(|nodes| nodes.values_mut()) {
             if m.last.url == url {
@@ -389,7 +372,7 @@ impl Registry {
 
     /// The URL a known node was last heard at.
     pub fn url_of(&self, node_id: &str) -> Option<String> {
-        let groups = self.groups.lock().ok()?;
+        let groups = self.groups.lock_or_recover();
         groups
             .values()
             .find_map(|nodes| nodes.get(node_id))
@@ -398,11 +381,11 @@ impl Registry {
 
     /// Whether `url` belongs to a known node (reports about strangers are ignored).
     pub fn knows_url(&self, url: &str) -> bool {
-        self.groups.lock().is_ok_and(|g| {
-            g.values()
-                .flat_map(|n| n.values())
-                .any(|m| m.last.url == url)
-        })
+        self.groups
+            .lock_or_recover()
+            .values()
+            .flat_map(|n| n.values())
+            .any(|m| m.last.url == url)
     }
 
     /// The nodes of `group` other than `node_id`, as they stand now.
@@ -426,7 +409,7 @@ impl Registry {
     }
 
     fn route_at(&self, group: &str, now: Instant) -> Result<String, bool> {
-        let groups = self.groups.lock().map_err(|_| false)?;
+        let groups = self.groups.lock_or_recover();
         let nodes = groups.get(group).ok_or(false)?;
         let in_state = |state: NodeState| -> Vec<&Member> {
             nodes

@@ -4,6 +4,8 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use sluice_state::LockRecover;
+
 pub struct Progress {
     label: String,
     enabled: bool,
@@ -24,9 +26,7 @@ impl Progress {
         if !self.enabled {
             return;
         }
-        let Ok(mut last) = self.last.lock() else {
-            return;
-        };
+        let mut last = self.last.lock_or_recover();
         if last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) && total != Some(done) {
             return;
         }

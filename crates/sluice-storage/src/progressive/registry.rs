@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use sluice_blob::BlobStore;
 use sluice_media::jpeg::ScanTracker;
 use sluice_proto::BlobKey;
+use sluice_state::LockRecover;
 
 use super::record::{SessionRecord, read_record, write_record};
 use super::session::{Progress, Session, track_file};
@@ -142,51 +143,42 @@ impl Uploads {
     }
 
     fn insert(&self, session: Arc<Session>, key: Option<BlobKey>) {
-        if let Ok(mut map) = self.sessions.lock() {
-            map.insert(session.id.clone(), session.clone());
-        }
+        self.sessions
+            .lock_or_recover()
+            .insert(session.id.clone(), session.clone());
         if let Some(key) = key {
             self.index_key(key, &session);
         }
     }
 
     pub(crate) fn index_key(&self, key: BlobKey, session: &Arc<Session>) {
-        if let Ok(mut map) = self.by_key.lock() {
-            map.insert(key, session.clone());
-        }
+        self.by_key.lock_or_recover().insert(key, session.clone());
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        self.sessions.lock().ok()?.get(id).cloned()
+        self.sessions.lock_or_recover().get(id).cloned()
     }
 
     /// The session still receiving the file with this key, if any.
     pub fn live(&self, key: &BlobKey) -> Option<Arc<Session>> {
-        self.by_key.lock().ok()?.get(key).cloned()
+        self.by_key.lock_or_recover().get(key).cloned()
     }
 
     pub(crate) fn forget_key(&self, key: &BlobKey) {
-        if let Ok(mut map) = self.by_key.lock() {
-            map.remove(key);
-        }
+        self.by_key.lock_or_recover().remove(key);
     }
 
     pub(crate) fn forget(&self, id: &str) {
-        if let Ok(mut map) = self.sessions.lock() {
-            map.remove(id);
-        }
+        self.sessions.lock_or_recover().remove(id);
     }
 
     /// Sessions held (ended ones linger until the watchdog forgets them).
     pub fn count(&self) -> usize {
-        self.sessions.lock().map_or(0, |m| m.len())
+        self.sessions.lock_or_recover().len()
     }
 
     /// Every session, for the watchdog sweep.
     pub(crate) fn all(&self) -> Vec<Arc<Session>> {
-        self.sessions
-            .lock()
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+        self.sessions.lock_or_recover().values().cloned().collect()
     }
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use sluice_blob::BlobState;
 use sluice_media::jpeg::ScanTracker;
 use sluice_proto::{BlobKey, FileId};
+use sluice_state::LockRecover;
 use tokio::sync::watch;
 
 use super::record::{SessionRecord, expects_jpeg, write_record};
@@ -112,10 +113,7 @@ impl Session {
     }
 
     pub fn record(&self) -> SessionRecord {
-        self.record
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.record.lock_or_recover().clone()
     }
 
     pub fn view(&self) -> View {
@@ -272,9 +270,7 @@ impl Session {
         record.mts = mts;
         let (path, saved) = (self.record_path.clone(), record.clone());
         run_blocking(move || write_record(&path, &saved)).await?;
-        if let Ok(mut r) = self.record.lock() {
-            *r = record;
-        }
+        *self.record.lock_or_recover() = record;
         Ok(())
     }
 
@@ -408,9 +404,7 @@ impl Session {
         let path = self.record_path.clone();
         let saved = record.clone();
         run_blocking(move || write_record(&path, &saved)).await?;
-        if let Ok(mut r) = self.record.lock() {
-            *r = record;
-        }
+        *self.record.lock_or_recover() = record;
         cx.uploads.index_key(key, self);
         Ok(key)
     }

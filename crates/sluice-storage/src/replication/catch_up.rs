@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sluice_blob::BlobStore;
 use sluice_proto::cluster::{NodeState, NodeView, OplogOp, OplogPage};
 use sluice_proto::{FileId, GroupName};
+use sluice_state::LockRecover;
 
 use super::{Fetched, OPLOG_PAGE, Replication};
 
@@ -110,13 +111,14 @@ impl Replication {
     /// Whether catch-up read of this file in a peer's log but could not fetch it yet.
     pub fn is_pending(&self, id: &FileId) -> bool {
         self.progress
-            .lock()
-            .is_ok_and(|p| p.pending.contains_key(&id.to_string()))
+            .lock_or_recover()
+            .pending
+            .contains_key(&id.to_string())
     }
 
     /// Files set aside, waiting to be fetched again.
     pub fn catch_up_pending(&self) -> u64 {
-        self.progress.lock().map_or(0, |p| p.pending.len() as u64)
+        self.progress.lock_or_recover().pending.len() as u64
     }
 
     /// Fetches that failed, ever.
@@ -139,16 +141,11 @@ impl Replication {
             };
             match result {
                 Ok(true) => {
-                    if let Ok(mut met) = self.level_with.lock() {
-                        met.insert(peer.id.clone());
-                    }
+                    self.level_with.lock_or_recover().insert(peer.id.clone());
                 }
                 Ok(false) => level = false,
                 Err(e) => {
-                    let met = self
-                        .level_with
-                        .lock()
-                        .is_ok_and(|met| met.contains(&peer.id));
+                    let met = self.level_with.lock_or_recover().contains(&peer.id);
                     if !met {
                         level = false;
                     }
@@ -162,8 +159,11 @@ impl Replication {
 
     fn cursor(&self, peer: &str) -> u64 {
         self.progress
-            .lock()
-            .map_or(0, |p| p.cursors.get(peer).copied().unwrap_or(0))
+            .lock_or_recover()
+            .cursors
+            .get(peer)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Applies a peer's oplog from our cursor; true once level with its head.
@@ -263,16 +263,14 @@ impl Replication {
     /// Tries again, from any peer, the files set aside whose time has come.
     async fn retry_pending(&self, store: &BlobStore, limit: u64) {
         let now = Instant::now();
-        let due: Vec<String> = self.progress.lock().map_or_else(
-            |_| Vec::new(),
-            |p| {
-                p.pending
-                    .iter()
-                    .filter(|(_, w)| w.next_try.is_none_or(|t| t <= now))
-                    .map(|(id, _)| id.clone())
-                    .collect()
-            },
-        );
+        let due: Vec<String> = self
+            .progress
+            .lock_or_recover()
+            .pending
+            .iter()
+            .filter(|(_, w)| w.next_try.is_none_or(|t| t <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
         for text in due {
             let Ok(id) = FileId::parse(&text) else {
                 self.forget_pending_text(&text);
@@ -291,17 +289,13 @@ impl Replication {
                 Err(e) => self.set_aside(&id, e),
             }
         }
-        if let Ok(p) = self.progress.lock() {
-            self.save_progress_file(&p);
-        }
+        self.save_progress_file(&self.progress.lock_or_recover());
     }
 
     /// Records a failed fetch: the file is tried again later, with a back-off.
     fn set_aside(&self, id: &FileId, error: String) {
         self.catch_up_failures.fetch_add(1, Ordering::Relaxed);
-        let Ok(mut p) = self.progress.lock() else {
-            return;
-        };
+        let mut p = self.progress.lock_or_recover();
         let waiting = p.pending.entry(id.to_string()).or_insert(Pending {
             attempts: 0,
             last_error: String::new(),
@@ -320,16 +314,13 @@ impl Replication {
     }
 
     fn forget_pending_text(&self, id: &str) {
-        if let Ok(mut p) = self.progress.lock() {
-            p.pending.remove(id);
-        }
+        self.progress.lock_or_recover().pending.remove(id);
     }
 
     fn save_progress(&self, peer: &str, cursor: u64) {
-        if let Ok(mut p) = self.progress.lock() {
-            p.cursors.insert(peer.to_owned(), cursor);
-            self.save_progress_file(&p);
-        }
+        let mut p = self.progress.lock_or_recover();
+        p.cursors.insert(peer.to_owned(), cursor);
+        self.save_progress_file(&p);
     }
 
     /// Hands the progress to its file's writer: a file set aside must not be forgotten by a

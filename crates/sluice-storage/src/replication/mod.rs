@@ -29,6 +29,7 @@ use sluice_proto::cluster::{
     parse_sha256_hex, sha256_hex,
 };
 use sluice_proto::{FileId, GroupName, SecretSet};
+use sluice_state::{LockRecover, RwLockRecover};
 
 /// Entries asked for per oplog request.
 const OPLOG_PAGE: usize = 1000;
@@ -168,14 +169,12 @@ impl Replication {
 
     /// Replaces the peer list with a tracker's latest answer.
     pub fn set_peers(&self, peers: Vec<NodeView>) {
-        if let Ok(mut p) = self.peers.write() {
-            *p = peers;
-        }
+        *self.peers.write_or_recover() = peers;
         self.peers_known.store(true, Ordering::Relaxed);
     }
 
     fn peers(&self) -> Vec<NodeView> {
-        self.peers.read().map(|p| p.clone()).unwrap_or_default()
+        self.peers.read_or_recover().clone()
     }
 
     /// The peers that get replicas: every member the trackers do not call offline (a syncing
@@ -194,44 +193,40 @@ impl Replication {
             .filter(|p| p.state == NodeState::Offline)
             .map(|p| p.id)
             .collect();
-        if let Ok(pullers) = self.pullers.lock() {
-            for (id, (url, seen)) in pullers.iter() {
-                let fresh = seen.elapsed() < PULLER_TTL;
-                if fresh && !offline.contains(id) && !targets.iter().any(|t| t.id == *id) {
-                    targets.push(NodeView {
-                        id: id.clone(),
-                        url: url.clone(),
-                        state: NodeState::Syncing,
-                        files: 0,
-                        bytes: 0,
-                        free_bytes: 0,
-                        writable: false,
-                        last_seen_ms: 0,
-                        sync_lag: 0,
-                        catch_up_pending: 0,
-                    });
-                }
+        for (id, (url, seen)) in self.pullers.lock_or_recover().iter() {
+            let fresh = seen.elapsed() < PULLER_TTL;
+            if fresh && !offline.contains(id) && !targets.iter().any(|t| t.id == *id) {
+                targets.push(NodeView {
+                    id: id.clone(),
+                    url: url.clone(),
+                    state: NodeState::Syncing,
+                    files: 0,
+                    bytes: 0,
+                    free_bytes: 0,
+                    writable: false,
+                    last_seen_ms: 0,
+                    sync_lag: 0,
+                    catch_up_pending: 0,
+                });
             }
         }
         targets
     }
 
     fn set_lag(&self, peer: &str, ops: u64) {
-        if let Ok(mut lag) = self.lag.lock() {
-            lag.insert(peer.to_owned(), ops);
-        }
+        self.lag.lock_or_recover().insert(peer.to_owned(), ops);
     }
 
     /// Operations of peers not applied here yet, as of the latest oplog page read from each:
     /// the "sync lag" a heartbeat reports.
     pub fn sync_lag(&self) -> u64 {
         let peers: Vec<String> = self.peers().into_iter().map(|p| p.id).collect();
-        self.lag.lock().map_or(0, |lag| {
-            lag.iter()
-                .filter(|(id, _)| peers.contains(id))
-                .map(|(_, ops)| ops)
-                .sum()
-        })
+        self.lag
+            .lock_or_recover()
+            .iter()
+            .filter(|(id, _)| peers.contains(id))
+            .map(|(_, ops)| ops)
+            .sum()
     }
 
     /// Tells the trackers a peer did not take a replica, so they stop sending it traffic (each
@@ -257,9 +252,9 @@ impl Replication {
         {
             return;
         }
-        if let Ok(mut pullers) = self.pullers.lock() {
-            pullers.insert(id.to_owned(), (url.to_owned(), std::time::Instant::now()));
-        }
+        self.pullers
+            .lock_or_recover()
+            .insert(id.to_owned(), (url.to_owned(), std::time::Instant::now()));
     }
 
     pub fn min_copies(&self) -> usize {
