@@ -134,3 +134,21 @@ pub async fn run_heartbeats(
         }
     }
 }
+
+/// Hands a heartbeat to `deliver` each interval until `shutdown`: `sluice serve`'s embedded
+/// tracker hears from its node this way, with no HTTP in between.
+pub async fn run_local_heartbeats(
+    state: StorageState,
+    link: ClusterLink,
+    deliver: impl Fn(Heartbeat) + Send,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut shutdown = pin!(shutdown);
+    let mut ticks = tokio::time::interval(link.interval);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => deliver(heartbeat(&state, &link)),
+            () = &mut shutdown => return,
+        }
+    }
+}

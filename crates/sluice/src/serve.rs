@@ -57,34 +57,15 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     link.free_space_reserve = config.raw.node.free_space_reserve.0;
     parts.workers.spawn("embedded-heartbeats", {
         let (state, tracker) = (node.state.clone(), tracker.clone());
-        move |mut stopping| async move {
-            let mut ticks = tokio::time::interval(link.interval);
-            loop {
-                tokio::select! {
-                    _ = ticks.tick() => {
-                        tracker.registry().heartbeat(sluice_storage::cluster::heartbeat(&state, &link));
-                    }
-                    () = &mut stopping => return,
-                }
-            }
+        move |stopping| {
+            let deliver = move |beat| {
+                tracker.registry().heartbeat(beat);
+            };
+            sluice_storage::cluster::run_local_heartbeats(state, link, deliver, stopping)
         }
     });
 
-    // Live streaming, when an RTMP address is configured.
-    let live_config = config.live();
-    let live = if config.raw.live.record {
-        // Recordings are uploaded to this very server, like any other file.
-        let store =
-            sluice_client::cluster::Endpoint::new(Some(&url), &[], crate::client_cmds::api_token())
-                .context("recording upload client")?;
-        let record = sluice_live::record::RecordConfig {
-            dir: config.raw.node.data.join("live"),
-            store,
-        };
-        sluice_live::LiveState::with_recording(live_config, record).context("recordings")?
-    } else {
-        sluice_live::LiveState::new(live_config)
-    };
+    let live = live_state(&config, &url)?;
     let rtmp_addr = match config.raw.live.rtmp {
         None => None,
         Some(addr) => {
@@ -114,4 +95,24 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
         .merge(sluice_live::routes(live));
     let running = sluice_http::role::run(listener, parts, node.state, shutdown_requested())?;
     until_stopped(running).await
+}
+
+/// The live role's state; with recording, recordings are uploaded to this very server, like
+/// any other file.
+fn live_state(
+    config: &crate::config::serve::ValidServeConfig,
+    url: &str,
+) -> anyhow::Result<sluice_live::LiveState> {
+    let live_config = config.live();
+    if !config.raw.live.record {
+        return Ok(sluice_live::LiveState::new(live_config));
+    }
+    let store =
+        sluice_client::cluster::Endpoint::new(Some(url), &[], crate::client_cmds::api_token())
+            .context("recording upload client")?;
+    let record = sluice_live::record::RecordConfig {
+        dir: config.raw.node.data.join("live"),
+        store,
+    };
+    sluice_live::LiveState::with_recording(live_config, record).context("recordings")
 }

@@ -11,7 +11,7 @@
 mod edge;
 mod file;
 mod live;
-mod serve;
+pub(crate) mod serve;
 mod tracker;
 
 pub use edge::EdgeKeys;
