@@ -23,6 +23,7 @@ pub fn edge_id(dir: &std::path::Path) -> std::io::Result<String> {
             getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
             Ok(sluice_proto::BlobKey::from_bytes(bytes).to_string())
         },
+        |id| sluice_proto::BlobKey::parse(id).is_ok(),
     )?)
 }
 
@@ -86,13 +87,24 @@ pub async fn run(
             if let Some((name, value)) = edge.config().cluster.secret_header() {
                 request = request.header(name, value);
             }
-            async move { (tracker, request.send().await) }
+            async move {
+                // The tracker's reason, for the log, when it refuses.
+                let answer = match request.send().await {
+                    Ok(r) if r.status().is_success() => Ok(None),
+                    Ok(r) => {
+                        let status = r.status();
+                        let why = r.text().await.unwrap_or_default();
+                        Ok(Some(format!("answered {status}: {}", why.trim())))
+                    }
+                    Err(e) => Err(e),
+                };
+                (tracker, answer)
+            }
         });
         let results = futures_util::future::join_all(sends).await;
         for ((tracker, result), was) in results.into_iter().zip(taken.iter_mut()) {
             let failure = match result {
-                Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("answered {}", r.status())),
+                Ok(refused) => refused,
                 Err(e) => Some(e.to_string()),
             };
             if *was != Some(failure.is_none()) {

@@ -76,7 +76,12 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut shutdown = pin!(shutdown);
+    // Connections are tasks of this set: when this future is dropped (a shutdown past its
+    // grace), they are aborted with it, and what they held (an upload's writer, a store
+    // handle) is let go.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(p) => p,
@@ -115,7 +120,7 @@ pub async fn serve(
                 TowerToHyperService::new(service),
             );
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
@@ -124,6 +129,7 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+    connections.join_all().await;
     Ok(())
 }
 

@@ -117,6 +117,10 @@ pub struct RoleParts {
     pub router: Router,
     pub limits: HttpLimits,
     pub shutdown: ShutdownLimits,
+    /// Stopped first, as shutdown starts, while the HTTP server still serves (within the
+    /// grace): work that must finish through it, like the RTMP side ending its streams and
+    /// storing their recordings (`serve` uploads them to itself).
+    pub first: Workers,
     pub workers: Workers,
     /// Runs once requests and workers are done: flushing and closing what the role opened.
     pub close: Pin<Box<dyn Future<Output = ()> + Send + 'static>>,
@@ -128,6 +132,7 @@ impl RoleParts {
             router,
             limits,
             shutdown,
+            first: Workers::new(),
             workers: Workers::new(),
             close: Box::pin(async {}),
         }
@@ -166,9 +171,10 @@ impl<S> Running<S> {
     }
 }
 
-/// Serves `parts.router` on `listener` until `shutdown` resolves; then stops accepting, gives
-/// requests in flight the grace to finish, stops the workers within their deadline, and runs
-/// `parts.close`.
+/// Serves `parts.router` on `listener` until `shutdown` resolves; then stops the `first`
+/// workers (within the grace, still serving), stops accepting, gives requests in flight what
+/// is left of the grace (then cuts them off), stops the workers within their deadline, and
+/// runs `parts.close`.
 pub fn run<S>(
     listener: TcpListener,
     parts: RoleParts,
@@ -180,6 +186,7 @@ pub fn run<S>(
         router,
         limits,
         shutdown: deadlines,
+        first,
         workers,
         close,
     } = parts;
@@ -190,13 +197,20 @@ pub fn run<S>(
         }));
         let served = tokio::select! {
             () = shutdown => {
-                tracing::info!(grace_ms = deadlines.grace.as_millis() as u64, "shutting down: finishing requests in flight");
+                let until = tokio::time::Instant::now() + deadlines.grace;
+                if !first.names().is_empty() {
+                    tracing::info!(workers = ?first.names(), "shutting down: ending streams first");
+                    first.stop(deadlines.grace).await;
+                }
+                tracing::info!(grace_ms = until.saturating_duration_since(tokio::time::Instant::now()).as_millis() as u64, "shutting down: finishing requests in flight");
                 let _ = drain.send(());
-                match tokio::time::timeout(deadlines.grace, &mut server).await {
+                match tokio::time::timeout_at(until, &mut server).await {
                     Ok(joined) => flatten(joined),
                     Err(_) => {
-                        tracing::warn!("requests still running after the grace period; stopping them (their uploads leave nothing behind)");
+                        tracing::warn!("requests still running after the grace period; cutting them off (their uploads leave nothing behind)");
+                        // Aborting the server drops its connections' tasks with it.
                         server.abort();
+                        let _ = (&mut server).await;
                         Ok(())
                     }
                 }

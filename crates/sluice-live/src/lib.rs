@@ -108,6 +108,8 @@ struct Inner {
     recording: Option<(record::RecordConfig, record::Recordings)>,
     /// HTTP requests counted (`sluice live`'s `/metrics`).
     http_metrics: Arc<sluice_http::HttpMetrics>,
+    /// Recordings not yet stored (a stream still publishing, or parts still uploading).
+    recording_now: tokio::sync::watch::Sender<usize>,
 }
 
 impl LiveState {
@@ -137,8 +139,21 @@ impl LiveState {
                 hooks: reqwest::Client::new(),
                 recording,
                 http_metrics: Arc::default(),
+                recording_now: tokio::sync::watch::channel(0).0,
             }),
         }
+    }
+
+    /// A recording began; [`RecordingUnderway`] says when it is stored.
+    pub(crate) fn recording_began(&self) -> RecordingUnderway {
+        self.inner.recording_now.send_modify(|n| *n += 1);
+        RecordingUnderway(self.clone())
+    }
+
+    /// Resolves once no recording is waiting to be stored.
+    pub async fn recordings_stored(&self) {
+        let mut now = self.inner.recording_now.subscribe();
+        let _ = now.wait_for(|n| *n == 0).await;
     }
 
     pub fn recordings(&self) -> Option<&record::Recordings> {
@@ -180,6 +195,18 @@ impl LiveState {
         if map.get(&key).is_some_and(|h| Arc::ptr_eq(h, hls)) {
             map.remove(&key);
         }
+    }
+}
+
+/// Held while a recording is underway; dropped when its last part is stored (or given up).
+pub(crate) struct RecordingUnderway(LiveState);
+
+impl Drop for RecordingUnderway {
+    fn drop(&mut self) {
+        self.0
+            .inner
+            .recording_now
+            .send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -242,7 +269,9 @@ async fn recordings(
     axum::Json(state.recordings().map(|r| r.list()).unwrap_or_default()).into_response()
 }
 
-/// Starts accepting RTMP connections on `rtmp` as the `rtmp` worker.
+/// Starts accepting RTMP connections on `rtmp` as the `rtmp` worker; stopping it ends every
+/// stream and waits until their recordings are stored (so put it among a role's `first`
+/// workers: stored through the HTTP side, in `serve`).
 pub fn spawn_workers(state: &LiveState, rtmp: TcpListener, workers: &mut sluice_http::Workers) {
     let state = state.clone();
     workers.spawn("rtmp", |stopping| async move {
@@ -276,6 +305,6 @@ pub fn start(
         recording = state.recordings().is_some(),
         "live server is ready"
     );
-    spawn_workers(&state, rtmp, &mut parts.workers);
+    spawn_workers(&state, rtmp, &mut parts.first);
     sluice_http::role::run(http, parts, state, shutdown)
 }

@@ -58,15 +58,20 @@ fn first_part() -> u32 {
 /// The format version of `recordings.json`.
 const RECORDINGS_VERSION: u32 = 1;
 
-/// The recordings list, kept in `recordings.json` (written durably on each change).
+/// The recordings list, kept in `recordings.json`: written durably on each change by its own
+/// writer, which tries again until a write succeeds (a full disk, a read-only directory).
 pub struct Recordings {
-    file: PathBuf,
     list: Mutex<Vec<Recording>>,
+    saver: sluice_state::Saver<Vec<Recording>>,
 }
 
 impl Recordings {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir.join("spool"))?;
+        let file = dir.join("recordings.json");
+        // An unreadable list stops the start (saving over it would lose every entry), before
+        // anything else is touched.
+        let list = sluice_state::load(&file, RECORDINGS_VERSION)?.unwrap_or_default();
         // Spools of a previous run's unfinished recordings cannot be finished now (finished
         // MP4s that could not be stored stay for an operator).
         for entry in std::fs::read_dir(dir.join("spool"))? {
@@ -75,12 +80,23 @@ impl Recordings {
                 let _ = std::fs::remove_file(path);
             }
         }
-        let file = dir.join("recordings.json");
-        // An unreadable list stops the start: saving over it would lose every entry.
-        let list = sluice_state::load(&file, RECORDINGS_VERSION)?.unwrap_or_default();
+        let failing = std::sync::atomic::AtomicBool::new(false);
+        let saver = sluice_state::Saver::start(&file, RECORDINGS_VERSION, move |result| {
+            use std::sync::atomic::Ordering::Relaxed;
+            match result {
+                Err(e) if !failing.swap(true, Relaxed) => {
+                    tracing::error!(error = %e, "could not save the recordings list; trying again");
+                }
+                Err(_) => {}
+                Ok(()) if failing.swap(false, Relaxed) => {
+                    tracing::info!("the recordings list is saved again");
+                }
+                Ok(()) => {}
+            }
+        })?;
         Ok(Self {
-            file,
             list: Mutex::new(list),
+            saver,
         })
     }
 
@@ -88,13 +104,16 @@ impl Recordings {
         self.list.lock_or_recover().clone()
     }
 
-    /// Adds a recording and saves the list (blocking: called off the async threads).
+    /// Adds a recording; the list is saved by its writer.
     fn add(&self, recording: Recording) {
         let mut list = self.list.lock_or_recover();
         list.push(recording);
-        if let Err(e) = sluice_state::save_blocking(&self.file, RECORDINGS_VERSION, &*list) {
-            tracing::error!(error = %e, "could not save the recordings list");
-        }
+        self.saver.save(list.clone());
+    }
+
+    /// Waits (blocking) until the list as it is now has been written once.
+    pub fn flush(&self) {
+        self.saver.flush();
     }
 }
 
@@ -337,10 +356,12 @@ pub(crate) fn spawn(state: LiveState, channel: Arc<Channel>, config: RecordConfi
     let (parts, mut to_store) = tokio::sync::mpsc::channel::<Recorder>(4);
     {
         let (state, channel, config) = (state.clone(), channel.clone(), config.clone());
+        let underway = state.recording_began();
         tokio::spawn(async move {
             while let Some(part) = to_store.recv().await {
                 store(state.clone(), channel.clone(), config.clone(), part).await;
             }
+            drop(underway);
         });
     }
     tokio::spawn(async move {

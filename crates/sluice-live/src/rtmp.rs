@@ -68,6 +68,19 @@ pub(crate) async fn serve(
         });
     }
     let _ = stop.send(true);
+    // Every connection ends (and with a publisher, its stream), and every recording of an
+    // ended stream is stored, before the listener's work is done: shutdown waits for this
+    // while the HTTP side still serves.
+    let all = u32::try_from(state.config().max_connections.max(1)).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
+    state.recordings_stored().await;
+    let list = state.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(recordings) = list.recordings() {
+            recordings.flush();
+        }
+    })
+    .await;
     Ok(())
 }
 

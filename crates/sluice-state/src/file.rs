@@ -152,15 +152,28 @@ pub fn load<T: DeserializeOwned>(path: &Path, known: u32) -> Result<Option<T>, S
 }
 
 /// The id kept in `path` (`NODE_ID`, `EDGE_ID`): made by `make` on first use and written
-/// durably before it is returned, so a crash never leaves a node with two identities
-/// (blocking).
+/// durably before it is returned (blocking). A file that is there but empty, or holds what
+/// `valid` refuses, is an error rather than a reason to make a new identity: a node that
+/// silently became another would leave its old self behind in every tracker.
 pub fn load_or_create_id(
     path: &Path,
     make: impl FnOnce() -> std::io::Result<String>,
+    valid: impl Fn(&str) -> bool,
 ) -> Result<String, StateError> {
     match std::fs::read_to_string(path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
-        Ok(_) => {}
+        Ok(text) => {
+            let id = text.trim();
+            if valid(id) {
+                return Ok(id.to_owned());
+            }
+            return Err(StateError::Unreadable {
+                path: path.to_owned(),
+                why: format!(
+                    "{id:?} is not an id this role makes; restore the file, or remove it to \
+                     start as a new member (and retire the old one)"
+                ),
+            });
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(StateError::io(path, e)),
     }
@@ -205,13 +218,24 @@ mod tests {
     }
 
     #[test]
-    fn an_id_is_made_once_and_kept() {
+    fn an_id_is_made_once_and_kept_and_a_damaged_one_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("NODE_ID");
-        let id = load_or_create_id(&path, || Ok("abc".into())).unwrap();
+        let valid = |id: &str| id.len() == 3 && id.bytes().all(|b| b.is_ascii_lowercase());
+        let id = load_or_create_id(&path, || Ok("abc".into()), valid).unwrap();
         assert_eq!(id, "abc");
-        let again = load_or_create_id(&path, || Ok("other".into())).unwrap();
+        let again = load_or_create_id(&path, || Ok("xyz".into()), valid).unwrap();
         assert_eq!(again, "abc");
+        for damaged in ["", "two words", "ab"] {
+            std::fs::write(&path, damaged).unwrap();
+            let e = load_or_create_id(&path, || Ok("xyz".into()), valid).unwrap_err();
+            assert!(e.to_string().contains("NODE_ID"), "{e}");
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                damaged,
+                "left alone"
+            );
+        }
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
 //! A state file kept up to date from code that must not block: each change hands the latest
 //! state to the file's own writer thread, which saves it durably, in order; a burst of changes
-//! is written once, as its last state.
+//! is written once, as its last state. A write that fails (a full disk, a read-only
+//! directory) is tried again, from 1 s to every 30 s, until it succeeds or a newer state
+//! takes its place.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -10,13 +12,16 @@ use serde::Serialize;
 use crate::sync::LockRecover;
 use crate::{StateError, save_blocking};
 
+const FIRST_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const LONGEST_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the writer thread and its users share.
 struct Shared<T> {
     /// The newest state not written yet, and its number.
     pending: Option<(u64, T)>,
-    /// Numbers of the last state handed over and the last written.
+    /// Numbers of the last state handed over, and the last one tried (written, or failed).
     handed: u64,
-    written: u64,
+    tried: u64,
     closed: bool,
 }
 
@@ -38,7 +43,7 @@ impl<T: Serialize + Send + 'static> Saver<T> {
             Mutex::new(Shared {
                 pending: None,
                 handed: 0,
-                written: 0,
+                tried: 0,
                 closed: false,
             }),
             Condvar::new(),
@@ -50,6 +55,7 @@ impl<T: Serialize + Send + 'static> Saver<T> {
         );
         std::thread::Builder::new().name(name).spawn(move || {
             let (lock, wake) = &*worker;
+            let mut pause = FIRST_RETRY;
             loop {
                 let (number, state) = {
                     let mut s = lock.lock_or_recover();
@@ -65,9 +71,27 @@ impl<T: Serialize + Send + 'static> Saver<T> {
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
                     }
                 };
-                outcome(save_blocking(&file, version, &state));
-                lock.lock_or_recover().written = number;
+                let result = save_blocking(&file, version, &state);
+                let failed = result.is_err();
+                outcome(result);
+                let mut s = lock.lock_or_recover();
+                s.tried = s.tried.max(number);
                 wake.notify_all();
+                if !failed {
+                    pause = FIRST_RETRY;
+                    continue;
+                }
+                // Try this state again later, unless a newer one arrives first.
+                if s.pending.is_none() {
+                    s.pending = Some((number, state));
+                }
+                if s.closed {
+                    return;
+                }
+                let _ = wake
+                    .wait_timeout(s, pause)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                pause = (pause * 2).min(LONGEST_RETRY);
             }
         })?;
         Ok(Self {
@@ -85,12 +109,13 @@ impl<T: Serialize + Send + 'static> Saver<T> {
         wake.notify_all();
     }
 
-    /// Waits (blocking) until every state handed over so far is written.
+    /// Waits (blocking) until every state handed over so far has been tried once (written,
+    /// or failed and set to be tried again).
     pub fn flush(&self) {
         let (lock, wake) = &*self.shared;
         let mut s = lock.lock_or_recover();
         let target = s.handed;
-        while s.written < target {
+        while s.tried < target {
             s = wake
                 .wait(s)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -111,7 +136,7 @@ impl<T> Drop for Saver<T> {
         let target = s.handed;
         // Bounded: a writer stuck on a dead disk must not hold its owner's drop forever.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while s.written < target {
+        while s.tried < target {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 tracing::error!(path = %self.path.display(), "state file not written within 10 s of shutdown");

@@ -30,6 +30,7 @@ pub fn node_id(data: &Path) -> std::io::Result<String> {
     Ok(sluice_state::load_or_create_id(
         &data.join("NODE_ID"),
         new_id,
+        |id| sluice_proto::BlobKey::parse(id).is_ok(),
     )?)
 }
 

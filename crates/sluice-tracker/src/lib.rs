@@ -58,13 +58,15 @@ struct Inner {
 }
 
 impl TrackerState {
-    pub fn new(config: TrackerConfig) -> Self {
+    /// Fails only when the members file exists and cannot be read (see
+    /// [`Registry::new`]).
+    pub fn new(config: TrackerConfig) -> Result<Self, sluice_state::StateError> {
         let registry = Registry::new(
             config.offline_after,
             config.placement,
             config.members_file.clone(),
-        );
-        Self {
+        )?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 registry,
                 edges: EdgeRegistry::new(config.offline_after),
@@ -77,7 +79,7 @@ impl TrackerState {
                     .build()
                     .unwrap_or_default(),
             }),
-        }
+        })
     }
 
     pub fn registry(&self) -> &Registry {

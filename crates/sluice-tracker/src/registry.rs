@@ -90,7 +90,7 @@ impl Registry {
         offline_after: Duration,
         placement: Placement,
         members_file: Option<PathBuf>,
-    ) -> Self {
+    ) -> Result<Self, sluice_state::StateError> {
         let members_unsaved = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let members = members_file.as_deref().and_then(|path| {
             let unsaved = members_unsaved.clone();
@@ -124,23 +124,19 @@ impl Registry {
             members_unsaved,
             retired: Mutex::new(Default::default()),
         };
-        registry.load_members();
-        registry
+        registry.load_members()?;
+        Ok(registry)
     }
 
-    fn load_members(&self) {
+    /// Reads the members file. One that exists but cannot be read stops the start: it holds
+    /// the retired nodes, and starting without it would let them back in (and the next save
+    /// would lose it for good).
+    fn load_members(&self) -> Result<(), sluice_state::StateError> {
         let Some(path) = &self.members_file else {
-            return;
+            return Ok(());
         };
-        let file: MembersFile = match sluice_state::load(path, MEMBERS_VERSION) {
-            Ok(Some(f)) => f,
-            Ok(None) => return,
-            // Soft state: the nodes' next heartbeats rebuild it (retirements aside, which
-            // the operator repeats), so a tracker still starts.
-            Err(e) => {
-                tracing::error!(error = %e, "ignoring an unreadable members file; nodes are relearnt from their heartbeats");
-                return;
-            }
+        let Some(file): Option<MembersFile> = sluice_state::load(path, MEMBERS_VERSION)? else {
+            return Ok(());
         };
         self.retired.lock_or_recover().extend(file.retired);
         let mut groups = self.groups.lock_or_recover();
@@ -167,6 +163,7 @@ impl Registry {
                 },
             );
         }
+        Ok(())
     }
 
     /// Whether the node was retired for good (its heartbeats are refused).
@@ -451,7 +448,7 @@ mod tests {
 
     #[test]
     fn near_ties_spread_and_a_clear_winner_takes_all() {
-        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None);
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None).unwrap();
         r.heartbeat(hb("g1", "a", 1000));
         r.heartbeat(hb("g2", "b", 990));
         let picks: Vec<String> = (0..10).map(|_| r.assign().unwrap().group).collect();
@@ -465,7 +462,7 @@ mod tests {
 
     #[test]
     fn reads_go_to_active_nodes_and_to_syncing_ones_only_when_none_is_active() {
-        let r = Registry::new(Duration::from_secs(6), Placement::RoundRobin, None);
+        let r = Registry::new(Duration::from_secs(6), Placement::RoundRobin, None).unwrap();
         r.heartbeat(hb("g1", "a", 1000));
         r.heartbeat(Heartbeat {
             state: NodeState::Syncing,
@@ -484,7 +481,7 @@ mod tests {
 
     #[test]
     fn never_picks_offline_full_or_unwritable() {
-        let r = Registry::new(Duration::from_secs(6), Placement::RoundRobin, None);
+        let r = Registry::new(Duration::from_secs(6), Placement::RoundRobin, None).unwrap();
         r.heartbeat(hb("g1", "a", 1000));
         assert!(r.assign().is_some());
         let later = Instant::now() + Duration::from_secs(7);
@@ -496,7 +493,7 @@ mod tests {
         assert_eq!(r.route_at("g1", later), Err(true));
         assert_eq!(r.route("g9"), Err(false));
 
-        let r = Registry::new(Duration::from_secs(6), Placement::RoundRobin, None);
+        let r = Registry::new(Duration::from_secs(6), Placement::RoundRobin, None).unwrap();
         r.heartbeat(Heartbeat {
             writable: false,
             ..hb("g1", "a", 1000)
@@ -511,7 +508,7 @@ mod tests {
 
     #[test]
     fn a_group_short_of_its_write_rule_takes_no_uploads() {
-        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None);
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None).unwrap();
         r.heartbeat(Heartbeat {
             min_copies: 2,
             ..hb("g1", "a", 1000)
@@ -529,14 +526,15 @@ mod tests {
             Duration::from_secs(6),
             Placement::MostFree,
             Some(file.clone()),
-        );
+        )
+        .unwrap();
         assert!(r.heartbeat(hb("g1", "a", 1)));
         assert!(
             !r.heartbeat(hb("g1", "a", 2)),
             "same node, same URL: no change"
         );
         drop(r);
-        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, Some(file));
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, Some(file)).unwrap();
         let view = r.view();
         assert_eq!(view.groups[0].nodes[0].id, "a");
         assert_eq!(view.groups[0].nodes[0].state, NodeState::Offline);
@@ -546,7 +544,7 @@ mod tests {
 
     #[test]
     fn an_unreachable_node_is_skipped_until_it_speaks_again() {
-        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None);
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None).unwrap();
         r.heartbeat(hb("g1", "a", 1000));
         r.heartbeat(hb("g2", "b", 1000));
         assert!(r.mark_unreachable("http://a"));
@@ -566,7 +564,8 @@ mod tests {
             Duration::from_secs(6),
             Placement::MostFree,
             Some(file.clone()),
-        );
+        )
+        .unwrap();
         r.heartbeat(hb("g1", "a", 1));
         r.flush_members();
         assert!(!file.exists());
@@ -575,7 +574,8 @@ mod tests {
         r.heartbeat(hb("g1", "a", 1));
         r.flush_members();
         assert!(file.exists());
-        let restarted = Registry::new(Duration::from_secs(6), Placement::MostFree, Some(file));
+        let restarted =
+            Registry::new(Duration::from_secs(6), Placement::MostFree, Some(file)).unwrap();
         let view = restarted.view();
         assert_eq!(view.groups[0].nodes[0].id, "a");
         assert_eq!(view.groups[0].nodes[0].state, NodeState::Offline);
@@ -589,7 +589,8 @@ mod tests {
             Duration::from_secs(6),
             Placement::MostFree,
             Some(file.clone()),
-        );
+        )
+        .unwrap();
         r.heartbeat(Heartbeat {
             files: 10,
             ..hb("g1", "a", 1)
@@ -615,18 +616,37 @@ mod tests {
         // For good: its heartbeats are ignored, across a tracker restart too.
         assert!(!r.heartbeat(hb("g1", "a", 1)));
         drop(r);
-        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, Some(file));
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, Some(file)).unwrap();
         assert!(r.is_retired("a"));
         assert!(r.view().groups[0].nodes.iter().all(|n| n.id != "a"));
     }
 
     #[test]
     fn a_node_that_changes_group_leaves_the_old_one() {
-        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None);
+        let r = Registry::new(Duration::from_secs(6), Placement::MostFree, None).unwrap();
         r.heartbeat(hb("g1", "a", 1));
         r.heartbeat(hb("g2", "a", 1));
         let view = r.view();
         assert_eq!(view.groups.len(), 1);
         assert_eq!(view.groups[0].name, "g2");
+    }
+
+    #[test]
+    fn a_damaged_members_file_stops_the_start_instead_of_forgetting_retirements() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("members.json");
+        std::fs::write(&file, "{\"version\": 1, \"nodes\": [{\"grou").unwrap();
+        let refused = Registry::new(
+            Duration::from_secs(6),
+            Placement::MostFree,
+            Some(file.clone()),
+        );
+        let e = refused.err().expect("refused");
+        assert!(e.to_string().contains("members.json"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "{\"version\": 1, \"nodes\": [{\"grou",
+            "left as it was, for the operator"
+        );
     }
 }

@@ -75,10 +75,22 @@ pub async fn bind(
         .with_context(|| format!("listening for {what} on {addr}"))
 }
 
-/// Resolves on the first SIGTERM or SIGINT, saying which.
+/// Resolves on the first SIGTERM or SIGINT, saying which; a second one exits at once (as
+/// an operator who presses Ctrl-C twice means).
 pub async fn shutdown_requested() {
     let signal = shutdown_signal().await;
-    tracing::info!(signal, "shutting down");
+    tracing::info!(
+        signal,
+        "shutting down (a second SIGTERM or Ctrl-C exits at once)"
+    );
+    tokio::spawn(async {
+        let again = shutdown_signal().await;
+        tracing::warn!(
+            signal = again,
+            "second signal: exiting now, without waiting for requests or workers"
+        );
+        std::process::exit(1);
+    });
 }
 
 /// Resolves with the name of the first SIGTERM or SIGINT (Ctrl-C).

@@ -45,7 +45,7 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
         http: config.raw.http.limits(),
         regions: config.raw.routing.regions()?,
         trusted_proxies: crate::config::parse_prefixes(&config.raw.routing.trusted_proxies)?,
-    });
+    })?;
     let mut link = node.link.clone();
     link.advertise = config
         .raw
@@ -71,7 +71,7 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
         Some(addr) => {
             let rtmp = bind(addr, "RTMP").await?;
             let bound = rtmp.local_addr()?;
-            sluice_live::spawn_workers(&live, rtmp, &mut parts.workers);
+            sluice_live::spawn_workers(&live, rtmp, &mut parts.first);
             Some(bound)
         }
     };

@@ -23,7 +23,8 @@ pub async fn run(args: TrackerArgs) -> anyhow::Result<()> {
         http: keys.http.limits(),
         regions: keys.routing.regions()?,
         trusted_proxies: crate::config::parse_prefixes(&keys.routing.trusted_proxies)?,
-    });
+    })
+    .context("the members file holds the retired nodes; restore it from a backup, or move it away to start with no retirements")?;
     let listener = bind(keys.place.http, "HTTP").await?;
     let running =
         sluice_tracker::start(listener, state, keys.http.shutdown(), shutdown_requested())?;
@@ -63,7 +64,6 @@ fn keys(args: &TrackerArgs) -> anyhow::Result<TrackerKeys> {
     if !args.trusted_proxies.is_empty() {
         keys.routing.trusted_proxies = args.trusted_proxies.clone();
     }
-    keys.validate()
-        .context("--region-map PREFIX=REGION, --trusted-proxy and [tracker]")?;
+    keys.validate()?;
     Ok(keys)
 }

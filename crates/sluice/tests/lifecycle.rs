@@ -46,6 +46,76 @@ fn sigterm_lets_an_upload_in_flight_finish() {
     assert_eq!(got, vec![9u8; 3_000_000]);
 }
 
+/// An upload that outlasts the shutdown grace is cut off: the process exits soon after the
+/// grace, the upload leaves nothing behind, and the store is closed cleanly (no crash
+/// recovery on the next start).
+#[test]
+fn sigterm_cuts_off_what_outlasts_the_grace_and_still_closes_cleanly() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("sluice.toml");
+    std::fs::write(&config, "shutdown_grace = \"1s\"\n").unwrap();
+    let store = data.path().join("d");
+    let mut served = Served::start(&store, &["--config", config.to_str().unwrap()]);
+    let mut s = TcpStream::connect(served.url.trim_start_matches("http://")).unwrap();
+    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
+        .unwrap();
+    s.write_all(&vec![9u8; 1_500_000]).unwrap();
+    wait_for(
+        "the upload to reach the server",
+        Duration::from_secs(10),
+        || {
+            !sluice_blob::temp_file_paths(&store)
+                .unwrap_or_default()
+                .is_empty()
+        },
+    );
+    // The client goes quiet mid-body and never finishes.
+    served.signal("TERM");
+    let status = served.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}");
+    assert!(store.join("CLEAN").exists(), "the store was closed cleanly");
+    assert_eq!(data_files(&store), 0);
+    assert!(
+        sluice_blob::temp_file_paths(&store)
+            .unwrap_or_default()
+            .is_empty(),
+        "the cut-off upload left a temp file"
+    );
+    drop(s);
+}
+
+/// A second SIGTERM exits at once, whatever is still running.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let mut served = Served::start(data.path(), &[]);
+    let mut s = TcpStream::connect(served.url.trim_start_matches("http://")).unwrap();
+    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
+        .unwrap();
+    s.write_all(&vec![9u8; 1_500_000]).unwrap();
+    wait_for(
+        "the upload to reach the server",
+        Duration::from_secs(10),
+        || {
+            !sluice_blob::temp_file_paths(data.path())
+                .unwrap_or_default()
+                .is_empty()
+        },
+    );
+    served.signal("TERM");
+    wait_for("the shutdown to begin", Duration::from_secs(10), || {
+        served
+            .drain_log()
+            .iter()
+            .any(|l| l.contains("finishing requests in flight"))
+    });
+    served.signal("TERM");
+    // The default grace is 30 s: well before it, the process is gone.
+    let status = served.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "{status:?}");
+    drop(s);
+}
+
 #[test]
 fn sigkill_loses_no_acknowledged_file_and_leaves_no_leftovers() {
     let data = tempfile::tempdir().unwrap();

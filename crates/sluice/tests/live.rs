@@ -836,3 +836,58 @@ fn one_keyframe_and_100_mb_of_p_frames_stay_within_64_mib() {
         assert!(size <= (4 << 20) + 70_000, "{segment}: {size} bytes");
     }
 }
+
+/// SIGTERM while a stream is published with a player attached: the stream ends at once (the
+/// player does not hold shutdown for the grace), its recording is stored through the still
+/// serving HTTP side and listed, and the data directory is closed cleanly.
+#[test]
+fn a_recording_in_progress_at_shutdown_is_stored_and_listed() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let args = [
+        "serve",
+        "--data",
+        dir,
+        "--http",
+        "127.0.0.1:0",
+        "--rtmp",
+        "127.0.0.1:0",
+        "--record",
+    ];
+    let mut served = Served::spawn(&args, &[]);
+    let rtmp = served.rtmp.clone().unwrap();
+    let mut publisher = publish(&format!("{rtmp}/live/cut"), 60);
+    wait_live(&served, "cut");
+    let mut player = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null"])
+        .arg(format!("{}/live/live/cut.flv", served.url))
+        .spawn()
+        .unwrap();
+    wait_for("the player to attach", WAIT, || {
+        streams(&served)["streams"][0]["players"].as_u64() == Some(1)
+    });
+    // A few seconds of stream, so the recording has frames.
+    wait_for("some seconds of stream", WAIT, || {
+        streams(&served)["streams"][0]["uptime_secs"].as_u64() >= Some(2)
+    });
+    served.signal("TERM");
+    let status = served.wait_exit(Duration::from_secs(25));
+    assert!(status.success(), "{status:?}");
+    let log = served.drain_log().join("\n");
+    assert!(log.contains("recording stored"), "{log}");
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    let _ = player.wait();
+    assert!(data.path().join("CLEAN").exists(), "closed cleanly");
+
+    let served = Served::spawn(&args, &[]);
+    let list = get_json(&format!("{}/v1/live/recordings", served.url));
+    let rec = &list[0];
+    assert_eq!(rec["stream"], "cut", "{list}");
+    assert!(rec["duration"].as_f64().unwrap() >= 1.5, "{rec}");
+    assert_recording_decodes(&format!(
+        "{}/v1/files/{}",
+        served.url,
+        rec["fileid"].as_str().unwrap()
+    ));
+}

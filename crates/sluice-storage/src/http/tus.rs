@@ -266,8 +266,14 @@ async fn patch_body(
 /// `Upload-Expires` and, once there is one, `Sluice-File-Id`.
 fn progress_headers(state: &StorageState, session: &Session, response: &mut Response) {
     let h = response.headers_mut();
+    // httpdate writes years up to 9999; later than that is "never" anyway.
+    const YEAR_9999_MS: u64 = 253_402_300_799_000;
     let expires = std::time::UNIX_EPOCH
-        + std::time::Duration::from_millis(session.expires_ms(state.progressive_config()));
+        + std::time::Duration::from_millis(
+            session
+                .expires_ms(state.progressive_config())
+                .min(YEAR_9999_MS),
+        );
     if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(expires)) {
         h.insert("upload-expires", v);
     }

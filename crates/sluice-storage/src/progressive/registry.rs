@@ -44,11 +44,19 @@ impl Uploads {
             if BlobKey::parse(id).is_err() {
                 continue;
             }
-            match uploads.reload(id, store, config) {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!(upload = id, error = %e, "could not reload an upload session; it is left on disk")
-                }
+            if let Err(e) = uploads.reload(id, store, config) {
+                // Set aside for an operator, out of the way of every later start.
+                let aside = uploads.dir.join("damaged");
+                let moved = std::fs::create_dir_all(&aside).and_then(|()| {
+                    for ext in ["json", "data"] {
+                        let from = uploads.dir.join(format!("{id}.{ext}"));
+                        if from.exists() {
+                            std::fs::rename(&from, aside.join(format!("{id}.{ext}")))?;
+                        }
+                    }
+                    Ok(())
+                });
+                tracing::error!(upload = id, error = %e, moved_to = %aside.display(), moved = moved.is_ok(), "could not reload an upload session; its files are set aside (a file it committed stays as far as it was committed)");
             }
         }
         // Data files without a record: a creation cut off by a crash.
@@ -76,13 +84,26 @@ impl Uploads {
         let offset = file.metadata()?.len().min(record.length);
         let tracker = track_file(&file, offset, config.max_scan_tail)?;
         let key = record.key.as_deref().and_then(|k| BlobKey::parse(k).ok());
-        let committed = match key {
-            Some(k) => store
-                .stat(k)
-                .map_err(std::io::Error::other)?
-                .map(|m| m.size),
+        let stored = match key {
+            Some(k) => store.stat(k).map_err(std::io::Error::other)?,
             None => None,
         };
+        if stored
+            .as_ref()
+            .is_some_and(|m| m.state.is_complete() && m.size == record.length)
+        {
+            // Finished (its events sent) before its files could be removed: remove them now,
+            // and do not finish it twice.
+            for path in [&record_path, &data_path] {
+                let _ = std::fs::remove_file(path);
+            }
+            tracing::info!(
+                upload = id,
+                "a finished upload's leftover session files removed"
+            );
+            return Ok(());
+        }
+        let committed = stored.map(|m| m.size);
         let session = Session::new(
             id.to_owned(),
             data_path,

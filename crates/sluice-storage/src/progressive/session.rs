@@ -139,7 +139,10 @@ impl Session {
 
     /// When the session expires if nothing more arrives (milliseconds since the epoch).
     pub fn expires_ms(&self, config: &ProgressiveConfig) -> u64 {
-        self.last_activity_ms.load(Ordering::Relaxed) + config.abandon_after.as_millis() as u64
+        let after = u64::try_from(config.abandon_after.as_millis()).unwrap_or(u64::MAX);
+        self.last_activity_ms
+            .load(Ordering::Relaxed)
+            .saturating_add(after)
     }
 
     /// Takes the session for a change, interrupting a PATCH that holds it (its client is
@@ -458,17 +461,28 @@ impl Session {
         if let Some(key) = self.key() {
             cx.uploads.forget_key(&key);
         }
+        // The file is stored and its events are out: the session's files going is cleanup.
+        // Left behind (a read-only directory), the next start removes them without
+        // finishing the upload again.
         let (data, rec) = (self.data_path.clone(), self.record_path.clone());
-        run_blocking(move || {
+        let removed = run_blocking(move || {
             for path in [rec, data] {
-                match std::fs::remove_file(path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(std::io::Error::new(
+                            e.kind(),
+                            format!("{}: {e}", path.display()),
+                        ));
+                    }
                     _ => {}
                 }
             }
             Ok(())
         })
-        .await?;
+        .await;
+        if let Err(e) = removed {
+            tracing::error!(upload = %self.id, error = ?e, "could not remove a finished upload's session files");
+        }
         Ok(())
     }
 

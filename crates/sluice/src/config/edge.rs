@@ -78,10 +78,15 @@ impl EdgeKeys {
             check_url("trackers and advertise", url)?;
         }
         anyhow::ensure!(p.cache_size.0 > 0, "cache_size must be more than 0");
-        anyhow::ensure!(
-            p.heartbeat_interval.0.as_millis() >= 10,
-            "heartbeat_interval must be at least 10ms"
-        );
+        super::within(
+            "heartbeat_interval",
+            p.heartbeat_interval,
+            10 * super::MS,
+            60 * super::SEC,
+        )?;
+        if let Some(region) = &p.region {
+            super::check_region(region)?;
+        }
         self.http.validate()
     }
 }

@@ -45,7 +45,7 @@ impl ConfigFile {
         Self::parse(&text, Some(path.to_owned()))
     }
 
-    fn parse(text: &str, path: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub(super) fn parse(text: &str, path: Option<PathBuf>) -> anyhow::Result<Self> {
         let shown = path.as_deref().map_or_else(
             || "config".to_owned(),
             |p| format!("config {}", p.display()),
@@ -93,8 +93,16 @@ impl ConfigFile {
         }
     }
 
-    /// Every section against the keys of its role.
+    /// The top level against `serve`'s keys, and every section against the keys of its
+    /// role: whichever role reads the file, a key no role knows is refused.
     fn check_sections(&self) -> anyhow::Result<()> {
+        let mut top = self.top();
+        let at = self.name();
+        take::<super::serve::NodeKeys>(&mut top, &at)?;
+        take::<super::HttpKeys>(&mut top, &at)?;
+        take::<super::live::LiveKeys>(&mut top, &at)?;
+        take::<super::tracker::RoutingKeys>(&mut top, &at)?;
+        no_more(top, &at)?;
         let mut storage = self.section("storage");
         take::<super::serve::NodeKeys>(&mut storage, &self.at("storage"))?;
         take::<super::HttpKeys>(&mut storage, &self.at("storage"))?;
@@ -131,11 +139,14 @@ pub fn take<T: DeserializeOwned>(table: &mut toml::Table, at: &str) -> anyhow::R
     T::deserialize(toml::Value::Table(mine)).with_context(|| at.to_owned())
 }
 
-/// Fails on the first key no part took, by name.
+/// Fails on the first key no part took, by name (and by its older name, if it had one).
 pub fn no_more(table: toml::Table, at: &str) -> anyhow::Result<()> {
-    match table.keys().next() {
-        None => Ok(()),
-        Some(key) => anyhow::bail!("{at}: unknown key `{key}`"),
+    let Some(key) = table.keys().next() else {
+        return Ok(());
+    };
+    match OLDER_DURATIONS.iter().find(|(_, newer, _)| newer == key) {
+        Some((older, _, _)) => anyhow::bail!("{at}: unknown key `{key}` (or `{older}`) here"),
+        None => anyhow::bail!("{at}: unknown key `{key}`"),
     }
 }
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use sluice_proto::{ByteSize, TimeSpan};
 
 use super::file::{no_more, take};
-use super::{HttpKeys, check_url};
+use super::{HOUR, HttpKeys, MS, SEC, check_url, within};
 
 fn secs(n: u64) -> TimeSpan {
     TimeSpan(std::time::Duration::from_secs(n))
@@ -81,13 +81,24 @@ impl LiveKeys {
                 check_url(what, url)?;
             }
         }
+        within(
+            "live_player_stall_timeout",
+            self.live_player_stall_timeout,
+            SEC,
+            HOUR,
+        )?;
+        within("rtmp_idle_timeout", self.rtmp_idle_timeout, SEC, HOUR)?;
+        within("hls_target", self.hls_target, SEC, 60 * SEC)?;
+        within("hook_timeout", self.hook_timeout, 10 * MS, 60 * SEC)?;
+        within(
+            "hls_max_segment_duration",
+            self.hls_max_segment_duration,
+            SEC,
+            600 * SEC,
+        )?;
         anyhow::ensure!(
-            self.live_player_stall_timeout.0.as_secs() >= 1,
-            "live_player_stall_timeout must be at least 1s"
-        );
-        anyhow::ensure!(
-            self.rtmp_idle_timeout.0.as_secs() >= 1 && self.hls_target.0.as_secs() >= 1,
-            "rtmp_idle_timeout and hls_target must be at least 1s"
+            self.live_gop_cache.0 >= 64 << 10 && self.live_player_backlog.0 >= 64 << 10,
+            "live_gop_cache and live_player_backlog must be at least 64KiB"
         );
         anyhow::ensure!(
             self.rtmp_max_ingest_rate.0 >= 1024,

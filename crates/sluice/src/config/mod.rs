@@ -26,12 +26,7 @@ pub fn parse_regions<'a>(
 ) -> anyhow::Result<Vec<(sluice_proto::net::IpPrefix, String)>> {
     pairs
         .map(|(prefix, region)| {
-            anyhow::ensure!(
-                !region.is_empty()
-                    && region.len() <= 64
-                    && region.bytes().all(|b| b.is_ascii_graphic()),
-                "region {region:?} must be a short name without spaces"
-            );
+            check_region(region)?;
             Ok((
                 sluice_proto::net::IpPrefix::parse(prefix)?,
                 region.to_owned(),
@@ -46,11 +41,44 @@ pub fn parse_prefixes(list: &[String]) -> anyhow::Result<Vec<sluice_proto::net::
         .collect()
 }
 
-/// An http(s) URL, or an error naming `what`.
+/// An http(s) URL with a host, or an error naming `what`.
 pub(crate) fn check_url(what: &str, url: &str) -> anyhow::Result<()> {
+    let host = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
     anyhow::ensure!(
-        url.starts_with("http://") || url.starts_with("https://"),
-        "{what}: {url:?} is not an http(s) URL"
+        host.is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace)),
+        "{what}: {url:?} is not an http(s) URL with a host"
+    );
+    Ok(())
+}
+
+/// `span` within `lo..=hi`, or an error naming `what` and the bounds.
+pub(crate) fn within(
+    what: &str,
+    span: sluice_proto::TimeSpan,
+    lo: std::time::Duration,
+    hi: std::time::Duration,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (lo..=hi).contains(&span.0),
+        "{what} must be between {} and {} (it is {span})",
+        sluice_proto::TimeSpan(lo),
+        sluice_proto::TimeSpan(hi)
+    );
+    Ok(())
+}
+
+pub(crate) const MS: std::time::Duration = std::time::Duration::from_millis(1);
+pub(crate) const SEC: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A region name: short, without spaces (what trackers accept from edges).
+pub(crate) fn check_region(region: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !region.is_empty() && region.len() <= 64 && region.bytes().all(|b| b.is_ascii_graphic()),
+        "region {region:?} must be a short name without spaces"
     );
     Ok(())
 }
@@ -72,18 +100,17 @@ pub struct HttpKeys {
 impl HttpKeys {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
-            self.max_connections > 0,
-            "max_connections must be at least 1"
+            (1..=1_000_000).contains(&self.max_connections),
+            "max_connections must be between 1 and 1000000"
         );
-        anyhow::ensure!(
-            self.header_read_timeout.0 >= std::time::Duration::from_secs(1),
-            "header_read_timeout must be at least 1s"
-        );
-        anyhow::ensure!(
-            self.send_timeout.0 >= std::time::Duration::from_secs(1),
-            "send_timeout must be at least 1s"
-        );
-        Ok(())
+        within("header_read_timeout", self.header_read_timeout, SEC, HOUR)?;
+        within("send_timeout", self.send_timeout, SEC, HOUR)?;
+        within(
+            "shutdown_grace",
+            self.shutdown_grace,
+            std::time::Duration::ZERO,
+            HOUR,
+        )
     }
 
     pub fn limits(&self) -> sluice_http::HttpLimits {

@@ -13,7 +13,7 @@ use sluice_storage::{BlobStoreOptions, HotCacheLimits};
 use super::file::{ConfigFile, fields_of, no_more, overlay, take};
 use super::live::LiveKeys;
 use super::tracker::RoutingKeys;
-use super::{HttpKeys, check_url};
+use super::{HOUR, HttpKeys, MS, SEC, check_url, within};
 use crate::cli::ServeArgs;
 
 fn secs(n: u64) -> TimeSpan {
@@ -224,30 +224,37 @@ impl ServeConfig {
             "max_upload_size must be more than 0"
         );
         self.http.validate()?;
-        anyhow::ensure!(n.min_copies >= 1, "min_copies must be at least 1");
         anyhow::ensure!(
-            n.scrub_interval.0.as_secs() >= 1 && n.scrub_bytes_per_sec.0 >= 1024,
-            "scrub_interval must be at least 1s and scrub_bytes_per_sec at least 1KiB"
+            (1..=16).contains(&n.min_copies),
+            "min_copies must be between 1 and 16"
         );
         anyhow::ensure!(
-            n.replication_timeout.0.as_millis() >= 10 && n.catch_up_interval.0.as_millis() >= 10,
-            "replication_timeout and catch_up_interval must be at least 10ms"
+            n.scrub_bytes_per_sec.0 >= 1024,
+            "scrub_bytes_per_sec must be at least 1KiB"
         );
-        anyhow::ensure!(
-            n.heartbeat_interval.0.as_millis() >= 10,
-            "heartbeat_interval must be at least 10ms"
-        );
+        within("scrub_interval", n.scrub_interval, SEC, 366 * 24 * HOUR)?;
+        within("replication_timeout", n.replication_timeout, 10 * MS, HOUR)?;
+        within("catch_up_interval", n.catch_up_interval, 10 * MS, HOUR)?;
+        within(
+            "heartbeat_interval",
+            n.heartbeat_interval,
+            10 * MS,
+            60 * SEC,
+        )?;
         anyhow::ensure!(
             n.default_q > 0.0 && n.default_q <= 1.0,
             "default_q must be more than 0 and at most 1"
         );
+        within("abandon_after", n.abandon_after, 100 * MS, 30 * 24 * HOUR)?;
+        within("body_idle_timeout", n.body_idle_timeout, SEC, HOUR)?;
         anyhow::ensure!(
-            n.abandon_after.0.as_millis() >= 100,
-            "abandon_after must be at least 100ms"
+            n.hot_cache_max_file.0 <= n.hot_cache_size.0.max(1 << 20)
+                && n.hot_cache_max_file.0 <= 1 << 30,
+            "hot_cache_max_file must be at most hot_cache_size and 1GiB"
         );
         anyhow::ensure!(
-            n.body_idle_timeout.0.as_secs() >= 1,
-            "body_idle_timeout must be at least 1s"
+            n.capacity.is_none_or(|c| c.0 > 0),
+            "capacity must be more than 0 (leave it out for the whole disk)"
         );
         for url in n.trackers.iter() {
             check_url("trackers", url)?;
@@ -396,6 +403,33 @@ mod tests {
             ..ServeConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn absurd_values_are_refused_with_their_bounds() {
+        for (text, what) in [
+            ("abandon_after = \"100000000h\"\n", "abandon_after"),
+            ("shutdown_grace = \"999999h\"\n", "shutdown_grace"),
+            ("send_timeout = \"999999h\"\n", "send_timeout"),
+            ("hook_timeout = \"0s\"\n", "hook_timeout"),
+            ("live_gop_cache = \"0B\"\n", "live_gop_cache"),
+            ("capacity = \"0B\"\n", "capacity"),
+            ("hot_cache_max_file = \"999TiB\"\n", "hot_cache_max_file"),
+            ("webhook_url = \"http://\"\n", "webhook_url"),
+        ] {
+            let e = parse(text)
+                .and_then(|c| c.validate().map(|_| ()))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains(what), "{text}: {e:#}");
+        }
+    }
+
+    #[test]
+    fn every_role_refuses_a_top_level_key_no_role_knows() {
+        let e = ConfigFile::parse("nonsense = 1\n", None).unwrap_err();
+        assert!(format!("{e:#}").contains("nonsense"), "{e:#}");
+        let e = ConfigFile::parse("[tracker]\nheartbeat_interval_ms = 2000\n", None).unwrap_err();
+        assert!(format!("{e:#}").contains("heartbeat_interval_ms"), "{e:#}");
     }
 
     /// The README's example is a file that works as it stands, for every role.

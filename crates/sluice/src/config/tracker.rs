@@ -76,10 +76,12 @@ impl TrackerKeys {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.place.offline_after.0.as_millis() >= 100,
-            "offline_after must be at least 100ms"
-        );
+        super::within(
+            "offline_after",
+            self.place.offline_after,
+            100 * super::MS,
+            super::HOUR,
+        )?;
         self.http.validate()?;
         self.routing.validate()
     }
