@@ -146,6 +146,7 @@ pub fn router(state: EdgeState) -> Router {
         .route("/v1/files/{*fileid}", get(files::get_file))
         .merge(preload);
     let common = sluice_http::CommonRoutes {
+        role: "edge",
         healthz: sluice_http::healthz_ok(),
         metrics: get(metrics::render),
         cors: config.cors.clone(),

@@ -247,6 +247,8 @@ impl axum::response::IntoResponse for NoRoute {
 
 /// What every role answers besides its own routes.
 pub struct CommonRoutes<S> {
+    /// What `GET /v1/about` calls this role (`storage`, `serve`, `tracker`, `edge`, `live`).
+    pub role: &'static str,
     /// `GET /healthz`: [`healthz_ok`] unless the role has more to say.
     pub healthz: axum::routing::MethodRouter<S>,
     /// `GET /metrics`, in the Prometheus text format.
@@ -262,16 +264,34 @@ pub fn healthz_ok<S: Clone + Send + Sync + 'static>() -> axum::routing::MethodRo
     axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) })
 }
 
-/// A role's whole router: its own `routes`, `/healthz` and `/metrics`, a JSON 404 for any
-/// other path, CORS, and every request counted.
+/// When the process started, for `/v1/about`.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// A role's whole router: its own `routes`, `/healthz`, `/metrics`, `/v1/about`, the web
+/// console (`/` sends a browser there), a JSON 404 for any other path, CORS, and every
+/// request counted.
 pub fn role_router<S: Clone + Send + Sync + 'static>(
     routes: Router<S>,
     common: CommonRoutes<S>,
     state: S,
 ) -> Router {
+    STARTED.get_or_init(std::time::Instant::now);
+    let role = common.role;
     routes
         .route("/healthz", common.healthz)
         .route("/metrics", common.metrics)
+        .route(
+            "/v1/about",
+            axum::routing::get(move || async move {
+                let uptime = STARTED.get().map_or(0, |t| t.elapsed().as_secs());
+                axum::Json(serde_json::json!({
+                    "role": role,
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "uptime_secs": uptime,
+                }))
+            }),
+        )
+        .merge(sluice_console::routes())
         .fallback(|| async { NoRoute })
         .layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::new(common.cors),

@@ -291,6 +291,7 @@ pub fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<sluice_http::Running<LiveState>> {
     let common = sluice_http::CommonRoutes {
+        role: "live",
         healthz: sluice_http::healthz_ok(),
         metrics: get(render_metrics),
         cors: state.config().cors.clone(),

@@ -12,6 +12,8 @@ use crate::{events, progressive, replication};
 /// What a storage node needs to know; the binary builds it from flags, env and config file.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
+    /// What `/v1/about` calls this process: `storage`, or `serve` for all roles in one.
+    pub role: &'static str,
     /// The group this node belongs to; every file id it mints starts with it.
     pub group: GroupName,
     /// Largest upload accepted, in bytes (413 beyond it).

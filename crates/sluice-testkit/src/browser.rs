@@ -67,6 +67,8 @@ impl Browser {
                 "args": CHROMIUM_ARGS,
                 "prefs": {"download_restrictions": 3},
             },
+            // The page's console and its failed loads, for `console_errors`.
+            "goog:loggingPrefs": {"browser": "ALL"},
         }}});
         let created: Value = http
             .post(format!("{base}/session"))
@@ -129,6 +131,66 @@ impl Browser {
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// The page's console messages at level SEVERE since the last call: script errors,
+    /// failed loads (a missing favicon included), CSP refusals.
+    pub async fn console_errors(&self) -> Vec<String> {
+        let logs = self.command("se/log", json!({"type": "browser"})).await;
+        logs.as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| e["level"] == "SEVERE")
+                    .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A PNG of the viewport, saved at `path` (a test's artefact).
+    pub async fn screenshot(&self, path: &std::path::Path) {
+        let answer: Value = self
+            .http
+            .get(format!("{}/screenshot", self.session))
+            .send()
+            .await
+            .expect("chromedriver answers")
+            .json()
+            .await
+            .expect("JSON from chromedriver");
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(answer["value"].as_str().unwrap_or_default())
+            .expect("a base64 PNG");
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(path, png).expect("write the screenshot");
+    }
+
+    /// Sets the viewport's size (phone width, say).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.command("window/rect", json!({"width": width, "height": height}))
+            .await;
+    }
+
+    /// Types `text` into the element `css` selects (for a file input: the path of a file to
+    /// pick, as a person choosing it would).
+    pub async fn type_into(&self, css: &str, text: &str) {
+        let found = self
+            .command("element", json!({"using": "css selector", "value": css}))
+            .await;
+        let id = found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_owned();
+        let answer = self
+            .command(&format!("element/{id}/value"), json!({"text": text}))
+            .await;
+        assert!(answer.is_null(), "typing into {css}: {answer}");
     }
 
     /// Ends the session (closing Chromium) and chromedriver.

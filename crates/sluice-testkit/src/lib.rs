@@ -114,6 +114,7 @@ fn node_config(dir: &Path, settings: &NodeSettings) -> sluice_storage::NodeConfi
             ..BlobStoreOptions::default()
         },
         storage: StorageConfig {
+            role: "storage",
             group: settings.group.parse().expect("valid group"),
             max_upload_size: settings.max_upload_size,
             body_idle_timeout: settings.body_idle_timeout,

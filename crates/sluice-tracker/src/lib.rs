@@ -114,6 +114,7 @@ pub fn router(state: TrackerState) -> Router {
             get(redirect_read).delete(redirect_write),
         );
     let common = sluice_http::CommonRoutes {
+        role: "tracker",
         healthz: sluice_http::healthz_ok(),
         metrics: get(render_metrics),
         cors: config.cors.clone(),

@@ -31,6 +31,7 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     let mut node_config = config.node(cluster.clone());
     // A node on its own: its embedded tracker hears from it directly, not over HTTP.
     node_config.membership = None;
+    node_config.storage.role = "serve";
     let node = sluice_storage::node::open(&node_config, &url).await?;
     let mut parts = sluice_storage::node::parts(&node, &node_config);
 
@@ -77,6 +78,7 @@ pub async fn run(args: ServeCmd) -> anyhow::Result<()> {
     };
     tracing::info!(
         http = %url,
+        console = %format!("{url}/console/"),
         rtmp = %rtmp_addr.map(|a| format!("rtmp://{a}")).unwrap_or_else(|| "off".into()),
         data = %config.raw.node.data.display(),
         group = %config.group,

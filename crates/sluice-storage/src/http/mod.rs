@@ -65,6 +65,7 @@ pub fn router(state: StorageState) -> Router {
         // multipart bodies alike.
         .layer(DefaultBodyLimit::disable());
     let common = sluice_http::CommonRoutes {
+        role: config.role,
         healthz: get(healthz),
         metrics: get(metrics::render),
         cors: config.cors.clone(),

@@ -322,6 +322,7 @@ impl ValidServeConfig {
             data: n.data.clone(),
             store: self.blob.clone(),
             storage: sluice_storage::StorageConfig {
+                role: "storage",
                 group: self.group.clone(),
                 max_upload_size: n.max_upload_size.0,
                 body_idle_timeout: n.body_idle_timeout.0,

@@ -1,0 +1,211 @@
+//! The web console in a real headless Chromium against real `sluice` processes. Screenshots of
+//! each page are kept in `target/test-artefacts/console/`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Served, curl};
+use sluice_testkit::browser::Browser;
+
+fn artefact(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/test-artefacts/console")
+        .join(format!("{name}.png"))
+}
+
+/// The status and `Location` of a GET, without following it.
+fn redirect_of(url: &str) -> (String, String) {
+    let head = String::from_utf8_lossy(&curl(&["-sS", "-o", "/dev/null", "-D", "-", url]).stdout)
+        .into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let location = head
+        .lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    (status, location)
+}
+
+#[test]
+fn every_role_sends_a_browser_at_its_root_to_the_console() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let secret = [("SLUICE_CLUSTER_SECRET", "s3cret")];
+    let serve = Served::start(dirs[0].path(), &[]);
+    let tracker = Served::tracker(dirs[1].path(), &[], &secret);
+    let storage = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &secret);
+    let edge = Served::spawn(
+        &[
+            "edge",
+            "--origin",
+            &serve.url,
+            "--http",
+            "127.0.0.1:0",
+            "--cache",
+            dirs[3].path().to_str().unwrap(),
+        ],
+        &secret,
+    );
+    let live = Served::spawn(
+        &["live", "--http", "127.0.0.1:0", "--rtmp", "127.0.0.1:0"],
+        &secret,
+    );
+    for (role, served) in [
+        ("serve", &serve),
+        ("tracker", &tracker),
+        ("storage", &storage),
+        ("edge", &edge),
+        ("live", &live),
+    ] {
+        assert_eq!(
+            redirect_of(&format!("{}/", served.url)),
+            ("303".to_owned(), "/console/".to_owned()),
+            "{role}"
+        );
+        let page = curl(&["-sSf", &format!("{}/console/", served.url)]);
+        assert!(page.status.success(), "{role}");
+        let about = common::get_json(&format!("{}/v1/about", served.url));
+        assert_eq!(about["role"], role);
+    }
+    assert!(
+        serve
+            .startup_log
+            .iter()
+            .any(|l| l.contains(&format!("console={}/console/", serve.url))),
+        "serve says where its console is: {:?}",
+        serve.startup_log
+    );
+}
+
+#[tokio::test]
+async fn every_console_page_loads_in_chromium_without_an_error() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path(), &["--rtmp", "127.0.0.1:0"]);
+    let stored = {
+        let out = curl(&[
+            "-sSf",
+            "-H",
+            "Content-Type: video/mp4",
+            "--data-binary",
+            "not really a video",
+            &format!("{}/v1/files", served.url),
+        ]);
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        answer["fileid"].as_str().unwrap().to_owned()
+    };
+    let browser = Browser::start().await;
+    for (name, path) in [
+        ("overview", "/console/".to_owned()),
+        ("cluster", "/console/cluster".to_owned()),
+        ("upload", "/console/upload".to_owned()),
+        ("live", "/console/live".to_owned()),
+        ("view", format!("/console/view?file={stored}")),
+        ("play", format!("/console/play?file={stored}")),
+    ] {
+        browser.goto(&format!("{}{path}", served.url)).await;
+        // Each page fills itself from the API: wait until it has.
+        let filled = match name {
+            "overview" => "return document.getElementById('version').textContent !== '…'",
+            "cluster" => "return document.querySelectorAll('[data-node]').length > 0",
+            "live" => "return !document.getElementById('streams').textContent.includes('–')",
+            _ => "return document.readyState === 'complete'",
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while browser.eval(filled).await != true {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never filled in"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        browser.screenshot(&artefact(name)).await;
+        let errors = browser.console_errors().await;
+        // The play page's stand-in "video" cannot be decoded; that is the media's fault.
+        let errors: Vec<_> = errors
+            .into_iter()
+            .filter(|e| !(name == "play" && e.contains("MEDIA_ERR")))
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+    }
+    // At phone width the overview still shows its figures.
+    browser.resize(390, 844).await;
+    browser.goto(&format!("{}/console/", served.url)).await;
+    let width = browser
+        .eval("return document.documentElement.scrollWidth")
+        .await;
+    assert!(
+        width.as_u64().is_some_and(|w| w <= 400),
+        "no sideways scrolling at phone width: {width}"
+    );
+    browser.screenshot(&artefact("overview-phone")).await;
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn files_uploaded_through_the_page_download_byte_identical() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let clip = work.path().join("clip.bin");
+    let clip_bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(&clip, &clip_bytes).unwrap();
+    let picture = work.path().join("picture.jpg");
+    let jpeg = sluice_testkit::images::progressive_jpeg(640, 480, 7);
+    std::fs::write(&picture, &jpeg).unwrap();
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/console/upload", served.url))
+        .await;
+    for (file, want) in [(&clip, &clip_bytes), (&picture, &jpeg)] {
+        let before = browser
+            .eval("return document.querySelectorAll('li[data-fileid]').length")
+            .await
+            .as_u64()
+            .unwrap();
+        browser.type_into("#files", file.to_str().unwrap()).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let fileid = loop {
+            // One look at the page: the newest row, once its upload has ended.
+            let newest = browser
+                .eval(
+                    "const row = document.querySelector('#uploads li'); \
+                     const failed = row && row.querySelector('.state-offline'); \
+                     if (failed) return {failed: failed.textContent}; \
+                     const count = document.querySelectorAll('li[data-fileid]').length; \
+                     return row && row.dataset.fileid && row.querySelector('progress').value === 1 \
+                         ? {fileid: row.dataset.fileid, count} : null",
+                )
+                .await;
+            assert!(newest["failed"].is_null(), "{newest}");
+            if let Some(id) = newest["fileid"].as_str() {
+                assert_eq!(newest["count"].as_u64(), Some(before + 1));
+                break id.to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the upload never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let got = curl(&["-sSf", &format!("{}/v1/files/{fileid}", served.url)]).stdout;
+        assert_eq!(&got, want, "{}", file.display());
+    }
+    // The picture went up progressively: its row says when its id came.
+    let note = browser
+        .eval("return document.querySelector('li[data-fileid]').textContent")
+        .await;
+    assert!(
+        note.as_str().is_some_and(|t| t.contains("id after")),
+        "{note}"
+    );
+    browser.screenshot(&artefact("upload-done")).await;
+    assert!(browser.console_errors().await.is_empty());
+    browser.quit().await;
+}
