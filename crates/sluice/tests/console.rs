@@ -209,3 +209,172 @@ async fn files_uploaded_through_the_page_download_byte_identical() {
     assert!(browser.console_errors().await.is_empty());
     browser.quit().await;
 }
+
+/// Polls `script` in the page until it returns something other than null/false, or panics
+/// naming `what` after `timeout`.
+async fn wait_in_page(
+    browser: &Browser,
+    what: &str,
+    timeout: Duration,
+    script: &str,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let got = browser.eval(script).await;
+        if !(got.is_null() || got == false) {
+            return got;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_page_shows_a_node_going_offline() {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let secret = [("SLUICE_CLUSTER_SECRET", "s3cret")];
+    let tracker = Served::tracker(dirs[0].path(), &["--offline-after-ms", "1000"], &secret);
+    let node = Served::storage(dirs[1].path(), "g1", &[&tracker.url], &[], &secret);
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/console/cluster", tracker.url))
+        .await;
+    wait_in_page(
+        &browser,
+        "the node shown active",
+        Duration::from_secs(15),
+        "return document.querySelector('[data-node] .state-active') !== null",
+    )
+    .await;
+    browser.screenshot(&artefact("cluster-up")).await;
+    drop(node);
+    wait_in_page(
+        &browser,
+        "the node shown offline",
+        Duration::from_secs(15),
+        "return document.querySelector('tr.down[data-node] .state-offline') !== null",
+    )
+    .await;
+    browser.screenshot(&artefact("cluster-down")).await;
+    assert!(browser.console_errors().await.is_empty());
+    browser.quit().await;
+}
+
+/// A tus request with curl; returns the response head.
+fn tus(method: &str, url: &str, headers: &[String], body: Option<&std::path::Path>) -> String {
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "-D".into(),
+        "-".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-X".into(),
+        method.into(),
+        "-H".into(),
+        "Tus-Resumable: 1.0.0".into(),
+    ];
+    for h in headers {
+        args.extend(["-H".into(), h.clone()]);
+    }
+    if let Some(path) = body {
+        args.extend([
+            "-H".into(),
+            "Content-Type: application/offset+octet-stream".into(),
+            "--data-binary".into(),
+            format!("@{}", path.display()),
+        ]);
+    }
+    args.push(url.into());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    String::from_utf8_lossy(&curl(&refs).stdout).into_owned()
+}
+
+fn header_of(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+/// What the viewer shows: the decoded image's size and a digest of its pixels.
+const PIXELS: &str = "const img = document.getElementById('image'); \
+    if (!img.complete || !img.naturalWidth) return null; \
+    const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight; \
+    const g = c.getContext('2d'); g.drawImage(img, 0, 0); \
+    const d = g.getImageData(0, 0, c.width, c.height).data; let h = 0; \
+    for (let i = 0; i < d.length; i += 61) h = (h * 31 + d[i]) >>> 0; \
+    return {w: img.naturalWidth, h: img.naturalHeight, digest: h, \
+            paints: Number(img.dataset.paints), complete: img.dataset.complete};";
+
+#[tokio::test]
+async fn a_progressive_picture_sharpens_in_the_viewer() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path(), &[]);
+    let work = tempfile::tempdir().unwrap();
+    let jpeg = sluice_testkit::images::progressive_jpeg(640, 480, 11);
+    let cut = jpeg.len() * 2 / 5;
+    let (first, rest) = (work.path().join("first"), work.path().join("rest"));
+    std::fs::write(&first, &jpeg[..cut]).unwrap();
+    std::fs::write(&rest, &jpeg[cut..]).unwrap();
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let created = tus(
+        "POST",
+        &format!("{}/v1/uploads", served.url),
+        &[
+            format!("Upload-Length: {}", jpeg.len()),
+            format!(
+                "Upload-Metadata: filetype {},q {}",
+                b64("image/jpeg"),
+                b64("0.3")
+            ),
+        ],
+        None,
+    );
+    let location = header_of(&created, "location").expect("a tus Location");
+    let patched = tus(
+        "PATCH",
+        &format!("{}{location}", served.url),
+        &["Upload-Offset: 0".into()],
+        Some(&first),
+    );
+    let fileid = header_of(&patched, "sluice-file-id").expect("an id at q = 0.3");
+
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/console/view?file={fileid}", served.url))
+        .await;
+    let early = wait_in_page(&browser, "the first paint", Duration::from_secs(15), PIXELS).await;
+    assert_eq!(
+        (early["w"].as_u64(), early["h"].as_u64()),
+        (Some(640), Some(480)),
+        "whole size from the first paint"
+    );
+    assert_eq!(early["complete"], "false");
+    browser.screenshot(&artefact("view-partial")).await;
+
+    tus(
+        "PATCH",
+        &format!("{}{location}", served.url),
+        &[format!("Upload-Offset: {cut}")],
+        Some(&rest),
+    );
+    let last = wait_in_page(
+        &browser,
+        "the whole picture shown",
+        Duration::from_secs(15),
+        &PIXELS.replace(
+            "return {w:",
+            "if (img.dataset.complete !== 'true') return null; return {w:",
+        ),
+    )
+    .await;
+    assert!(
+        last["paints"].as_u64() > early["paints"].as_u64(),
+        "{early} {last}"
+    );
+    assert_ne!(last["digest"], early["digest"], "the picture sharpened");
+    browser.screenshot(&artefact("view-whole")).await;
+    assert!(browser.console_errors().await.is_empty());
+    browser.quit().await;
+}
