@@ -338,7 +338,14 @@ async function play() {
       const src = "/live/" + stream + ".m3u8";
       if (!window.Hls) await loadScript("/console/assets/vendor/hls.min.js");
       if (window.Hls && window.Hls.isSupported()) {
-        const hls = new window.Hls({ lowLatencyMode: true });
+        // A stream that has just begun has no playlist until its first segment is cut:
+        // keep asking.
+        const hls = new window.Hls({ lowLatencyMode: true, manifestLoadingMaxRetry: 30, manifestLoadingRetryDelay: 1000, manifestLoadingMaxRetryTimeout: 2000 });
+        hls.on(window.Hls.Events.ERROR, (_, data) => {
+          if (!data.fatal) return;
+          if (data.type === window.Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
+          else setTimeout(() => hls.loadSource(src), 1000);
+        });
         hls.loadSource(src);
         hls.attachMedia(video);
         player = { destroy: () => hls.destroy(), bitrate: () => hls.bandwidthEstimate };

@@ -224,7 +224,18 @@ async fn wait_in_page(
         if !(got.is_null() || got == false) {
             return got;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        if std::time::Instant::now() >= deadline {
+            let page = browser
+                .eval(
+                    "const v = document.getElementById('video'); \
+                     return {problem: document.getElementById('problem')?.textContent, \
+                             video: v && {time: v.currentTime, paused: v.paused, ready: v.readyState, \
+                                          error: v.error && v.error.message, src: v.currentSrc}}",
+                )
+                .await;
+            let errors = browser.console_errors().await;
+            panic!("timed out: {what}; page {page}; console {errors:?}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -375,6 +386,148 @@ async fn a_progressive_picture_sharpens_in_the_viewer() {
     );
     assert_ne!(last["digest"], early["digest"], "the picture sharpened");
     browser.screenshot(&artefact("view-whole")).await;
+    assert!(browser.console_errors().await.is_empty());
+    browser.quit().await;
+}
+
+/// ffmpeg publishing a generated H.264 + AAC stream in real time for `secs` seconds.
+fn publish(url: &str, secs: u32) -> std::process::Child {
+    std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .args(["-t", &secs.to_string(), "-f", "flv", url])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg is installed (scripts/test.sh installs it)")
+}
+
+/// Whether the page's video is playing: its time has passed `secs`.
+fn played_past(secs: f64) -> String {
+    format!(
+        "const v = document.getElementById('video'); \
+         return v.currentTime > {secs} && !v.paused ? v.currentTime : null"
+    )
+}
+
+#[tokio::test]
+async fn a_live_stream_plays_over_hls_and_http_flv_and_a_stored_mp4_seeks() {
+    let data = tempfile::tempdir().unwrap();
+    let served = Served::start(data.path(), &["--rtmp", "127.0.0.1:0"]);
+    let rtmp = served.rtmp.clone().unwrap();
+    let mut publisher = publish(&format!("{rtmp}/live/cam"), 90);
+    // The page is opened once the stream has a playlist (before its first segment, a player
+    // retries, and its browser logs the 404s).
+    common::wait_for("the stream's HLS playlist", Duration::from_secs(30), || {
+        curl(&[
+            "-sSf",
+            "-o",
+            "/dev/null",
+            &format!("{}/live/live/cam.m3u8", served.url),
+        ])
+        .status
+        .success()
+    });
+    let browser = Browser::start().await;
+    for via in ["hls", "flv"] {
+        browser
+            .goto(&format!(
+                "{}/console/play?stream=live/cam&via={via}",
+                served.url
+            ))
+            .await;
+        wait_in_page(
+            &browser,
+            &format!("the live stream playing over {via}"),
+            Duration::from_secs(30),
+            &played_past(1.0),
+        )
+        .await;
+        let stats = browser
+            .eval("return document.getElementById('stats').textContent")
+            .await;
+        assert!(
+            stats
+                .as_str()
+                .is_some_and(|s| s.contains("320×240") && s.contains("Behind live")),
+            "{via}: {stats}"
+        );
+        browser
+            .screenshot(&artefact(&format!("play-live-{via}")))
+            .await;
+        let errors = browser.console_errors().await;
+        assert!(errors.is_empty(), "{via}: {errors:?}");
+    }
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+
+    // A stored MP4 (moov first), played and sought to its fourth second.
+    let work = tempfile::tempdir().unwrap();
+    let mp4 = work.path().join("clip.mp4");
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25",
+            "-t",
+            "6",
+        ])
+        .args([
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+        ])
+        .arg(&mp4)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out = curl(&[
+        "-sSf",
+        "-H",
+        "Content-Type: video/mp4",
+        "--data-binary",
+        &format!("@{}", mp4.display()),
+        &format!("{}/v1/files", served.url),
+    ]);
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fileid = answer["fileid"].as_str().unwrap();
+    browser
+        .goto(&format!("{}/console/play?file={fileid}", served.url))
+        .await;
+    wait_in_page(
+        &browser,
+        "the video's length known",
+        Duration::from_secs(15),
+        "const v = document.getElementById('video'); return v.readyState >= 1 && v.duration > 5",
+    )
+    .await;
+    browser
+        .eval("const v = document.getElementById('video'); v.currentTime = 4; return true")
+        .await;
+    wait_in_page(
+        &browser,
+        "the seek to 4 s",
+        Duration::from_secs(15),
+        "const v = document.getElementById('video'); \
+         return !v.seeking && v.readyState >= 2 && Math.abs(v.currentTime - 4) < 0.5",
+    )
+    .await;
+    browser.screenshot(&artefact("play-file")).await;
     assert!(browser.console_errors().await.is_empty());
     browser.quit().await;
 }
