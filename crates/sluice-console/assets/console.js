@@ -5,12 +5,50 @@
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "sluice-api-token";
 
-/** fetch against this server, with the API token when the tab holds one. */
+/** fetch against this server, with the API token when the tab holds one; a 401 asks the
+ *  person for the token once and tries again. */
 async function api(path, options = {}) {
-  const headers = new Headers(options.headers || {});
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token && !headers.has("Authorization")) headers.set("Authorization", "Bearer " + token);
-  return fetch(path, { ...options, headers, cache: "no-store" });
+  const send = () => {
+    const headers = new Headers(options.headers || {});
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token && !headers.has("Authorization")) headers.set("Authorization", "Bearer " + token);
+    return fetch(path, { ...options, headers, cache: "no-store" });
+  };
+  const first = await send();
+  if (first.status !== 401 || options.body instanceof ReadableStream) return first;
+  await askToken(sessionStorage.getItem(TOKEN_KEY) ? "That token was refused; this server needs its API token" : null);
+  return send();
+}
+
+let asking = null;
+
+/** Shows the token form until the person gives one (one form, however many ask). */
+function askToken(label) {
+  if (asking) return asking;
+  const form = $("token");
+  if (label) form.querySelector("label").textContent = label;
+  form.hidden = false;
+  $("token-input").focus();
+  asking = new Promise((resolve) => {
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      sessionStorage.setItem(TOKEN_KEY, $("token-input").value.trim());
+      form.hidden = true;
+      asking = null;
+      resolve();
+    }, { once: true });
+  });
+  return asking;
+}
+
+/** A URL this page may read `path` at: as it is, or, where reads need a signed link, one
+ *  the server signs for the token holder (the page never holds the URL secret). */
+async function readable(path) {
+  const probe = await fetch(path, { method: "HEAD", cache: "no-store" });
+  if (probe.status !== 403) return path;
+  const r = await api("/v1/sign?path=" + encodeURIComponent(path));
+  if (!r.ok) throw new Error("signing a link: " + r.status + " " + await r.text());
+  return (await r.json()).url;
 }
 
 async function json(path) {
@@ -215,6 +253,11 @@ function uploadWhole(file, row) {
     xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
     xhr.upload.onprogress = (e) => { if (e.lengthComputable) row.progress.value = e.loaded / e.total; };
     xhr.onload = () => {
+      if (xhr.status === 401) {
+        askToken(sessionStorage.getItem(TOKEN_KEY) ? "That token was refused; this server needs its API token" : null)
+          .then(() => uploadWhole(file, row)).then(resolve, reject);
+        return;
+      }
       if (xhr.status !== 201) { reject(new Error(xhr.status + " " + xhr.responseText)); return; }
       const answer = JSON.parse(xhr.responseText);
       row.progress.value = 1;
@@ -272,9 +315,13 @@ async function view() {
   const fileid = param("file");
   if (!fileid) { problem("Open this page with ?file=FILEID."); return; }
   const image = $("image");
-  let shown = -1, url = null;
+  let shown = -1, url = null, at = await readable("/v1/files/" + fileid);
   for (;;) {
-    const r = await api("/v1/files/" + fileid);
+    let r = await fetch(at, { cache: "no-store" });
+    if (r.status === 403) {
+      at = await readable("/v1/files/" + fileid);
+      r = await fetch(at, { cache: "no-store" });
+    }
     if (!r.ok) { problem("/v1/files answered " + r.status); return; }
     const received = Number(r.headers.get("Sluice-Received") || r.headers.get("Content-Length"));
     const total = Number(r.headers.get("Sluice-Total") || received);
@@ -326,7 +373,7 @@ async function play() {
   };
   setInterval(show, 500);
   if (file) {
-    video.src = "/v1/files/" + file;
+    video.src = await readable("/v1/files/" + file);
     return;
   }
   if (!stream || !/^[^/]+\/[^/]+$/.test(stream)) { problem("Open this page with ?file=FILEID or ?stream=APP/STREAM."); return; }
@@ -335,7 +382,7 @@ async function play() {
     if (player) { player.destroy(); player = null; }
     video.removeAttribute("src");
     if (via === "hls") {
-      const src = "/live/" + stream + ".m3u8";
+      const src = await readable("/live/" + stream + ".m3u8");
       if (!window.Hls) await loadScript("/console/assets/vendor/hls.min.js");
       if (window.Hls && window.Hls.isSupported()) {
         // A stream that has just begun has no playlist until its first segment is cut:
@@ -356,7 +403,8 @@ async function play() {
       }
     } else {
       if (!window.mpegts) await loadScript("/console/assets/vendor/mpegts.min.js");
-      const flv = window.mpegts.createPlayer({ type: "flv", isLive: true, url: "/live/" + stream + ".flv" }, { enableWorker: false, liveBufferLatencyChasing: true });
+      const flvUrl = await readable("/live/" + stream + ".flv");
+      const flv = window.mpegts.createPlayer({ type: "flv", isLive: true, url: flvUrl }, { enableWorker: false, liveBufferLatencyChasing: true });
       flv.attachMediaElement(video);
       flv.load();
       player = { destroy: () => flv.destroy(), bitrate: () => null };

@@ -151,6 +151,7 @@ pub fn router(state: EdgeState) -> Router {
         metrics: get(metrics::render),
         cors: config.cors.clone(),
         recorder: state.inner.http_metrics.clone(),
+        access: config.access.clone(),
     };
     sluice_http::role_router(routes, common, state)
 }

@@ -245,6 +245,55 @@ impl axum::response::IntoResponse for NoRoute {
     }
 }
 
+#[derive(serde::Deserialize)]
+struct SignQuery {
+    path: String,
+    #[serde(default = "an_hour")]
+    ttl: u64,
+}
+
+fn an_hour() -> u64 {
+    3600
+}
+
+/// Longest a link made by `/v1/sign` lives.
+const LONGEST_LINK: u64 = 24 * 3600;
+
+/// `GET /v1/sign?path=PATH[&ttl=SECS]`: a signed link to PATH for a holder of the API token,
+/// so a console in a private deployment plays private media without holding the URL secret.
+/// Where reads need no signature the path comes back as it is. With a URL secret but no API
+/// token set, nobody could be told from anybody, so nothing is signed.
+fn sign(
+    access: &crate::AccessPolicy,
+    headers: &axum::http::HeaderMap,
+    query: &SignQuery,
+) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let refuse = |status, why: &str| crate::errors::Refusal::new(status, why).into_response();
+    if !query.path.starts_with('/') || query.path.contains(['?', '#']) || query.path.len() > 2048 {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "path must be a path (from /), with no query",
+        );
+    }
+    let Some(secret) = &access.url_secret else {
+        return axum::Json(serde_json::json!({ "url": query.path })).into_response();
+    };
+    if access.api_tokens.is_none() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "this server signs links only for holders of its API token, and has none set (SLUICE_API_TOKEN)",
+        );
+    }
+    if let Err(denied) = access.check_bearer(headers) {
+        return denied.into_response();
+    }
+    let expires = crate::access::now_unix().saturating_add(query.ttl.clamp(1, LONGEST_LINK));
+    let url = sluice_proto::signature::sign_download(secret, &query.path, expires);
+    axum::Json(serde_json::json!({ "url": url, "expires": expires })).into_response()
+}
+
 /// What every role answers besides its own routes.
 pub struct CommonRoutes<S> {
     /// What `GET /v1/about` calls this role (`storage`, `serve`, `tracker`, `edge`, `live`).
@@ -257,6 +306,8 @@ pub struct CommonRoutes<S> {
     pub cors: crate::CorsPolicy,
     /// Where every request is counted (rendered by the role's `/metrics`).
     pub recorder: std::sync::Arc<crate::HttpMetrics>,
+    /// The role's read and write rules: `/v1/sign` makes signed links for token holders.
+    pub access: crate::AccessPolicy,
 }
 
 /// `{"status": "ok"}`: the process answers.
@@ -289,6 +340,16 @@ pub fn role_router<S: Clone + Send + Sync + 'static>(
                     "version": env!("CARGO_PKG_VERSION"),
                     "uptime_secs": uptime,
                 }))
+            }),
+        )
+        .route(
+            "/v1/sign",
+            axum::routing::get({
+                let access = common.access.clone();
+                move |headers: axum::http::HeaderMap,
+                      query: axum::extract::Query<SignQuery>| async move {
+                    sign(&access, &headers, &query)
+                }
             }),
         )
         .merge(sluice_console::routes())
@@ -360,5 +421,49 @@ mod tests {
             .unwrap();
         assert!(closed_after_worker.load(Ordering::SeqCst));
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[test]
+    fn links_are_signed_only_for_token_holders_and_verify() {
+        use axum::http::{HeaderMap, HeaderValue, StatusCode};
+        let secret = sluice_proto::SecretSet::parse("url-secret");
+        let query = SignQuery {
+            path: "/v1/files/g1/abc".into(),
+            ttl: 60,
+        };
+        let mut bearer = HeaderMap::new();
+        bearer.insert("authorization", HeaderValue::from_static("Bearer tok"));
+        // Reads need no signature: the path as it is.
+        let open = crate::AccessPolicy::default();
+        assert_eq!(
+            sign(&open, &HeaderMap::new(), &query).status(),
+            StatusCode::OK
+        );
+        // A URL secret with no API token: nobody can be told apart, nothing is signed.
+        let no_tokens = crate::AccessPolicy {
+            url_secret: secret.clone(),
+            api_tokens: None,
+        };
+        assert_eq!(
+            sign(&no_tokens, &bearer, &query).status(),
+            StatusCode::FORBIDDEN
+        );
+        let private = crate::AccessPolicy {
+            url_secret: secret.clone(),
+            api_tokens: sluice_proto::SecretSet::parse("tok"),
+        };
+        assert_eq!(
+            sign(&private, &HeaderMap::new(), &query).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let bad = SignQuery {
+            path: "/v1/files/g1/abc?x=1".into(),
+            ttl: 60,
+        };
+        assert_eq!(
+            sign(&private, &bearer, &bad).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(sign(&private, &bearer, &query).status(), StatusCode::OK);
     }
 }

@@ -296,6 +296,7 @@ pub fn start(
         metrics: get(render_metrics),
         cors: state.config().cors.clone(),
         recorder: state.inner.http_metrics.clone(),
+        access: state.config().access.clone(),
     };
     let router = sluice_http::role_router(own_routes(), common, state.clone());
     let mut parts =

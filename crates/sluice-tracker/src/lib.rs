@@ -119,6 +119,7 @@ pub fn router(state: TrackerState) -> Router {
         metrics: get(render_metrics),
         cors: config.cors.clone(),
         recorder: state.inner.metrics.clone(),
+        access: config.access.clone(),
     };
     sluice_http::role_router(routes, common, state)
 }

@@ -531,3 +531,94 @@ async fn a_live_stream_plays_over_hls_and_http_flv_and_a_stored_mp4_seeks() {
     assert!(browser.console_errors().await.is_empty());
     browser.quit().await;
 }
+
+/// A private deployment (API token and URL secret set): the console asks for the token once,
+/// keeps it in the tab, uploads with it, and shows private media through links the server
+/// signs for the token holder; the URL secret never reaches the page.
+#[tokio::test]
+async fn a_private_deployment_asks_for_the_token_once_and_plays_through_signed_links() {
+    let data = tempfile::tempdir().unwrap();
+    let env = [
+        ("SLUICE_API_TOKEN", "console-token"),
+        ("SLUICE_URL_SECRET", "console-url-secret"),
+    ];
+    let served = Served::start_with_env(data.path(), &[], &env);
+    // Without the token, no link is signed.
+    let refused = curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("{}/v1/sign?path=/v1/files/g1/x", served.url),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "401");
+
+    let work = tempfile::tempdir().unwrap();
+    let picture = work.path().join("private.jpg");
+    let jpeg = sluice_testkit::images::progressive_jpeg(320, 240, 5);
+    std::fs::write(&picture, &jpeg).unwrap();
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("{}/console/upload", served.url))
+        .await;
+    browser.type_into("#files", picture.to_str().unwrap()).await;
+    wait_in_page(
+        &browser,
+        "the token form",
+        Duration::from_secs(15),
+        "return !document.getElementById('token').hidden",
+    )
+    .await;
+    browser.screenshot(&artefact("private-token")).await;
+    browser.type_into("#token-input", "console-token").await;
+    browser
+        .eval("document.getElementById('token').requestSubmit(); return true")
+        .await;
+    let fileid = wait_in_page(
+        &browser,
+        "the upload with the token",
+        Duration::from_secs(15),
+        "const row = document.querySelector('#uploads li'); \
+         return row && row.dataset.fileid && row.querySelector('progress').value === 1 \
+             ? row.dataset.fileid : null",
+    )
+    .await;
+    let fileid = fileid.as_str().unwrap();
+    // The viewer, in the same tab: no second question, the picture through a signed link.
+    browser
+        .goto(&format!("{}/console/view?file={fileid}", served.url))
+        .await;
+    let shown = wait_in_page(
+        &browser,
+        "the private picture",
+        Duration::from_secs(15),
+        "const img = document.getElementById('image'); \
+         return img.complete && img.naturalWidth ? [img.naturalWidth, img.dataset.complete] : null",
+    )
+    .await;
+    assert_eq!(shown, serde_json::json!([320, "true"]));
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('token').hidden")
+            .await,
+        true,
+        "asked once per tab"
+    );
+    let page = browser
+        .eval("return document.documentElement.outerHTML + JSON.stringify(sessionStorage)")
+        .await;
+    assert!(
+        !page.as_str().unwrap().contains("console-url-secret"),
+        "the URL secret reached the page"
+    );
+    // The refused first try (401) is the only error the page logged.
+    let errors = browser.console_errors().await;
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("401") || e.contains("403")),
+        "{errors:?}"
+    );
+    browser.quit().await;
+}

@@ -70,6 +70,7 @@ pub fn router(state: StorageState) -> Router {
         metrics: get(metrics::render),
         cors: config.cors.clone(),
         recorder: state.metrics_recorder(),
+        access: config.access.clone(),
     };
     sluice_http::role_router(routes, common, state)
 }
