@@ -125,6 +125,17 @@ async fn every_console_page_loads_in_chromium_without_an_error() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         browser.screenshot(&artefact(name)).await;
+        // With a keyboard: every link and control is in the tab order and visible.
+        let unreachable = browser
+            .eval(
+                "return [...document.querySelectorAll('a[href], button, input, select')] \
+                   .filter(e => !e.closest('[hidden]')) \
+                   .filter(e => e.tabIndex < 0 || getComputedStyle(e).display === 'none' \
+                                || getComputedStyle(e).visibility === 'hidden') \
+                   .map(e => e.outerHTML)",
+            )
+            .await;
+        assert_eq!(unreachable, serde_json::json!([]), "{name}");
         let errors = browser.console_errors().await;
         // The play page's stand-in "video" cannot be decoded; that is the media's fault.
         let errors: Vec<_> = errors
