@@ -41,12 +41,30 @@ function askToken(label) {
   return asking;
 }
 
+let aboutCache = null;
+
+/** What this server is and what it asks of a client (`/v1/about`), asked once per page. */
+function about() {
+  if (!aboutCache) aboutCache = json("/v1/about");
+  return aboutCache;
+}
+
+/** Whether this role has `what`: "files", "cluster", "live". */
+async function has(what) {
+  const role = (await about()).role;
+  return {
+    files: ["serve", "storage"],
+    cluster: ["serve", "tracker"],
+    live: ["serve", "live"],
+  }[what].includes(role);
+}
+
 /** A URL this page may read `path` at: as it is, or, where reads need a signed link, one
  *  the server signs for the token holder (the page never holds the URL secret). */
 async function readable(path) {
-  const probe = await fetch(path, { method: "HEAD", cache: "no-store" });
-  if (probe.status !== 403) return path;
+  if (!(await about()).signed_reads) return path;
   const r = await api("/v1/sign?path=" + encodeURIComponent(path));
+  if (r.status === 403) throw new Error("reads here need signed links, and this server signs them only for holders of its API token (SLUICE_API_TOKEN is not set); use `sluice sign`");
   if (!r.ok) throw new Error("signing a link: " + r.status + " " + await r.text());
   return (await r.json()).url;
 }
@@ -91,10 +109,16 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
+/** A table; a heading starting with "~" names a column hidden at phone width. */
 function table(head, rows) {
-  const t = el("table", {}, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { scope: "col" }, h)))));
+  const wide = head.map((h) => h.startsWith("~"));
+  const t = el("table", {}, el("thead", {}, el("tr", {}, ...head.map((h, i) =>
+    el("th", { scope: "col", class: wide[i] ? "wide" : "" }, h.replace(/^~/, ""))))));
   const body = el("tbody");
-  for (const r of rows) body.append(r);
+  for (const r of rows) {
+    [...r.children].forEach((cell, i) => { if (wide[i]) cell.classList.add("wide"); });
+    body.append(r);
+  }
   t.append(body);
   return el("div", { class: "table" }, t);
 }
@@ -148,9 +172,9 @@ async function overview() {
       const failed = Object.entries(metrics.statuses).filter(([k]) => k >= "500").reduce((a, [, v]) => a + v, 0);
       const refused = Object.entries(metrics.statuses).filter(([k]) => k >= "400" && k < "500").reduce((a, [, v]) => a + v, 0);
       $("errors").textContent = total.toLocaleString() + " requests, " + failed + " server errors, " + refused + " refused";
-      const live = await api("/v1/live/streams");
-      if (live.ok) {
-        $("streams").textContent = (await live.json()).streams.length + " live";
+      if (await has("live")) {
+        const live = await json("/v1/live/streams");
+        $("streams").textContent = live.streams.length + " live";
       } else {
         $("live-card").hidden = true;
       }
@@ -166,24 +190,26 @@ async function overview() {
 // ----- Cluster ------------------------------------------------------------------------
 
 async function cluster() {
+  if (!(await has("cluster"))) {
+    problem("This role keeps no cluster view: open a tracker's console, or sluice serve's.");
+    return;
+  }
   const tick = async () => {
     const r = await api("/v1/cluster").catch(() => null);
-    if (!r || r.status === 404) {
-      problem("This role keeps no cluster view: open a tracker's console, or sluice serve's.");
-      return;
-    }
-    if (!r.ok) { problem("/v1/cluster answered " + r.status); return; }
+    if (!r || !r.ok) { problem("/v1/cluster answered " + (r ? r.status : "nothing")); return; }
     problem("");
     const view = await r.json();
     const groups = $("groups");
     groups.replaceChildren();
     if (!view.groups.length) groups.append(el("p", { class: "muted" }, "No storage node has registered yet."));
     for (const g of view.groups) {
-      groups.append(el("h2", {}, "Group " + g.name + " ", el("span", { class: "muted" }, g.writable === false ? "(takes no uploads now)" : "")));
-      groups.append(table(["Node", "URL", "State", "Files", "Bytes", "Free", "Sync lag"], g.nodes.map((n) =>
+      const taking = g.nodes.some((n) => n.state === "active" && n.writable);
+      groups.append(el("h2", {}, "Group " + g.name + " ", el("span", { class: "muted" }, taking ? "" : "(takes no uploads now)")));
+      groups.append(table(["Node", "~URL", "State", "Uploads", "Files", "~Bytes", "Free", "~Sync lag"], g.nodes.map((n) =>
         el("tr", { class: n.state === "offline" ? "down" : "", "data-node": n.id },
-          el("td", {}, el("code", {}, n.id)), el("td", {}, n.url),
+          el("td", {}, el("code", { class: "id", title: n.id }, n.id)), el("td", {}, n.url),
           el("td", { class: "state-" + n.state }, n.state),
+          el("td", { class: n.writable ? "" : "state-syncing" }, n.writable ? "yes" : "no"),
           el("td", {}, (n.files ?? 0).toLocaleString()), el("td", {}, bytes(n.bytes)),
           el("td", {}, bytes(n.free_bytes)), el("td", {}, n.sync_lag ?? 0)))));
     }
@@ -194,9 +220,7 @@ async function cluster() {
       const list = (await edges.json()).edges || [];
       if (!list.length) box.append(el("p", { class: "muted" }, "No edge has registered."));
       else box.append(table(["Region", "Edge", "URL"], list.map((e) =>
-        el("tr", {}, el("td", {}, e.region || "–"), el("td", {}, el("code", {}, e.id || "")), el("td", {}, e.url)))));
-    } else {
-      box.append(el("p", { class: "muted" }, "Edges are listed by trackers."));
+        el("tr", {}, el("td", {}, e.region || "–"), el("td", {}, el("code", { class: "id" }, e.id || "")), el("td", {}, e.url)))));
     }
   };
   await tick();
@@ -211,7 +235,12 @@ function b64(text) {
   return btoa(unescape(encodeURIComponent(text)));
 }
 
-/** A picture over tus: its id comes back at the share q, before the rest is sent. */
+/** Raised when a picture turns out not to be one the server takes progressively. */
+class NotProgressive extends Error {}
+
+/** A picture over tus: its id comes back at the share q, before the rest is sent. The first
+ *  PATCH carries the share q (so the id comes after one request), the rest goes in growing
+ *  pieces (few round trips on a far link, progress all along). */
 async function uploadProgressive(file, q, row) {
   const started = performance.now();
   const metadata = ["filetype " + b64(file.type || "image/jpeg"), "filename " + b64(file.name), "q " + b64(String(q))].join(",");
@@ -220,15 +249,21 @@ async function uploadProgressive(file, q, row) {
     headers: { "Tus-Resumable": "1.0.0", "Upload-Length": String(file.size), "Upload-Metadata": metadata },
   });
   if (created.status !== 201) throw new Error("creating the upload: " + created.status + " " + await created.text());
-  const where = created.headers.get("Location");
+  // The session is on this server, whatever absolute URL it advertises: only its path is
+  // used, so the token never goes to another host.
+  const where = new URL(created.headers.get("Location"), location.href).pathname;
   let offset = 0, fileid = null, idAt = null;
+  let piece = Math.min(file.size, Math.max(CHUNK, Math.ceil(file.size * q) + CHUNK));
   while (offset < file.size) {
-    const piece = file.slice(offset, offset + CHUNK);
     const r = await api(where, {
       method: "PATCH",
       headers: { "Tus-Resumable": "1.0.0", "Upload-Offset": String(offset), "Content-Type": "application/offset+octet-stream" },
-      body: piece,
+      body: file.slice(offset, offset + piece),
     });
+    if (r.status === 400 && !fileid) {
+      await api(where, { method: "DELETE", headers: { "Tus-Resumable": "1.0.0" } }).catch(() => {});
+      throw new NotProgressive(await r.text());
+    }
     if (r.status !== 204) throw new Error("sending: " + r.status + " " + await r.text());
     offset = Number(r.headers.get("Upload-Offset"));
     row.progress.value = offset / file.size;
@@ -238,6 +273,7 @@ async function uploadProgressive(file, q, row) {
       idAt = performance.now() - started;
       row.done(fileid, "id after " + Math.round(idAt) + " ms");
     }
+    piece = Math.min(piece === CHUNK ? 4 * CHUNK : piece * 2, 8 << 20);
   }
   const total = performance.now() - started;
   row.done(fileid, "id after " + Math.round(idAt) + " ms; whole after " + Math.round(total) + " ms");
@@ -271,18 +307,22 @@ function uploadWhole(file, row) {
 
 function uploadRow(file) {
   const progress = el("progress", { max: "1", value: "0", "aria-label": "progress of " + file.name });
-  const result = el("span", { class: "muted" }, "sending…");
+  const result = el("span", { class: "muted" }, "waiting…");
   const li = el("li", {}, el("strong", {}, file.name), " ", el("span", { class: "muted" }, bytes(file.size)), progress, result);
-  $("uploads").prepend(li);
+  $("uploads").append(li);
   return {
     progress,
+    start() { result.textContent = "sending…"; },
     done(fileid, note) {
       const kind = (file.type || "").split("/")[0];
-      const links = [el("a", { href: "/v1/files/" + fileid, "data-fileid": fileid }, fileid)];
+      const raw = el("a", { href: "/v1/files/" + fileid, "data-fileid": fileid }, fileid);
+      const links = [raw];
       if (kind === "image") links.push(" · ", el("a", { href: "/console/view?file=" + encodeURIComponent(fileid) }, "view"));
       if (kind === "video" || kind === "audio") links.push(" · ", el("a", { href: "/console/play?file=" + encodeURIComponent(fileid) }, "play"));
       result.replaceChildren(...links, " ", el("span", { class: "muted" }, note));
       li.dataset.fileid = fileid;
+      // Where reads need signed links, the raw link is one (for an hour).
+      readable("/v1/files/" + fileid).then((url) => raw.setAttribute("href", url), (e) => raw.setAttribute("title", e.message));
     },
     fail(e) { result.replaceChildren(el("span", { class: "state-offline" }, "failed: " + e.message)); },
   };
@@ -290,13 +330,43 @@ function uploadRow(file) {
 
 async function upload() {
   const form = $("pick"), input = $("files");
+  if (!(await has("files"))) {
+    form.hidden = true;
+    const role = (await about()).role;
+    problem("This " + role + " stores no files: upload on a storage node's console, or sluice serve's.");
+    if (role === "tracker") {
+      const view = await json("/v1/cluster").catch(() => ({ groups: [] }));
+      const nodes = view.groups.flatMap((g) => g.nodes).filter((n) => n.state === "active");
+      if (nodes.length) $("uploads").append(el("li", {}, "Active nodes: ", ...nodes.flatMap((n, i) =>
+        [i ? ", " : "", el("a", { href: n.url + "/console/upload" }, n.url)])));
+    }
+    return;
+  }
   const send = async (files) => {
-    for (const file of files) {
-      const row = uploadRow(file);
+    const q = Number($("q").value);
+    if (!(q > 0 && q <= 1)) { problem("q must be more than 0 and at most 1"); return; }
+    problem("");
+    // Every file gets its row at once; they go up one after another.
+    const rows = files.map((file) => [file, uploadRow(file)]);
+    for (const [file, row] of rows) {
+      row.start();
       try {
-        const q = Number($("q").value) || 1;
-        if ((file.type === "image/jpeg" || file.type === "image/pjpeg") && file.size > 0) await uploadProgressive(file, q, row);
-        else await uploadWhole(file, row);
+        // A JPEG by its type and by its first bytes (SOI and a marker).
+        const head = new Uint8Array(await file.slice(0, 3).arrayBuffer());
+        const jpeg = (file.type === "image/jpeg" || file.type === "image/pjpeg")
+          && head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff;
+        if (jpeg) {
+          try {
+            await uploadProgressive(file, q, row);
+          } catch (e) {
+            if (!(e instanceof NotProgressive)) throw e;
+            // Named like a JPEG, but not one: it goes up as it is.
+            row.progress.value = 0;
+            await uploadWhole(file, row);
+          }
+        } else {
+          await uploadWhole(file, row);
+        }
       } catch (e) {
         row.fail(e);
       }
@@ -322,7 +392,13 @@ async function view() {
       at = await readable("/v1/files/" + fileid);
       r = await fetch(at, { cache: "no-store" });
     }
-    if (!r.ok) { problem("/v1/files answered " + r.status); return; }
+    if (!r.ok) { problem(r.status === 404 ? "No such file." : "/v1/files answered " + r.status); return; }
+    const type = r.headers.get("Content-Type") || "";
+    if (!type.startsWith("image/")) {
+      problem("This file is not a picture (" + type + ").");
+      $("status").replaceChildren(el("a", { href: "/console/play?file=" + encodeURIComponent(fileid) }, "Play it"));
+      return;
+    }
     const received = Number(r.headers.get("Sluice-Received") || r.headers.get("Content-Length"));
     const total = Number(r.headers.get("Sluice-Total") || received);
     const complete = r.headers.get("Sluice-Complete") !== "false";
@@ -358,77 +434,116 @@ function loadScript(src) {
 async function play() {
   const video = $("video"), file = param("file"), stream = param("stream");
   const stats = $("stats");
-  let player = null, liveDelay = () => null;
+  let player = null, liveDelay = () => null, bitrate = null;
   const show = () => {
     const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : {};
     const rows = [
-      ["Time", video.currentTime.toFixed(1) + " s" + (isFinite(video.duration) ? " of " + video.duration.toFixed(1) + " s" : "")],
+      ["Time", video.currentTime.toFixed(1) + " s" + (isFinite(video.duration) && !stream ? " of " + video.duration.toFixed(1) + " s" : "")],
       ["Resolution", video.videoWidth ? video.videoWidth + "×" + video.videoHeight : "–"],
       ["Dropped frames", q.droppedVideoFrames ?? "–"],
     ];
     const delay = liveDelay();
     if (delay != null) rows.push(["Behind live", delay.toFixed(1) + " s"]);
-    if (player && player.bitrate) rows.push(["Bitrate", Math.round(player.bitrate() / 1000) + " kbit/s"]);
+    if (bitrate != null) rows.push(["Bitrate", Math.round(bitrate / 1000) + " kbit/s"]);
     stats.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
   };
   setInterval(show, 500);
   if (file) {
-    video.src = await readable("/v1/files/" + file);
+    // A stored file plays with its sound, and gets a fresh link when its signed one lapses.
+    const path = "/v1/files/" + file;
+    const head = await api(path, { method: "HEAD" });
+    if (head.status === 404) { problem("No such file."); return; }
+    video.muted = false;
+    let tries = 0;
+    video.addEventListener("error", async () => {
+      if (++tries > 3) { problem("Cannot play this file: " + (video.error ? video.error.message || "code " + video.error.code : "unknown error")); return; }
+      const at = video.currentTime;
+      try {
+        video.src = await readable(path);
+        video.currentTime = at;
+      } catch (e) { problem(e.message); }
+    });
+    video.addEventListener("playing", () => { tries = 0; });
+    try { video.src = await readable(path); } catch (e) { problem(e.message); }
     return;
   }
   if (!stream || !/^[^/]+\/[^/]+$/.test(stream)) { problem("Open this page with ?file=FILEID or ?stream=APP/STREAM."); return; }
   $("switch").hidden = false;
-  const start = async (via) => {
+  // The stream's bitrate as the server measures it (the same for either protocol).
+  setInterval(async () => {
+    const r = await api("/v1/live/streams").catch(() => null);
+    if (!r || !r.ok) return;
+    const s = (await r.json()).streams.find((x) => x.app + "/" + x.stream === stream);
+    bitrate = s ? s.bitrate : null;
+  }, 2000);
+  let via = param("via") === "flv" ? "flv" : "hls", restarting = null;
+  // On an error the player starts over with a fresh link (a signed one lapses; a stream
+  // comes back), at most every two seconds.
+  const restart = () => {
+    if (restarting) return;
+    restarting = setTimeout(() => { restarting = null; start(); }, 2000);
+  };
+  const start = async () => {
     if (player) { player.destroy(); player = null; }
     video.removeAttribute("src");
-    if (via === "hls") {
-      const src = await readable("/live/" + stream + ".m3u8");
-      if (!window.Hls) await loadScript("/console/assets/vendor/hls.min.js");
-      if (window.Hls && window.Hls.isSupported()) {
-        // A stream that has just begun has no playlist until its first segment is cut:
-        // keep asking.
-        const hls = new window.Hls({ lowLatencyMode: true, manifestLoadingMaxRetry: 30, manifestLoadingRetryDelay: 1000, manifestLoadingMaxRetryTimeout: 2000 });
-        hls.on(window.Hls.Events.ERROR, (_, data) => {
-          if (!data.fatal) return;
-          if (data.type === window.Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
-          else setTimeout(() => hls.loadSource(src), 1000);
-        });
-        hls.loadSource(src);
-        hls.attachMedia(video);
-        player = { destroy: () => hls.destroy(), bitrate: () => hls.bandwidthEstimate };
-        liveDelay = () => (hls.latency ?? null);
+    try {
+      if (via === "hls") {
+        const src = await readable("/live/" + stream + ".m3u8");
+        if (!window.Hls) await loadScript("/console/assets/vendor/hls.min.js");
+        if (window.Hls && window.Hls.isSupported()) {
+          // A stream that has just begun has no playlist until its first segment is cut:
+          // keep asking.
+          const hls = new window.Hls({ lowLatencyMode: true, manifestLoadingMaxRetry: 30, manifestLoadingRetryDelay: 1000, manifestLoadingMaxRetryTimeout: 2000 });
+          hls.on(window.Hls.Events.ERROR, (_, data) => {
+            if (!data.fatal) return;
+            if (data.type === window.Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
+            else restart();
+          });
+          hls.loadSource(src);
+          hls.attachMedia(video);
+          player = { destroy: () => hls.destroy() };
+          liveDelay = () => (hls.latency ?? null);
+        } else {
+          video.src = src;
+          liveDelay = () => null;
+        }
       } else {
-        video.src = src;
-        liveDelay = () => null;
+        const url = await readable("/live/" + stream + ".flv");
+        if (!window.mpegts) await loadScript("/console/assets/vendor/mpegts.min.js");
+        const flv = window.mpegts.createPlayer({ type: "flv", isLive: true, url }, { enableWorker: false, liveBufferLatencyChasing: true });
+        flv.on(window.mpegts.Events.ERROR, restart);
+        flv.attachMediaElement(video);
+        flv.load();
+        player = { destroy: () => flv.destroy() };
+        liveDelay = () => (video.buffered.length ? video.buffered.end(video.buffered.length - 1) - video.currentTime : null);
       }
-    } else {
-      if (!window.mpegts) await loadScript("/console/assets/vendor/mpegts.min.js");
-      const flvUrl = await readable("/live/" + stream + ".flv");
-      const flv = window.mpegts.createPlayer({ type: "flv", isLive: true, url: flvUrl }, { enableWorker: false, liveBufferLatencyChasing: true });
-      flv.attachMediaElement(video);
-      flv.load();
-      player = { destroy: () => flv.destroy(), bitrate: () => null };
-      liveDelay = () => (video.buffered.length ? video.buffered.end(video.buffered.length - 1) - video.currentTime : null);
+      problem("");
+      video.play().catch(() => {});
+    } catch (e) {
+      problem(e.message);
     }
-    video.play().catch(() => {});
   };
   for (const radio of document.querySelectorAll("input[name=via]")) {
-    radio.addEventListener("change", () => start(radio.value));
+    radio.checked = radio.value === via;
+    radio.addEventListener("change", () => { via = radio.value; start(); });
   }
-  await start(param("via") === "flv" ? "flv" : "hls");
-  if (param("via") === "flv") document.querySelector("input[value=flv]").checked = true;
+  await start();
 }
 
 // ----- Live -----------------------------------------------------------------------------
 
 async function live() {
+  if (!(await has("live"))) {
+    problem("This role serves no live streams: open a live server's console, or sluice serve --rtmp's.");
+    return;
+  }
   const tick = async () => {
     const r = await api("/v1/live/streams").catch(() => null);
-    if (!r || r.status === 404) { problem("This role serves no live streams: open a live server's console, or sluice serve --rtmp's."); return; }
+    if (!r || !r.ok) { problem("/v1/live/streams answered " + (r ? r.status : "nothing")); return; }
     problem("");
     const list = (await r.json()).streams;
     const box = $("streams");
-    box.replaceChildren(list.length ? table(["Stream", "Video", "Audio", "Size", "Bitrate", "Players", "Up for", ""], list.map((s) =>
+    box.replaceChildren(list.length ? table(["Stream", "Video", "~Audio", "~Size", "~Bitrate", "Players", "~Up for", ""], list.map((s) =>
       el("tr", {}, el("td", {}, s.app + "/" + s.stream), el("td", {}, s.video_codec || "–"), el("td", {}, s.audio_codec || "–"),
         el("td", {}, s.width ? s.width + "×" + s.height : "–"), el("td", {}, Math.round(s.bitrate / 1000) + " kbit/s"),
         el("td", {}, s.players), el("td", {}, duration(s.uptime_secs)),

@@ -256,6 +256,18 @@ fn an_hour() -> u64 {
     3600
 }
 
+/// A read path this server could serve: a file or a live stream, in plain visible ASCII
+/// (what a browser sends as it is), with no way out of its prefix.
+fn signable(path: &str) -> bool {
+    (path.starts_with("/v1/files/") || path.starts_with("/live/"))
+        && path.len() <= 2048
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"?#\\%".contains(&b))
+        && !path.contains("//")
+        && !path.split('/').any(|part| part == ".." || part == ".")
+}
+
 /// Longest a link made by `/v1/sign` lives.
 const LONGEST_LINK: u64 = 24 * 3600;
 
@@ -271,10 +283,10 @@ fn sign(
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
     let refuse = |status, why: &str| crate::errors::Refusal::new(status, why).into_response();
-    if !query.path.starts_with('/') || query.path.contains(['?', '#']) || query.path.len() > 2048 {
+    if !signable(&query.path) {
         return refuse(
             StatusCode::BAD_REQUEST,
-            "path must be a path (from /), with no query",
+            "path must be a file or live stream path (/v1/files/... or /live/...), with no query",
         );
     }
     let Some(secret) = &access.url_secret else {
@@ -328,6 +340,9 @@ pub fn role_router<S: Clone + Send + Sync + 'static>(
 ) -> Router {
     STARTED.get_or_init(std::time::Instant::now);
     let role = common.role;
+    // What a client (the console) must bring: a signed link to read, a token to write.
+    let signed_reads = common.access.url_secret.is_some();
+    let token_writes = common.access.api_tokens.is_some();
     routes
         .route("/healthz", common.healthz)
         .route("/metrics", common.metrics)
@@ -339,6 +354,8 @@ pub fn role_router<S: Clone + Send + Sync + 'static>(
                     "role": role,
                     "version": env!("CARGO_PKG_VERSION"),
                     "uptime_secs": uptime,
+                    "signed_reads": signed_reads,
+                    "token_writes": token_writes,
                 }))
             }),
         )
@@ -456,14 +473,25 @@ mod tests {
             sign(&private, &HeaderMap::new(), &query).status(),
             StatusCode::UNAUTHORIZED
         );
-        let bad = SignQuery {
-            path: "/v1/files/g1/abc?x=1".into(),
-            ttl: 60,
-        };
-        assert_eq!(
-            sign(&private, &bearer, &bad).status(),
-            StatusCode::BAD_REQUEST
-        );
+        for odd in [
+            "/v1/files/g1/abc?x=1",
+            "//evil.example/x",
+            "/v1/files/../x",
+            "/\\evil.example/x",
+            "/v1/files/g1/a b",
+            "/v1/files/g1/\u{e9}",
+            "/metrics",
+        ] {
+            let bad = SignQuery {
+                path: odd.into(),
+                ttl: 60,
+            };
+            assert_eq!(
+                sign(&private, &bearer, &bad).status(),
+                StatusCode::BAD_REQUEST,
+                "{odd}"
+            );
+        }
         assert_eq!(sign(&private, &bearer, &query).status(), StatusCode::OK);
     }
 }

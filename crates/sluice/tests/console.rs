@@ -169,12 +169,20 @@ async fn files_uploaded_through_the_page_download_byte_identical() {
     let picture = work.path().join("picture.jpg");
     let jpeg = sluice_testkit::images::progressive_jpeg(640, 480, 7);
     std::fs::write(&picture, &jpeg).unwrap();
+    // Named like a JPEG, but not one: it goes up as it is.
+    let fake = work.path().join("fake.jpg");
+    let fake_bytes: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(&fake, &fake_bytes).unwrap();
 
     let browser = Browser::start().await;
     browser
         .goto(&format!("{}/console/upload", served.url))
         .await;
-    for (file, want) in [(&clip, &clip_bytes), (&picture, &jpeg)] {
+    for (file, want) in [
+        (&clip, &clip_bytes),
+        (&fake, &fake_bytes),
+        (&picture, &jpeg),
+    ] {
         let before = browser
             .eval("return document.querySelectorAll('li[data-fileid]').length")
             .await
@@ -186,7 +194,8 @@ async fn files_uploaded_through_the_page_download_byte_identical() {
             // One look at the page: the newest row, once its upload has ended.
             let newest = browser
                 .eval(
-                    "const row = document.querySelector('#uploads li'); \
+                    "const rows = document.querySelectorAll('#uploads li'); \
+                     const row = rows[rows.length - 1]; \
                      const failed = row && row.querySelector('.state-offline'); \
                      if (failed) return {failed: failed.textContent}; \
                      const count = document.querySelectorAll('li[data-fileid]').length; \
@@ -210,7 +219,7 @@ async fn files_uploaded_through_the_page_download_byte_identical() {
     }
     // The picture went up progressively: its row says when its id came.
     let note = browser
-        .eval("return document.querySelector('li[data-fileid]').textContent")
+        .eval("const rows = document.querySelectorAll('li[data-fileid]'); return rows[rows.length - 1].textContent")
         .await;
     assert!(
         note.as_str().is_some_and(|t| t.contains("id after")),
@@ -269,6 +278,25 @@ async fn the_cluster_page_shows_a_node_going_offline() {
     )
     .await;
     browser.screenshot(&artefact("cluster-up")).await;
+    // A tracker stores no files: its upload page says so and names the nodes that do.
+    browser
+        .goto(&format!("{}/console/upload", tracker.url))
+        .await;
+    let told = wait_in_page(
+        &browser,
+        "the tracker's upload page to point at a node",
+        Duration::from_secs(15),
+        "const a = document.querySelector('#uploads a'); \
+         return !document.getElementById('problem').hidden && a ? a.getAttribute('href') : null",
+    )
+    .await;
+    assert_eq!(
+        told,
+        serde_json::json!(format!("{}/console/upload", node.url))
+    );
+    browser
+        .goto(&format!("{}/console/cluster", tracker.url))
+        .await;
     drop(node);
     wait_in_page(
         &browser,
