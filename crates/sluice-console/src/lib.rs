@@ -30,18 +30,53 @@ macro_rules! asset {
     };
 }
 
-/// The console's pages, by path under `/console/` ("" is the overview).
-const PAGES: &[(&str, Asset)] = &[
-    ("", asset!("index.html", "text/html; charset=utf-8")),
-    (
-        "cluster",
-        asset!("cluster.html", "text/html; charset=utf-8"),
-    ),
-    ("upload", asset!("upload.html", "text/html; charset=utf-8")),
-    ("view", asset!("view.html", "text/html; charset=utf-8")),
-    ("play", asset!("play.html", "text/html; charset=utf-8")),
-    ("live", asset!("live.html", "text/html; charset=utf-8")),
+/// A page: its path under `/console/` ("" is the overview), its title, the name its script
+/// knows it by, and its content (what goes in the layout's `<main>`).
+struct Page {
+    path: &'static str,
+    title: &'static str,
+    script: &'static str,
+    content: &'static str,
+}
+
+macro_rules! page {
+    ($path:literal, $title:literal, $script:literal, $file:literal) => {
+        Page {
+            path: $path,
+            title: $title,
+            script: $script,
+            content: include_str!(concat!("../assets/pages/", $file)),
+        }
+    };
+}
+
+const PAGES: &[Page] = &[
+    page!("", "Overview", "overview", "index.html"),
+    page!("cluster", "Cluster", "cluster", "cluster.html"),
+    page!("upload", "Upload", "upload", "upload.html"),
+    page!("view", "Viewer", "view", "view.html"),
+    page!("play", "Player", "play", "play.html"),
+    page!("live", "Live", "live", "live.html"),
 ];
+
+/// Every page's frame: head, navigation, the problem line and the token form.
+const LAYOUT: &str = include_str!("../assets/layout.html");
+
+/// The pages put together once, in the order of [`PAGES`].
+fn rendered() -> &'static [String] {
+    static RENDERED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    RENDERED.get_or_init(|| {
+        PAGES
+            .iter()
+            .map(|p| {
+                LAYOUT
+                    .replace("{title}", p.title)
+                    .replace("{page}", p.script)
+                    .replace("{body}", p.content.trim_end())
+            })
+            .collect()
+    })
+}
 
 /// What the pages load, under `/console/assets/`.
 const ASSETS: &[Asset] = &[
@@ -98,8 +133,16 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 fn page(name: &str, headers: &HeaderMap) -> Response {
-    match PAGES.iter().find(|(path, _)| *path == name) {
-        Some((_, asset)) => serve(asset, headers, true),
+    match PAGES.iter().position(|p| p.path == name) {
+        Some(i) => serve(
+            &Asset {
+                name: "page",
+                content_type: "text/html; charset=utf-8",
+                bytes: rendered()[i].as_bytes(),
+            },
+            headers,
+            true,
+        ),
         None => not_found(),
     }
 }
@@ -168,8 +211,12 @@ mod tests {
 
     #[test]
     fn every_page_names_only_assets_that_exist() {
-        for (path, page) in PAGES {
-            let text = std::str::from_utf8(page.bytes).unwrap();
+        for (page, text) in PAGES.iter().zip(rendered()) {
+            let path = page.path;
+            assert!(
+                !text.contains("{title}") && !text.contains("{body}"),
+                "{path:?}"
+            );
             for part in text.split("/console/assets/").skip(1) {
                 let name = part.split('"').next().unwrap();
                 assert!(

@@ -9,6 +9,9 @@ use std::time::Duration;
 use common::{Served, curl};
 use sluice_testkit::browser::Browser;
 
+/// How often a test looks at the page again while it waits for something.
+const POLL: Duration = Duration::from_millis(50);
+
 fn artefact(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/test-artefacts/console")
@@ -122,7 +125,7 @@ async fn every_console_page_loads_in_chromium_without_an_error() {
                 std::time::Instant::now() < deadline,
                 "{name} never filled in"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(POLL).await;
         }
         browser.screenshot(&artefact(name)).await;
         // With a keyboard: every link and control is in the tab order and visible.
@@ -212,7 +215,7 @@ async fn files_uploaded_through_the_page_download_byte_identical() {
                 std::time::Instant::now() < deadline,
                 "the upload never ended"
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(POLL).await;
         };
         let got = curl(&["-sSf", &format!("{}/v1/files/{fileid}", served.url)]).stdout;
         assert_eq!(&got, want, "{}", file.display());
@@ -256,7 +259,7 @@ async fn wait_in_page(
             let errors = browser.console_errors().await;
             panic!("timed out: {what}; page {page}; console {errors:?}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 
