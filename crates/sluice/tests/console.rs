@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Served, curl};
+use common::{Served, curl, publish};
 use sluice_testkit::browser::Browser;
 
 /// How often a test looks at the page again while it waits for something.
@@ -430,28 +430,6 @@ async fn a_progressive_picture_sharpens_in_the_viewer() {
     browser.screenshot(&artefact("view-whole")).await;
     assert!(browser.console_errors().await.is_empty());
     browser.quit().await;
-}
-
-/// ffmpeg publishing a generated H.264 + AAC stream in real time for `secs` seconds.
-fn publish(url: &str, secs: u32) -> std::process::Child {
-    std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-        ])
-        .args(["-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac"])
-        .args(["-t", &secs.to_string(), "-f", "flv", url])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("ffmpeg is installed (scripts/test.sh installs it)")
 }
 
 /// Whether the page's video is playing: its time has passed `secs`.

@@ -10,24 +10,29 @@ use std::time::Duration;
 
 use common::{Served, data_files, wait_for};
 
-#[test]
-fn sigterm_lets_an_upload_in_flight_finish() {
-    let data = tempfile::tempdir().unwrap();
-    let mut served = Served::start(data.path(), &[]);
+/// Half of a 3 MB upload, sent to `served` and taken in hand: the server's temp file exists
+/// (more than the 1 MiB it buffers has arrived). The rest is the caller's to send, or not.
+fn upload_half_sent(served: &Served, data: &std::path::Path) -> TcpStream {
     let mut s = TcpStream::connect(served.url.trim_start_matches("http://")).unwrap();
     s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\nConnection: close\r\n\r\n").unwrap();
     s.write_all(&vec![9u8; 1_500_000]).unwrap();
-    // Wait until the server has the request in hand (its temp file exists: more than the 1 MiB
-    // it buffers has arrived), then ask it to stop.
     wait_for(
         "the upload to reach the server",
         Duration::from_secs(10),
         || {
-            !sluice_blob::temp_file_paths(data.path())
+            !sluice_blob::temp_file_paths(data)
                 .unwrap_or_default()
                 .is_empty()
         },
     );
+    s
+}
+
+#[test]
+fn sigterm_lets_an_upload_in_flight_finish() {
+    let data = tempfile::tempdir().unwrap();
+    let mut served = Served::start(data.path(), &[]);
+    let mut s = upload_half_sent(&served, data.path());
     served.signal("TERM");
     s.write_all(&vec![9u8; 1_500_000]).unwrap();
     let mut answer = String::new();
@@ -56,19 +61,7 @@ fn sigterm_cuts_off_what_outlasts_the_grace_and_still_closes_cleanly() {
     std::fs::write(&config, "shutdown_grace = \"1s\"\n").unwrap();
     let store = data.path().join("d");
     let mut served = Served::start(&store, &["--config", config.to_str().unwrap()]);
-    let mut s = TcpStream::connect(served.url.trim_start_matches("http://")).unwrap();
-    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
-        .unwrap();
-    s.write_all(&vec![9u8; 1_500_000]).unwrap();
-    wait_for(
-        "the upload to reach the server",
-        Duration::from_secs(10),
-        || {
-            !sluice_blob::temp_file_paths(&store)
-                .unwrap_or_default()
-                .is_empty()
-        },
-    );
+    let s = upload_half_sent(&served, &store);
     // The client goes quiet mid-body and never finishes.
     served.signal("TERM");
     let status = served.wait_exit(Duration::from_secs(15));
@@ -89,19 +82,7 @@ fn sigterm_cuts_off_what_outlasts_the_grace_and_still_closes_cleanly() {
 fn a_second_sigterm_exits_at_once() {
     let data = tempfile::tempdir().unwrap();
     let mut served = Served::start(data.path(), &[]);
-    let mut s = TcpStream::connect(served.url.trim_start_matches("http://")).unwrap();
-    s.write_all(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Length: 3000000\r\n\r\n")
-        .unwrap();
-    s.write_all(&vec![9u8; 1_500_000]).unwrap();
-    wait_for(
-        "the upload to reach the server",
-        Duration::from_secs(10),
-        || {
-            !sluice_blob::temp_file_paths(data.path())
-                .unwrap_or_default()
-                .is_empty()
-        },
-    );
+    let s = upload_half_sent(&served, data.path());
     served.signal("TERM");
     wait_for("the shutdown to begin", Duration::from_secs(10), || {
         served

@@ -6,10 +6,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Served, curl, get_json, wait_for};
+use common::{Served, curl, get_json, publish, wait_for};
 use sluice_rtmp::Amf0;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -44,29 +44,6 @@ fn serve_live_with(
     let served = Served::start_with_env(&data_dir, &args, env);
     assert!(served.rtmp.is_some(), "serve says where RTMP listens");
     served
-}
-
-/// ffmpeg publishing a generated H.264 + AAC stream in real time for `secs` seconds.
-fn publish(url: &str, secs: u32) -> Child {
-    Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-tune",
-            "zerolatency",
-            "-g",
-            "25",
-        ])
-        .args(["-c:a", "aac", "-t", &secs.to_string(), "-f", "flv", url])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ffmpeg is installed (scripts/test.sh installs it)")
 }
 
 /// ffprobe's view of a stream: `codec_name[,width,height]` per line.

@@ -315,3 +315,26 @@ pub fn status(head: &str) -> String {
         .take(3)
         .collect()
 }
+
+/// ffmpeg publishing a generated H.264 + AAC stream (320x240, 25 fps, a keyframe a second) in
+/// real time for `secs` seconds.
+pub fn publish(url: &str, secs: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+        ])
+        .args(["-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .args(["-t", &secs.to_string(), "-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ffmpeg is installed (scripts/test.sh installs it)")
+}
