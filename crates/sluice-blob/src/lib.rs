@@ -17,6 +17,7 @@
 pub mod hot;
 pub mod layout;
 pub mod record;
+pub mod volume;
 
 mod index;
 mod reader;
