@@ -18,6 +18,7 @@ pub mod hot;
 pub mod layout;
 pub mod record;
 pub mod volume;
+pub mod volume_file;
 
 mod index;
 mod reader;
@@ -74,7 +75,7 @@ pub enum BlobError {
 }
 
 impl BlobError {
-    fn from_io(e: io::Error) -> Self {
+    pub(crate) fn from_io(e: io::Error) -> Self {
         if e.raw_os_error() == Some(28) {
             BlobError::NoSpace
         } else {

@@ -1,0 +1,422 @@
+//! One volume file on disk (format in [`crate::volume`]): created durably, appended to in
+//! batches with one `fdatasync` each (the group commit's unit), read back block-verified, and
+//! recovered on open by cutting a torn tail. Blocking: call it off the async threads.
+//!
+//! What a crash leaves, at each step of an append: before the write, nothing; during the write
+//! or before its `fdatasync` returns, some prefix of the batch (the caller acknowledged none of
+//! it: it acknowledges only after `append` returns); after it, the whole batch.
+//!
+//! Opening never cuts anything by itself: bytes after the last whole record are a torn append
+//! only if the index committed none of them, and only the store, holding the index, knows.
+//! It calls [`VolumeFile::cut_tail`] when they are; until then the volume takes no appends.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::BlobError;
+use crate::layout::{BlockLayout, CRC_LEN};
+use crate::volume::{self, Found, HEADER_LEN, RecordHeader, Stop, VolumeHeader};
+
+/// Bytes read at a time when a volume is scanned on open.
+const SCAN_WINDOW: usize = 8 << 20;
+
+/// Longest record a volume holds (its files are small by definition): a header claiming more
+/// is damage, not a record still arriving.
+pub const MAX_RECORD: u64 = SCAN_WINDOW as u64 / 2;
+
+/// An open volume, appended to at its end.
+pub struct VolumeFile {
+    path: PathBuf,
+    file: File,
+    header: VolumeHeader,
+    /// Where the next record goes: the end of the last whole record.
+    end: u64,
+    /// Bytes after `end` that are no whole record, not yet cut: no append until they are.
+    tail: Option<(u64, Stop)>,
+}
+
+/// What opening a volume found.
+#[derive(Debug)]
+pub struct Opened {
+    pub volume: VolumeFile,
+    /// Every whole record before the first that is not, in order.
+    pub records: Vec<Found>,
+    /// Bytes after the last whole record, and why the scan stopped there: a torn append, or
+    /// damage (see [`VolumeFile::cut_tail`]).
+    pub tail: Option<(u64, Stop)>,
+}
+
+impl std::fmt::Debug for VolumeFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeFile")
+            .field("path", &self.path)
+            .field("header", &self.header)
+            .field("end", &self.end)
+            .field("tail", &self.tail)
+            .finish()
+    }
+}
+
+impl VolumeFile {
+    /// Creates `path` (which must not exist) with its header, durably: the file and its
+    /// directory entry are on disk when this returns.
+    pub fn create(path: &Path, header: VolumeHeader) -> Result<Self, BlobError> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        file.write_all_at(&header.encode(), 0)
+            .and_then(|()| file.sync_all())
+            .map_err(BlobError::from_io)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            header,
+            end: HEADER_LEN,
+            tail: None,
+        })
+    }
+
+    /// Opens a volume and scans its records (verifying bodies with `verify`), stopping at the
+    /// first that is not whole.
+    pub fn open(path: &Path, verify: bool) -> Result<Opened, BlobError> {
+        let file = File::options().read(true).write(true).open(path)?;
+        let mut head = [0u8; HEADER_LEN as usize];
+        file.read_exact_at(&mut head, 0)
+            .map_err(|_| BlobError::WrongFormat(format!("{}: no volume header", path.display())))?;
+        let header = VolumeHeader::parse(&head).ok_or_else(|| {
+            BlobError::WrongFormat(format!("{}: not a volume of format 1", path.display()))
+        })?;
+        let len = file.metadata()?.len();
+        let mut records = Vec::new();
+        let mut at = HEADER_LEN;
+        let mut stop = None;
+        let mut buf = vec![0u8; SCAN_WINDOW];
+        while at < len {
+            let want = usize::try_from((len - at).min(SCAN_WINDOW as u64)).unwrap_or(SCAN_WINDOW);
+            file.read_exact_at(&mut buf[..want], at)?;
+            let found = volume::scan(&buf[..want], at, header.block_size, verify);
+            let progressed = found.valid_end > at;
+            records.extend(found.records);
+            at = found.valid_end;
+            match found.stop {
+                None => {}
+                // The window ended inside a record: read on from that record's start.
+                Some(Stop::Truncated) if progressed => {}
+                // Nothing whole in a full window: a header claiming more than any record of
+                // ours (damage). At the end of the file: an append cut short.
+                Some(Stop::Truncated) => {
+                    stop = Some(if want == SCAN_WINDOW {
+                        Stop::Damaged
+                    } else {
+                        Stop::Truncated
+                    });
+                    break;
+                }
+                Some(Stop::Damaged) => {
+                    stop = Some(Stop::Damaged);
+                    break;
+                }
+            }
+        }
+        let tail = (at < len).then(|| (len - at, stop.unwrap_or(Stop::Truncated)));
+        Ok(Opened {
+            volume: Self {
+                path: path.to_owned(),
+                file,
+                header,
+                end: at,
+                tail,
+            },
+            records,
+            tail,
+        })
+    }
+
+    pub fn header(&self) -> VolumeHeader {
+        self.header
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes in the volume, header included.
+    pub fn len(&self) -> u64 {
+        self.end
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end == HEADER_LEN
+    }
+
+    /// Cuts off, durably, what follows the last whole record (the caller has checked the
+    /// index committed none of it); appends may follow.
+    pub fn cut_tail(&mut self) -> Result<(), BlobError> {
+        if self.tail.is_some() {
+            self.file.set_len(self.end)?;
+            self.file.sync_all()?;
+            self.tail = None;
+        }
+        Ok(())
+    }
+
+    /// Appends `records` (each a header and its file's bytes) in one write and one
+    /// `fdatasync`, and returns each one's place. On failure (a full disk) the volume is cut
+    /// back to where it was, so it holds only whole records, and nothing of the batch counts.
+    pub fn append(&mut self, records: &[(RecordHeader, &[u8])]) -> Result<Vec<Found>, BlobError> {
+        if self.tail.is_some() {
+            return Err(BlobError::Io(std::io::Error::other(format!(
+                "{}: bytes after the last whole record are not cut yet",
+                self.path.display()
+            ))));
+        }
+        let block_size = self.header.block_size;
+        let mut out = Vec::new();
+        let mut found = Vec::with_capacity(records.len());
+        for (header, data) in records {
+            if data.len() as u64 != header.length || header.record_len(block_size) > MAX_RECORD {
+                return Err(BlobError::TooLarge { limit: MAX_RECORD });
+            }
+            let offset = self.end + out.len() as u64;
+            found.push(Found {
+                offset,
+                body_offset: offset + header.encoded_len(),
+                header: header.clone(),
+            });
+            volume::encode_record(header, data, block_size, &mut out);
+        }
+        let written = self
+            .file
+            .write_all_at(&out, self.end)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // Whatever of the batch reached the file is cut off again.
+            let _ = self.file.set_len(self.end);
+            let _ = self.file.sync_data();
+            return Err(BlobError::from_io(e));
+        }
+        self.end += out.len() as u64;
+        Ok(found)
+    }
+
+    /// The bytes `start..end` of the file whose record is `found`, each block verified.
+    pub fn read(&self, found: &Found, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
+        let length = found.header.length;
+        let end = end.min(length);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let bs = u64::from(self.header.block_size);
+        let stride = bs + CRC_LEN;
+        let (first, last) = (start / bs, (end - 1) / bs);
+        let from = found.body_offset + first * stride;
+        let to = found.body_offset + last * stride + (length - last * bs).min(bs) + CRC_LEN;
+        let mut stored = vec![0u8; usize::try_from(to - from).map_err(|_| BlobError::BadRecord)?];
+        self.file.read_exact_at(&mut stored, from)?;
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for (i, block) in stored.chunks(stride as usize).enumerate() {
+            let index = first + i as u64;
+            let data = BlockLayout::verify_block(block).ok_or(BlobError::Corrupt {
+                key: found.header.key,
+                block: index,
+            })?;
+            let block_start = index * bs;
+            let lo = start.saturating_sub(block_start) as usize;
+            let hi = (end - block_start).min(data.len() as u64) as usize;
+            out.extend_from_slice(&data[lo..hi]);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::RecordKind;
+    use sluice_proto::BlobKey;
+
+    fn put(key: u8, data: &[u8], sequence: u64) -> RecordHeader {
+        RecordHeader {
+            kind: RecordKind::Put,
+            key: BlobKey::from_bytes([key; 16]),
+            length: data.len() as u64,
+            sequence,
+            meta: vec![key],
+        }
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_appended_read_back_and_found_again_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000001.vol");
+        let header = VolumeHeader {
+            volume_id: 1,
+            block_size: 100,
+        };
+        let mut v = VolumeFile::create(&path, header).unwrap();
+        let (a, b) = (bytes(250, 1), bytes(5, 2));
+        let placed = v
+            .append(&[(put(1, &a, 1), &a[..]), (put(2, &b, 2), &b[..])])
+            .unwrap();
+        assert_eq!(v.read(&placed[0], 0, 250).unwrap(), a);
+        assert_eq!(
+            v.read(&placed[0], 95, 205).unwrap(),
+            &a[95..205],
+            "a range across blocks"
+        );
+        assert_eq!(v.read(&placed[1], 0, 5).unwrap(), b);
+        let len = v.len();
+        drop(v);
+
+        let opened = VolumeFile::open(&path, true).unwrap();
+        assert_eq!(opened.tail, None);
+        assert_eq!(opened.records, placed);
+        assert_eq!(opened.volume.len(), len);
+    }
+
+    #[test]
+    fn a_torn_append_is_found_on_open_and_once_cut_the_next_append_goes_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000002.vol");
+        let header = VolumeHeader {
+            volume_id: 2,
+            block_size: 64,
+        };
+        let mut v = VolumeFile::create(&path, header).unwrap();
+        let a = bytes(100, 3);
+        v.append(&[(put(1, &a, 1), &a[..])]).unwrap();
+        let whole = v.len();
+        drop(v);
+        // A crash in the middle of the next append: half a record at the end.
+        let mut torn = Vec::new();
+        let b = bytes(300, 4);
+        volume::encode_record(&put(2, &b, 2), &b, 64, &mut torn);
+        let file = File::options().append(true).open(&path).unwrap();
+        file.write_all_at(&torn[..torn.len() / 2], whole).unwrap();
+        drop(file);
+
+        let mut opened = VolumeFile::open(&path, true).unwrap();
+        assert_eq!(opened.records.len(), 1);
+        assert_eq!(
+            opened.tail,
+            Some(((torn.len() / 2) as u64, Stop::Truncated))
+        );
+        assert!(
+            opened
+                .volume
+                .append(&[(put(3, b"x", 3), &b"x"[..])])
+                .is_err(),
+            "no append before the tail is dealt with"
+        );
+        opened.volume.cut_tail().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
+        let placed = opened.volume.append(&[(put(2, &b, 2), &b[..])]).unwrap();
+        assert_eq!(placed[0].offset, whole);
+        assert_eq!(opened.volume.read(&placed[0], 0, 300).unwrap(), b);
+        assert_eq!(VolumeFile::open(&path, true).unwrap().records.len(), 2);
+    }
+
+    #[test]
+    fn a_damaged_block_is_refused_by_name_and_stops_a_verifying_open_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000003.vol");
+        let mut v = VolumeFile::create(
+            &path,
+            VolumeHeader {
+                volume_id: 3,
+                block_size: 64,
+            },
+        )
+        .unwrap();
+        let (a, b) = (bytes(200, 5), bytes(200, 6));
+        let placed = v
+            .append(&[(put(1, &a, 1), &a[..]), (put(2, &b, 2), &b[..])])
+            .unwrap();
+        // Flip a byte of the second file's second block.
+        let at = placed[1].body_offset + 64 + 4 + 10;
+        let mut byte = [0u8];
+        v.file.read_exact_at(&mut byte, at).unwrap();
+        v.file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+        match v.read(&placed[1], 0, 200) {
+            Err(BlobError::Corrupt { key, block: 1 }) => assert_eq!(key, placed[1].header.key),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            v.read(&placed[1], 0, 64).unwrap(),
+            &b[..64],
+            "other blocks still read"
+        );
+        let len = v.len();
+        drop(v);
+        let opened = VolumeFile::open(&path, true).unwrap();
+        assert_eq!(opened.records.len(), 1);
+        assert_eq!(opened.tail.map(|(_, why)| why), Some(Stop::Damaged));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            len,
+            "opening cuts nothing: an acknowledged record may be repaired"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_no_volume_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.vol");
+        std::fs::write(&path, b"not a volume at all, but long enough for a header").unwrap();
+        assert!(matches!(
+            VolumeFile::open(&path, true),
+            Err(BlobError::WrongFormat(_))
+        ));
+    }
+
+    #[test]
+    fn a_full_disk_refuses_the_batch_and_leaves_the_volume_whole() {
+        let disk = sluice_testkit::small_disk::SmallDisk::mount("2m");
+        let path = disk.path().join("00000004.vol");
+        let mut v = VolumeFile::create(
+            &path,
+            VolumeHeader {
+                volume_id: 4,
+                block_size: 4096,
+            },
+        )
+        .unwrap();
+        let a = bytes(1000, 7);
+        v.append(&[(put(1, &a, 1), &a[..])]).unwrap();
+        let before = v.len();
+        let hog = disk.fill_leaving("hog", 8 << 10);
+        let big = bytes(200_000, 8);
+        match v.append(&[(put(2, &big, 2), &big[..])]) {
+            Err(BlobError::NoSpace) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(v.len(), before);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            before,
+            "the partial record is cut"
+        );
+        std::fs::remove_file(hog).unwrap();
+        let placed = v.append(&[(put(2, &big, 2), &big[..])]).unwrap();
+        assert_eq!(
+            v.read(&placed[0], 0, 200_000).unwrap(),
+            big,
+            "it resumes once there is room"
+        );
+        drop(v);
+        let opened = VolumeFile::open(&path, true).unwrap();
+        assert_eq!((opened.records.len(), opened.tail), (2, None));
+    }
+}
