@@ -171,6 +171,7 @@ mod tests {
                 block_size: 65536,
                 state: BlobState::Complete,
                 sha256: None,
+                location: crate::record::Location::DataFile,
             },
             parts: vec![Bytes::from(vec![0u8; size as usize])],
         }

@@ -4,11 +4,16 @@
 //! - v1: state, size, time, block size, content type, and (incomplete blobs) the declared total.
 //! - v2: v1 followed by the SHA-256 of the blob's bytes, which makes a stored id immutable: a
 //!   second write of the key must bring exactly these bytes (see `BlobWriter::commit`).
+//! - v3: v2 followed by where the bytes are when that is not the blob's own data file: a
+//!   record in a volume (`1`, volume id u64, record offset u64, body offset from the record's
+//!   start u32; all LE). Blobs in data files are still written as v1/v2, byte for byte.
 
 use crate::BlobError;
 
 const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
+const RECORD_V3: u8 = 3;
+const IN_VOLUME: u8 = 1;
 /// Length of a SHA-256 digest.
 pub const SHA256_LEN: usize = 32;
 
@@ -50,6 +55,17 @@ impl BlobState {
     }
 }
 
+/// Where a blob's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Location {
+    /// Its own data file, as every blob stored before volumes.
+    #[default]
+    DataFile,
+    /// A record in a volume: the volume's id, where the record starts in it, and where its
+    /// body starts, from the record's start.
+    Volume { volume: u64, offset: u64, body: u32 },
+}
+
 /// What the index holds for one blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobMeta {
@@ -62,6 +78,8 @@ pub struct BlobMeta {
     pub state: BlobState,
     /// SHA-256 of the bytes; `None` only for records written before v2.
     pub sha256: Option<[u8; SHA256_LEN]>,
+    /// Where the bytes are (v3 when not a data file).
+    pub location: Location,
 }
 
 impl BlobMeta {
@@ -69,10 +87,11 @@ impl BlobMeta {
         let ct = self.content_type.as_bytes();
         let ct_len = u16::try_from(ct.len()).unwrap_or(u16::MAX);
         let mut out = Vec::with_capacity(64 + ct.len());
-        out.push(if self.sha256.is_some() {
-            RECORD_V2
-        } else {
-            RECORD_V1
+        let in_volume = self.location != Location::DataFile;
+        out.push(match (in_volume, self.sha256.is_some()) {
+            (true, _) => RECORD_V3,
+            (false, true) => RECORD_V2,
+            (false, false) => RECORD_V1,
         });
         out.push(self.state.code());
         out.extend_from_slice(&self.size.to_le_bytes());
@@ -87,6 +106,20 @@ impl BlobMeta {
         }
         if let Some(digest) = &self.sha256 {
             out.extend_from_slice(digest);
+        } else if in_volume {
+            // v3 always carries a digest (volumes are newer than digests).
+            out.extend_from_slice(&[0u8; SHA256_LEN]);
+        }
+        if let Location::Volume {
+            volume,
+            offset,
+            body,
+        } = self.location
+        {
+            out.push(IN_VOLUME);
+            out.extend_from_slice(&volume.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            out.extend_from_slice(&body.to_le_bytes());
         }
         out
     }
@@ -94,7 +127,7 @@ impl BlobMeta {
     pub fn decode(bytes: &[u8]) -> Result<Self, BlobError> {
         let bad = || BlobError::BadRecord;
         let (&version, rest) = bytes.split_first().ok_or_else(bad)?;
-        if version != RECORD_V1 && version != RECORD_V2 {
+        if !(RECORD_V1..=RECORD_V3).contains(&version) {
             return Err(bad());
         }
         let (&state_code, rest) = rest.split_first().ok_or_else(bad)?;
@@ -113,8 +146,22 @@ impl BlobMeta {
         };
         let digest_at = 22 + ct_len + if state.is_complete() { 0 } else { 8 };
         let sha256 = match version {
-            RECORD_V2 => Some(take::<SHA256_LEN>(rest, digest_at)?),
-            _ => None,
+            RECORD_V1 => None,
+            _ => Some(take::<SHA256_LEN>(rest, digest_at)?),
+        };
+        let location = match version {
+            RECORD_V3 => {
+                let at = digest_at + SHA256_LEN;
+                if rest.get(at) != Some(&IN_VOLUME) {
+                    return Err(bad());
+                }
+                Location::Volume {
+                    volume: u64::from_le_bytes(take(rest, at + 1)?),
+                    offset: u64::from_le_bytes(take(rest, at + 9)?),
+                    body: u32::from_le_bytes(take(rest, at + 17)?),
+                }
+            }
+            _ => Location::DataFile,
         };
         Ok(Self {
             size,
@@ -123,6 +170,7 @@ impl BlobMeta {
             block_size,
             state,
             sha256,
+            location,
         })
     }
 }
@@ -157,21 +205,55 @@ mod tests {
         );
     }
 
+    #[test]
+    fn data_file_records_are_written_as_before_and_volume_ones_as_v3() {
+        let mut m = BlobMeta {
+            size: 5,
+            content_type: "a/b".into(),
+            created_ms: 9,
+            block_size: 65536,
+            state: BlobState::Complete,
+            sha256: Some([7; 32]),
+            location: Location::DataFile,
+        };
+        let v2 = m.encode();
+        assert_eq!(v2[0], 2);
+        assert_eq!(v2.len(), 2 + 8 + 8 + 4 + 2 + 3 + 32, "v2, byte for byte");
+        m.location = Location::Volume {
+            volume: 4,
+            offset: 1024,
+            body: 47,
+        };
+        let v3 = m.encode();
+        assert_eq!(v3[0], 3);
+        assert_eq!(&v3[1..v2.len()], &v2[1..], "v3 is v2 and then the place");
+        assert_eq!(v3[v2.len()], 1);
+        assert_eq!(&v3[v2.len() + 1..v2.len() + 9], &4u64.to_le_bytes());
+        assert_eq!(&v3[v2.len() + 9..v2.len() + 17], &1024u64.to_le_bytes());
+        assert_eq!(&v3[v2.len() + 17..], &47u32.to_le_bytes());
+        assert_eq!(BlobMeta::decode(&v3).unwrap(), m);
+        assert!(BlobMeta::decode(&v3[..v3.len() - 1]).is_err(), "cut short");
+    }
+
     proptest! {
         #[test]
-        fn roundtrip(size in any::<u64>(), created_ms in any::<u64>(), bs in any::<u32>(), ct in "[ -~]{0,200}", code in 1u8..=3, total in any::<u64>(), sha256 in proptest::option::of(any::<[u8; 32]>())) {
+        fn roundtrip(size in any::<u64>(), created_ms in any::<u64>(), bs in any::<u32>(), ct in "[ -~]{0,200}", code in 1u8..=3, total in any::<u64>(), sha256 in any::<[u8; 32]>(), place in proptest::option::of((any::<u64>(), any::<u64>(), any::<u32>()))) {
             let state = match code {
                 1 => BlobState::Complete,
                 2 => BlobState::Partial { total },
                 _ => BlobState::Abandoned { total },
             };
-            let m = BlobMeta { size, content_type: ct, created_ms, block_size: bs, state, sha256 };
+            let location = match place {
+                None => Location::DataFile,
+                Some((volume, offset, body)) => Location::Volume { volume, offset, body },
+            };
+            let m = BlobMeta { size, content_type: ct, created_ms, block_size: bs, state, sha256: Some(sha256), location };
             prop_assert_eq!(BlobMeta::decode(&m.encode()).unwrap(), m);
         }
 
         #[test]
         fn v2_without_its_digest_is_refused(cut in 1usize..32) {
-            let m = BlobMeta { size: 5, content_type: "a/b".into(), created_ms: 1, block_size: 4096, state: BlobState::Complete, sha256: Some([7; 32]) };
+            let m = BlobMeta { size: 5, content_type: "a/b".into(), created_ms: 1, block_size: 4096, state: BlobState::Complete, sha256: Some([7; 32]), location: Location::DataFile };
             let bytes = m.encode();
             prop_assert!(BlobMeta::decode(&bytes[..bytes.len() - cut]).is_err());
         }

@@ -186,6 +186,7 @@ impl BlobWriter {
             block_size: self.layout.block_size,
             state: self.state,
             sha256: Some(sha256),
+            location: crate::record::Location::DataFile,
         };
         let task = tokio::spawn(async move {
             let file = self.file.take();
@@ -418,6 +419,7 @@ mod tests {
             block_size: 4096,
             state,
             sha256,
+            location: crate::record::Location::DataFile,
         }
     }
 
