@@ -19,6 +19,7 @@ pub mod layout;
 pub mod record;
 pub mod volume;
 pub mod volume_file;
+pub mod volume_writer;
 
 mod index;
 mod reader;
