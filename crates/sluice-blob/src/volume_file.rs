@@ -207,32 +207,101 @@ impl VolumeFile {
 
     /// The bytes `start..end` of the file whose record is `found`, each block verified.
     pub fn read(&self, found: &Found, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
-        let length = found.header.length;
-        let end = end.min(length);
-        if start >= end {
-            return Ok(Vec::new());
-        }
-        let bs = u64::from(self.header.block_size);
-        let stride = bs + CRC_LEN;
-        let (first, last) = (start / bs, (end - 1) / bs);
-        let from = found.body_offset + first * stride;
-        let to = found.body_offset + last * stride + (length - last * bs).min(bs) + CRC_LEN;
-        let mut stored = vec![0u8; usize::try_from(to - from).map_err(|_| BlobError::BadRecord)?];
-        self.file.read_exact_at(&mut stored, from)?;
-        let mut out = Vec::with_capacity((end - start) as usize);
-        for (i, block) in stored.chunks(stride as usize).enumerate() {
-            let index = first + i as u64;
-            let data = BlockLayout::verify_block(block).ok_or(BlobError::Corrupt {
-                key: found.header.key,
-                block: index,
-            })?;
-            let block_start = index * bs;
-            let lo = start.saturating_sub(block_start) as usize;
-            let hi = (end - block_start).min(data.len() as u64) as usize;
-            out.extend_from_slice(&data[lo..hi]);
-        }
-        Ok(out)
+        read_body(
+            &self.file,
+            self.header.block_size,
+            &BodyRef::of(found),
+            start,
+            end,
+        )
     }
+}
+
+/// Where a file's bytes are in a volume: what the index keeps (with the volume's id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyRef {
+    pub key: sluice_proto::BlobKey,
+    /// Where the record's body starts in the volume.
+    pub body_offset: u64,
+    /// The file's length.
+    pub length: u64,
+}
+
+impl BodyRef {
+    pub fn of(found: &Found) -> Self {
+        Self {
+            key: found.header.key,
+            body_offset: found.body_offset,
+            length: found.header.length,
+        }
+    }
+}
+
+/// A volume opened for reading only: readers go on while its writer appends (positioned
+/// reads of whole records never meet a record still being written: the index points at a
+/// record only once its batch is on disk).
+#[derive(Debug)]
+pub struct VolumeReader {
+    file: File,
+    header: VolumeHeader,
+}
+
+impl VolumeReader {
+    pub fn open(path: &Path) -> Result<Self, BlobError> {
+        let file = File::open(path)?;
+        let mut head = [0u8; HEADER_LEN as usize];
+        file.read_exact_at(&mut head, 0)
+            .map_err(|_| BlobError::WrongFormat(format!("{}: no volume header", path.display())))?;
+        let header = VolumeHeader::parse(&head).ok_or_else(|| {
+            BlobError::WrongFormat(format!("{}: not a volume of format 1", path.display()))
+        })?;
+        Ok(Self { file, header })
+    }
+
+    pub fn header(&self) -> VolumeHeader {
+        self.header
+    }
+
+    /// The bytes `start..end` of the file at `body`, each block verified.
+    pub fn read(&self, body: &BodyRef, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
+        read_body(&self.file, self.header.block_size, body, start, end)
+    }
+}
+
+/// One positioned read of the blocks covering `start..end` of a body, each block verified; a
+/// damaged one is `Corrupt { key, block }`, as for data files.
+fn read_body(
+    file: &File,
+    block_size: u32,
+    body: &BodyRef,
+    start: u64,
+    end: u64,
+) -> Result<Vec<u8>, BlobError> {
+    let length = body.length;
+    let end = end.min(length);
+    if start >= end {
+        return Ok(Vec::new());
+    }
+    let bs = u64::from(block_size.max(1));
+    let stride = bs + CRC_LEN;
+    let (first, last) = (start / bs, (end - 1) / bs);
+    let from = body.body_offset + first * stride;
+    let to = body.body_offset + last * stride + (length - last * bs).min(bs) + CRC_LEN;
+    let mut stored = vec![0u8; usize::try_from(to - from).map_err(|_| BlobError::BadRecord)?];
+    file.read_exact_at(&mut stored, from)?;
+    let mut out = Vec::with_capacity((end - start) as usize);
+    for (i, block) in stored.chunks(stride as usize).enumerate() {
+        let index = first + i as u64;
+        let data = BlockLayout::verify_block(block).ok_or(BlobError::Corrupt {
+            key: body.key,
+            block: index,
+        })?;
+        let block_start = index * bs;
+        let lo = start.saturating_sub(block_start) as usize;
+        let hi = (end - block_start).min(data.len() as u64) as usize;
+        out.extend_from_slice(&data[lo..hi]);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -418,5 +487,46 @@ mod tests {
         drop(v);
         let opened = VolumeFile::open(&path, true).unwrap();
         assert_eq!((opened.records.len(), opened.tail), (2, None));
+    }
+
+    #[test]
+    fn a_reader_reads_whole_records_while_the_writer_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000005.vol");
+        let mut v = VolumeFile::create(
+            &path,
+            VolumeHeader {
+                volume_id: 5,
+                block_size: 128,
+            },
+        )
+        .unwrap();
+        let reader = VolumeReader::open(&path).unwrap();
+        assert_eq!(reader.header().volume_id, 5);
+        let a = bytes(1000, 9);
+        let first = v.append(&[(put(1, &a, 1), &a[..])]).unwrap();
+        let body = BodyRef::of(&first[0]);
+        // The writer goes on; the reader's record is untouched by it.
+        for i in 0..20u8 {
+            let more = bytes(300, i);
+            v.append(&[(put(10 + i, &more, 10 + u64::from(i)), &more[..])])
+                .unwrap();
+            assert_eq!(reader.read(&body, 0, 1000).unwrap(), a);
+            assert_eq!(
+                reader.read(&body, 127, 129).unwrap(),
+                &a[127..129],
+                "across a block edge"
+            );
+        }
+        assert_eq!(
+            reader.read(&body, 990, 5000).unwrap(),
+            &a[990..],
+            "clamped to the file"
+        );
+        assert!(reader.read(&body, 1000, 1000).unwrap().is_empty());
+        assert!(matches!(
+            VolumeReader::open(&dir.path().join("missing.vol")),
+            Err(BlobError::Io(_))
+        ));
     }
 }
