@@ -86,12 +86,7 @@ impl VolumeFile {
     /// first that is not whole.
     pub fn open(path: &Path, verify: bool) -> Result<Opened, BlobError> {
         let file = File::options().read(true).write(true).open(path)?;
-        let mut head = [0u8; HEADER_LEN as usize];
-        file.read_exact_at(&mut head, 0)
-            .map_err(|_| BlobError::WrongFormat(format!("{}: no volume header", path.display())))?;
-        let header = VolumeHeader::parse(&head).ok_or_else(|| {
-            BlobError::WrongFormat(format!("{}: not a volume of format 1", path.display()))
-        })?;
+        let header = read_header(&file, path)?;
         let len = file.metadata()?.len();
         let mut records = Vec::new();
         let mut at = HEADER_LEN;
@@ -249,12 +244,7 @@ pub struct VolumeReader {
 impl VolumeReader {
     pub fn open(path: &Path) -> Result<Self, BlobError> {
         let file = File::open(path)?;
-        let mut head = [0u8; HEADER_LEN as usize];
-        file.read_exact_at(&mut head, 0)
-            .map_err(|_| BlobError::WrongFormat(format!("{}: no volume header", path.display())))?;
-        let header = VolumeHeader::parse(&head).ok_or_else(|| {
-            BlobError::WrongFormat(format!("{}: not a volume of format 1", path.display()))
-        })?;
+        let header = read_header(&file, path)?;
         Ok(Self { file, header })
     }
 
@@ -266,6 +256,16 @@ impl VolumeReader {
     pub fn read(&self, body: &BodyRef, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
         read_body(&self.file, self.header.block_size, body, start, end)
     }
+}
+
+/// The header of the volume open as `file`, checked.
+fn read_header(file: &File, path: &Path) -> Result<VolumeHeader, BlobError> {
+    let mut head = [0u8; HEADER_LEN as usize];
+    file.read_exact_at(&mut head, 0)
+        .map_err(|_| BlobError::WrongFormat(format!("{}: no volume header", path.display())))?;
+    VolumeHeader::parse(&head).ok_or_else(|| {
+        BlobError::WrongFormat(format!("{}: not a volume of format 1", path.display()))
+    })
 }
 
 /// One positioned read of the blocks covering `start..end` of a body, each block verified; a
@@ -320,6 +320,20 @@ mod tests {
         }
     }
 
+    /// A new volume `id` with blocks of `block_size` in `dir`, and its path.
+    fn new_volume(dir: &Path, id: u64, block_size: u32) -> (VolumeFile, PathBuf) {
+        let path = dir.join(format!("{id:08}.vol"));
+        let volume = VolumeFile::create(
+            &path,
+            VolumeHeader {
+                volume_id: id,
+                block_size,
+            },
+        )
+        .unwrap();
+        (volume, path)
+    }
+
     fn bytes(n: usize, seed: u8) -> Vec<u8> {
         (0..n)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -329,12 +343,7 @@ mod tests {
     #[test]
     fn a_batch_is_appended_read_back_and_found_again_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("00000001.vol");
-        let header = VolumeHeader {
-            volume_id: 1,
-            block_size: 100,
-        };
-        let mut v = VolumeFile::create(&path, header).unwrap();
+        let (mut v, path) = new_volume(dir.path(), 1, 100);
         let (a, b) = (bytes(250, 1), bytes(5, 2));
         let placed = v
             .append(&[(put(1, &a, 1), &a[..]), (put(2, &b, 2), &b[..])])
@@ -358,12 +367,7 @@ mod tests {
     #[test]
     fn a_torn_append_is_found_on_open_and_once_cut_the_next_append_goes_where_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("00000002.vol");
-        let header = VolumeHeader {
-            volume_id: 2,
-            block_size: 64,
-        };
-        let mut v = VolumeFile::create(&path, header).unwrap();
+        let (mut v, path) = new_volume(dir.path(), 2, 64);
         let a = bytes(100, 3);
         v.append(&[(put(1, &a, 1), &a[..])]).unwrap();
         let whole = v.len();
@@ -400,15 +404,7 @@ mod tests {
     #[test]
     fn a_damaged_block_is_refused_by_name_and_stops_a_verifying_open_there() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("00000003.vol");
-        let mut v = VolumeFile::create(
-            &path,
-            VolumeHeader {
-                volume_id: 3,
-                block_size: 64,
-            },
-        )
-        .unwrap();
+        let (mut v, path) = new_volume(dir.path(), 3, 64);
         let (a, b) = (bytes(200, 5), bytes(200, 6));
         let placed = v
             .append(&[(put(1, &a, 1), &a[..]), (put(2, &b, 2), &b[..])])
@@ -453,15 +449,7 @@ mod tests {
     #[test]
     fn a_full_disk_refuses_the_batch_and_leaves_the_volume_whole() {
         let disk = sluice_testkit::small_disk::SmallDisk::mount("2m");
-        let path = disk.path().join("00000004.vol");
-        let mut v = VolumeFile::create(
-            &path,
-            VolumeHeader {
-                volume_id: 4,
-                block_size: 4096,
-            },
-        )
-        .unwrap();
+        let (mut v, path) = new_volume(disk.path(), 4, 4096);
         let a = bytes(1000, 7);
         v.append(&[(put(1, &a, 1), &a[..])]).unwrap();
         let before = v.len();
@@ -492,15 +480,7 @@ mod tests {
     #[test]
     fn a_reader_reads_whole_records_while_the_writer_appends() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("00000005.vol");
-        let mut v = VolumeFile::create(
-            &path,
-            VolumeHeader {
-                volume_id: 5,
-                block_size: 128,
-            },
-        )
-        .unwrap();
+        let (mut v, path) = new_volume(dir.path(), 5, 128);
         let reader = VolumeReader::open(&path).unwrap();
         assert_eq!(reader.header().volume_id, 5);
         let a = bytes(1000, 9);

@@ -96,10 +96,16 @@ impl Browser {
     }
 
     async fn command(&self, path: &str, body: Value) -> Value {
-        let answer: Value = self
+        let request = self
             .http
             .post(format!("{}/{path}", self.session))
-            .json(&body)
+            .json(&body);
+        Self::value_of(request).await
+    }
+
+    /// chromedriver's answer to `request`: its `value`.
+    async fn value_of(request: reqwest::RequestBuilder) -> Value {
+        let answer: Value = request
             .send()
             .await
             .expect("chromedriver answers")
@@ -150,18 +156,10 @@ impl Browser {
 
     /// A PNG of the viewport, saved at `path` (a test's artefact).
     pub async fn screenshot(&self, path: &std::path::Path) {
-        let answer: Value = self
-            .http
-            .get(format!("{}/screenshot", self.session))
-            .send()
-            .await
-            .expect("chromedriver answers")
-            .json()
-            .await
-            .expect("JSON from chromedriver");
+        let value = Self::value_of(self.http.get(format!("{}/screenshot", self.session))).await;
         use base64::Engine;
         let png = base64::engine::general_purpose::STANDARD
-            .decode(answer["value"].as_str().unwrap_or_default())
+            .decode(value.as_str().unwrap_or_default())
             .expect("a base64 PNG");
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
