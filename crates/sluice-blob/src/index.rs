@@ -21,7 +21,7 @@ use sluice_state::{LockRecover, RwLockRecover};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::BlobError;
-use crate::record::BlobMeta;
+use crate::record::{BlobMeta, Location};
 
 pub(crate) const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -30,7 +30,11 @@ const OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
 /// Keys deleted here, forever (keys are never reused): a late replica of one is refused, so a
 /// peer that missed the delete cannot bring the file back.
 const TOMBSTONES: TableDefinition<&[u8], u64> = TableDefinition::new("tombstones");
+/// Volume id -> [`VolumeRow`].
+const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 const FILES: &str = "files";
+/// The last sequence number a committed volume record used.
+const VOLUME_SEQUENCE: &str = "volume_sequence";
 const BYTES: &str = "bytes";
 const OPLOG_HEAD: &str = "oplog_head";
 
@@ -47,21 +51,118 @@ const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
 pub struct StoreCounters {
     pub files: AtomicU64,
     pub bytes: AtomicU64,
+    /// Every volume the index knows, as of its last commit.
+    pub volumes: Mutex<std::collections::BTreeMap<u64, VolumeRow>>,
+    /// The last sequence number a committed volume record used.
+    pub volume_sequence: AtomicU64,
 }
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, BlobError>>;
 
 pub(crate) enum IndexOp {
     Insert {
         key: BlobKey,
         meta: BlobMeta,
-        done: oneshot::Sender<Result<Adoption, BlobError>>,
+        done: Reply<Adoption>,
     },
     Remove {
         key: BlobKey,
         /// Remember the key as deleted (a store of record); false for a cache forgetting a
         /// copy it may fetch again.
         tombstone: bool,
-        done: oneshot::Sender<Result<Option<BlobMeta>, BlobError>>,
+        done: Reply<Option<BlobMeta>>,
     },
+    /// A volume batch that reached the disk: its records' index changes and the volume's new
+    /// length, in one commit (see `crate::volumes`).
+    Volume {
+        volume: u64,
+        end: u64,
+        /// The last record sequence number the batch used.
+        sequence: u64,
+        items: Vec<VolumeItem>,
+    },
+    /// Forgets a volume nothing lives in any more (a compacted one): `false` if something does.
+    DropVolume { volume: u64, done: Reply<bool> },
+}
+
+/// What a record of a volume batch does to the index.
+pub(crate) enum VolumeItem {
+    /// A new file (as [`IndexOp::Insert`]).
+    Put {
+        key: BlobKey,
+        meta: BlobMeta,
+        done: Reply<Adoption>,
+    },
+    /// The same file's bytes at a new place (compaction, repair): taken only if the index
+    /// still has the key at `from`.
+    Move {
+        key: BlobKey,
+        from: Location,
+        meta: BlobMeta,
+        done: Reply<bool>,
+    },
+    /// A delete record (as [`IndexOp::Remove`]).
+    Delete {
+        key: BlobKey,
+        tombstone: bool,
+        done: Reply<Option<BlobMeta>>,
+    },
+}
+
+impl VolumeItem {
+    pub(crate) fn failed(self, error: BlobError) {
+        match self {
+            VolumeItem::Put { done, .. } => drop(done.send(Err(error))),
+            VolumeItem::Move { done, .. } => drop(done.send(Err(error))),
+            VolumeItem::Delete { done, .. } => drop(done.send(Err(error))),
+        }
+    }
+}
+
+/// What the index knows of one volume: how long it is (what a restart keeps of it) and how
+/// much of it is live records (the rest is dead: deleted, moved, or never committed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeRow {
+    pub end: u64,
+    pub live_bytes: u64,
+    pub live_records: u64,
+}
+
+const VOLUME_ROW_V1: u8 = 1;
+
+impl VolumeRow {
+    fn encode(&self) -> [u8; 25] {
+        let mut out = [0u8; 25];
+        out[0] = VOLUME_ROW_V1;
+        out[1..9].copy_from_slice(&self.end.to_le_bytes());
+        out[9..17].copy_from_slice(&self.live_bytes.to_le_bytes());
+        out[17..25].copy_from_slice(&self.live_records.to_le_bytes());
+        out
+    }
+
+    fn decode(raw: &[u8]) -> Result<Self, BlobError> {
+        let [VOLUME_ROW_V1, rest @ ..] = raw else {
+            return Err(BlobError::BadRecord);
+        };
+        let field = |i: usize| -> Result<u64, BlobError> {
+            rest.get(i * 8..i * 8 + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or(BlobError::BadRecord)
+        };
+        Ok(Self {
+            end: field(0)?,
+            live_bytes: field(1)?,
+            live_records: field(2)?,
+        })
+    }
+
+    /// Bytes of records nothing points at.
+    pub fn dead_bytes(&self) -> u64 {
+        self.end
+            .saturating_sub(crate::volume::HEADER_LEN)
+            .saturating_sub(self.live_bytes)
+    }
 }
 
 pub(crate) struct Index {
@@ -154,11 +255,21 @@ impl Index {
             txn.open_table(BLOBS)?;
             txn.open_table(OPLOG)?;
             txn.open_table(TOMBSTONES)?;
+            let volumes = txn.open_table(VOLUMES)?;
+            let mut rows = counters.volumes.lock_or_recover();
+            for item in volumes.range::<u64>(..)? {
+                let (id, raw) = item?;
+                rows.insert(id.value(), VolumeRow::decode(raw.value())?);
+            }
+            drop(rows);
             let table = txn.open_table(COUNTERS)?;
             let get =
                 |name| -> Result<u64, BlobError> { Ok(table.get(name)?.map_or(0, |v| v.value())) };
             counters.files.store(get(FILES)?, Ordering::Relaxed);
             counters.bytes.store(get(BYTES)?, Ordering::Relaxed);
+            counters
+                .volume_sequence
+                .store(get(VOLUME_SEQUENCE)?, Ordering::Relaxed);
         }
         txn.commit()?;
         let slot = Arc::new(DbSlot {
@@ -224,6 +335,11 @@ impl Index {
             .await
             .map_err(|_| BlobError::Closed)?;
         rx.await.map_err(|_| BlobError::Closed)?
+    }
+
+    /// A sender of operations, for the volume writer's thread.
+    pub(crate) fn sender(&self) -> mpsc::Sender<IndexOp> {
+        self.ops.clone()
     }
 
     /// Looks a key up. Blocking (may read from disk).
@@ -398,6 +514,10 @@ impl IndexOp {
         match self {
             IndexOp::Insert { done, .. } => drop(done.send(Err(trouble.error()))),
             IndexOp::Remove { done, .. } => drop(done.send(Err(trouble.error()))),
+            IndexOp::DropVolume { done, .. } => drop(done.send(Err(trouble.error()))),
+            IndexOp::Volume { items, .. } => items
+                .into_iter()
+                .for_each(|item| item.failed(trouble.error())),
         }
     }
 }
@@ -430,14 +550,215 @@ pub(crate) fn supersedes(new: &BlobMeta, old: &BlobMeta) -> bool {
 
 /// What one operation will answer once the batch commits.
 enum Outcome {
-    Inserted(
-        oneshot::Sender<Result<Adoption, BlobError>>,
-        Result<Adoption, BlobError>,
-    ),
-    Removed(
-        oneshot::Sender<Result<Option<BlobMeta>, BlobError>>,
-        Option<BlobMeta>,
-    ),
+    Adopted(Reply<Adoption>, Result<Adoption, BlobError>),
+    Removed(Reply<Option<BlobMeta>>, Option<BlobMeta>),
+    Done(Reply<bool>, bool),
+}
+
+impl Outcome {
+    fn answer(self) {
+        match self {
+            Outcome::Adopted(done, result) => drop(done.send(result)),
+            Outcome::Removed(done, old) => drop(done.send(Ok(old))),
+            Outcome::Done(done, flag) => drop(done.send(Ok(flag))),
+        }
+    }
+
+    fn refuse(self, error: BlobError) {
+        match self {
+            Outcome::Adopted(done, _) => drop(done.send(Err(error))),
+            Outcome::Removed(done, _) => drop(done.send(Err(error))),
+            Outcome::Done(done, _) => drop(done.send(Err(error))),
+        }
+    }
+}
+
+/// One write transaction of the writer, with the counters it moves.
+struct Tx<'t> {
+    blobs: redb::Table<'t, &'static [u8], &'static [u8]>,
+    oplog: redb::Table<'t, u64, &'static [u8]>,
+    tombstones: redb::Table<'t, &'static [u8], u64>,
+    volumes: redb::Table<'t, u64, &'static [u8]>,
+    head: u64,
+    files: u64,
+    bytes: u64,
+    sequence: u64,
+    /// Volume rows this transaction changed, and those it removed.
+    rows: std::collections::BTreeMap<u64, VolumeRow>,
+    dropped: Vec<u64>,
+}
+
+impl Tx<'_> {
+    fn row(&mut self, volume: u64) -> Result<&mut VolumeRow, BlobError> {
+        if !self.rows.contains_key(&volume) {
+            let row = match self.volumes.get(volume)? {
+                Some(raw) => VolumeRow::decode(raw.value())?,
+                None => VolumeRow::default(),
+            };
+            self.rows.insert(volume, row);
+        }
+        Ok(self.rows.entry(volume).or_default())
+    }
+
+    /// Counts a blob's volume record as live (`+1`) or dead (`-1`) in its volume's row.
+    fn tally(&mut self, meta: &BlobMeta, live: bool) -> Result<(), BlobError> {
+        if let Some((volume, len)) = volume_record(meta) {
+            let row = self.row(volume)?;
+            if live {
+                row.live_bytes += len;
+                row.live_records += 1;
+            } else {
+                row.live_bytes = row.live_bytes.saturating_sub(len);
+                row.live_records = row.live_records.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn log(&mut self, kind: OpKind, key: &BlobKey) -> Result<(), BlobError> {
+        self.head += 1;
+        self.oplog
+            .insert(self.head, OplogEntry::encode(kind, key).as_slice())?;
+        Ok(())
+    }
+
+    /// Stores `meta` under `key` unless the index keeps what it has (see [`supersedes`]).
+    fn insert(
+        &mut self,
+        key: BlobKey,
+        meta: BlobMeta,
+    ) -> Result<Result<Adoption, BlobError>, BlobError> {
+        let k = key.as_bytes().as_slice();
+        if self.tombstones.get(k)?.is_some() {
+            return Ok(Err(BlobError::Deleted));
+        }
+        // Complete files never change: a second put of a key (a replica arriving twice) is a
+        // no-op. Incomplete ones grow (see `supersedes`); each step is logged so peers
+        // catching up fetch the newer version.
+        let old = match self.blobs.get(k)? {
+            Some(v) => Some(BlobMeta::decode(v.value())?),
+            None => None,
+        };
+        let adoption = match old {
+            None => {
+                self.files += 1;
+                Adoption::New
+            }
+            Some(old) if supersedes(&meta, &old) => {
+                self.bytes -= old.size;
+                self.tally(&old, false)?;
+                Adoption::Replaced(old)
+            }
+            Some(old) => return Ok(Ok(Adoption::Kept(old))),
+        };
+        self.blobs.insert(k, meta.encode().as_slice())?;
+        self.bytes += meta.size;
+        self.tally(&meta, true)?;
+        self.log(OpKind::Put, &key)?;
+        Ok(Ok(adoption))
+    }
+
+    fn remove(&mut self, key: BlobKey, tombstone: bool) -> Result<Option<BlobMeta>, BlobError> {
+        let k = key.as_bytes().as_slice();
+        let old = match self.blobs.remove(k)? {
+            Some(v) => Some(BlobMeta::decode(v.value())?),
+            None => None,
+        };
+        if let Some(m) = &old {
+            self.files -= 1;
+            self.bytes -= m.size;
+            self.tally(m, false)?;
+        }
+        // Recorded even for a file this node never had, so it is refused later.
+        if tombstone && self.tombstones.insert(k, crate::now_ms())?.is_none() {
+            self.log(OpKind::Delete, &key)?;
+        }
+        Ok(old)
+    }
+
+    /// Points `key` at `meta`'s place if it is still at `from`; the file is the same, so
+    /// peers have nothing to fetch and the oplog says nothing.
+    fn relocate(
+        &mut self,
+        key: BlobKey,
+        from: Location,
+        meta: BlobMeta,
+    ) -> Result<bool, BlobError> {
+        let k = key.as_bytes().as_slice();
+        let old = match self.blobs.get(k)? {
+            Some(v) => BlobMeta::decode(v.value())?,
+            None => return Ok(false),
+        };
+        if old.location != from || old.size != meta.size || old.state != meta.state {
+            return Ok(false);
+        }
+        self.tally(&old, false)?;
+        self.blobs.insert(k, meta.encode().as_slice())?;
+        self.tally(&meta, true)?;
+        Ok(true)
+    }
+
+    fn apply(&mut self, op: IndexOp, outcomes: &mut Vec<Outcome>) -> Result<(), BlobError> {
+        match op {
+            IndexOp::Insert { key, meta, done } => {
+                outcomes.push(Outcome::Adopted(done, self.insert(key, meta)?));
+            }
+            IndexOp::Remove {
+                key,
+                tombstone,
+                done,
+            } => outcomes.push(Outcome::Removed(done, self.remove(key, tombstone)?)),
+            IndexOp::Volume {
+                volume,
+                end,
+                sequence,
+                items,
+            } => {
+                let row = self.row(volume)?;
+                row.end = row.end.max(end);
+                self.sequence = self.sequence.max(sequence);
+                for item in items {
+                    match item {
+                        VolumeItem::Put { key, meta, done } => {
+                            outcomes.push(Outcome::Adopted(done, self.insert(key, meta)?));
+                        }
+                        VolumeItem::Move {
+                            key,
+                            from,
+                            meta,
+                            done,
+                        } => outcomes.push(Outcome::Done(done, self.relocate(key, from, meta)?)),
+                        VolumeItem::Delete {
+                            key,
+                            tombstone,
+                            done,
+                        } => outcomes.push(Outcome::Removed(done, self.remove(key, tombstone)?)),
+                    }
+                }
+            }
+            IndexOp::DropVolume { volume, done } => {
+                let empty = self.row(volume)?.live_records == 0;
+                if empty {
+                    self.rows.remove(&volume);
+                    self.volumes.remove(volume)?;
+                    self.dropped.push(volume);
+                }
+                outcomes.push(Outcome::Done(done, empty));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The volume of a blob kept in one, and the length of its record there.
+pub(crate) fn volume_record(meta: &BlobMeta) -> Option<(u64, u64)> {
+    match meta.location {
+        Location::Volume { volume, body, .. } => Some((
+            volume,
+            u64::from(body) + crate::volume::body_len(meta.size, meta.block_size),
+        )),
+        Location::DataFile => None,
+    }
 }
 
 /// Applies a batch in one transaction and answers each operation; the commit's error, if any,
@@ -448,94 +769,59 @@ fn apply_batch(
     batch: &mut Vec<IndexOp>,
 ) -> Result<(), BlobError> {
     let mut outcomes = Vec::with_capacity(batch.len());
-    let mut files = counters.files.load(Ordering::Relaxed);
-    let mut bytes = counters.bytes.load(Ordering::Relaxed);
+    let mut committed = None;
     let result = (|| -> Result<(), BlobError> {
         let txn = db.begin_write()?;
         {
-            let mut blobs = txn.open_table(BLOBS)?;
-            let mut oplog = txn.open_table(OPLOG)?;
-            let mut tombstones = txn.open_table(TOMBSTONES)?;
             let mut counter_table = txn.open_table(COUNTERS)?;
-            let mut head = counter_table.get(OPLOG_HEAD)?.map_or(0, |v| v.value());
+            let mut tx = Tx {
+                blobs: txn.open_table(BLOBS)?,
+                oplog: txn.open_table(OPLOG)?,
+                tombstones: txn.open_table(TOMBSTONES)?,
+                volumes: txn.open_table(VOLUMES)?,
+                head: counter_table.get(OPLOG_HEAD)?.map_or(0, |v| v.value()),
+                files: counters.files.load(Ordering::Relaxed),
+                bytes: counters.bytes.load(Ordering::Relaxed),
+                sequence: counters.volume_sequence.load(Ordering::Relaxed),
+                rows: std::collections::BTreeMap::new(),
+                dropped: Vec::new(),
+            };
             for op in batch.drain(..) {
-                match op {
-                    IndexOp::Insert { key, meta, done } => {
-                        let k = key.as_bytes().as_slice();
-                        if tombstones.get(k)?.is_some() {
-                            outcomes.push(Outcome::Inserted(done, Err(BlobError::Deleted)));
-                            continue;
-                        }
-                        // Complete files never change: a second put of a key (a replica arriving
-                        // twice) is a no-op. Incomplete ones grow (see `supersedes`); each step
-                        // is logged so peers catching up fetch the newer version.
-                        let old = match blobs.get(k)? {
-                            Some(v) => Some(BlobMeta::decode(v.value())?),
-                            None => None,
-                        };
-                        let adoption = match old {
-                            None => {
-                                files += 1;
-                                Adoption::New
-                            }
-                            Some(old) if supersedes(&meta, &old) => {
-                                bytes -= old.size;
-                                Adoption::Replaced(old)
-                            }
-                            Some(old) => {
-                                outcomes.push(Outcome::Inserted(done, Ok(Adoption::Kept(old))));
-                                continue;
-                            }
-                        };
-                        blobs.insert(k, meta.encode().as_slice())?;
-                        bytes += meta.size;
-                        head += 1;
-                        oplog.insert(head, OplogEntry::encode(OpKind::Put, &key).as_slice())?;
-                        outcomes.push(Outcome::Inserted(done, Ok(adoption)));
-                    }
-                    IndexOp::Remove {
-                        key,
-                        tombstone,
-                        done,
-                    } => {
-                        let k = key.as_bytes().as_slice();
-                        let old = match blobs.remove(k)? {
-                            Some(v) => Some(BlobMeta::decode(v.value())?),
-                            None => None,
-                        };
-                        if let Some(m) = &old {
-                            files -= 1;
-                            bytes -= m.size;
-                        }
-                        // Recorded even for a file this node never had, so it is refused later.
-                        if tombstone && tombstones.insert(k, crate::now_ms())?.is_none() {
-                            head += 1;
-                            oplog.insert(
-                                head,
-                                OplogEntry::encode(OpKind::Delete, &key).as_slice(),
-                            )?;
-                        }
-                        outcomes.push(Outcome::Removed(done, old));
-                    }
-                }
+                tx.apply(op, &mut outcomes)?;
             }
-            counter_table.insert(FILES, files)?;
-            counter_table.insert(BYTES, bytes)?;
-            counter_table.insert(OPLOG_HEAD, head)?;
+            for (id, row) in &tx.rows {
+                tx.volumes.insert(*id, row.encode().as_slice())?;
+            }
+            counter_table.insert(FILES, tx.files)?;
+            counter_table.insert(BYTES, tx.bytes)?;
+            counter_table.insert(OPLOG_HEAD, tx.head)?;
+            counter_table.insert(VOLUME_SEQUENCE, tx.sequence)?;
+            committed = Some((
+                tx.files,
+                tx.bytes,
+                tx.sequence,
+                std::mem::take(&mut tx.rows),
+                std::mem::take(&mut tx.dropped),
+            ));
         }
         txn.commit()?;
         Ok(())
     })();
     match result {
         Ok(()) => {
-            counters.files.store(files, Ordering::Relaxed);
-            counters.bytes.store(bytes, Ordering::Relaxed);
-            for outcome in outcomes {
-                match outcome {
-                    Outcome::Inserted(done, result) => drop(done.send(result)),
-                    Outcome::Removed(done, old) => drop(done.send(Ok(old))),
+            if let Some((files, bytes, sequence, rows, dropped)) = committed {
+                counters.files.store(files, Ordering::Relaxed);
+                counters.bytes.store(bytes, Ordering::Relaxed);
+                counters.volume_sequence.store(sequence, Ordering::Relaxed);
+                let mut known = counters.volumes.lock_or_recover();
+                for (id, row) in rows {
+                    known.insert(id, row);
+                }
+                for id in dropped {
+                    known.remove(&id);
                 }
             }
+            outcomes.into_iter().for_each(Outcome::answer);
             Ok(())
         }
         Err(e) => {
@@ -543,12 +829,9 @@ fn apply_batch(
             // Every operation of the batch gets the error, those not reached yet included.
             let trouble = Trouble::of(&e);
             batch.drain(..).for_each(|op| op.refuse(&trouble));
-            for outcome in outcomes {
-                match outcome {
-                    Outcome::Inserted(done, _) => drop(done.send(Err(trouble.error()))),
-                    Outcome::Removed(done, _) => drop(done.send(Err(trouble.error()))),
-                }
-            }
+            outcomes
+                .into_iter()
+                .for_each(|outcome| outcome.refuse(trouble.error()));
             Err(e)
         }
     }

@@ -12,7 +12,12 @@
 //! DATA/index.redb        key -> BlobMeta, plus file and byte counters
 //! DATA/blobs/ab/cd/KEY   data files, two levels of 256 directories by the key's first bytes
 //! DATA/blobs/ab/cd/KEY.tmp  blobs being written
+//! DATA/volumes/ID.vol    small complete files, packed as records ([`volumes`])
 //! ```
+//!
+//! With volumes on (the default), complete files up to `VolumeOptions::max_file` are not given
+//! a data file of their own: they are appended to the active volume, many uploads sharing one
+//! `fdatasync` and one index commit.
 
 pub mod hot;
 pub mod layout;
@@ -20,6 +25,7 @@ pub mod record;
 pub mod volume;
 pub mod volume_file;
 pub mod volume_writer;
+pub mod volumes;
 
 mod index;
 mod reader;
@@ -34,11 +40,14 @@ use std::sync::atomic::Ordering;
 use sluice_proto::BlobKey;
 use sluice_state::LockRecover;
 
+use crate::record::Location;
+
 pub use hot::{HotCache, HotCacheLimits, HotFile};
 pub use index::{Adoption, OpKind, OplogEntry, StoreCounters};
 pub use reader::{BlobReader, CHUNK_BYTES, Chunk};
 pub use record::{BlobMeta, BlobState, SHA256_LEN};
 pub use sweep::{data_file_paths, temp_file_paths, walk_data_files};
+pub use volumes::{MAX_VOLUME_FILE, OnDisk, VolumeOptions, VolumeStats, locate, volume_paths};
 pub use writer::BlobWriter;
 
 const FORMAT_FILE: &str = "FORMAT";
@@ -152,6 +161,8 @@ pub struct BlobStoreOptions {
     pub block_size: u32,
     /// The cache of small, recently read files.
     pub hot_cache: HotCacheLimits,
+    /// Small files packed into volumes; `None` gives every file its own data file.
+    pub volumes: Option<VolumeOptions>,
 }
 
 impl Default for BlobStoreOptions {
@@ -159,6 +170,7 @@ impl Default for BlobStoreOptions {
         Self {
             block_size: 64 * 1024,
             hot_cache: HotCacheLimits::default(),
+            volumes: Some(VolumeOptions::default()),
         }
     }
 }
@@ -180,6 +192,9 @@ struct Inner {
     in_flight: std::sync::Mutex<std::collections::HashMap<BlobKey, KeyWriters>>,
     /// Set by `close` so background work (the sweep) lets go of the store.
     closing: std::sync::atomic::AtomicBool,
+    volumes: Option<volumes::Volumes>,
+    /// Dropped by `close` to stop the compaction thread.
+    compaction_stop: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
 }
 
 impl BlobStore {
@@ -199,6 +214,15 @@ impl BlobStore {
             std::fs::File::open(root)?.sync_all()?;
         }
         let (index, writer) = index::Index::open(&root.join("index.redb"))?;
+        let volumes = match &options.volumes {
+            Some(v) => {
+                let mut v = v.clone();
+                v.max_file = v.max_file.min(MAX_VOLUME_FILE);
+                Some(volumes::Volumes::open(root, v, options.block_size, &index)?)
+            }
+            None => None,
+        };
+        let (compaction_stop, stopped) = std::sync::mpsc::sync_channel(1);
         let store = Self {
             inner: Arc::new(Inner {
                 root: root.to_owned(),
@@ -208,8 +232,16 @@ impl BlobStore {
                 writer_thread: std::sync::Mutex::new(Some(writer)),
                 closing: std::sync::atomic::AtomicBool::new(false),
                 in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
+                volumes,
+                compaction_stop: std::sync::Mutex::new(Some(compaction_stop)),
             }),
         };
+        if store.inner.volumes.is_some() {
+            let compactor = store.clone();
+            std::thread::Builder::new()
+                .name("sluice-compaction".into())
+                .spawn(move || volumes::compaction_loop(compactor, stopped))?;
+        }
         if !closed_cleanly && !fresh {
             sweep::start(store.clone());
         }
@@ -251,8 +283,31 @@ impl BlobStore {
             return Ok(None);
         };
         // An incomplete blob can be replaced by a longer one between the lookup and the open
-        // (its old data file is then unlinked): look again, a few times.
+        // (its old data file is then unlinked), and a volume compacted away: look again, a
+        // few times.
         for _ in 0..4 {
+            if let Location::Volume {
+                volume,
+                offset,
+                body,
+            } = meta.location
+            {
+                let volumes = self.inner.volumes.as_ref().ok_or(BlobError::BadRecord)?;
+                match volumes.reader(volume)? {
+                    Some(reader) => {
+                        let base = offset + u64::from(body);
+                        return Ok(Some(BlobReader::new(key, meta, reader.file(), base)));
+                    }
+                    None => match self.inner.index.get(&key)? {
+                        None => return Ok(None),
+                        Some(now) if now != meta => {
+                            meta = now;
+                            continue;
+                        }
+                        Some(_) => break,
+                    },
+                }
+            }
             match std::fs::File::open(self.data_path(&key, &meta)) {
                 Ok(file) => {
                     // A data file of another length than its record says is damaged (cut
@@ -262,7 +317,8 @@ impl BlobStore {
                         tracing::error!(%key, "data file is not the length its record says");
                         return Err(BlobError::Corrupt { key, block: 0 });
                     }
-                    return Ok(Some(BlobReader::new(key, meta, file)));
+                    let base = layout::HEADER_LEN;
+                    return Ok(Some(BlobReader::new(key, meta, Arc::new(file), base)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     // Deleted between the lookup and the open, replaced, or lost: tell which.
@@ -275,7 +331,7 @@ impl BlobStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        tracing::error!(%key, "indexed blob has no data file");
+        tracing::error!(%key, "indexed blob has no data file or volume");
         Err(BlobError::Corrupt { key, block: 0 })
     }
 
@@ -311,11 +367,19 @@ impl BlobStore {
     }
 
     async fn remove(&self, key: BlobKey, tombstone: bool) -> Result<bool, BlobError> {
-        let Some(old) = self.inner.index.remove(key, tombstone).await? else {
+        // With volumes, every delete leaves a delete record, whatever held the file.
+        let removed = match &self.inner.volumes {
+            Some(volumes) => volumes.delete(key, tombstone).await?,
+            None => self.inner.index.remove(key, tombstone).await?,
+        };
+        let Some(old) = removed else {
             return Ok(false);
         };
         // After the index entry is gone, never before: see `HotCache::insert_if_indexed`.
         self.inner.hot.remove(&key);
+        if old.location != Location::DataFile {
+            return Ok(true);
+        }
         let path = self.data_path(&key, &old);
         blocking(move || match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -408,6 +472,7 @@ impl BlobStore {
     /// after the servers stop.
     pub async fn close(self) {
         self.inner.closing.store(true, Ordering::Relaxed);
+        self.inner.compaction_stop.lock_or_recover().take();
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         let mut this = self.inner;
         let inner = loop {
@@ -424,6 +489,12 @@ impl BlobStore {
             }
         };
         let handle = inner.writer_thread.lock_or_recover().take();
+        // The volume writer's thread holds a sender of the index: once it has written what
+        // it holds and let go, the index writer drains and ends.
+        if let Some(volumes) = &inner.volumes {
+            volumes.close();
+        }
+        drop(inner.volumes);
         inner.index.close();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
@@ -504,6 +575,21 @@ impl BlobStore {
             key,
             turn,
         }
+    }
+
+    /// Volume figures (`None` with volumes off).
+    pub fn volume_stats(&self) -> Option<VolumeStats> {
+        self.inner.volumes.as_ref().map(volumes::Volumes::stats)
+    }
+
+    /// Compacts every volume due now, on this thread (the compaction thread does it every
+    /// `compact_interval`); returns how many were compacted.
+    pub fn compact_now(&self) -> Result<usize, BlobError> {
+        volumes::compact_due(self)
+    }
+
+    pub(crate) fn volumes(&self) -> Option<&volumes::Volumes> {
+        self.inner.volumes.as_ref()
     }
 
     pub(crate) fn is_closing(&self) -> bool {
@@ -601,6 +687,21 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| BlobError::Io(io::Error::other(e.to_string())))?
+}
+
+/// A crash point for tests: when the environment variable `SLUICE_FAILPOINT` names `name`, the
+/// process kills itself (SIGKILL: no cleanup, no flush) on reaching it, so a test can stop a
+/// real server at an exact step of a protocol and check what a restart finds.
+pub(crate) fn failpoint(name: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let point = POINT.get_or_init(|| std::env::var("SLUICE_FAILPOINT").ok());
+    if point.as_deref() == Some(name) {
+        tracing::warn!(failpoint = name, "killing the process at a test failpoint");
+        // SAFETY: kill(2) with our own pid and a valid signal number.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -29,6 +29,9 @@ pub struct BlobReader {
     key: BlobKey,
     meta: BlobMeta,
     file: Arc<File>,
+    /// Where the first block starts in the file: after the header of a data file, at the
+    /// record's body in a volume.
+    base: u64,
 }
 
 /// Where a chunk's bytes sit in the file.
@@ -40,11 +43,12 @@ struct ChunkSpan {
 }
 
 impl BlobReader {
-    pub(crate) fn new(key: BlobKey, meta: BlobMeta, file: File) -> Self {
+    pub(crate) fn new(key: BlobKey, meta: BlobMeta, file: Arc<File>, base: u64) -> Self {
         Self {
             key,
             meta,
-            file: Arc::new(file),
+            file,
+            base,
         }
     }
 
@@ -87,7 +91,7 @@ impl BlobReader {
             return Ok(Vec::new());
         }
         let layout = BlockLayout::new(self.meta.block_size);
-        let span = span(&layout, self.meta.size, start, end);
+        let span = span(&layout, self.base, self.meta.size, start, end);
         let mut raw = Vec::with_capacity(span.len);
         let raw = match pread_into(&self.file, &mut raw, span.len, span.from, libc::RWF_NOWAIT) {
             Ok(()) => raw,
@@ -116,12 +120,13 @@ impl BlobReader {
     }
 }
 
-fn span(layout: &BlockLayout, size: u64, start: u64, end: u64) -> ChunkSpan {
+fn span(layout: &BlockLayout, base: u64, size: u64, start: u64, end: u64) -> ChunkSpan {
     let bs = u64::from(layout.block_size);
+    let stride = bs + CRC_LEN;
     let first_block = start / bs;
     let last_block = (end - 1) / bs;
-    let from = layout.block_offset(first_block);
-    let to = layout.block_offset(last_block) + layout.block_data_len(last_block, size) + CRC_LEN;
+    let from = base + first_block * stride;
+    let to = base + last_block * stride + layout.block_data_len(last_block, size) + CRC_LEN;
     ChunkSpan {
         first_block,
         last_block,

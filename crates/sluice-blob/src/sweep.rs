@@ -59,7 +59,11 @@ pub(crate) fn sweep(
             match store.index().get(&key) {
                 // A data file is kept only if it is the one the index names: a shorter prefix
                 // replaced just before a crash goes too.
-                Ok(Some(meta)) => store.data_path(&key, &meta) != path,
+                // (A key whose file is in a volume has no data file to keep.)
+                Ok(Some(meta)) => {
+                    meta.location != crate::record::Location::DataFile
+                        || store.data_path(&key, &meta) != path
+                }
                 Ok(None) => true,
                 Err(e) => {
                     failure = Some(e.to_string());

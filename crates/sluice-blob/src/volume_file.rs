@@ -13,6 +13,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::BlobError;
 use crate::layout::{BlockLayout, CRC_LEN};
@@ -89,36 +90,10 @@ impl VolumeFile {
         let header = read_header(&file, path)?;
         let len = file.metadata()?.len();
         let mut records = Vec::new();
-        let mut at = HEADER_LEN;
-        let mut stop = None;
-        let mut buf = vec![0u8; SCAN_WINDOW];
-        while at < len {
-            let want = usize::try_from((len - at).min(SCAN_WINDOW as u64)).unwrap_or(SCAN_WINDOW);
-            file.read_exact_at(&mut buf[..want], at)?;
-            let found = volume::scan(&buf[..want], at, header.block_size, verify);
-            let progressed = found.valid_end > at;
-            records.extend(found.records);
-            at = found.valid_end;
-            match found.stop {
-                None => {}
-                // The window ended inside a record: read on from that record's start.
-                Some(Stop::Truncated) if progressed => {}
-                // Nothing whole in a full window: a header claiming more than any record of
-                // ours (damage). At the end of the file: an append cut short.
-                Some(Stop::Truncated) => {
-                    stop = Some(if want == SCAN_WINDOW {
-                        Stop::Damaged
-                    } else {
-                        Stop::Truncated
-                    });
-                    break;
-                }
-                Some(Stop::Damaged) => {
-                    stop = Some(Stop::Damaged);
-                    break;
-                }
-            }
-        }
+        let (at, stop) = scan_file(&file, header.block_size, len, verify, |found| {
+            records.push(found);
+            true
+        })?;
         let tail = (at < len).then(|| (len - at, stop.unwrap_or(Stop::Truncated)));
         Ok(Opened {
             volume: Self {
@@ -139,6 +114,31 @@ impl VolumeFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Opens a volume the index says is `committed` bytes long, for appending: whatever
+    /// follows (records whose batch the index never committed, so nobody was told they were
+    /// stored, or a torn append) is cut off durably. `None` if the file is shorter than that:
+    /// acknowledged records are missing, and the volume must take no more appends.
+    pub fn open_committed(path: &Path, committed: u64) -> Result<Option<Self>, BlobError> {
+        let file = File::options().read(true).write(true).open(path)?;
+        let header = read_header(&file, path)?;
+        let len = file.metadata()?.len();
+        let committed = committed.max(HEADER_LEN);
+        if len < committed {
+            return Ok(None);
+        }
+        if len > committed {
+            file.set_len(committed).map_err(BlobError::from_io)?;
+            file.sync_all().map_err(BlobError::from_io)?;
+        }
+        Ok(Some(Self {
+            path: path.to_owned(),
+            file,
+            header,
+            end: committed,
+            tail: None,
+        }))
     }
 
     /// Bytes in the volume, header included.
@@ -237,7 +237,7 @@ impl BodyRef {
 /// record only once its batch is on disk).
 #[derive(Debug)]
 pub struct VolumeReader {
-    file: File,
+    file: Arc<File>,
     header: VolumeHeader,
 }
 
@@ -245,7 +245,27 @@ impl VolumeReader {
     pub fn open(path: &Path) -> Result<Self, BlobError> {
         let file = File::open(path)?;
         let header = read_header(&file, path)?;
-        Ok(Self { file, header })
+        Ok(Self {
+            file: Arc::new(file),
+            header,
+        })
+    }
+
+    /// The open file, shared: a reader holding it reads on after the volume is removed.
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    /// Hands every whole record of the first `len` bytes to `visit`, in order, until it
+    /// returns false; returns where the last whole record ends and why the scan stopped early,
+    /// if it did.
+    pub fn scan(
+        &self,
+        len: u64,
+        verify: bool,
+        visit: impl FnMut(Found) -> bool,
+    ) -> Result<(u64, Option<Stop>), BlobError> {
+        scan_file(&self.file, self.header.block_size, len, verify, visit)
     }
 
     pub fn header(&self) -> VolumeHeader {
@@ -256,6 +276,49 @@ impl VolumeReader {
     pub fn read(&self, body: &BodyRef, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
         read_body(&self.file, self.header.block_size, body, start, end)
     }
+}
+
+/// Scans the records of a volume `len` bytes long from its first, handing each whole one to
+/// `visit` (which may stop the scan by returning false); returns where the last whole record
+/// ends and why the scan stopped before `len`, if it did.
+fn scan_file(
+    file: &File,
+    block_size: u32,
+    len: u64,
+    verify: bool,
+    mut visit: impl FnMut(Found) -> bool,
+) -> Result<(u64, Option<Stop>), BlobError> {
+    let mut at = HEADER_LEN;
+    let mut buf = vec![0u8; SCAN_WINDOW];
+    while at < len {
+        let want = usize::try_from((len - at).min(SCAN_WINDOW as u64)).unwrap_or(SCAN_WINDOW);
+        file.read_exact_at(&mut buf[..want], at)?;
+        let found = volume::scan(&buf[..want], at, block_size, verify);
+        let progressed = found.valid_end > at;
+        for record in found.records {
+            if !visit(record) {
+                return Ok((at, None));
+            }
+        }
+        at = found.valid_end;
+        match found.stop {
+            None => {}
+            // The window ended inside a record: read on from that record's start.
+            Some(Stop::Truncated) if progressed => {}
+            // Nothing whole in a full window: a header claiming more than any record of
+            // ours (damage). At the end of the file: an append cut short.
+            Some(Stop::Truncated) => {
+                let why = if want == SCAN_WINDOW {
+                    Stop::Damaged
+                } else {
+                    Stop::Truncated
+                };
+                return Ok((at, Some(why)));
+            }
+            Some(Stop::Damaged) => return Ok((at, Some(Stop::Damaged))),
+        }
+    }
+    Ok((at, None))
 }
 
 /// The header of the volume open as `file`, checked.

@@ -1,7 +1,14 @@
-//! Group commit for a volume: one thread owns the volume's appends; every record handed to it
-//! while its previous batch was being written and synced goes into the next batch, so
-//! concurrent uploads share one write and one `fdatasync` ([`VolumeFile::append`]). A caller
-//! hears back (and may acknowledge) only once its batch is on disk.
+//! Group commit for volumes: one thread owns the appends of the active volume; every record
+//! handed to it while its previous batch was being written and synced goes into the next
+//! batch, so concurrent uploads share one write and one `fdatasync` ([`VolumeFile::append`]).
+//!
+//! The writer does not answer callers itself: it hands each batch that reached the disk to
+//! `on_batch` (the store sends it to the index, whose commit answers them), and goes on with
+//! the next batch while that commit runs; so the volume's `fdatasync` and the index's commit
+//! overlap. A failed batch answers its callers through [`Pending::failed`].
+//!
+//! When the active volume reaches its size, the writer seals it (appends nothing more to it)
+//! and goes on in a new one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,10 +23,24 @@ use crate::volume_file::VolumeFile;
 /// Records waiting for the writer, at most: a caller beyond waits to hand its record over.
 const QUEUE: usize = 4096;
 
-struct Request {
+/// What waits on a record: told of the failure if its batch fails; otherwise handed to
+/// `on_batch` with the record's place.
+pub trait Pending: Send + 'static {
+    fn failed(self, error: BlobError);
+}
+
+struct Request<T> {
     header: RecordHeader,
     data: Bytes,
-    reply: tokio::sync::oneshot::Sender<Result<Found, BlobError>>,
+    then: T,
+}
+
+/// A batch on disk: the volume it went to, the volume's length after it, and each record's
+/// place with what waits on it.
+pub struct Batch<T> {
+    pub volume: u64,
+    pub end: u64,
+    pub records: Vec<(Found, T)>,
 }
 
 /// What the writer has done, for metrics and tests.
@@ -28,29 +49,61 @@ pub struct WriterCounts {
     /// Batches written (each one write and one `fdatasync`).
     pub batches: AtomicU64,
     pub records: AtomicU64,
+    /// The volume appended to now (never compacted while it is).
+    pub active: AtomicU64,
+    /// The sequence number of the last record handed to the disk.
+    pub sequence: AtomicU64,
 }
 
-/// The appending side of one volume.
-pub struct VolumeWriter {
-    requests: mpsc::SyncSender<Request>,
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLimits {
+    /// File bytes in one batch at most (one record always fits, whatever its size).
+    pub max_batch_bytes: usize,
+    /// A volume this long is sealed and the writer goes on in a new one.
+    pub roll_at: u64,
+}
+
+/// The appending side of a store's volumes.
+pub struct VolumeWriter<T> {
+    requests: mpsc::SyncSender<Request<T>>,
     counts: Arc<WriterCounts>,
 }
 
-impl VolumeWriter {
-    /// Starts the writer thread over `volume`; a batch holds at most `max_batch_bytes` of file
-    /// bytes (one record always fits, whatever its size).
-    pub fn start(mut volume: VolumeFile, max_batch_bytes: usize) -> std::io::Result<Self> {
-        let (requests, queue) = mpsc::sync_channel::<Request>(QUEUE);
+impl<T> Clone for VolumeWriter<T> {
+    fn clone(&self) -> Self {
+        Self {
+            requests: self.requests.clone(),
+            counts: self.counts.clone(),
+        }
+    }
+}
+
+impl<T: Pending> VolumeWriter<T> {
+    /// Starts the writer thread over `volume`. `next_volume(id)` makes the volume that follows
+    /// the one of `id` when that one is full; `sequence` is the last sequence number used.
+    pub fn start(
+        mut volume: VolumeFile,
+        limits: WriterLimits,
+        sequence: u64,
+        mut next_volume: impl FnMut(u64) -> Result<VolumeFile, BlobError> + Send + 'static,
+        mut on_batch: impl FnMut(Batch<T>) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (requests, queue) = mpsc::sync_channel::<Request<T>>(QUEUE);
         let counts = Arc::new(WriterCounts::default());
+        counts
+            .active
+            .store(volume.header().volume_id, Ordering::Relaxed);
+        counts.sequence.store(sequence, Ordering::Relaxed);
         let seen = counts.clone();
         std::thread::Builder::new()
-            .name("volume writer".into())
+            .name("sluice-volume-writer".into())
             .spawn(move || {
+                let mut sequence = sequence;
                 // Ends when every sender is gone.
                 while let Ok(first) = queue.recv() {
                     let mut batch = vec![first];
                     let mut bytes = batch[0].data.len();
-                    while bytes < max_batch_bytes {
+                    while bytes < limits.max_batch_bytes {
                         match queue.try_recv() {
                             Ok(next) => {
                                 bytes += next.data.len();
@@ -59,29 +112,56 @@ impl VolumeWriter {
                             Err(_) => break,
                         }
                     }
+                    for request in &mut batch {
+                        sequence += 1;
+                        request.header.sequence = sequence;
+                    }
                     let records: Vec<(RecordHeader, &[u8])> = batch
                         .iter()
                         .map(|r| (r.header.clone(), &r.data[..]))
                         .collect();
                     let result = volume.append(&records);
+                    drop(records);
                     seen.batches.fetch_add(1, Ordering::Relaxed);
                     match result {
                         Ok(places) => {
                             seen.records
                                 .fetch_add(places.len() as u64, Ordering::Relaxed);
-                            for (request, place) in batch.into_iter().zip(places) {
-                                let _ = request.reply.send(Ok(place));
-                            }
+                            seen.sequence.store(sequence, Ordering::Relaxed);
+                            on_batch(Batch {
+                                volume: volume.header().volume_id,
+                                end: volume.len(),
+                                records: places
+                                    .into_iter()
+                                    .zip(batch.into_iter().map(|r| r.then))
+                                    .collect(),
+                            });
                         }
                         Err(e) => {
                             let no_space = matches!(e, BlobError::NoSpace);
                             let why = e.to_string();
                             for request in batch {
-                                let _ = request.reply.send(Err(if no_space {
+                                request.then.failed(if no_space {
                                     BlobError::NoSpace
                                 } else {
                                     BlobError::Io(std::io::Error::other(why.clone()))
-                                }));
+                                });
+                            }
+                        }
+                    }
+                    if volume.len() >= limits.roll_at {
+                        let id = volume.header().volume_id;
+                        match next_volume(id) {
+                            Ok(next) => {
+                                tracing::info!(sealed = id, next = next.header().volume_id, "volume full; appending to a new one");
+                                seen.active
+                                    .store(next.header().volume_id, Ordering::Relaxed);
+                                volume = next;
+                            }
+                            // A full disk, say: go on appending here, and try again after
+                            // the next batch.
+                            Err(e) => {
+                                tracing::warn!(volume = id, error = %e, "could not start a new volume; appending to the full one")
                             }
                         }
                     }
@@ -90,25 +170,47 @@ impl VolumeWriter {
         Ok(Self { requests, counts })
     }
 
-    /// Appends one record and returns its place once its batch is on disk.
-    pub async fn append(&self, header: RecordHeader, data: Bytes) -> Result<Found, BlobError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let requests = self.requests.clone();
-        let request = Request {
-            header,
-            data,
-            reply,
-        };
-        // The queue is bounded: waiting for room is blocking, so off the async threads.
-        tokio::task::spawn_blocking(move || requests.send(request))
-            .await
-            .map_err(|_| BlobError::Closed)?
-            .map_err(|_| BlobError::Closed)?;
-        answer.await.map_err(|_| BlobError::Closed)?
+    /// Hands one record to the writer (its sequence number is the writer's to set); `then`
+    /// hears what becomes of it. Blocking while the queue is full: call it off the async
+    /// threads, or through [`Self::submit`].
+    pub fn submit_blocking(
+        &self,
+        header: RecordHeader,
+        data: Bytes,
+        then: T,
+    ) -> Result<(), BlobError> {
+        self.requests
+            .send(Request { header, data, then })
+            .map_err(|_| BlobError::Closed)
+    }
+
+    /// [`Self::submit_blocking`] for async callers: only a full queue costs a hop to the
+    /// blocking pool.
+    pub async fn submit(
+        &self,
+        header: RecordHeader,
+        data: Bytes,
+        then: T,
+    ) -> Result<(), BlobError> {
+        match self.requests.try_send(Request { header, data, then }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(BlobError::Closed),
+            Err(mpsc::TrySendError::Full(request)) => {
+                let requests = self.requests.clone();
+                tokio::task::spawn_blocking(move || requests.send(request))
+                    .await
+                    .map_err(|_| BlobError::Closed)?
+                    .map_err(|_| BlobError::Closed)
+            }
+        }
     }
 
     pub fn counts(&self) -> &WriterCounts {
         &self.counts
+    }
+
+    pub fn counts_handle(&self) -> Arc<WriterCounts> {
+        self.counts.clone()
     }
 }
 
@@ -118,19 +220,44 @@ mod tests {
     use crate::volume::{RecordKind, VolumeHeader};
     use sluice_proto::BlobKey;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_appends_share_batches_and_all_land() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("00000001.vol");
-        let volume = VolumeFile::create(
-            &path,
+    type Reply = tokio::sync::oneshot::Sender<Result<(u64, Found), BlobError>>;
+
+    impl Pending for Reply {
+        fn failed(self, error: BlobError) {
+            let _ = self.send(Err(error));
+        }
+    }
+
+    fn volume(dir: &std::path::Path, id: u64) -> VolumeFile {
+        VolumeFile::create(
+            &dir.join(format!("{id:08}.vol")),
             VolumeHeader {
-                volume_id: 1,
+                volume_id: id,
                 block_size: 4096,
             },
         )
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_share_batches_land_in_order_and_roll_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let writer: VolumeWriter<Reply> = VolumeWriter::start(
+            volume(&root, 1),
+            WriterLimits {
+                max_batch_bytes: 100_000,
+                roll_at: 300_000,
+            },
+            10,
+            move |id| Ok(volume(&root, id + 1)),
+            |batch: Batch<Reply>| {
+                for (found, reply) in batch.records {
+                    let _ = reply.send(Ok((batch.volume, found)));
+                }
+            },
+        )
         .unwrap();
-        let writer = Arc::new(VolumeWriter::start(volume, 4 << 20).unwrap());
         let mut tasks = Vec::new();
         for i in 0..200u32 {
             let writer = writer.clone();
@@ -142,10 +269,12 @@ mod tests {
                     kind: RecordKind::Put,
                     key: BlobKey::from_bytes(key),
                     length: 5000,
-                    sequence: u64::from(i),
+                    sequence: 0,
                     meta: Vec::new(),
                 };
-                writer.append(header, data).await.unwrap()
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                writer.submit(header, data, reply).await.unwrap();
+                answer.await.unwrap().unwrap()
             }));
         }
         let mut places = Vec::new();
@@ -159,16 +288,31 @@ mod tests {
             batches < 200,
             "200 concurrent appends took {batches} fsyncs"
         );
+        assert_eq!(counts.sequence.load(Ordering::Relaxed), 210);
+        let active = counts.active.load(Ordering::Relaxed);
+        assert!(
+            active > 1,
+            "1 MB of records in volumes of 300 KB rolled over"
+        );
         drop(writer);
-        let opened = VolumeFile::open(&path, true).unwrap();
-        assert_eq!(opened.records.len(), 200);
-        assert_eq!(opened.tail, None);
-        for place in places {
-            let i = u32::from_le_bytes(place.header.key.as_bytes()[..4].try_into().unwrap());
-            assert_eq!(
-                opened.volume.read(&place, 0, 5000).unwrap(),
-                vec![(i % 251) as u8; 5000]
-            );
+        let mut sequences: Vec<u64> = places.iter().map(|(_, f)| f.header.sequence).collect();
+        sequences.sort_unstable();
+        assert_eq!(
+            sequences,
+            (11..=210).collect::<Vec<_>>(),
+            "each its own number"
+        );
+        for id in 1..=active {
+            let opened = VolumeFile::open(&dir.path().join(format!("{id:08}.vol")), true).unwrap();
+            assert_eq!(opened.tail, None);
+            for found in opened.records {
+                let i = u32::from_le_bytes(found.header.key.as_bytes()[..4].try_into().unwrap());
+                assert!(places.contains(&(id, found.clone())));
+                assert_eq!(
+                    opened.volume.read(&found, 0, 5000).unwrap(),
+                    vec![(i % 251) as u8; 5000]
+                );
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use sluice_state::LockRecover;
 
 use crate::index::{Adoption, supersedes};
 use crate::layout::BlockLayout;
-use crate::record::{BlobMeta, BlobState, SHA256_LEN};
+use crate::record::{BlobMeta, BlobState, Location, SHA256_LEN};
 use crate::{BlobError, BlobStore, blocking, now_ms};
 
 /// Bytes gathered before a write to disk: big enough for few syscalls, small enough that
@@ -37,6 +37,9 @@ pub struct BlobWriter {
     repair: bool,
     /// The temp file once the first flush created it; small blobs never need one before commit.
     file: Option<File>,
+    /// Bytes gathered before a write to disk: at least [`FLUSH_AT`], and above the largest
+    /// file a volume takes, so such a file is whole in memory at commit.
+    flush_at: usize,
     tmp: Arc<TempFileGuard>,
     /// Keeps the crash sweep off this key's files until the writer is done, and orders
     /// commits of the key.
@@ -48,6 +51,9 @@ impl BlobWriter {
         let layout = BlockLayout::new(store.options().block_size);
         let in_flight = store.begin_write(key);
         let tmp = Arc::new(TempFileGuard(Mutex::new(Some(store.tmp_path(&key)))));
+        let flush_at = store.volumes().map_or(FLUSH_AT, |v| {
+            FLUSH_AT.max(usize::try_from(v.options().max_file).unwrap_or(FLUSH_AT) + 1)
+        });
         Self {
             store,
             key,
@@ -61,6 +67,7 @@ impl BlobWriter {
             expected: None,
             repair: false,
             file: None,
+            flush_at,
             tmp,
             in_flight,
         }
@@ -125,7 +132,7 @@ impl BlobWriter {
         }
         self.received += len;
         self.hasher.update(&data);
-        if self.pending.is_empty() && data.len() >= FLUSH_AT {
+        if self.pending.is_empty() && data.len() >= self.flush_at {
             // Avoid copying large chunks twice: encode straight from the caller's buffer.
             let whole = data.len() - data.len() % self.layout.block_size as usize;
             let head = data.split_to(whole);
@@ -134,7 +141,7 @@ impl BlobWriter {
             return Ok(());
         }
         self.pending.extend_from_slice(&data);
-        if self.pending.len() >= FLUSH_AT {
+        if self.pending.len() >= self.flush_at {
             let bs = self.layout.block_size as usize;
             let whole = self.pending.len() - self.pending.len() % bs;
             let head = self.pending.split_to(whole).freeze();
@@ -188,21 +195,19 @@ impl BlobWriter {
             sha256: Some(sha256),
             location: crate::record::Location::DataFile,
         };
+        // A complete small file goes into a volume: no data file, no temp file.
+        let for_volume = self.store.volumes().is_some_and(|v| {
+            self.file.is_none()
+                && meta.state.is_complete()
+                && v.takes(meta.size, self.layout.block_size)
+        });
         let task = tokio::spawn(async move {
-            let file = self.file.take();
-            let layout = self.layout;
-            let tmp = self.tmp.clone();
-            blocking(move || {
-                let mut file = match file {
-                    Some(f) => f,
-                    None => create_temp(&tmp.path(), &layout)?,
-                };
-                write_blocks(&mut file, &layout, &rest, true)?;
-                file.sync_data().map_err(BlobError::from_io)
-            })
-            .await?;
+            let mut rest = Some(rest);
+            if !for_volume {
+                self.write_temp(rest.take().unwrap_or_default()).await?;
+            }
             let _turn = self.in_flight.commit_turn().await;
-            let store = &self.store;
+            let store = self.store.clone();
             let key = self.key;
             let current = store.index().get(&key)?;
             match decide(&meta, current.as_ref(), self.repair) {
@@ -216,25 +221,53 @@ impl BlobWriter {
                     }
                 }
                 Step::RepairInPlace(current) => {
-                    self.place(store.data_path(&key, &current)).await?;
+                    match (current.location, store.volumes(), rest.take()) {
+                        // A damaged volume record: the good bytes go in as a new record.
+                        (Location::Volume { .. }, Some(volumes), Some(data)) => {
+                            volumes.rewrite(key, &current, data).await?;
+                        }
+                        (Location::Volume { .. }, _, _) => {
+                            return Err(BlobError::Io(std::io::Error::other(
+                                "a volume record can only be repaired with volumes on",
+                            )));
+                        }
+                        (Location::DataFile, _, data) => {
+                            if let Some(data) = data {
+                                self.write_temp(data).await?;
+                            }
+                            self.place(store.data_path(&key, &current)).await?;
+                        }
+                    }
                     store.hot().remove(&key);
                     Ok(current)
                 }
                 Step::Adopt => {
-                    let placed = store.data_path(&key, &meta);
-                    self.place(placed.clone()).await?;
-                    match store.index().insert(key, meta.clone()).await {
-                        Err(e) => {
-                            // Not indexed (a deleted key, or the index failed): the placed
-                            // file must go, or it would linger until a crash-recovery sweep.
-                            unlink_logged(placed).await;
-                            Err(e)
+                    let adoption = match (store.volumes(), rest.take()) {
+                        (Some(volumes), Some(data)) => volumes.put(key, meta.clone(), data).await?,
+                        _ => {
+                            let placed = store.data_path(&key, &meta);
+                            self.place(placed.clone()).await?;
+                            match store.index().insert(key, meta.clone()).await {
+                                Err(e) => {
+                                    // Not indexed (a deleted key, or the index failed): the
+                                    // placed file must go, or it would linger until a
+                                    // crash-recovery sweep.
+                                    unlink_logged(placed).await;
+                                    return Err(e);
+                                }
+                                Ok(adoption) => adoption,
+                            }
                         }
-                        Ok(Adoption::New) => Ok(meta),
-                        Ok(Adoption::Replaced(old)) => {
+                    };
+                    match adoption {
+                        Adoption::New => Ok(meta),
+                        Adoption::Replaced(old) => {
                             store.hot().remove(&key);
                             let old_path = store.data_path(&key, &old);
-                            if old_path != placed {
+                            let placed = store.data_path(&key, &meta);
+                            if old.location == Location::DataFile
+                                && (old_path != placed || for_volume)
+                            {
                                 // Adopted already: a file left behind is the sweep's, not an
                                 // error of this write.
                                 unlink_logged(old_path).await;
@@ -242,13 +275,29 @@ impl BlobWriter {
                             Ok(meta)
                         }
                         // Only another process sharing the index could get here first.
-                        Ok(Adoption::Kept(current)) => Ok(current),
+                        Adoption::Kept(current) => Ok(current),
                     }
                 }
             }
         });
         task.await
             .map_err(|e| BlobError::Io(std::io::Error::other(e.to_string())))?
+    }
+
+    /// Writes the last bytes to the temp file (creating it if no flush did) and syncs it.
+    async fn write_temp(&mut self, rest: Bytes) -> Result<(), BlobError> {
+        let file = self.file.take();
+        let layout = self.layout;
+        let tmp = self.tmp.clone();
+        blocking(move || {
+            let mut file = match file {
+                Some(f) => f,
+                None => create_temp(&tmp.path(), &layout)?,
+            };
+            write_blocks(&mut file, &layout, &rest, true)?;
+            file.sync_data().map_err(BlobError::from_io)
+        })
+        .await
     }
 
     /// Renames the finished temp file to `path` (durably) and disarms its cleanup.
@@ -486,6 +535,8 @@ mod store_tests {
     fn options(block_size: u32) -> BlobStoreOptions {
         BlobStoreOptions {
             block_size,
+            // What these tests check is the data-file path (stores from before volumes).
+            volumes: None,
             ..BlobStoreOptions::default()
         }
     }

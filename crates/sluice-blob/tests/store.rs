@@ -1,4 +1,6 @@
-//! The blob store on a real directory: durability, checksums, ranges, reclaim, recovery.
+//! The blob store's data files on a real directory: durability, checksums, ranges, reclaim,
+//! recovery. Volumes are off here (every file gets its data file, as in stores from before
+//! them, and as for files larger than a volume takes); `tests/volumes.rs` covers volumes.
 
 use std::time::{Duration, Instant};
 
@@ -16,10 +18,17 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+fn data_files() -> BlobStoreOptions {
+    BlobStoreOptions {
+        volumes: None,
+        ..BlobStoreOptions::default()
+    }
+}
+
 fn small_blocks() -> BlobStoreOptions {
     BlobStoreOptions {
         block_size: 1000,
-        ..BlobStoreOptions::default()
+        ..data_files()
     }
 }
 
@@ -101,14 +110,14 @@ async fn roundtrip_sizes_and_ranges() {
 #[tokio::test]
 async fn survives_reopen_and_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     let a = put(&store, &pattern(70_000, 1), 10_000).await;
     let b = put(&store, &pattern(5, 2), 5).await;
     assert!(store.delete(b).await.unwrap());
     assert!(!store.delete(b).await.unwrap());
     store.close().await;
 
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     assert_eq!((store.files(), store.bytes()), (1, 70_000));
     assert_eq!(
         read_all(&store, a, 0, 70_000).await.unwrap(),
@@ -120,7 +129,7 @@ async fn survives_reopen_and_counts() {
 #[tokio::test]
 async fn delete_reclaims_the_data_file() {
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     let key = put(&store, &pattern(200_000, 3), 65536).await;
     let files_before = sluice_blob::data_file_paths(dir.path()).unwrap().len();
     assert_eq!(files_before, 1);
@@ -175,7 +184,7 @@ async fn truncated_file_is_refused() {
 #[tokio::test]
 async fn abandoned_writer_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     let key = store.new_key().unwrap();
     let mut w = store.writer(key, "video/mp4".into(), u64::MAX);
     w.write(Bytes::from(pattern(3 << 20, 0))).await.unwrap();
@@ -193,7 +202,7 @@ async fn abandoned_writer_leaves_nothing() {
 #[tokio::test]
 async fn limit_is_enforced() {
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     let key = store.new_key().unwrap();
     let mut w = store.writer(key, "a/b".into(), 100);
     w.write(Bytes::from(vec![0; 60])).await.unwrap();
@@ -206,7 +215,7 @@ async fn limit_is_enforced() {
 #[tokio::test]
 async fn reopen_clears_tmp_and_sweeps_orphans() {
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     let kept = put(&store, &pattern(100, 1), 100).await;
     store.close().await;
     assert!(
@@ -232,7 +241,7 @@ async fn reopen_clears_tmp_and_sweeps_orphans() {
             .unwrap();
     }
 
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     assert!(
         !dir.path().join("CLEAN").exists(),
         "the marker lasts only until the next open"
@@ -253,7 +262,7 @@ async fn refuses_a_foreign_directory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("something"), b"x").unwrap();
     assert!(matches!(
-        BlobStore::open(dir.path(), BlobStoreOptions::default()),
+        BlobStore::open(dir.path(), data_files()),
         Err(BlobError::WrongFormat(_))
     ));
 }
@@ -261,7 +270,7 @@ async fn refuses_a_foreign_directory() {
 #[tokio::test]
 async fn concurrent_writers_share_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     let mut tasks = Vec::new();
     for i in 0..64u8 {
         let store = store.clone();
@@ -281,7 +290,7 @@ async fn concurrent_writers_share_commits() {
 #[tokio::test]
 async fn oplog_orders_puts_and_deletes_and_tombstones_refuse_resurrection() {
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     let a = put(&store, b"a", 1).await;
     let b = put(&store, b"b", 1).await;
     assert!(store.delete(a).await.unwrap());
@@ -316,7 +325,7 @@ async fn oplog_orders_puts_and_deletes_and_tombstones_refuse_resurrection() {
     assert_eq!((store.files(), store.oplog_head().unwrap()), (1, 4));
 
     store.close().await;
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     assert_eq!(
         store.oplog_head().unwrap(),
         4,
@@ -328,7 +337,7 @@ async fn oplog_orders_puts_and_deletes_and_tombstones_refuse_resurrection() {
 async fn two_writers_of_one_key_do_not_trip_over_each_other() {
     // A replica pushed by a peer and the same file fetched by catch-up can arrive together.
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     let key = store.new_key().unwrap();
     let data = pattern(3 << 20, 4);
     let mut writers = Vec::new();
@@ -352,7 +361,7 @@ async fn two_writers_of_one_key_do_not_trip_over_each_other() {
 #[tokio::test]
 async fn the_sweep_never_touches_a_live_upload() {
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     let kept = put(&store, &pattern(10, 1), 10).await;
     // A large upload in progress: its temp file is on disk, its key not yet indexed.
     let key = store.new_key().unwrap();
@@ -604,7 +613,7 @@ async fn bytes_that_miss_their_declared_digest_are_not_stored() {
 async fn racing_writers_of_one_key_with_different_bytes_leave_one_whole_file() {
     // Without a turn per key, the loser's rename could land after the winner was indexed.
     let dir = tempfile::tempdir().unwrap();
-    let store = BlobStore::open(dir.path(), BlobStoreOptions::default()).unwrap();
+    let store = BlobStore::open(dir.path(), data_files()).unwrap();
     for round in 0..20u8 {
         let key = store.new_key().unwrap();
         let versions: Vec<Vec<u8>> = (0..4).map(|i| pattern(200_000, round * 4 + i)).collect();

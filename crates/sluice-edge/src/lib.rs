@@ -79,6 +79,9 @@ impl EdgeState {
             &dir.join("files"),
             BlobStoreOptions {
                 hot_cache: config.hot_cache,
+                // A cache evicts all the time: in volumes that would be compaction's work
+                // over and over, while a data file is simply unlinked.
+                volumes: None,
                 ..BlobStoreOptions::default()
             },
         )

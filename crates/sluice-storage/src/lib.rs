@@ -21,7 +21,10 @@ mod state;
 pub use error::ApiError;
 pub use http::router;
 pub use node::{Membership, NodeConfig, StartError, start};
-pub use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, HotCacheLimits};
+pub use sluice_blob::{
+    BlobError, BlobStore, BlobStoreOptions, HotCacheLimits, MAX_VOLUME_FILE, VolumeOptions,
+    VolumeStats,
+};
 pub use sluice_http::{
     AccessPolicy, ActiveContent, ClusterAccess, CorsPolicy, HttpLimits, HttpMetrics,
 };

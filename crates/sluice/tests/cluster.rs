@@ -367,15 +367,7 @@ fn metric(node: &Served, name: &str) -> u64 {
 
 /// Flips one byte of a file's data on a node's disk.
 fn damage(data_dir: &std::path::Path, fileid: &str) {
-    let key = fileid.split('/').nth(1).unwrap();
-    let path = sluice_blob::data_file_paths(data_dir)
-        .unwrap()
-        .into_iter()
-        .find(|p| p.file_name().unwrap() == key)
-        .expect("the node holds the file");
-    let mut raw = std::fs::read(&path).unwrap();
-    raw[100] ^= 0xff;
-    std::fs::write(&path, raw).unwrap();
+    common::flip_stored_byte(data_dir, fileid, 84);
 }
 
 #[test]

@@ -234,11 +234,8 @@ async fn catch_up_goes_past_a_bad_file_and_takes_files_of_any_size() {
     let big_body: Vec<u8> = (0..6_000_000u32).map(|i| (i % 253) as u8).collect();
     let big = upload(&a, &big_body);
     let bad = &small[7];
-    let bad_file = data_file(&dirs[1].path().join("a"), bad);
-    let good_bytes = std::fs::read(&bad_file).unwrap();
-    let mut damaged = good_bytes.clone();
-    damaged[100] ^= 0xff;
-    std::fs::write(&bad_file, &damaged).unwrap();
+    let a_dir = dirs[1].path().join("a");
+    common::flip_stored_byte(&a_dir, bad, 84);
     link.set_rate(2_000_000);
 
     let b = storage_on(&b_dir, &tracker, b_port, quick, &[]);
@@ -288,7 +285,7 @@ async fn catch_up_goes_past_a_bad_file_and_takes_files_of_any_size() {
         "{text}"
     );
     // Once a's copy is good again, b's next try (with a back-off) takes it, and b is level.
-    std::fs::write(&bad_file, &good_bytes).unwrap();
+    common::flip_stored_byte(&a_dir, bad, 84);
     link.set_rate(0);
     wait_for(
         "b to fetch the file set aside and turn active",
@@ -431,7 +428,8 @@ fn a_missing_or_cut_short_data_file_is_put_back_by_the_read_that_meets_it_or_the
         &a_dir,
         &tracker,
         free_port(),
-        "scrub_interval_secs = 1\n",
+        // Data files, each its own: volume records have their own test below.
+        "scrub_interval_secs = 1\nvolume_max_file = 0\n",
         &[],
     );
     let _b = Served::storage(dirs[2].path(), "g1", &[&tracker.url], &[], &ENV);

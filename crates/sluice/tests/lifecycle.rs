@@ -146,14 +146,17 @@ fn sigkill_loses_no_acknowledged_file_and_leaves_no_leftovers() {
         let got = http::blocking_get(&format!("{}/v1/files/{fileid}", served.url));
         assert!(got == *body, "{fileid} differs after SIGKILL");
     }
-    // Once the sweep has run, data files and index agree and no temp file is left.
+    // Once the sweep has run, data files and index agree and no temp file is left: every
+    // file the index holds is a live volume record or has its one data file.
     wait_for(
         "no orphan and no temp file left",
         Duration::from_secs(30),
         || {
             let indexed = http::metric(&served.url, "sluice_store_files");
+            let in_volumes = http::metric(&served.url, "sluice_volume_records");
             assert!(indexed >= acked.len() as u64);
-            indexed == data_files(data.path()) as u64
+            assert!(in_volumes > 0, "small files went to volumes");
+            indexed == data_files(data.path()) as u64 + in_volumes
                 && sluice_blob::temp_file_paths(data.path())
                     .unwrap_or_default()
                     .is_empty()

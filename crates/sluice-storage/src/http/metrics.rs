@@ -26,6 +26,53 @@ pub(crate) async fn render(State(state): State<StorageState>) -> impl IntoRespon
         "Bytes of file content held by this node.",
         store.bytes(),
     );
+    if let Some(v) = store.volume_stats() {
+        let gauges = [
+            (
+                "sluice_volumes",
+                "Volume files of small files on this node.",
+                v.volumes,
+            ),
+            (
+                "sluice_volume_bytes",
+                "Bytes of volume files, dead records included.",
+                v.bytes,
+            ),
+            (
+                "sluice_volume_dead_bytes",
+                "Bytes of volume records nothing points at (deleted, moved, or never committed): what compaction frees.",
+                v.dead_bytes,
+            ),
+            (
+                "sluice_volume_records",
+                "Files held as volume records.",
+                v.live_records,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            render_gauge(&mut out, name, help, value);
+        }
+        let counters = [
+            (
+                "sluice_volume_compactions_total",
+                "Volumes compacted (live records copied out, the file removed).",
+                v.compactions,
+            ),
+            (
+                "sluice_volume_batches_total",
+                "Volume appends, each one write and one fdatasync for every record that arrived meanwhile.",
+                v.batches,
+            ),
+            (
+                "sluice_volume_batch_records_total",
+                "Records written in those appends (divide by batches for the group-commit batch size).",
+                v.records,
+            ),
+        ];
+        for (name, help, value) in counters {
+            render_counter(&mut out, name, help, value);
+        }
+    }
     if let Some(r) = state.replication() {
         render_gauge(
             &mut out,

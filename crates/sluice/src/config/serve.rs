@@ -34,6 +34,17 @@ pub struct NodeKeys {
     pub max_upload_size: ByteSize,
     /// Size of a checksummed block in data files (fixed per file when written).
     pub block_size: ByteSize,
+    /// Complete files up to this size are packed into volumes (0: every file gets its own
+    /// data file).
+    pub volume_max_file: ByteSize,
+    /// A volume this long is sealed and a new one started.
+    pub volume_size: ByteSize,
+    /// A sealed volume whose dead share (deleted or moved records) reaches this is compacted.
+    pub compact_threshold: f64,
+    /// How often volumes are checked for compaction.
+    pub compact_interval: TimeSpan,
+    /// How fast compaction copies live records at most (bytes per second).
+    pub compact_bytes_per_sec: ByteSize,
     /// Memory for the cache of small, recently read files.
     pub hot_cache_size: ByteSize,
     /// Largest file the hot cache takes.
@@ -83,6 +94,11 @@ impl Default for NodeKeys {
             group: "g1".into(),
             max_upload_size: ByteSize(16 << 30),
             block_size: ByteSize(64 << 10),
+            volume_max_file: ByteSize(1 << 20),
+            volume_size: ByteSize(1 << 30),
+            compact_threshold: 0.3,
+            compact_interval: secs(300),
+            compact_bytes_per_sec: ByteSize(64 << 20),
             hot_cache_size: ByteSize(256 << 20),
             hot_cache_max_file: ByteSize(1 << 20),
             body_idle_timeout: secs(60),
@@ -264,14 +280,46 @@ impl ServeConfig {
                 check_url(what, url)?;
             }
         }
+        anyhow::ensure!(
+            n.volume_max_file.0 <= sluice_storage::MAX_VOLUME_FILE,
+            "volume_max_file must be at most {} (0 turns volumes off)",
+            ByteSize(sluice_storage::MAX_VOLUME_FILE)
+        );
+        anyhow::ensure!(
+            (64 << 10..=1 << 40).contains(&n.volume_size.0)
+                && n.volume_size.0 >= n.volume_max_file.0,
+            "volume_size must be between 64KiB and 1TiB, and at least volume_max_file"
+        );
+        anyhow::ensure!(
+            n.compact_threshold > 0.0 && n.compact_threshold <= 1.0,
+            "compact_threshold must be more than 0 and at most 1"
+        );
+        within(
+            "compact_interval",
+            n.compact_interval,
+            100 * MS,
+            7 * 24 * HOUR,
+        )?;
+        anyhow::ensure!(
+            n.compact_bytes_per_sec.0 >= 64 << 10,
+            "compact_bytes_per_sec must be at least 64KiB"
+        );
         self.live.validate()?;
         self.routing.validate()?;
+        let volumes = (n.volume_max_file.0 > 0).then_some(sluice_storage::VolumeOptions {
+            max_file: n.volume_max_file.0,
+            volume_size: n.volume_size.0,
+            compact_threshold: n.compact_threshold,
+            compact_interval: n.compact_interval.0,
+            compact_rate: n.compact_bytes_per_sec.0,
+        });
         let blob = BlobStoreOptions {
             block_size,
             hot_cache: HotCacheLimits {
                 capacity: n.hot_cache_size.0,
                 max_file: n.hot_cache_max_file.0,
             },
+            volumes,
         };
         Ok(ValidServeConfig {
             raw: self,

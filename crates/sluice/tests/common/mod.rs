@@ -246,6 +246,31 @@ pub fn data_files(root: &Path) -> usize {
     sluice_blob::data_file_paths(root).map_or(0, |p| p.len())
 }
 
+/// Flips the byte `at` bytes into the first block of file `fileid` as stored under a node's
+/// data directory (its data file, or its record in a volume): damage a read must catch.
+/// Flipping the same byte again undoes it.
+pub fn flip_stored_byte(data_dir: &Path, fileid: &str, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let key = fileid
+        .split('/')
+        .nth(1)
+        .and_then(|k| sluice_proto::BlobKey::parse(k).ok())
+        .expect("a file id");
+    let place = sluice_blob::locate(data_dir, &key)
+        .unwrap()
+        .expect("the node holds the file");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&place.path)
+        .unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, place.first_block + at)
+        .unwrap();
+    file.write_all_at(&[byte[0] ^ 0xff], place.first_block + at)
+        .unwrap();
+}
+
 /// Runs curl with `-D -`, dropping the body; returns the status lines and headers of every
 /// answer (redirects included, when `-L` is in `args`).
 pub fn curl_head(args: &[&str]) -> String {

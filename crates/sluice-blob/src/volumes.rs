@@ -1,0 +1,680 @@
+//! A store's volumes: where its small files live (format in [`crate::volume`]).
+//!
+//! ```text
+//! DATA/volumes/0000000000000001.vol   sealed: full, only read (and compacted)
+//! DATA/volumes/0000000000000002.vol   active: the volume writer appends here
+//! ```
+//!
+//! Commit: a file's record goes to the [`VolumeWriter`], which appends a batch of them with one
+//! `fdatasync`, then hands the batch to the index writer, which commits every record's entry
+//! and the volume's new length (its row) in one transaction; only then is anyone answered.
+//! A crash before that commit leaves bytes past the length the index knows: they are cut off
+//! on the next open ([`VolumeFile::open_committed`]), so an unacknowledged file is never
+//! served, and an acknowledged one is always within the length.
+//!
+//! Compaction rewrites a sealed volume whose dead share passed the threshold (see
+//! [`compact`]): every live record is appended again through the writer and its index entry
+//! moved (only if it still points at the old record), then the volume's row is dropped (only
+//! if nothing lives in it), then its file removed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_proto::BlobKey;
+use sluice_state::{LockRecover, RwLockRecover};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::index::{Adoption, IndexOp, Reply, VolumeItem, VolumeRow};
+use crate::record::{BlobMeta, Location};
+use crate::volume::{HEADER_LEN, RecordHeader, RecordKind, VolumeHeader};
+use crate::volume_file::{BodyRef, MAX_RECORD, VolumeFile, VolumeReader};
+use crate::volume_writer::{Batch, Pending, VolumeWriter, WriterCounts, WriterLimits};
+use crate::{BlobError, failpoint};
+
+const DIR: &str = "volumes";
+const SUFFIX: &str = "vol";
+
+/// Tunables of a store's volumes.
+#[derive(Debug, Clone)]
+pub struct VolumeOptions {
+    /// Complete files up to this size go into volumes; larger ones get their own data file.
+    pub max_file: u64,
+    /// A volume this long is sealed and the next one started.
+    pub volume_size: u64,
+    /// A sealed volume whose dead share reaches this is compacted.
+    pub compact_threshold: f64,
+    /// How often volumes are checked for compaction.
+    pub compact_interval: Duration,
+    /// Bytes per second compaction copies at most, so reads and writes keep the disk.
+    pub compact_rate: u64,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> Self {
+        Self {
+            max_file: 1 << 20,
+            volume_size: 1 << 30,
+            compact_threshold: 0.3,
+            compact_interval: Duration::from_secs(300),
+            compact_rate: 64 << 20,
+        }
+    }
+}
+
+/// The longest file a volume record can hold: what [`VolumeOptions::max_file`] is capped at.
+pub const MAX_VOLUME_FILE: u64 = MAX_RECORD / 2;
+
+/// Volume figures for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeStats {
+    pub volumes: u64,
+    /// Bytes in volumes, headers and dead records included.
+    pub bytes: u64,
+    pub dead_bytes: u64,
+    pub live_records: u64,
+    pub compactions: u64,
+    /// Batches written (one `fdatasync` each) and records in them, since start.
+    pub batches: u64,
+    pub records: u64,
+}
+
+impl Pending for VolumeItem {
+    fn failed(self, error: BlobError) {
+        VolumeItem::failed(self, error);
+    }
+}
+
+pub(crate) struct Volumes {
+    dir: PathBuf,
+    options: VolumeOptions,
+    block_size: u32,
+    writer: Mutex<Option<VolumeWriter<VolumeItem>>>,
+    counts: Arc<WriterCounts>,
+    /// Open volumes, for reads.
+    readers: RwLock<HashMap<u64, Arc<VolumeReader>>>,
+    /// Rows the index last committed (shared with it).
+    rows: Arc<crate::index::StoreCounters>,
+    index: mpsc::Sender<IndexOp>,
+    pub(crate) compactions: AtomicU64,
+}
+
+impl Volumes {
+    /// Opens the volumes of the store at `root` (creating the directory), brings each to the
+    /// length the index committed, and starts the writer on the newest one with room.
+    pub(crate) fn open(
+        root: &Path,
+        options: VolumeOptions,
+        block_size: u32,
+        index: &crate::index::Index,
+    ) -> Result<Self, BlobError> {
+        let dir = root.join(DIR);
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::File::open(root)?.sync_all()?;
+        }
+        let rows = index.counters.clone();
+        let known: Vec<(u64, VolumeRow)> = rows
+            .volumes
+            .lock_or_recover()
+            .iter()
+            .map(|(id, row)| (*id, *row))
+            .collect();
+        let mut on_disk = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            if let Some(id) = volume_id_of(&entry.path()) {
+                on_disk.push(id);
+            }
+        }
+        on_disk.sort_unstable();
+        let mut removed_any = false;
+        for id in &on_disk {
+            if !known.iter().any(|(k, _)| k == id) {
+                // Created, but no batch of it was ever committed (or it was compacted away
+                // and the crash came before its file went): nothing in it was acknowledged.
+                tracing::info!(volume = id, "removing a volume the index never committed");
+                std::fs::remove_file(volume_path(&dir, *id))?;
+                removed_any = true;
+            }
+        }
+        if removed_any {
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        let mut active = None;
+        for (id, row) in &known {
+            if !on_disk.contains(id) {
+                tracing::error!(
+                    volume = id,
+                    files = row.live_records,
+                    "a volume the index names is missing; its files must be repaired from peers"
+                );
+                continue;
+            }
+            match VolumeFile::open_committed(&volume_path(&dir, *id), row.end)? {
+                Some(volume) => {
+                    if volume.len() < options.volume_size {
+                        active = Some(volume);
+                    }
+                }
+                None => tracing::error!(
+                    volume = id,
+                    "a volume is shorter than the index says; it takes no more appends, and its damaged files are repaired from peers"
+                ),
+            }
+        }
+        let next_id = Arc::new(AtomicU64::new(
+            known
+                .last()
+                .map(|(id, _)| *id)
+                .into_iter()
+                .chain(on_disk.last().copied())
+                .max()
+                .unwrap_or(0)
+                + 1,
+        ));
+        // Only the newest volume is appended to: an older one with room is a damaged newest's
+        // predecessor, or sealed; reading them is all that is left to do.
+        let newest = known.last().map(|(id, _)| *id);
+        let active = match active {
+            Some(v) if Some(v.header().volume_id) == newest => v,
+            _ => create_volume(&dir, next_id.fetch_add(1, Ordering::Relaxed), block_size)?,
+        };
+        let sender = index.sender();
+        let batch_sender = sender.clone();
+        let make_dir = dir.clone();
+        let writer = VolumeWriter::start(
+            active,
+            WriterLimits {
+                max_batch_bytes: 8 << 20,
+                roll_at: options.volume_size,
+            },
+            rows.volume_sequence.load(Ordering::Relaxed),
+            move |_| {
+                create_volume(
+                    &make_dir,
+                    next_id.fetch_add(1, Ordering::Relaxed),
+                    block_size,
+                )
+            },
+            move |batch: Batch<VolumeItem>| send_batch(&batch_sender, batch),
+        )?;
+        Ok(Self {
+            dir,
+            options,
+            block_size,
+            counts: writer.counts_handle(),
+            writer: Mutex::new(Some(writer)),
+            readers: RwLock::new(HashMap::new()),
+            rows,
+            index: sender,
+            compactions: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn options(&self) -> &VolumeOptions {
+        &self.options
+    }
+
+    /// Whether a blob of this size and block size goes into a volume.
+    pub(crate) fn takes(&self, size: u64, block_size: u32) -> bool {
+        size <= self.options.max_file && block_size == self.block_size
+    }
+
+    fn writer(&self) -> Result<VolumeWriter<VolumeItem>, BlobError> {
+        self.writer
+            .lock_or_recover()
+            .clone()
+            .ok_or(BlobError::Closed)
+    }
+
+    /// Stores a new file; answers once its record and index entry are on disk.
+    pub(crate) async fn put(
+        &self,
+        key: BlobKey,
+        meta: BlobMeta,
+        data: Bytes,
+    ) -> Result<Adoption, BlobError> {
+        let (done, answer) = oneshot::channel();
+        let header = put_header(key, &meta, data.len() as u64);
+        let item = VolumeItem::Put { key, meta, done };
+        self.writer()?.submit(header, data, item).await?;
+        answer.await.map_err(|_| BlobError::Closed)?
+    }
+
+    /// Writes `data` (the bytes of the file `current` describes) as a new record and points
+    /// the index at it, if it still points at `current`'s place: a damaged record's repair.
+    pub(crate) async fn rewrite(
+        &self,
+        key: BlobKey,
+        current: &BlobMeta,
+        data: Bytes,
+    ) -> Result<bool, BlobError> {
+        let (item, answer) = move_item(key, current);
+        let header = put_header(key, current, data.len() as u64);
+        self.writer()?.submit(header, data, item).await?;
+        answer.await.map_err(|_| BlobError::Closed)?
+    }
+
+    /// Appends a delete record and removes the key from the index.
+    pub(crate) async fn delete(
+        &self,
+        key: BlobKey,
+        tombstone: bool,
+    ) -> Result<Option<BlobMeta>, BlobError> {
+        let (done, answer) = oneshot::channel();
+        let header = RecordHeader {
+            kind: RecordKind::Delete,
+            key,
+            length: 0,
+            sequence: 0,
+            meta: Vec::new(),
+        };
+        let item = VolumeItem::Delete {
+            key,
+            tombstone,
+            done,
+        };
+        self.writer()?.submit(header, Bytes::new(), item).await?;
+        answer.await.map_err(|_| BlobError::Closed)?
+    }
+
+    /// The open file of volume `id` and where the body of the record at `offset` (body at
+    /// `body` from it) starts; `None` if the volume is gone (compacted away since the lookup).
+    pub(crate) fn reader(&self, id: u64) -> Result<Option<Arc<VolumeReader>>, BlobError> {
+        if let Some(reader) = self.readers.read_or_recover().get(&id) {
+            return Ok(Some(reader.clone()));
+        }
+        match VolumeReader::open(&volume_path(&self.dir, id)) {
+            Ok(reader) => {
+                let reader = Arc::new(reader);
+                self.readers.write_or_recover().insert(id, reader.clone());
+                Ok(Some(reader))
+            }
+            Err(BlobError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> VolumeStats {
+        let rows = self.rows.volumes.lock_or_recover();
+        VolumeStats {
+            volumes: rows.len() as u64,
+            bytes: rows.values().map(|r| r.end).sum(),
+            dead_bytes: rows.values().map(VolumeRow::dead_bytes).sum(),
+            live_records: rows.values().map(|r| r.live_records).sum(),
+            compactions: self.compactions.load(Ordering::Relaxed),
+            batches: self.counts.batches.load(Ordering::Relaxed),
+            records: self.counts.records.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sealed volumes whose dead share reached the threshold, most dead first.
+    pub(crate) fn compaction_candidates(&self) -> Vec<u64> {
+        let active = self.counts.active.load(Ordering::Relaxed);
+        let rows = self.rows.volumes.lock_or_recover();
+        let mut due: Vec<(u64, f64)> = rows
+            .iter()
+            .filter(|(id, _)| **id < active)
+            .filter_map(|(id, row)| {
+                let used = row.end.saturating_sub(HEADER_LEN);
+                let share = if used == 0 {
+                    1.0
+                } else {
+                    row.dead_bytes() as f64 / used as f64
+                };
+                (share >= self.options.compact_threshold).then_some((*id, share))
+            })
+            .collect();
+        due.sort_by(|a, b| b.1.total_cmp(&a.1));
+        due.into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// Stops the writer: what it holds is written and committed first. Blocking.
+    pub(crate) fn close(&self) {
+        self.writer.lock_or_recover().take();
+    }
+}
+
+/// Runs compaction passes every `compact_interval` until `stop` says so. Blocking: the
+/// store's compaction thread.
+pub(crate) fn compaction_loop(store: crate::BlobStore, stop: std::sync::mpsc::Receiver<()>) {
+    let Some(interval) = store.volumes().map(|v| v.options().compact_interval) else {
+        return;
+    };
+    loop {
+        match stop.recv_timeout(interval) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        if let Err(e) = compact_due(&store) {
+            tracing::warn!(error = %e, "compaction pass stopped early; the next one goes on");
+        }
+    }
+}
+
+/// Compacts every volume due now; returns how many went.
+pub(crate) fn compact_due(store: &crate::BlobStore) -> Result<usize, BlobError> {
+    let Some(volumes) = store.volumes() else {
+        return Ok(0);
+    };
+    let mut done = 0;
+    for id in volumes.compaction_candidates() {
+        if store.is_closing() {
+            break;
+        }
+        if compact(store, volumes, id)? {
+            done += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// Records copied before their moves are awaited: enough to keep the writer's batches full.
+const COPY_WINDOW: usize = 64;
+
+/// Compacts one sealed volume; true if it is gone afterwards. What a crash leaves at each step:
+/// - while copying: copies the index never pointed at (dead bytes of the active volume) and
+///   entries moved already; the old volume keeps the rest, and the next pass goes on;
+/// - after the moves, before the drop: a volume nothing lives in; the next pass drops it;
+/// - after the drop, before the unlink: a file the index does not know; the next open
+///   removes it.
+fn compact(store: &crate::BlobStore, volumes: &Volumes, id: u64) -> Result<bool, BlobError> {
+    let Some(row) = volumes.rows.volumes.lock_or_recover().get(&id).copied() else {
+        return Ok(false);
+    };
+    let Some(reader) = volumes.reader(id)? else {
+        return Ok(false);
+    };
+    let started = std::time::Instant::now();
+    let writer = volumes.writer()?;
+    let mut waiting: Vec<oneshot::Receiver<Result<bool, BlobError>>> = Vec::new();
+    let (mut copied, mut moved, mut failures) = (0u64, 0u64, 0u64);
+    let mut error = None;
+    let pace = Pace::new(volumes.options.compact_rate);
+    reader.scan(row.end, false, |found| {
+        if store.is_closing() {
+            return false;
+        }
+        if found.header.kind != RecordKind::Put {
+            return true;
+        }
+        let key = found.header.key;
+        let here = |meta: &BlobMeta| {
+            matches!(meta.location, Location::Volume { volume, offset, .. } if volume == id && offset == found.offset)
+        };
+        let current = match store.index().get(&key) {
+            Ok(Some(meta)) if here(&meta) => meta,
+            Ok(_) => return true,
+            Err(e) => {
+                error = Some(e);
+                return false;
+            }
+        };
+        let data = match reader.read(&BodyRef::of(&found), 0, found.header.length) {
+            Ok(data) => Bytes::from(data),
+            Err(e) => {
+                // A damaged record stays where it is (and the volume with it) until the scrub
+                // or a read repairs it from a peer.
+                tracing::warn!(volume = id, %key, error = %e, "compaction skips a record it cannot read");
+                failures += 1;
+                return true;
+            }
+        };
+        copied += data.len() as u64;
+        pace.wait(copied);
+        let (item, answer) = move_item(key, &current);
+        let header = put_header(key, &current, data.len() as u64);
+        if let Err(e) = writer.submit_blocking(header, data, item) {
+            error = Some(e);
+            return false;
+        }
+        waiting.push(answer);
+        if waiting.len() >= COPY_WINDOW {
+            moved += settle(&mut waiting, &mut failures);
+        }
+        true
+    })?;
+    moved += settle(&mut waiting, &mut failures);
+    if let Some(e) = error {
+        return Err(e);
+    }
+    failpoint("compaction-moved");
+    let (done, answer) = oneshot::channel();
+    volumes
+        .index
+        .blocking_send(IndexOp::DropVolume { volume: id, done })
+        .map_err(|_| BlobError::Closed)?;
+    if !answer.blocking_recv().map_err(|_| BlobError::Closed)?? {
+        tracing::info!(
+            volume = id,
+            moved,
+            failures,
+            "volume still holds live records after compaction; trying again later"
+        );
+        return Ok(false);
+    }
+    failpoint("compaction-dropped");
+    volumes.readers.write_or_recover().remove(&id);
+    let path = volume_path(&volumes.dir, id);
+    std::fs::remove_file(&path)?;
+    std::fs::File::open(&volumes.dir)?.sync_all()?;
+    volumes.compactions.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        volume = id,
+        moved,
+        freed = row.end,
+        secs = started.elapsed().as_secs_f64(),
+        "volume compacted"
+    );
+    Ok(true)
+}
+
+/// Waits for every move in `waiting`; returns how many took.
+fn settle(
+    waiting: &mut Vec<oneshot::Receiver<Result<bool, BlobError>>>,
+    failures: &mut u64,
+) -> u64 {
+    let mut moved = 0;
+    for answer in waiting.drain(..) {
+        match answer.blocking_recv() {
+            Ok(Ok(true)) => moved += 1,
+            // Deleted or repaired meanwhile: its copy is dead, and that is fine.
+            Ok(Ok(false)) => {}
+            _ => *failures += 1,
+        }
+    }
+    moved
+}
+
+/// Keeps a copier at `rate` bytes per second at most.
+struct Pace {
+    started: std::time::Instant,
+    rate: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            rate: rate.max(1),
+        }
+    }
+
+    fn wait(&self, done: u64) {
+        let due = Duration::from_secs_f64(done as f64 / self.rate as f64);
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+}
+
+fn move_item(
+    key: BlobKey,
+    current: &BlobMeta,
+) -> (VolumeItem, oneshot::Receiver<Result<bool, BlobError>>) {
+    let (done, answer): (Reply<bool>, _) = oneshot::channel();
+    let item = VolumeItem::Move {
+        key,
+        from: current.location,
+        meta: current.clone(),
+        done,
+    };
+    (item, answer)
+}
+
+/// The header of a put record of `meta`'s file; the meta it carries says nothing of where
+/// the record is (its place is where it is found).
+fn put_header(key: BlobKey, meta: &BlobMeta, length: u64) -> RecordHeader {
+    let mut in_record = meta.clone();
+    in_record.location = Location::DataFile;
+    RecordHeader {
+        kind: RecordKind::Put,
+        key,
+        length,
+        sequence: 0,
+        meta: in_record.encode(),
+    }
+}
+
+/// Hands a batch that reached the disk to the index, each record's entry pointing at its place.
+fn send_batch(index: &mpsc::Sender<IndexOp>, batch: Batch<VolumeItem>) {
+    failpoint("volume-appended");
+    let sequence = batch
+        .records
+        .iter()
+        .map(|(found, _)| found.header.sequence)
+        .max()
+        .unwrap_or(0);
+    let items = batch
+        .records
+        .into_iter()
+        .map(|(found, item)| {
+            let place = Location::Volume {
+                volume: batch.volume,
+                offset: found.offset,
+                body: u32::try_from(found.body_offset - found.offset).unwrap_or(u32::MAX),
+            };
+            match item {
+                VolumeItem::Put {
+                    key,
+                    mut meta,
+                    done,
+                } => {
+                    meta.location = place;
+                    VolumeItem::Put { key, meta, done }
+                }
+                VolumeItem::Move {
+                    key,
+                    from,
+                    mut meta,
+                    done,
+                } => {
+                    meta.location = place;
+                    VolumeItem::Move {
+                        key,
+                        from,
+                        meta,
+                        done,
+                    }
+                }
+                delete @ VolumeItem::Delete { .. } => delete,
+            }
+        })
+        .collect();
+    let op = IndexOp::Volume {
+        volume: batch.volume,
+        end: batch.end,
+        sequence,
+        items,
+    };
+    if let Err(mpsc::error::SendError(IndexOp::Volume { items, .. })) = index.blocking_send(op) {
+        items.into_iter().for_each(|i| i.failed(BlobError::Closed));
+    }
+}
+
+fn create_volume(dir: &Path, id: u64, block_size: u32) -> Result<VolumeFile, BlobError> {
+    VolumeFile::create(
+        &volume_path(dir, id),
+        VolumeHeader {
+            volume_id: id,
+            block_size,
+        },
+    )
+}
+
+fn volume_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016x}.{SUFFIX}"))
+}
+
+fn volume_id_of(path: &Path) -> Option<u64> {
+    if path.extension()? != SUFFIX {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    (stem.len() == 16)
+        .then(|| u64::from_str_radix(stem, 16).ok())
+        .flatten()
+}
+
+/// Every volume file under a store's root, for tools and tests that look at the disk.
+pub fn volume_paths(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    match std::fs::read_dir(root.join(DIR)) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry?.path();
+                if volume_id_of(&path).is_some() {
+                    out.push(path);
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Where a file's bytes are on disk: its data file, or its newest record in a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnDisk {
+    pub path: PathBuf,
+    /// Where its first block starts in that file (blocks of data, each followed by its CRC).
+    pub first_block: u64,
+}
+
+/// Finds a complete file's bytes under a store's root without its index (which a running
+/// node holds): for tools and tests that look at, or damage, the disk on purpose. The newest
+/// record of the key in the newest volume holding one is the one a repair or compaction
+/// left current.
+pub fn locate(root: &Path, key: &BlobKey) -> std::io::Result<Option<OnDisk>> {
+    for path in crate::data_file_paths(root)? {
+        if path.file_name().and_then(|n| n.to_str()) == Some(key.to_string().as_str()) {
+            return Ok(Some(OnDisk {
+                path,
+                first_block: crate::layout::HEADER_LEN,
+            }));
+        }
+    }
+    for path in volume_paths(root)?.into_iter().rev() {
+        let reader = VolumeReader::open(&path).map_err(std::io::Error::other)?;
+        let len = std::fs::metadata(&path)?.len();
+        let mut newest = None;
+        reader
+            .scan(len, false, |found| {
+                if found.header.key == *key && found.header.kind == RecordKind::Put {
+                    newest = Some(found.body_offset);
+                }
+                true
+            })
+            .map_err(std::io::Error::other)?;
+        if let Some(first_block) = newest {
+            return Ok(Some(OnDisk { path, first_block }));
+        }
+    }
+    Ok(None)
+}
