@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod fileid;
 pub mod net;
 pub mod range;
+pub mod replicas;
 pub mod secret;
 pub mod signature;
 pub mod size;

@@ -1075,3 +1075,103 @@ async fn a_stored_id_is_immutable_even_to_peers() {
         .unwrap();
     assert_eq!(r.headers()["sluice-sha256"], hex(&original).as_str());
 }
+
+/// A replica batch as a peer sends it: each record gets its own status, a bad record spoils
+/// none of the others, and a malformed or foreign batch stores nothing.
+#[tokio::test]
+async fn a_replica_batch_stores_each_good_record_and_answers_each_one() {
+    use sluice_proto::replicas;
+    let node = TestNode::start_with(NodeSettings {
+        cluster: sluice_storage::ClusterAccess::Secret(
+            sluice_proto::SecretSet::parse("cs").unwrap(),
+        ),
+        ..NodeSettings::default()
+    })
+    .await;
+    let digest = |data: &[u8]| -> [u8; 32] { <sha2::Sha256 as sha2::Digest>::digest(data).into() };
+    let good: Vec<(String, Vec<u8>)> = (0..5u8)
+        .map(|i| {
+            let key = sluice_proto::BlobKey::from_bytes([i + 1; 16]);
+            (format!("g1/{key}"), pattern(3000 + usize::from(i)))
+        })
+        .collect();
+    let mut body = replicas::start(0);
+    for (id, data) in &good[..3] {
+        replicas::push(&mut body, id, "image/jpeg", &digest(data), data);
+    }
+    // Bytes that are not what they claim, another group's id, a malformed id.
+    let (liar, liar_bytes) = &good[3];
+    replicas::push(&mut body, liar, "image/jpeg", &digest(b"other"), liar_bytes);
+    replicas::push(
+        &mut body,
+        "g2/aaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "a/b",
+        &digest(b"x"),
+        b"x",
+    );
+    replicas::push(&mut body, "not an id", "a/b", &digest(b"x"), b"x");
+    let (last, last_bytes) = &good[4];
+    replicas::push(
+        &mut body,
+        last,
+        "image/jpeg",
+        &digest(last_bytes),
+        last_bytes,
+    );
+    let c = reqwest::Client::new();
+    let post = |body: Vec<u8>, secret: Option<&str>| {
+        let mut r = c
+            .post(format!("{}/v1/internal/replicas", node.url))
+            .header("content-type", replicas::CONTENT_TYPE)
+            .body(body);
+        if let Some(s) = secret {
+            r = r.header("sluice-cluster-secret", s.to_owned());
+        }
+        r.send()
+    };
+    for secret in [None, Some("wrong")] {
+        let r = post(body.clone(), secret).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    assert_eq!(node.state.store().files(), 0, "nothing was pushed in");
+
+    let r = post(body.clone(), Some("cs")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let answer: replicas::ReplicaResults = r.json().await.unwrap();
+    let statuses: Vec<u16> = answer.results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [201, 201, 201, 422, 404, 400, 201]);
+    assert!(
+        answer.results[3]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("SHA-256")
+    );
+    assert_eq!(node.state.store().files(), 4);
+    for (id, data) in good[..3].iter().chain(&good[4..]) {
+        let (status, _, got) = get(&at(&node, &format!("/v1/files/{id}")), &[]).await;
+        assert_eq!((status, &got), (StatusCode::OK, data));
+    }
+    // The same batch again changes nothing: each good record is already there.
+    let r = post(body.clone(), Some("cs")).await.unwrap();
+    let again: replicas::ReplicaResults = r.json().await.unwrap();
+    assert_eq!(again.results[0].status, 201);
+    assert_eq!(node.state.store().files(), 4);
+
+    // Malformed batches: refused whole, with a JSON reason, storing nothing.
+    let mut cut = replicas::start(0);
+    replicas::push(&mut cut, &good[3].0, "a/b", &digest(&good[3].1), &good[3].1);
+    cut.truncate(cut.len() - 10);
+    for bad in [b"not a batch".to_vec(), cut] {
+        let r = post(bad, Some("cs")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("bad replica batch"), "{text}");
+    }
+    // Oversized: refused before it is all read.
+    let huge = vec![0u8; 11 << 20];
+    let r = post(huge, Some("cs")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(node.state.store().files(), 4);
+    assert!(node.temp_files().is_empty());
+}

@@ -591,3 +591,72 @@ fn trackers_enforce_the_same_access_rules_as_nodes() {
     assert_eq!(body.stdout, b"hello");
     drop(node);
 }
+
+/// Small uploads arriving together reach the peer in batches (one request for many files), and
+/// each 201 still means the file is on both nodes: the peer serves it the moment the upload
+/// is acknowledged.
+#[test]
+fn concurrent_small_uploads_reach_the_peer_in_batches_and_every_201_is_on_both() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let t = tracker(dirs[0].path());
+    let a = storage(dirs[1].path(), "g1", &[&t], Some(SECRET));
+    let b = storage(dirs[2].path(), "g1", &[&t], Some(SECRET));
+    wait_for("a and b active", WAIT, || {
+        states(&t).iter().filter(|(_, _, s)| s == "active").count() == 2
+    });
+    let files = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..16u32)
+        .map(|w| {
+            let (a_url, b_url, files) = (a.url.clone(), b.url.clone(), files.clone());
+            std::thread::spawn(move || {
+                let dir = tempfile::tempdir().unwrap();
+                for i in 0..12u32 {
+                    let body: Vec<u8> = (0..5000u32)
+                        .map(|k| ((k * 7) ^ (w << 4) ^ i) as u8)
+                        .collect();
+                    let file = dir.path().join(format!("{i}"));
+                    std::fs::write(&file, &body).unwrap();
+                    let out = curl(&[
+                        "-sS",
+                        "-f",
+                        "--data-binary",
+                        &format!("@{}", file.display()),
+                        &format!("{a_url}/v1/files"),
+                    ]);
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                    let id = v["fileid"].as_str().unwrap().to_owned();
+                    let (status, _, got) = get(&format!("{b_url}/v1/files/{id}"), &[]);
+                    assert_eq!(status, "200", "{id} acknowledged but not on the peer");
+                    assert!(got == body, "{id} differs on the peer");
+                    files.lock().unwrap().push(id);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(files.lock().unwrap().len(), 192);
+    assert_eq!(node_files(&b), 192);
+    let batches = metric(
+        &b,
+        "sluice_http_requests_total{route=\"/v1/internal/replicas\",method=\"POST\",status=\"200\"}",
+    );
+    let singles = metric(
+        &b,
+        "sluice_http_requests_total{route=\"/v1/internal/blobs/{*fileid}\",method=\"PUT\",status=\"201\"}",
+    );
+    assert_eq!(singles, 0, "small replicas went one by one");
+    assert!(
+        (1..192).contains(&batches),
+        "{batches} batch requests for 192 replicas"
+    );
+    // And the peer stored them in shared volume appends.
+    let appends = metric(&b, "sluice_volume_batches_total");
+    assert!(appends < 192, "{appends} appends for 192 replicas");
+}

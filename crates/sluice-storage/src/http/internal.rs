@@ -10,6 +10,7 @@ use serde::Deserialize;
 use sluice_blob::CHUNK_BYTES;
 use sluice_proto::api::{DEFAULT_CONTENT_TYPE, is_valid_content_type};
 use sluice_proto::cluster::{SHA256_HEADER, parse_sha256_hex, sha256_hex};
+use sluice_proto::replicas::{self, ReplicaResult, ReplicaResults};
 
 use super::files::{UploadLimit, parse_local_id, within};
 use crate::StorageState;
@@ -68,6 +69,73 @@ pub(crate) async fn put_replica(
     }
     writer.commit().await?;
     Ok(StatusCode::CREATED)
+}
+
+/// Bytes a replica batch's body may hold at most: the sender's 8 MiB of files (one file of up
+/// to 1 MiB may pass it) and the records' headers.
+const MAX_BATCH_BODY: usize = (10 << 20) + replicas::MAX_RECORDS * 600;
+
+/// `POST /v1/internal/replicas`: a batch of small replicas (format in
+/// `sluice_proto::replicas`). They are stored together, so they share one volume append and
+/// one index commit; each gets the status its own `PUT` would have had.
+pub(crate) async fn put_replicas(
+    State(state): State<StorageState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let idle = state.config().body_idle_timeout;
+    let mut body = request.into_body().into_data_stream();
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(chunk) = within(idle, body.next()).await? {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("replica batch ended early: {e}")))?;
+        if bytes.len() + chunk.len() > MAX_BATCH_BODY {
+            return Err(ApiError::TooLarge {
+                limit: MAX_BATCH_BODY as u64,
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let bytes = bytes.freeze();
+    let max_file = state.config().max_upload_size.min(MAX_BATCH_BODY as u64);
+    let heads = replicas::parse(&bytes, max_file)
+        .map_err(|e| ApiError::BadRequest(format!("bad replica batch: {e}")))?;
+    let stores = heads.into_iter().map(|head| {
+        let body = bytes.slice(head.body.clone());
+        let state = state.clone();
+        async move {
+            match store_batched(&state, head, body).await {
+                Ok(()) => ReplicaResult {
+                    status: StatusCode::CREATED.as_u16(),
+                    error: None,
+                },
+                Err(e) => ReplicaResult {
+                    status: sluice_http::HttpError::status(&e).as_u16(),
+                    error: Some(e.to_string()),
+                },
+            }
+        }
+    });
+    let results = futures_util::future::join_all(stores).await;
+    Ok(axum::Json(ReplicaResults { results }).into_response())
+}
+
+async fn store_batched(
+    state: &StorageState,
+    head: replicas::ReplicaHead,
+    body: bytes::Bytes,
+) -> Result<(), ApiError> {
+    let id = parse_local_id(state, &head.id)?;
+    let content_type = if is_valid_content_type(&head.content_type) {
+        head.content_type
+    } else {
+        DEFAULT_CONTENT_TYPE.to_owned()
+    };
+    let limit = UploadLimit::for_upload(state, Some(body.len() as u64), None)?;
+    let mut writer = state.store().writer(id.key, content_type, limit.bytes);
+    writer.expect_sha256(head.sha256);
+    writer.write(body).await.map_err(|e| limit.explain(e))?;
+    writer.commit().await?;
+    Ok(())
 }
 
 pub(crate) async fn delete_replica(

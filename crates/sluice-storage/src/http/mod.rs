@@ -27,6 +27,7 @@ pub fn router(state: StorageState) -> Router {
                     .put(internal::put_replica)
                     .delete(internal::delete_replica),
             )
+            .route("/v1/internal/replicas", post(internal::put_replicas))
             .route("/v1/internal/oplog", get(internal::oplog))
             .route("/v1/internal/identity", get(internal::identity)),
         config.cluster.clone(),

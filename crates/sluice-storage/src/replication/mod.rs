@@ -13,6 +13,7 @@
 //! Peers are learnt from the trackers' answers to heartbeats. Every call carries the cluster
 //! secret when one is set. Catch-up is in [`catch_up`].
 
+mod batch;
 mod catch_up;
 pub(crate) mod wire;
 
@@ -77,6 +78,8 @@ pub struct Replication {
     /// False until a tracker has told us who the peers are: until then we cannot know we are
     /// level (a node back from an outage must not call itself active too soon).
     peers_known: AtomicBool,
+    /// Each peer's queue of small replicas, sent in batches.
+    batchers: batch::Batchers,
 }
 
 /// What a fetch from one peer came to.
@@ -160,6 +163,7 @@ impl Replication {
             pullers: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
             advertise,
+            batchers: batch::Batchers::default(),
         })
     }
 
@@ -328,6 +332,72 @@ impl Replication {
     }
 
     async fn send_replica(
+        &self,
+        store: &BlobStore,
+        id: &FileId,
+        peer: &NodeView,
+        source: &ReplicaSource,
+    ) -> Result<(), String> {
+        if let ReplicaSource::Memory {
+            body,
+            content_type,
+            sha256,
+        } = source
+        {
+            if body.len() <= batch::MAX_BATCHED_FILE {
+                let replica = batch::Replica {
+                    id: id.clone(),
+                    content_type: content_type.clone(),
+                    sha256: *sha256,
+                    body: body.clone(),
+                };
+                match self
+                    .batchers
+                    .send(&peer.url, || self.batch_post(&peer.url), replica)
+                    .await
+                {
+                    // As for one file: stored, or deleted there meanwhile.
+                    batch::Sent::Status(200..=299 | 410, _) => return Ok(()),
+                    batch::Sent::Status(status, error) => {
+                        return Err(format!(
+                            "peer answered {status}: {}",
+                            error.unwrap_or_default()
+                        ));
+                    }
+                    batch::Sent::Failed(why) => return Err(why),
+                    // A peer of an older build: one request for this file.
+                    batch::Sent::Unsupported => {}
+                }
+            }
+        }
+        self.send_one_replica(store, id, peer, source).await
+    }
+
+    /// How a batch of replicas goes to the peer at `url`.
+    fn batch_post(&self, url: &str) -> batch::Post {
+        let client = self.client.clone();
+        let secret = self.config.secret.clone();
+        let timeout = self.config.timeout;
+        let url = format!("{url}/v1/internal/replicas");
+        std::sync::Arc::new(move |body: Vec<u8>| {
+            let request = client
+                .post(&url)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    sluice_proto::replicas::CONTENT_TYPE,
+                )
+                .timeout(timeout)
+                .body(body);
+            match &secret {
+                Some(s) => request.header(CLUSTER_SECRET_HEADER, s.current()),
+                None => request,
+            }
+        })
+    }
+
+    /// One replica, one request: files too large to batch, files as stored, and peers
+    /// without the batch route.
+    async fn send_one_replica(
         &self,
         store: &BlobStore,
         id: &FileId,
