@@ -689,13 +689,25 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| BlobError::Io(io::Error::other(e.to_string())))?
 }
 
-/// A crash point for tests: when the environment variable `SLUICE_FAILPOINT` names `name`, the
-/// process kills itself (SIGKILL: no cleanup, no flush) on reaching it, so a test can stop a
-/// real server at an exact step of a protocol and check what a restart finds.
+/// A crash point for tests: when the environment variable `SLUICE_FAILPOINT` names `name`
+/// (`name`, or `name@N` for its Nth passing), the process kills itself there (SIGKILL: no
+/// cleanup, no flush), so a test can stop a real server at an exact step of a protocol and
+/// check what a restart finds.
 pub(crate) fn failpoint(name: &str) {
-    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let point = POINT.get_or_init(|| std::env::var("SLUICE_FAILPOINT").ok());
-    if point.as_deref() == Some(name) {
+    use std::sync::atomic::AtomicU64;
+    static POINT: std::sync::OnceLock<Option<(String, u64)>> = std::sync::OnceLock::new();
+    static PASSED: AtomicU64 = AtomicU64::new(0);
+    let point = POINT.get_or_init(|| {
+        let text = std::env::var("SLUICE_FAILPOINT").ok()?;
+        Some(match text.split_once('@') {
+            Some((name, n)) => (name.to_owned(), n.parse().unwrap_or(1)),
+            None => (text, 1),
+        })
+    });
+    let Some((point, nth)) = point else {
+        return;
+    };
+    if point == name && PASSED.fetch_add(1, Ordering::Relaxed) + 1 == *nth {
         tracing::warn!(failpoint = name, "killing the process at a test failpoint");
         // SAFETY: kill(2) with our own pid and a valid signal number.
         unsafe {
