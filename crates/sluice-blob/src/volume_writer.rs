@@ -151,6 +151,9 @@ impl<T: Pending> VolumeWriter<T> {
                     }
                     if volume.len() >= limits.roll_at {
                         let id = volume.header().volume_id;
+                        if let Err(e) = volume.seal() {
+                            tracing::warn!(volume = id, error = %e, "could not cut the space written ahead of a sealed volume");
+                        }
                         match next_volume(id) {
                             Ok(next) => {
                                 tracing::info!(sealed = id, next = next.header().volume_id, "volume full; appending to a new one");
@@ -165,6 +168,10 @@ impl<T: Pending> VolumeWriter<T> {
                             }
                         }
                     }
+                }
+                // Closed: leave the volume as long as its records, without the zeros ahead.
+                if let Err(e) = volume.seal() {
+                    tracing::warn!(error = %e, "could not cut the space written ahead of the active volume");
                 }
             })?;
         Ok(Self { requests, counts })

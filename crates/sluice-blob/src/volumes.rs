@@ -36,6 +36,8 @@ use crate::volume_writer::{Batch, Pending, VolumeWriter, WriterCounts, WriterLim
 use crate::{BlobError, failpoint};
 
 const DIR: &str = "volumes";
+/// Zeros written ahead of the active volume's appends (see `VolumeFile::preallocate`).
+const PREALLOCATE: u64 = 8 << 20;
 const SUFFIX: &str = "vol";
 
 /// Tunables of a store's volumes.
@@ -60,7 +62,7 @@ impl Default for VolumeOptions {
             volume_size: 1 << 30,
             compact_threshold: 0.3,
             compact_interval: Duration::from_secs(300),
-            compact_rate: 64 << 20,
+            compact_rate: 32 << 20,
         }
     }
 }
@@ -77,6 +79,8 @@ pub struct VolumeStats {
     pub dead_bytes: u64,
     pub live_records: u64,
     pub compactions: u64,
+    /// Whether a compaction is running now.
+    pub compacting: bool,
     /// Batches written (one `fdatasync` each) and records in them, since start.
     pub batches: u64,
     pub records: u64,
@@ -100,6 +104,7 @@ pub(crate) struct Volumes {
     rows: Arc<crate::index::StoreCounters>,
     index: mpsc::Sender<IndexOp>,
     pub(crate) compactions: AtomicU64,
+    compacting: std::sync::atomic::AtomicBool,
 }
 
 impl Volumes {
@@ -155,7 +160,8 @@ impl Volumes {
                 continue;
             }
             match VolumeFile::open_committed(&volume_path(&dir, *id), row.end)? {
-                Some(volume) => {
+                Some(mut volume) => {
+                    volume.preallocate(PREALLOCATE);
                     if volume.len() < options.volume_size {
                         active = Some(volume);
                     }
@@ -212,6 +218,7 @@ impl Volumes {
             rows,
             index: sender,
             compactions: AtomicU64::new(0),
+            compacting: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -307,6 +314,7 @@ impl Volumes {
             dead_bytes: rows.values().map(VolumeRow::dead_bytes).sum(),
             live_records: rows.values().map(|r| r.live_records).sum(),
             compactions: self.compactions.load(Ordering::Relaxed),
+            compacting: self.compacting.load(Ordering::Relaxed),
             batches: self.counts.batches.load(Ordering::Relaxed),
             records: self.counts.records.load(Ordering::Relaxed),
         }
@@ -366,7 +374,10 @@ pub(crate) fn compact_due(store: &crate::BlobStore) -> Result<usize, BlobError> 
         if store.is_closing() {
             break;
         }
-        if compact(store, volumes, id)? {
+        volumes.compacting.store(true, Ordering::Relaxed);
+        let compacted = compact(store, volumes, id);
+        volumes.compacting.store(false, Ordering::Relaxed);
+        if compacted? {
             done += 1;
         }
     }
@@ -599,13 +610,15 @@ fn send_batch(index: &mpsc::Sender<IndexOp>, batch: Batch<VolumeItem>) {
 }
 
 fn create_volume(dir: &Path, id: u64, block_size: u32) -> Result<VolumeFile, BlobError> {
-    VolumeFile::create(
+    let mut volume = VolumeFile::create(
         &volume_path(dir, id),
         VolumeHeader {
             volume_id: id,
             block_size,
         },
-    )
+    )?;
+    volume.preallocate(PREALLOCATE);
+    Ok(volume)
 }
 
 fn volume_path(dir: &Path, id: u64) -> PathBuf {

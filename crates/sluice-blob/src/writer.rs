@@ -50,7 +50,8 @@ impl BlobWriter {
     pub(crate) fn new(store: BlobStore, key: BlobKey, content_type: String, limit: u64) -> Self {
         let layout = BlockLayout::new(store.options().block_size);
         let in_flight = store.begin_write(key);
-        let tmp = Arc::new(TempFileGuard(Mutex::new(Some(store.tmp_path(&key)))));
+        // Named when first needed: most small files never get a temp file.
+        let tmp = Arc::new(TempFileGuard(Mutex::new(None)));
         let flush_at = store.volumes().map_or(FLUSH_AT, |v| {
             FLUSH_AT.max(usize::try_from(v.options().max_file).unwrap_or(FLUSH_AT) + 1)
         });
@@ -156,11 +157,13 @@ impl BlobWriter {
         // The closure holds the guard too, so a writer dropped mid-flush cannot remove the
         // temp file before the flush creates it.
         let tmp = self.tmp.clone();
+        let path = self.temp_path();
         let layout = self.layout;
         let file = blocking(move || {
+            let _tmp = tmp;
             let mut file = match file {
                 Some(f) => f,
-                None => create_temp(&tmp.path(), &layout)?,
+                None => create_temp(&path, &layout)?,
             };
             write_blocks(&mut file, &layout, &data, last)?;
             Ok(file)
@@ -289,15 +292,27 @@ impl BlobWriter {
         let file = self.file.take();
         let layout = self.layout;
         let tmp = self.tmp.clone();
+        let path = self.temp_path();
         blocking(move || {
+            let _tmp = tmp;
             let mut file = match file {
                 Some(f) => f,
-                None => create_temp(&tmp.path(), &layout)?,
+                None => create_temp(&path, &layout)?,
             };
             write_blocks(&mut file, &layout, &rest, true)?;
             file.sync_data().map_err(BlobError::from_io)
         })
         .await
+    }
+
+    /// The temp file's name: named (and so removed when the writer goes) before a file
+    /// that does not exist yet is created.
+    fn temp_path(&self) -> PathBuf {
+        self.tmp
+            .0
+            .lock_or_recover()
+            .get_or_insert_with(|| self.store.tmp_path(&self.key))
+            .clone()
     }
 
     /// Renames the finished temp file to `path` (durably) and disarms its cleanup.

@@ -48,6 +48,11 @@ pub(crate) async fn render(State(state): State<StorageState>) -> impl IntoRespon
                 "Files held as volume records.",
                 v.live_records,
             ),
+            (
+                "sluice_volume_compacting",
+                "1 while a volume is being compacted.",
+                u64::from(v.compacting),
+            ),
         ];
         for (name, help, value) in gauges {
             render_gauge(&mut out, name, help, value);

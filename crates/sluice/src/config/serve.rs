@@ -98,7 +98,7 @@ impl Default for NodeKeys {
             volume_size: ByteSize(1 << 30),
             compact_threshold: 0.3,
             compact_interval: secs(300),
-            compact_bytes_per_sec: ByteSize(64 << 20),
+            compact_bytes_per_sec: ByteSize(32 << 20),
             hot_cache_size: ByteSize(256 << 20),
             hot_cache_max_file: ByteSize(1 << 20),
             body_idle_timeout: secs(60),
