@@ -83,6 +83,14 @@ pub(crate) enum IndexOp {
     },
     /// Forgets a volume nothing lives in any more (a compacted one): `false` if something does.
     DropVolume { volume: u64, done: Reply<bool> },
+    /// Points `key` at the same file's bytes elsewhere (a repaired volume record's new data
+    /// file), if the index still has it at `from`.
+    Relocate {
+        key: BlobKey,
+        from: Location,
+        meta: BlobMeta,
+        done: Reply<bool>,
+    },
 }
 
 /// What a record of a volume batch does to the index.
@@ -337,6 +345,26 @@ impl Index {
         rx.await.map_err(|_| BlobError::Closed)?
     }
 
+    /// See [`IndexOp::Relocate`].
+    pub async fn relocate(
+        &self,
+        key: BlobKey,
+        from: Location,
+        meta: BlobMeta,
+    ) -> Result<bool, BlobError> {
+        let (done, rx) = oneshot::channel();
+        self.ops
+            .send(IndexOp::Relocate {
+                key,
+                from,
+                meta,
+                done,
+            })
+            .await
+            .map_err(|_| BlobError::Closed)?;
+        rx.await.map_err(|_| BlobError::Closed)?
+    }
+
     /// A sender of operations, for the volume writer's thread.
     pub(crate) fn sender(&self) -> mpsc::Sender<IndexOp> {
         self.ops.clone()
@@ -515,6 +543,7 @@ impl IndexOp {
             IndexOp::Insert { done, .. } => drop(done.send(Err(trouble.error()))),
             IndexOp::Remove { done, .. } => drop(done.send(Err(trouble.error()))),
             IndexOp::DropVolume { done, .. } => drop(done.send(Err(trouble.error()))),
+            IndexOp::Relocate { done, .. } => drop(done.send(Err(trouble.error()))),
             IndexOp::Volume { items, .. } => items
                 .into_iter()
                 .for_each(|item| item.failed(trouble.error())),
@@ -736,6 +765,12 @@ impl Tx<'_> {
                     }
                 }
             }
+            IndexOp::Relocate {
+                key,
+                from,
+                meta,
+                done,
+            } => outcomes.push(Outcome::Done(done, self.relocate(key, from, meta)?)),
             IndexOp::DropVolume { volume, done } => {
                 let empty = self.row(volume)?.live_records == 0;
                 if empty {

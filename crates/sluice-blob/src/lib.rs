@@ -213,13 +213,31 @@ impl BlobStore {
             std::fs::remove_file(&marker)?;
             std::fs::File::open(root)?.sync_all()?;
         }
+        let index_existed = root.join("index.redb").exists();
         let (index, writer) = index::Index::open(&root.join("index.redb"))?;
-        let volumes = match &options.volumes {
-            Some(v) => {
-                let mut v = v.clone();
-                v.max_file = v.max_file.min(MAX_VOLUME_FILE);
-                Some(volumes::Volumes::open(root, v, options.block_size, &index)?)
-            }
+        let has_volumes = !index.counters.volumes.lock_or_recover().is_empty()
+            || volumes::volume_paths(root).is_ok_and(|p| !p.is_empty());
+        // With volumes off, a store that has some still reads, deletes, repairs and compacts
+        // them; it only stores no new file in one.
+        let volume_options = match &options.volumes {
+            Some(v) => Some(VolumeOptions {
+                max_file: v.max_file.min(MAX_VOLUME_FILE),
+                ..v.clone()
+            }),
+            None if has_volumes => Some(VolumeOptions {
+                max_file: 0,
+                ..VolumeOptions::default()
+            }),
+            None => None,
+        };
+        let volumes = match volume_options {
+            Some(v) => Some(volumes::Volumes::open(
+                root,
+                v,
+                options.block_size,
+                &index,
+                index_existed,
+            )?),
             None => None,
         };
         let (compaction_stop, stopped) = std::sync::mpsc::sync_channel(1);
@@ -293,7 +311,16 @@ impl BlobStore {
             } = meta.location
             {
                 let volumes = self.inner.volumes.as_ref().ok_or(BlobError::BadRecord)?;
-                match volumes.reader(volume)? {
+                let opened = match volumes.reader(volume) {
+                    // A volume whose header is damaged: its files are, as far as a read knows
+                    // (a peer's copy repairs them).
+                    Err(BlobError::WrongFormat(why)) => {
+                        tracing::error!(%key, volume, %why, "volume header damaged");
+                        return Err(BlobError::Corrupt { key, block: 0 });
+                    }
+                    other => other?,
+                };
+                match opened {
                     Some(reader) => {
                         let base = offset + u64::from(body);
                         return Ok(Some(BlobReader::new(key, meta, reader.file(), base)));

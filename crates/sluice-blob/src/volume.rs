@@ -38,11 +38,13 @@ use crate::layout::{BlockLayout, CRC_LEN};
 pub const MAGIC: &[u8; 4] = b"SLV1";
 pub const FORMAT_VERSION: u16 = 1;
 pub const HEADER_LEN: u64 = 32;
-const RECORD_MAGIC: &[u8; 2] = b"SR";
+pub const RECORD_MAGIC: &[u8; 2] = b"SR";
 /// A record's fixed part, before its meta.
 const FIXED_LEN: usize = 40;
 /// Longest meta a record may carry (an index record is well under 1 KiB).
 pub const MAX_META: usize = 64 << 10;
+/// Longest record header: fixed part, meta and checksum.
+pub const MAX_HEADER_LEN: usize = FIXED_LEN + MAX_META + CRC_LEN as usize;
 
 /// What a volume file starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

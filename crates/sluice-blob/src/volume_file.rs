@@ -73,11 +73,18 @@ impl VolumeFile {
             .write(true)
             .create_new(true)
             .open(path)?;
-        file.write_all_at(&header.encode(), 0)
+        let written = file
+            .write_all_at(&header.encode(), 0)
             .and_then(|()| file.sync_all())
-            .map_err(BlobError::from_io)?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
+            .and_then(|()| match path.parent() {
+                Some(dir) => File::open(dir)?.sync_all(),
+                None => Ok(()),
+            });
+        if let Err(e) = written {
+            // A full disk, say: no headerless file is left behind.
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(BlobError::from_io(e));
         }
         Ok(Self {
             path: path.to_owned(),
@@ -97,7 +104,7 @@ impl VolumeFile {
         let header = read_header(&file, path)?;
         let len = file.metadata()?.len();
         let mut records = Vec::new();
-        let (at, stop) = scan_file(&file, header.block_size, len, verify, |found| {
+        let (at, stop) = scan_file(&file, header.block_size, HEADER_LEN, len, verify, |found| {
             records.push(found);
             true
         })?;
@@ -327,7 +334,57 @@ impl VolumeReader {
         verify: bool,
         visit: impl FnMut(Found) -> bool,
     ) -> Result<(u64, Option<Stop>), BlobError> {
-        scan_file(&self.file, self.header.block_size, len, verify, visit)
+        scan_file(
+            &self.file,
+            self.header.block_size,
+            HEADER_LEN,
+            len,
+            verify,
+            visit,
+        )
+    }
+
+    /// [`Self::scan`] from `start`, which must be where a record starts.
+    pub fn scan_from(
+        &self,
+        start: u64,
+        len: u64,
+        verify: bool,
+        visit: impl FnMut(Found) -> bool,
+    ) -> Result<(u64, Option<Stop>), BlobError> {
+        scan_file(
+            &self.file,
+            self.header.block_size,
+            start,
+            len,
+            verify,
+            visit,
+        )
+    }
+
+    /// Where the next whole record header after `from` starts, before `len`: a scan stopped
+    /// by damage goes on from there. A header is recognised by its magic and its checksum,
+    /// which a few damaged bytes do not fake.
+    pub fn next_record_after(&self, from: u64, len: u64) -> Result<Option<u64>, BlobError> {
+        let mut buf = vec![0u8; SCAN_WINDOW];
+        let mut at = from + 1;
+        while at < len {
+            let want = usize::try_from((len - at).min(SCAN_WINDOW as u64)).unwrap_or(SCAN_WINDOW);
+            self.file.read_exact_at(&mut buf[..want], at)?;
+            for i in 0..want.saturating_sub(1) {
+                if &buf[i..i + 2] == volume::RECORD_MAGIC
+                    && matches!(volume::parse_record_header(&buf[i..want]), Ok(Some(_)))
+                {
+                    return Ok(Some(at + i as u64));
+                }
+            }
+            // Overlap the windows by a header's longest length so none is cut in two.
+            if want < SCAN_WINDOW {
+                break;
+            }
+            at += (want - volume::MAX_HEADER_LEN) as u64;
+        }
+        Ok(None)
     }
 
     pub fn header(&self) -> VolumeHeader {
@@ -346,11 +403,12 @@ impl VolumeReader {
 fn scan_file(
     file: &File,
     block_size: u32,
+    start: u64,
     len: u64,
     verify: bool,
     mut visit: impl FnMut(Found) -> bool,
 ) -> Result<(u64, Option<Stop>), BlobError> {
-    let mut at = HEADER_LEN;
+    let mut at = start;
     let mut buf = vec![0u8; SCAN_WINDOW];
     while at < len {
         let want = usize::try_from((len - at).min(SCAN_WINDOW as u64)).unwrap_or(SCAN_WINDOW);

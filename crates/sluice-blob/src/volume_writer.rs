@@ -35,10 +35,12 @@ struct Request<T> {
     then: T,
 }
 
-/// A batch on disk: the volume it went to, the volume's length after it, and each record's
-/// place with what waits on it.
+/// A batch on disk: the volume it went to (and its block size), the volume's length after it,
+/// and each record's place with what waits on it.
 pub struct Batch<T> {
     pub volume: u64,
+    /// The block size the volume lays records out in.
+    pub block_size: u32,
     pub end: u64,
     pub records: Vec<(Found, T)>,
 }
@@ -130,6 +132,7 @@ impl<T: Pending> VolumeWriter<T> {
                             seen.sequence.store(sequence, Ordering::Relaxed);
                             on_batch(Batch {
                                 volume: volume.header().volume_id,
+                                block_size: volume.header().block_size,
                                 end: volume.len(),
                                 records: places
                                     .into_iter()

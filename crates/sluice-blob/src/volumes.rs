@@ -92,6 +92,19 @@ impl Pending for VolumeItem {
     }
 }
 
+/// Volumes kept open between reads, at most: a node of a thousand 1 GiB volumes stays well
+/// under the usual limit of 1024 open files.
+const OPEN_VOLUMES: usize = 128;
+
+#[derive(Default)]
+struct Readers {
+    open: HashMap<u64, Arc<VolumeReader>>,
+    /// Opening order, oldest first.
+    order: std::collections::VecDeque<u64>,
+    /// Volumes removed by compaction.
+    gone: std::collections::HashSet<u64>,
+}
+
 pub(crate) struct Volumes {
     dir: PathBuf,
     options: VolumeOptions,
@@ -99,7 +112,7 @@ pub(crate) struct Volumes {
     writer: Mutex<Option<VolumeWriter<VolumeItem>>>,
     counts: Arc<WriterCounts>,
     /// Open volumes, for reads.
-    readers: RwLock<HashMap<u64, Arc<VolumeReader>>>,
+    readers: RwLock<Readers>,
     /// Rows the index last committed (shared with it).
     rows: Arc<crate::index::StoreCounters>,
     index: mpsc::Sender<IndexOp>,
@@ -110,11 +123,14 @@ pub(crate) struct Volumes {
 impl Volumes {
     /// Opens the volumes of the store at `root` (creating the directory), brings each to the
     /// length the index committed, and starts the writer on the newest one with room.
+    /// `index_existed`: whether the index was there before this open (a new one next to
+    /// volumes with files means the index was lost, and nothing may be removed).
     pub(crate) fn open(
         root: &Path,
         options: VolumeOptions,
         block_size: u32,
         index: &crate::index::Index,
+        index_existed: bool,
     ) -> Result<Self, BlobError> {
         let dir = root.join(DIR);
         if !dir.exists() {
@@ -136,15 +152,35 @@ impl Volumes {
             }
         }
         on_disk.sort_unstable();
+        let newest_known = known.last().map(|(id, _)| *id);
         let mut removed_any = false;
         for id in &on_disk {
-            if !known.iter().any(|(k, _)| k == id) {
-                // Created, but no batch of it was ever committed (or it was compacted away
-                // and the crash came before its file went): nothing in it was acknowledged.
-                tracing::info!(volume = id, "removing a volume the index never committed");
-                std::fs::remove_file(volume_path(&dir, *id))?;
-                removed_any = true;
+            if known.iter().any(|(k, _)| k == id) {
+                continue;
             }
+            let path = volume_path(&dir, *id);
+            // A volume the index does not know is one compaction dropped (below the newest
+            // known id) or one created whose first batch never committed (above it): nothing
+            // in either is acknowledged. But with no index at all, the index is what was lost:
+            // the volumes hold every file, and must not be touched.
+            if !index_existed && has_records(&path)? {
+                return Err(BlobError::WrongFormat(format!(
+                    "{} holds files but the index ({}) is new: it was lost or replaced. Restore it; nothing was changed",
+                    path.display(),
+                    root.join("index.redb").display()
+                )));
+            }
+            let why = match newest_known {
+                Some(newest) if *id < newest => "compacted, and dropped from the index",
+                _ => "never committed",
+            };
+            tracing::info!(
+                volume = id,
+                why,
+                "removing a volume the index does not know"
+            );
+            std::fs::remove_file(path)?;
+            removed_any = true;
         }
         if removed_any {
             std::fs::File::open(&dir)?.sync_all()?;
@@ -159,16 +195,26 @@ impl Volumes {
                 );
                 continue;
             }
-            match VolumeFile::open_committed(&volume_path(&dir, *id), row.end)? {
-                Some(mut volume) => {
+            match VolumeFile::open_committed(&volume_path(&dir, *id), row.end) {
+                Ok(Some(mut volume)) => {
                     volume.preallocate(PREALLOCATE);
-                    if volume.len() < options.volume_size {
+                    // A volume of another block size (the setting changed) is only read: new
+                    // records go to a new volume of the store's block size.
+                    if volume.len() < options.volume_size
+                        && volume.header().block_size == block_size
+                    {
                         active = Some(volume);
                     }
                 }
-                None => tracing::error!(
+                Ok(None) => tracing::error!(
                     volume = id,
                     "a volume is shorter than the index says; it takes no more appends, and its damaged files are repaired from peers"
+                ),
+                // A damaged header: its files read as damaged, and are repaired from peers.
+                Err(e) => tracing::error!(
+                    volume = id,
+                    error = %e,
+                    "a volume cannot be opened; it takes no more appends, and its files are repaired from peers"
                 ),
             }
         }
@@ -184,9 +230,8 @@ impl Volumes {
         ));
         // Only the newest volume is appended to: an older one with room is a damaged newest's
         // predecessor, or sealed; reading them is all that is left to do.
-        let newest = known.last().map(|(id, _)| *id);
         let active = match active {
-            Some(v) if Some(v.header().volume_id) == newest => v,
+            Some(v) if Some(v.header().volume_id) == newest_known => v,
             _ => create_volume(&dir, next_id.fetch_add(1, Ordering::Relaxed), block_size)?,
         };
         let sender = index.sender();
@@ -214,7 +259,7 @@ impl Volumes {
             block_size,
             counts: writer.counts_handle(),
             writer: Mutex::new(Some(writer)),
-            readers: RwLock::new(HashMap::new()),
+            readers: RwLock::new(Readers::default()),
             rows,
             index: sender,
             compactions: AtomicU64::new(0),
@@ -228,7 +273,7 @@ impl Volumes {
 
     /// Whether a blob of this size and block size goes into a volume.
     pub(crate) fn takes(&self, size: u64, block_size: u32) -> bool {
-        size <= self.options.max_file && block_size == self.block_size
+        self.options.max_file > 0 && size <= self.options.max_file && block_size == self.block_size
     }
 
     fn writer(&self) -> Result<VolumeWriter<VolumeItem>, BlobError> {
@@ -266,7 +311,10 @@ impl Volumes {
         answer.await.map_err(|_| BlobError::Closed)?
     }
 
-    /// Appends a delete record and removes the key from the index.
+    /// Appends a delete record and removes the key from the index, then gives the deleted
+    /// record's blocks back to the filesystem (see [`Self::punch`]). On a full disk the delete
+    /// record is left out: the index alone says the file is gone (the record only serves a
+    /// rebuild of the index from volumes), so deleting is how room is made.
     pub(crate) async fn delete(
         &self,
         key: BlobKey,
@@ -286,24 +334,115 @@ impl Volumes {
             done,
         };
         self.writer()?.submit(header, Bytes::new(), item).await?;
-        answer.await.map_err(|_| BlobError::Closed)?
+        let removed = match answer.await.map_err(|_| BlobError::Closed)? {
+            Err(BlobError::NoSpace) => {
+                let (done, answer) = oneshot::channel();
+                self.index
+                    .send(IndexOp::Remove {
+                        key,
+                        tombstone,
+                        done,
+                    })
+                    .await
+                    .map_err(|_| BlobError::Closed)?;
+                answer.await.map_err(|_| BlobError::Closed)??
+            }
+            other => other?,
+        };
+        if let Some(old) = &removed {
+            self.punch(old).await;
+        }
+        Ok(removed)
     }
 
-    /// The open file of volume `id` and where the body of the record at `offset` (body at
-    /// `body` from it) starts; `None` if the volume is gone (compacted away since the lookup).
+    /// Frees the whole filesystem blocks inside a dead record's body at once
+    /// (`FALLOC_FL_PUNCH_HOLE`): space comes back on delete, as with data files, while the
+    /// rest of the record waits for compaction. Best effort (a filesystem without holes keeps
+    /// the space until compaction).
+    async fn punch(&self, meta: &BlobMeta) {
+        let Location::Volume {
+            volume,
+            offset,
+            body,
+        } = meta.location
+        else {
+            return;
+        };
+        const PAGE: u64 = 4096;
+        let start = offset + u64::from(body);
+        let end = start + crate::volume::body_len(meta.size, meta.block_size);
+        let (from, to) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+        if to <= from {
+            return;
+        }
+        let path = volume_path(&self.dir, volume);
+        let punched = crate::blocking(move || {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            let (at, len) = (
+                libc::off_t::try_from(from).map_err(|_| BlobError::BadRecord)?,
+                libc::off_t::try_from(to - from).map_err(|_| BlobError::BadRecord)?,
+            );
+            // SAFETY: fallocate on a descriptor we own, with a range inside the file.
+            let rc = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    at,
+                    len,
+                )
+            };
+            if rc != 0 {
+                return Err(BlobError::Io(std::io::Error::last_os_error()));
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = punched {
+            tracing::debug!(volume, error = %e, "could not punch a deleted record's blocks");
+        }
+    }
+
+    /// Volume `id` open for reading; `None` if it is gone (compacted away since the lookup).
+    /// At most [`OPEN_VOLUMES`] stay open between reads (the oldest opened goes first); a
+    /// reader holding one reads on after it is let go.
     pub(crate) fn reader(&self, id: u64) -> Result<Option<Arc<VolumeReader>>, BlobError> {
-        if let Some(reader) = self.readers.read_or_recover().get(&id) {
+        if let Some(reader) = self.readers.read_or_recover().open.get(&id) {
             return Ok(Some(reader.clone()));
         }
-        match VolumeReader::open(&volume_path(&self.dir, id)) {
-            Ok(reader) => {
-                let reader = Arc::new(reader);
-                self.readers.write_or_recover().insert(id, reader.clone());
-                Ok(Some(reader))
-            }
-            Err(BlobError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        let reader = match VolumeReader::open(&volume_path(&self.dir, id)) {
+            Ok(reader) => Arc::new(reader),
+            Err(BlobError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if reader.header().volume_id != id {
+            return Err(BlobError::WrongFormat(format!(
+                "volume {id:016x} holds the header of volume {:016x}",
+                reader.header().volume_id
+            )));
         }
+        let mut readers = self.readers.write_or_recover();
+        // Compacted away while this open ran: do not keep its file (and its space) open.
+        if readers.gone.contains(&id) {
+            return Ok(None);
+        }
+        if readers.open.len() >= OPEN_VOLUMES {
+            if let Some(oldest) = readers.order.pop_front() {
+                readers.open.remove(&oldest);
+            }
+        }
+        if readers.open.insert(id, reader.clone()).is_none() {
+            readers.order.push_back(id);
+        }
+        Ok(Some(reader))
+    }
+
+    /// Lets go of a removed volume's file, and keeps it from being opened again.
+    fn forget(&self, id: u64) {
+        let mut readers = self.readers.write_or_recover();
+        readers.open.remove(&id);
+        readers.order.retain(|v| *v != id);
+        readers.gone.insert(id);
     }
 
     pub(crate) fn stats(&self) -> VolumeStats {
@@ -377,8 +516,14 @@ pub(crate) fn compact_due(store: &crate::BlobStore) -> Result<usize, BlobError> 
         volumes.compacting.store(true, Ordering::Relaxed);
         let compacted = compact(store, volumes, id);
         volumes.compacting.store(false, Ordering::Relaxed);
-        if compacted? {
-            done += 1;
+        match compacted {
+            Ok(true) => done += 1,
+            Ok(false) => {}
+            // One volume that cannot be compacted now (damaged, or no room to copy) must
+            // not keep the others from it.
+            Err(e) => {
+                tracing::warn!(volume = id, error = %e, "compaction of a volume failed; the next pass tries again");
+            }
         }
     }
     Ok(done)
@@ -406,7 +551,7 @@ fn compact(store: &crate::BlobStore, volumes: &Volumes, id: u64) -> Result<bool,
     let (mut copied, mut moved, mut failures) = (0u64, 0u64, 0u64);
     let mut error = None;
     let pace = Pace::new(volumes.options.compact_rate);
-    reader.scan(row.end, false, |found| {
+    let mut visit = |found: crate::volume::Found| {
         if store.is_closing() {
             return false;
         }
@@ -414,9 +559,7 @@ fn compact(store: &crate::BlobStore, volumes: &Volumes, id: u64) -> Result<bool,
             return true;
         }
         let key = found.header.key;
-        let here = |meta: &BlobMeta| {
-            matches!(meta.location, Location::Volume { volume, offset, .. } if volume == id && offset == found.offset)
-        };
+        let here = |meta: &BlobMeta| matches!(meta.location, Location::Volume { volume, offset, .. } if volume == id && offset == found.offset);
         let current = match store.index().get(&key) {
             Ok(Some(meta)) if here(&meta) => meta,
             Ok(_) => return true,
@@ -450,7 +593,25 @@ fn compact(store: &crate::BlobStore, volumes: &Volumes, id: u64) -> Result<bool,
             failpoint("compaction-copied");
         }
         true
-    })?;
+    };
+    // Damaged bytes (a dead record's flipped header, say) stop a scan: it goes on from the
+    // next whole record after them, so the live records beyond still move.
+    let mut from = HEADER_LEN;
+    loop {
+        let (stopped, stop) = reader.scan_from(from, row.end, false, &mut visit)?;
+        if stop != Some(crate::volume::Stop::Damaged) || stopped >= row.end {
+            break;
+        }
+        tracing::warn!(
+            volume = id,
+            at = stopped,
+            "compaction passes over damaged bytes"
+        );
+        match reader.next_record_after(stopped, row.end)? {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
     moved += settle(&mut waiting, &mut failures);
     if let Some(e) = error {
         return Err(e);
@@ -471,9 +632,9 @@ fn compact(store: &crate::BlobStore, volumes: &Volumes, id: u64) -> Result<bool,
         return Ok(false);
     }
     failpoint("compaction-dropped");
-    volumes.readers.write_or_recover().remove(&id);
     let path = volume_path(&volumes.dir, id);
     std::fs::remove_file(&path)?;
+    volumes.forget(id);
     std::fs::File::open(&volumes.dir)?.sync_all()?;
     volumes.compactions.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
@@ -571,6 +732,8 @@ fn send_batch(index: &mpsc::Sender<IndexOp>, batch: Batch<VolumeItem>) {
                 offset: found.offset,
                 body: u32::try_from(found.body_offset - found.offset).unwrap_or(u32::MAX),
             };
+            // The record's blocks are the volume's, whatever the writer's were (a file moved
+            // from a volume of another block size).
             match item {
                 VolumeItem::Put {
                     key,
@@ -578,6 +741,7 @@ fn send_batch(index: &mpsc::Sender<IndexOp>, batch: Batch<VolumeItem>) {
                     done,
                 } => {
                     meta.location = place;
+                    meta.block_size = batch.block_size;
                     VolumeItem::Put { key, meta, done }
                 }
                 VolumeItem::Move {
@@ -587,6 +751,7 @@ fn send_batch(index: &mpsc::Sender<IndexOp>, batch: Batch<VolumeItem>) {
                     done,
                 } => {
                     meta.location = place;
+                    meta.block_size = batch.block_size;
                     VolumeItem::Move {
                         key,
                         from,
@@ -607,6 +772,18 @@ fn send_batch(index: &mpsc::Sender<IndexOp>, batch: Batch<VolumeItem>) {
     if let Err(mpsc::error::SendError(IndexOp::Volume { items, .. })) = index.blocking_send(op) {
         items.into_iter().for_each(|i| i.failed(BlobError::Closed));
     }
+}
+
+/// Whether a volume file holds anything past its header (zeros written ahead do not count).
+fn has_records(path: &Path) -> Result<bool, BlobError> {
+    let len = std::fs::metadata(path)?.len();
+    if len <= HEADER_LEN {
+        return Ok(false);
+    }
+    let mut first = [0u8; 2];
+    let file = std::fs::File::open(path)?;
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut first, HEADER_LEN)?;
+    Ok(first != [0, 0])
 }
 
 fn create_volume(dir: &Path, id: u64, block_size: u32) -> Result<VolumeFile, BlobError> {

@@ -229,10 +229,21 @@ impl BlobWriter {
                         (Location::Volume { .. }, Some(volumes), Some(data)) => {
                             volumes.rewrite(key, &current, data).await?;
                         }
-                        (Location::Volume { .. }, _, _) => {
-                            return Err(BlobError::Io(std::io::Error::other(
-                                "a volume record can only be repaired with volumes on",
-                            )));
+                        // The bytes went to a temp file (a file larger than volumes take
+                        // now): they become the file's data file, and the entry moves there.
+                        (Location::Volume { .. }, _, data) => {
+                            if let Some(data) = data {
+                                self.write_temp(data).await?;
+                            }
+                            let mut moved = current.clone();
+                            moved.location = Location::DataFile;
+                            moved.block_size = self.layout.block_size;
+                            let placed = store.data_path(&key, &moved);
+                            self.place(placed.clone()).await?;
+                            if !store.index().relocate(key, current.location, moved).await? {
+                                // Deleted or repaired meanwhile.
+                                unlink_logged(placed).await;
+                            }
                         }
                         (Location::DataFile, _, data) => {
                             if let Some(data) = data {

@@ -1175,3 +1175,44 @@ async fn a_replica_batch_stores_each_good_record_and_answers_each_one() {
     assert_eq!(node.state.store().files(), 4);
     assert!(node.temp_files().is_empty());
 }
+
+/// A record over this node's upload limit (peers may be set up differently) gets its own 413;
+/// the rest of its batch is stored.
+#[tokio::test]
+async fn a_replica_over_the_upload_limit_is_refused_alone() {
+    use sluice_proto::replicas;
+    let node = TestNode::start_with(NodeSettings {
+        cluster: sluice_storage::ClusterAccess::Secret(
+            sluice_proto::SecretSet::parse("cs").unwrap(),
+        ),
+        max_upload_size: 100_000,
+        ..NodeSettings::default()
+    })
+    .await;
+    let digest = |data: &[u8]| -> [u8; 32] { <sha2::Sha256 as sha2::Digest>::digest(data).into() };
+    let mut body = replicas::start(0);
+    let sizes = [1000usize, 200_000, 1000];
+    for (i, size) in sizes.iter().enumerate() {
+        let key = sluice_proto::BlobKey::from_bytes([i as u8 + 1; 16]);
+        let data = pattern(*size);
+        replicas::push(
+            &mut body,
+            &format!("g1/{key}"),
+            "a/b",
+            &digest(&data),
+            &data,
+        );
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/internal/replicas", node.url))
+        .header("sluice-cluster-secret", "cs")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let answer: replicas::ReplicaResults = r.json().await.unwrap();
+    let statuses: Vec<u16> = answer.results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [201, 413, 201]);
+    assert_eq!(node.state.store().files(), 2);
+}

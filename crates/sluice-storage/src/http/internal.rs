@@ -96,8 +96,9 @@ pub(crate) async fn put_replicas(
         bytes.extend_from_slice(&chunk);
     }
     let bytes = bytes.freeze();
-    let max_file = state.config().max_upload_size.min(MAX_BATCH_BODY as u64);
-    let heads = replicas::parse(&bytes, max_file)
+    // A record over this node's upload limit gets its own 413 below; it does not spoil the
+    // batch.
+    let heads = replicas::parse(&bytes, MAX_BATCH_BODY as u64)
         .map_err(|e| ApiError::BadRequest(format!("bad replica batch: {e}")))?;
     let stores = heads.into_iter().map(|head| {
         let body = bytes.slice(head.body.clone());
