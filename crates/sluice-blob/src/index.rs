@@ -320,12 +320,7 @@ impl Index {
     }
 
     pub async fn insert(&self, key: BlobKey, meta: BlobMeta) -> Result<Adoption, BlobError> {
-        let (done, rx) = oneshot::channel();
-        self.ops
-            .send(IndexOp::Insert { key, meta, done })
-            .await
-            .map_err(|_| BlobError::Closed)?;
-        rx.await.map_err(|_| BlobError::Closed)?
+        request(&self.ops, |done| IndexOp::Insert { key, meta, done }).await
     }
 
     pub async fn remove(
@@ -333,16 +328,12 @@ impl Index {
         key: BlobKey,
         tombstone: bool,
     ) -> Result<Option<BlobMeta>, BlobError> {
-        let (done, rx) = oneshot::channel();
-        self.ops
-            .send(IndexOp::Remove {
-                key,
-                tombstone,
-                done,
-            })
-            .await
-            .map_err(|_| BlobError::Closed)?;
-        rx.await.map_err(|_| BlobError::Closed)?
+        request(&self.ops, |done| IndexOp::Remove {
+            key,
+            tombstone,
+            done,
+        })
+        .await
     }
 
     /// See [`IndexOp::Relocate`].
@@ -352,17 +343,13 @@ impl Index {
         from: Location,
         meta: BlobMeta,
     ) -> Result<bool, BlobError> {
-        let (done, rx) = oneshot::channel();
-        self.ops
-            .send(IndexOp::Relocate {
-                key,
-                from,
-                meta,
-                done,
-            })
-            .await
-            .map_err(|_| BlobError::Closed)?;
-        rx.await.map_err(|_| BlobError::Closed)?
+        request(&self.ops, |done| IndexOp::Relocate {
+            key,
+            from,
+            meta,
+            done,
+        })
+        .await
     }
 
     /// A sender of operations, for the volume writer's thread.
@@ -434,6 +421,16 @@ impl Index {
     pub fn close(self) {
         drop(self.ops);
     }
+}
+
+/// Sends the writer the operation `make` builds around its reply, and waits for the reply.
+pub(crate) async fn request<T>(
+    ops: &mpsc::Sender<IndexOp>,
+    make: impl FnOnce(Reply<T>) -> IndexOp,
+) -> Result<T, BlobError> {
+    let (done, rx) = oneshot::channel();
+    ops.send(make(done)).await.map_err(|_| BlobError::Closed)?;
+    rx.await.map_err(|_| BlobError::Closed)?
 }
 
 /// The one writer of the index.
@@ -664,8 +661,13 @@ impl Tx<'_> {
         // Complete files never change: a second put of a key (a replica arriving twice) is a
         // no-op. Incomplete ones grow (see `supersedes`); each step is logged so peers
         // catching up fetch the newer version.
-        let old = match self.blobs.get(k)? {
-            Some(v) => Some(BlobMeta::decode(v.value())?),
+        // One walk of the tree: the new record goes in, and the old one comes back (put back
+        // when it stays: rare, and on a leaf this insert just made dirty).
+        let old = match self.blobs.insert(k, meta.encode().as_slice())? {
+            Some(v) => {
+                let raw = v.value().to_vec();
+                Some((BlobMeta::decode(&raw)?, raw))
+            }
             None => None,
         };
         let adoption = match old {
@@ -673,14 +675,16 @@ impl Tx<'_> {
                 self.files += 1;
                 Adoption::New
             }
-            Some(old) if supersedes(&meta, &old) => {
+            Some((old, _)) if supersedes(&meta, &old) => {
                 self.bytes -= old.size;
                 self.tally(&old, false)?;
                 Adoption::Replaced(old)
             }
-            Some(old) => return Ok(Ok(Adoption::Kept(old))),
+            Some((old, raw)) => {
+                self.blobs.insert(k, raw.as_slice())?;
+                return Ok(Ok(Adoption::Kept(old)));
+            }
         };
-        self.blobs.insert(k, meta.encode().as_slice())?;
         self.bytes += meta.size;
         self.tally(&meta, true)?;
         self.log(OpKind::Put, &key)?;

@@ -334,14 +334,7 @@ impl VolumeReader {
         verify: bool,
         visit: impl FnMut(Found) -> bool,
     ) -> Result<(u64, Option<Stop>), BlobError> {
-        scan_file(
-            &self.file,
-            self.header.block_size,
-            HEADER_LEN,
-            len,
-            verify,
-            visit,
-        )
+        self.scan_from(HEADER_LEN, len, verify, visit)
     }
 
     /// [`Self::scan`] from `start`, which must be where a record starts.

@@ -336,16 +336,12 @@ impl Volumes {
         self.writer()?.submit(header, Bytes::new(), item).await?;
         let removed = match answer.await.map_err(|_| BlobError::Closed)? {
             Err(BlobError::NoSpace) => {
-                let (done, answer) = oneshot::channel();
-                self.index
-                    .send(IndexOp::Remove {
-                        key,
-                        tombstone,
-                        done,
-                    })
-                    .await
-                    .map_err(|_| BlobError::Closed)?;
-                answer.await.map_err(|_| BlobError::Closed)??
+                crate::index::request(&self.index, |done| IndexOp::Remove {
+                    key,
+                    tombstone,
+                    done,
+                })
+                .await?
             }
             other => other?,
         };
@@ -734,14 +730,17 @@ fn send_batch(index: &mpsc::Sender<IndexOp>, batch: Batch<VolumeItem>) {
             };
             // The record's blocks are the volume's, whatever the writer's were (a file moved
             // from a volume of another block size).
+            let placed = |meta: &mut BlobMeta| {
+                meta.location = place;
+                meta.block_size = batch.block_size;
+            };
             match item {
                 VolumeItem::Put {
                     key,
                     mut meta,
                     done,
                 } => {
-                    meta.location = place;
-                    meta.block_size = batch.block_size;
+                    placed(&mut meta);
                     VolumeItem::Put { key, meta, done }
                 }
                 VolumeItem::Move {
@@ -750,8 +749,7 @@ fn send_batch(index: &mpsc::Sender<IndexOp>, batch: Batch<VolumeItem>) {
                     mut meta,
                     done,
                 } => {
-                    meta.location = place;
-                    meta.block_size = batch.block_size;
+                    placed(&mut meta);
                     VolumeItem::Move {
                         key,
                         from,

@@ -8,15 +8,12 @@ use bytes::Bytes;
 use sluice_blob::{BlobError, BlobStore, BlobStoreOptions};
 use sluice_testkit::small_disk::SmallDisk;
 
+mod common;
+use common::{pattern, put_in_pieces as put, read_range as read_all};
+
 /// How often a test re-checks a condition it waits for.
 const POLL: Duration = Duration::from_millis(10);
 const WAIT: Duration = Duration::from_secs(30);
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
 
 fn data_files() -> BlobStoreOptions {
     BlobStoreOptions {
@@ -29,37 +26,6 @@ fn small_blocks() -> BlobStoreOptions {
     BlobStoreOptions {
         block_size: 1000,
         ..data_files()
-    }
-}
-
-async fn put(store: &BlobStore, data: &[u8], piece: usize) -> sluice_proto::BlobKey {
-    let key = store.new_key().unwrap();
-    let mut w = store.writer(key, "image/jpeg".into(), u64::MAX);
-    for chunk in data.chunks(piece.max(1)) {
-        w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
-    }
-    w.commit().await.unwrap();
-    key
-}
-
-async fn read_all(
-    store: &BlobStore,
-    key: sluice_proto::BlobKey,
-    start: u64,
-    end: u64,
-) -> Result<Vec<u8>, BlobError> {
-    let r = store.open_reader(key)?.expect("blob exists");
-    let mut out = Vec::new();
-    let mut at = start;
-    loop {
-        let chunk = r.read_chunk(at, end, sluice_blob::CHUNK_BYTES).await?;
-        if chunk.is_empty() {
-            return Ok(out);
-        }
-        for part in chunk {
-            at += part.len() as u64;
-            out.extend_from_slice(&part);
-        }
     }
 }
 

@@ -1,63 +1,18 @@
 //! Faults an outside review found in the volume store, each kept as a test: block size changes,
 //! damaged headers, full disks, lost indexes, descriptors, and repairs after settings change.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use sluice_blob::record::Location;
-use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, VolumeOptions};
+use sluice_blob::{BlobError, BlobStore, BlobStoreOptions};
 use sluice_proto::BlobKey;
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
+mod common;
+use common::{pattern, put, volume_of, with_volumes as options};
 
-fn options(block_size: u32, volume_size: u64) -> BlobStoreOptions {
-    BlobStoreOptions {
-        block_size,
-        volumes: Some(VolumeOptions {
-            max_file: 64 << 10,
-            volume_size,
-            compact_interval: Duration::from_secs(3600),
-            compact_rate: 1 << 30,
-            ..VolumeOptions::default()
-        }),
-        ..BlobStoreOptions::default()
-    }
-}
-
-async fn put(store: &BlobStore, data: &[u8]) -> BlobKey {
-    let key = store.new_key().unwrap();
-    let mut w = store.writer(key, "image/jpeg".into(), u64::MAX);
-    w.write(Bytes::copy_from_slice(data)).await.unwrap();
-    w.commit().await.unwrap();
-    key
-}
-
+/// A whole file, read through (the hot cache emptied first, so the disk is what is read).
 async fn read(store: &BlobStore, key: BlobKey) -> Result<Vec<u8>, BlobError> {
     store.hot().remove(&key);
-    let r = store.open_reader(key)?.ok_or(BlobError::Deleted)?;
-    let mut out = Vec::new();
-    let mut at = 0;
-    loop {
-        let chunk = r.read_chunk(at, u64::MAX, sluice_blob::CHUNK_BYTES).await?;
-        if chunk.is_empty() {
-            return Ok(out);
-        }
-        for part in chunk {
-            at += part.len() as u64;
-            out.extend_from_slice(&part);
-        }
-    }
-}
-
-fn volume_of(store: &BlobStore, key: BlobKey) -> u64 {
-    match store.stat(key).unwrap().unwrap().location {
-        Location::Volume { volume, .. } => volume,
-        Location::DataFile => panic!("{key} has a data file"),
-    }
+    common::read_range(store, key, 0, u64::MAX).await
 }
 
 /// The store's block size is a setting (`block_size` in the config). After it changes, the

@@ -9,60 +9,16 @@ use bytes::Bytes;
 use sluice_blob::record::Location;
 use sluice_blob::volume::RecordKind;
 use sluice_blob::volume_file::VolumeFile;
-use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, VolumeOptions};
+use sluice_blob::{BlobError, BlobStore, BlobStoreOptions};
 use sluice_proto::BlobKey;
 use sluice_testkit::small_disk::SmallDisk;
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
+mod common;
+use common::{pattern, put, read_range as read, volume_of};
 
-/// Volumes of `volume_size`, 1000-byte blocks, compaction only when a test asks.
+/// Volumes of `volume_size`, 1000-byte blocks.
 fn volumes_of(volume_size: u64) -> BlobStoreOptions {
-    BlobStoreOptions {
-        block_size: 1000,
-        volumes: Some(VolumeOptions {
-            max_file: 64 << 10,
-            volume_size,
-            compact_interval: Duration::from_secs(3600),
-            compact_rate: 1 << 30,
-            ..VolumeOptions::default()
-        }),
-        ..BlobStoreOptions::default()
-    }
-}
-
-async fn put(store: &BlobStore, data: &[u8]) -> BlobKey {
-    let key = store.new_key().unwrap();
-    let mut w = store.writer(key, "image/jpeg".into(), u64::MAX);
-    w.write(Bytes::copy_from_slice(data)).await.unwrap();
-    w.commit().await.unwrap();
-    key
-}
-
-async fn read(store: &BlobStore, key: BlobKey, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
-    let r = store.open_reader(key)?.ok_or(BlobError::Deleted)?;
-    let mut out = Vec::new();
-    let mut at = start;
-    loop {
-        let chunk = r.read_chunk(at, end, sluice_blob::CHUNK_BYTES).await?;
-        if chunk.is_empty() {
-            return Ok(out);
-        }
-        for part in chunk {
-            at += part.len() as u64;
-            out.extend_from_slice(&part);
-        }
-    }
-}
-
-fn volume_of(store: &BlobStore, key: BlobKey) -> u64 {
-    match store.stat(key).unwrap().unwrap().location {
-        Location::Volume { volume, .. } => volume,
-        Location::DataFile => panic!("{key} has a data file"),
-    }
+    common::with_volumes(1000, volume_size)
 }
 
 fn records_on_disk(
