@@ -80,6 +80,9 @@ pub(crate) enum IndexOp {
         /// The last record sequence number the batch used.
         sequence: u64,
         items: Vec<VolumeItem>,
+        /// Told (or dropped) once the batch's commit is over, whichever way it went: the
+        /// volume writer waits for it before its next append.
+        settled: Option<std::sync::mpsc::SyncSender<()>>,
     },
     /// Forgets a volume nothing lives in any more (a compacted one): `false` if something does.
     DropVolume { volume: u64, done: Reply<bool> },
@@ -579,6 +582,7 @@ enum Outcome {
     Adopted(Reply<Adoption>, Result<Adoption, BlobError>),
     Removed(Reply<Option<BlobMeta>>, Option<BlobMeta>),
     Done(Reply<bool>, bool),
+    Settled(std::sync::mpsc::SyncSender<()>),
 }
 
 impl Outcome {
@@ -587,6 +591,7 @@ impl Outcome {
             Outcome::Adopted(done, result) => drop(done.send(result)),
             Outcome::Removed(done, old) => drop(done.send(Ok(old))),
             Outcome::Done(done, flag) => drop(done.send(Ok(flag))),
+            Outcome::Settled(settled) => drop(settled.send(())),
         }
     }
 
@@ -595,6 +600,7 @@ impl Outcome {
             Outcome::Adopted(done, _) => drop(done.send(Err(error))),
             Outcome::Removed(done, _) => drop(done.send(Err(error))),
             Outcome::Done(done, _) => drop(done.send(Err(error))),
+            Outcome::Settled(settled) => drop(settled.send(())),
         }
     }
 }
@@ -746,7 +752,11 @@ impl Tx<'_> {
                 end,
                 sequence,
                 items,
+                settled,
             } => {
+                if let Some(settled) = settled {
+                    outcomes.push(Outcome::Settled(settled));
+                }
                 let row = self.row(volume)?;
                 row.end = row.end.max(end);
                 self.sequence = self.sequence.max(sequence);

@@ -3,9 +3,9 @@
 //! batch, so concurrent uploads share one write and one `fdatasync` ([`VolumeFile::append`]).
 //!
 //! The writer does not answer callers itself: it hands each batch that reached the disk to
-//! `on_batch` (the store sends it to the index, whose commit answers them), and goes on with
-//! the next batch while that commit runs; so the volume's `fdatasync` and the index's commit
-//! overlap. A failed batch answers its callers through [`Pending::failed`].
+//! `on_batch` (the store sends it to the index, whose commit answers them, and returns once
+//! that commit is over); what arrives meanwhile gathers for the next batch. A failed batch
+//! answers its callers through [`Pending::failed`].
 //!
 //! When the active volume reaches its size, the writer seals it (appends nothing more to it)
 //! and goes on in a new one.
