@@ -630,7 +630,11 @@ fn concurrent_small_uploads_reach_the_peer_in_batches_and_every_201_is_on_both()
                     );
                     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
                     let id = v["fileid"].as_str().unwrap().to_owned();
-                    let (status, _, got) = get(&format!("{b_url}/v1/files/{id}"), &[]);
+                    // b's own copy (the public route would fetch it from a).
+                    let (status, _, got) = get(
+                        &format!("{b_url}/v1/internal/blobs/{id}"),
+                        &["-H", &format!("sluice-cluster-secret: {SECRET}")],
+                    );
                     assert_eq!(status, "200", "{id} acknowledged but not on the peer");
                     assert!(got == body, "{id} differs on the peer");
                     files.lock().unwrap().push(id);
@@ -659,4 +663,117 @@ fn concurrent_small_uploads_reach_the_peer_in_batches_and_every_201_is_on_both()
     // And the peer stored them in shared volume appends.
     let appends = metric(&b, "sluice_volume_batches_total");
     assert!(appends < 192, "{appends} appends for 192 replicas");
+}
+
+/// `n` concurrent uploads of `size` bytes to `url`: each one's status and seconds taken.
+fn concurrent_uploads(url: &str, n: usize, size: usize) -> Vec<(String, f64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let file = dir.path().join(format!("{i}"));
+            let mut body = vec![(i % 251) as u8; size];
+            body[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            std::fs::write(&file, body).unwrap();
+            let url = url.to_owned();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let out = curl(&[
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "120",
+                    "--data-binary",
+                    &format!("@{}", file.display()),
+                    &format!("{url}/v1/files"),
+                ]);
+                (
+                    String::from_utf8_lossy(&out.stdout).into_owned(),
+                    started.elapsed().as_secs_f64(),
+                )
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// A frozen peer (SIGSTOP: the kernel takes connections, nothing answers) costs each upload at
+/// most about one `replication_timeout`, however many batches queue for it: a replica's
+/// deadline counts from when it is queued, not from when its batch leaves.
+#[test]
+fn a_frozen_peer_holds_small_uploads_no_longer_than_the_replication_timeout() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let t = tracker(dirs[0].path());
+    let a = storage_with(dirs[1].path(), &t, "replication_timeout = \"3s\"\n");
+    let b = storage(dirs[2].path(), "g1", &[&t], Some(SECRET));
+    wait_for("a and b active", WAIT, || {
+        states(&t).iter().filter(|(_, _, s)| s == "active").count() == 2
+    });
+    // 1 MB files: 8 to a batch, so 48 uploads make 6 batches, two waves of the 4 a peer may
+    // have under way. Counted from the batch's departure, the second wave would wait two
+    // timeouts.
+    let well = concurrent_uploads(&a.url, 48, 1_000_000);
+    assert!(well.iter().all(|(s, _)| s == "201"), "{well:?}");
+    let well_max = well.iter().map(|r| r.1).fold(0.0, f64::max);
+    b.signal("STOP");
+    let frozen = concurrent_uploads(&a.url, 48, 1_000_000);
+    b.signal("CONT");
+    assert!(frozen.iter().all(|(s, _)| s == "201"), "{frozen:?}");
+    let frozen_max = frozen.iter().map(|r| r.1).fold(0.0, f64::max);
+    assert!(
+        frozen_max < well_max + 3.0 + 1.5,
+        "with a 3 s replication_timeout an upload took {frozen_max:.1} s while the peer was frozen ({well_max:.1} s at most with it well)"
+    );
+}
+
+/// Something that answers 404 at a peer's address for a while (another role on its port, an
+/// older build) turns batching off for that peer only for a few seconds: once the peer is
+/// back, its small replicas go in batches again.
+#[test]
+fn batching_resumes_after_a_peer_address_answered_404_for_a_while() {
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let t = tracker(dirs[0].path());
+    let a = storage(dirs[1].path(), "g1", &[&t], Some(SECRET));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [("SLUICE_CLUSTER_SECRET", SECRET)];
+    let b = Served::storage_at(dirs[2].path(), "g1", &[&t.url], &listen, &[], &env);
+    wait_for("a and b active", WAIT, || {
+        states(&t).iter().filter(|(_, _, s)| s == "active").count() == 2
+    });
+    drop(b);
+    // A tracker at b's address answers 404 to the batch route.
+    let stand_in = Served::spawn(
+        &[
+            "tracker",
+            "--http",
+            &listen,
+            "--data",
+            dirs[3].path().to_str().unwrap(),
+        ],
+        &env,
+    );
+    assert_eq!(concurrent_uploads(&a.url, 1, 5000)[0].0, "201");
+    drop(stand_in);
+    let b = Served::storage_at(dirs[2].path(), "g1", &[&t.url], &listen, &[], &env);
+    wait_for("a and b active again", WAIT, || {
+        states(&t).iter().filter(|(_, _, s)| s == "active").count() == 2
+    });
+    wait_for("small replicas to reach b in batches again", WAIT, || {
+        assert!(
+            concurrent_uploads(&a.url, 4, 5000)
+                .iter()
+                .all(|(s, _)| s == "201")
+        );
+        metric(
+            &b,
+            "sluice_http_requests_total{route=\"/v1/internal/replicas\",method=\"POST\",status=\"200\"}",
+        ) > 0
+    });
 }

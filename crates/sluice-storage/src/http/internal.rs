@@ -74,6 +74,9 @@ pub(crate) async fn put_replica(
 /// Bytes a replica batch's body may hold at most: the sender's 8 MiB of files (one file of up
 /// to 1 MiB may pass it) and the records' headers.
 const MAX_BATCH_BODY: usize = (10 << 20) + replicas::MAX_RECORDS * 600;
+/// Replica batches received at once by this process (about 10 MiB each at most); the rest
+/// wait their turn.
+const BATCHES_AT_ONCE: usize = 16;
 
 /// `POST /v1/internal/replicas`: a batch of small replicas (format in
 /// `sluice_proto::replicas`). They are stored together, so they share one volume append and
@@ -82,6 +85,10 @@ pub(crate) async fn put_replicas(
     State(state): State<StorageState>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    // Each batch is held whole in memory: a few at a time (more wait), so the memory they take
+    // stays bounded whatever peers send.
+    static RECEIVING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BATCHES_AT_ONCE);
+    let _turn = RECEIVING.acquire().await.map_err(|_| ApiError::Internal)?;
     let idle = state.config().body_idle_timeout;
     let mut body = request.into_body().into_data_stream();
     let mut bytes = bytes::BytesMut::new();

@@ -149,6 +149,7 @@ impl Replication {
         )
         .inspect_err(|e| tracing::error!(error = %e, "cannot start the catch-up progress writer"))
         .ok();
+        let batchers = batch::Batchers::new(config.timeout);
         Ok(Self {
             config,
             node_id,
@@ -163,7 +164,7 @@ impl Replication {
             pullers: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
             advertise,
-            batchers: batch::Batchers::default(),
+            batchers,
         })
     }
 
@@ -256,9 +257,10 @@ impl Replication {
         {
             return;
         }
-        self.pullers
-            .lock_or_recover()
-            .insert(id.to_owned(), (url.to_owned(), std::time::Instant::now()));
+        let mut pullers = self.pullers.lock_or_recover();
+        // Those not heard from lately are no targets any more: forget them.
+        pullers.retain(|_, (_, seen)| seen.elapsed() < PULLER_TTL);
+        pullers.insert(id.to_owned(), (url.to_owned(), std::time::Instant::now()));
     }
 
     pub fn min_copies(&self) -> usize {
@@ -365,6 +367,8 @@ impl Replication {
                         ));
                     }
                     batch::Sent::Failed(why) => return Err(why),
+                    // (Never out of `send`, which queues again.)
+                    batch::Sent::Closed => return Err("the replica queue closed".into()),
                     // A peer of an older build: one request for this file.
                     batch::Sent::Unsupported => {}
                 }
