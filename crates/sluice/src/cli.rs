@@ -43,6 +43,21 @@ pub enum Command {
     Sign(SignArgs),
 }
 
+impl Command {
+    /// Whether this is a client command (it talks to servers and prints results) rather than a
+    /// server role.
+    pub fn is_client(&self) -> bool {
+        !matches!(
+            self,
+            Command::Serve(_)
+                | Command::Live(_)
+                | Command::Tracker(_)
+                | Command::Storage(_)
+                | Command::Edge(_)
+        )
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Data directory (created if missing).

@@ -18,6 +18,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if cli.command.is_client() {
+        end_quietly_on_a_closed_pipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -52,6 +55,16 @@ async fn run(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Stat(args) => client_cmds::stat(args).await,
         cli::Command::Bench(args) => client_cmds::bench(args).await,
         cli::Command::Sign(args) => client_cmds::sign(args),
+    }
+}
+
+/// A client command whose output is read by something that goes away (`sluice bench --json |
+/// head`) ends there quietly, as Unix tools do, instead of panicking in `println!`. Server
+/// roles keep SIGPIPE ignored: a client hanging up must never stop a server.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
