@@ -15,6 +15,17 @@ async fn read(store: &BlobStore, key: BlobKey) -> Result<Vec<u8>, BlobError> {
     common::read_range(store, key, 0, u64::MAX).await
 }
 
+/// A closed store with two files of 15 KB, each in a volume of its own (10 KB volumes).
+async fn two_files_in_two_volumes() -> (tempfile::TempDir, BlobKey, BlobKey) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), options(1000, 10_000)).unwrap();
+    let a = put(&store, &pattern(15_000, 1)).await;
+    let b = put(&store, &pattern(15_000, 2)).await;
+    assert_ne!(volume_of(&store, a), volume_of(&store, b));
+    store.close().await;
+    (dir, a, b)
+}
+
 /// The store's block size is a setting (`block_size` in the config). After it changes, the
 /// reopened active volume still has the old block size in its header, and `append` lays every
 /// record out in the volume's block size, while the index records the writer's (new) block
@@ -88,15 +99,7 @@ async fn compaction_after_a_block_size_change_keeps_files_readable() {
 /// A damaged volume should be treated like a short one (its files repaired from peers).
 #[tokio::test]
 async fn a_damaged_volume_header_does_not_stop_the_store_opening() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b);
-    {
-        let store = BlobStore::open(dir.path(), options(1000, 10_000)).unwrap();
-        a = put(&store, &pattern(15_000, 1)).await;
-        b = put(&store, &pattern(15_000, 2)).await;
-        assert_ne!(volume_of(&store, a), volume_of(&store, b));
-        store.close().await;
-    }
+    let (dir, a, b) = two_files_in_two_volumes().await;
     let path = sluice_blob::volume_paths(dir.path()).unwrap().remove(0);
     let mut raw = std::fs::read(&path).unwrap();
     raw[9] ^= 1;
@@ -469,15 +472,7 @@ async fn a_lost_index_stops_the_open_and_leaves_every_volume_alone() {
 /// records are refused as damaged, never served as another file's bytes.
 #[tokio::test]
 async fn a_volume_under_another_volumes_name_is_refused_as_damaged() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b);
-    {
-        let store = BlobStore::open(dir.path(), options(1000, 10_000)).unwrap();
-        a = put(&store, &pattern(15_000, 1)).await;
-        b = put(&store, &pattern(15_000, 2)).await;
-        assert_ne!(volume_of(&store, a), volume_of(&store, b));
-        store.close().await;
-    }
+    let (dir, a, b) = two_files_in_two_volumes().await;
     let paths = sluice_blob::volume_paths(dir.path()).unwrap();
     // Volume 1's bytes under volume 2's name: the same layout, so every block checksum holds.
     std::fs::copy(&paths[0], &paths[1]).unwrap();

@@ -13,6 +13,9 @@ use sluice_blob::{BlobError, BlobStore, BlobStoreOptions};
 use sluice_proto::BlobKey;
 use sluice_testkit::small_disk::SmallDisk;
 
+/// How often a test re-checks a condition it waits for.
+const POLL: Duration = Duration::from_millis(50);
+
 mod common;
 use common::{pattern, put, read_range as read, volume_of};
 
@@ -485,7 +488,7 @@ async fn a_full_disk_refuses_uploads_keeps_the_volume_whole_and_resumes() {
             Ok(_) => break key,
             Err(e) => {
                 assert!(std::time::Instant::now() < deadline, "never resumed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(POLL).await;
             }
         }
     };
