@@ -153,23 +153,30 @@ impl Volumes {
         }
         on_disk.sort_unstable();
         let newest_known = known.last().map(|(id, _)| *id);
+        let unknown: Vec<u64> = on_disk
+            .iter()
+            .copied()
+            .filter(|id| !known.iter().any(|(k, _)| k == id))
+            .collect();
+        // A volume the index does not know is one compaction dropped (below the newest known
+        // id) or one created whose first batch never committed (above it): nothing in either
+        // is acknowledged. But with a new index, the index is what was lost: the volumes hold
+        // every file, and nothing may be touched (checked for all before any is removed).
+        if !index_existed {
+            for id in &unknown {
+                let path = volume_path(&dir, *id);
+                if has_records(&path)? {
+                    return Err(BlobError::WrongFormat(format!(
+                        "{} holds files but the index ({}) is new: it was lost or replaced. Restore it; nothing was changed",
+                        path.display(),
+                        root.join("index.redb").display()
+                    )));
+                }
+            }
+        }
         let mut removed_any = false;
-        for id in &on_disk {
-            if known.iter().any(|(k, _)| k == id) {
-                continue;
-            }
+        for id in &unknown {
             let path = volume_path(&dir, *id);
-            // A volume the index does not know is one compaction dropped (below the newest
-            // known id) or one created whose first batch never committed (above it): nothing
-            // in either is acknowledged. But with no index at all, the index is what was lost:
-            // the volumes hold every file, and must not be touched.
-            if !index_existed && has_records(&path)? {
-                return Err(BlobError::WrongFormat(format!(
-                    "{} holds files but the index ({}) is new: it was lost or replaced. Restore it; nothing was changed",
-                    path.display(),
-                    root.join("index.redb").display()
-                )));
-            }
             let why = match newest_known {
                 Some(newest) if *id < newest => "compacted, and dropped from the index",
                 _ => "never committed",
