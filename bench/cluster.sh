@@ -5,30 +5,20 @@
 #   bench/cluster.sh [REQUESTS] [CONNECTIONS]      (default 20000 requests, 32 connections)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 requests=${1:-20000}
 conns=${2:-32}
 
-cargo build --release --quiet -p sluice
-SLUICE="${CARGO_TARGET_DIR:-$PWD/target}/release/sluice"
-work=$(mktemp -d "${SLUICE_BENCH_DIR:-${CARGO_TARGET_DIR:-$PWD/target}}/cluster.XXXXXX")
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  grep -h -E "ERROR|WARN" "$work"/*.log 2>/dev/null | sort | uniq -c | sort -rn | head -5 >&2 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_setup cluster
 up() { for _ in $(seq 200); do curl -sf "$1/healthz" >/dev/null && return; sleep 0.05; done; echo "$1 did not start" >&2; exit 1; }
 export SLUICE_CLUSTER_SECRET=bench-secret
 
-single="http://127.0.0.1:$(port)"
+single="http://127.0.0.1:$(free_port)"
 "$SLUICE" serve --data "$work/single" --http "${single#http://}" 2>"$work/single.log" & pids+=($!)
-tracker="http://127.0.0.1:$(port)"
+tracker="http://127.0.0.1:$(free_port)"
 "$SLUICE" tracker --http "${tracker#http://}" --data "$work/tracker" 2>"$work/tracker.log" & pids+=($!)
 up "$single"; up "$tracker"
-a="http://127.0.0.1:$(port)"; b="http://127.0.0.1:$(port)"
+a="http://127.0.0.1:$(free_port)"; b="http://127.0.0.1:$(free_port)"
 "$SLUICE" storage --group g1 --tracker "$tracker" --http "${a#http://}" --data "$work/a" --heartbeat-interval-ms 200 2>"$work/a.log" & pids+=($!)
 "$SLUICE" storage --group g1 --tracker "$tracker" --http "${b#http://}" --data "$work/b" --heartbeat-interval-ms 200 2>"$work/b.log" & pids+=($!)
 up "$a"; up "$b"

@@ -15,18 +15,14 @@ conns=${2:-32}
 round=${3:-2}
 ensure_tools wrk=wrk
 
-cargo build --release --quiet -p sluice
-SLUICE="${CARGO_TARGET_DIR:-$PWD/target}/release/sluice"
-work=$(mktemp -d "${SLUICE_BENCH_DIR:-${CARGO_TARGET_DIR:-$PWD/target}}/compaction.XXXXXX")
-pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+bench_setup compaction
 port=$(free_port)
 url="http://127.0.0.1:$port"
 start() { # COMPACT_INTERVAL
   printf 'volume_size = "64MiB"\ncompact_interval = "%s"\n' "$1" >"$work/sluice.toml"
   "$SLUICE" serve --data "$work/data" --http "127.0.0.1:$port" --config "$work/sluice.toml" 2>>"$work/serve.log" &
   pid=$!
+  pids+=("$pid")
   for _ in $(seq 100); do curl -sf "$url/healthz" >/dev/null && return; sleep 0.1; done
   echo "sluice serve did not start:" >&2; tail -3 "$work/serve.log" >&2
   exit 1

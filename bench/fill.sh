@@ -17,16 +17,7 @@ conns=${2:-32}
 rounds=${3:-3}
 probe=20000
 
-cargo build --release --quiet -p sluice
-SLUICE="${CARGO_TARGET_DIR:-$PWD/target}/release/sluice"
-work=$(mktemp -d "${SLUICE_BENCH_DIR:-${CARGO_TARGET_DIR:-$PWD/target}}/fill.XXXXXX")
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_setup fill
 start() { # NAME: sets url[NAME]
   local port
   port=$(free_port)

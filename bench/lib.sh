@@ -54,3 +54,22 @@ print(f"{size:<6}  {ar/n:12.1f} {br/n:12.1f}  {am/n:10.1f} {bm/n:10.1f}  req/s {
 PY
   done
 }
+
+# `bench_setup NAME`: builds the release binary (SLUICE), makes a working directory under
+# target/ (work), and on exit kills every process in `pids`, prints the servers' most frequent
+# warnings (from work/*.log) and removes the directory.
+bench_setup() {
+  cargo build --release --quiet -p sluice
+  SLUICE="${CARGO_TARGET_DIR:-$PWD/target}/release/sluice"
+  work=$(mktemp -d "${SLUICE_BENCH_DIR:-${CARGO_TARGET_DIR:-$PWD/target}}/$1.XXXXXX")
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  grep -h -E "ERROR|WARN" "$work"/*.log 2>/dev/null | sort | uniq -c | sort -rn | head -5 >&2 || true
+  rm -rf "$work"
+}

@@ -12,17 +12,7 @@ requests=${1:-30000}
 conns=${2:-32}
 size=${3:-5KB}
 
-cargo build --release --quiet -p sluice
-SLUICE="${CARGO_TARGET_DIR:-$PWD/target}/release/sluice"
-work=$(mktemp -d "${SLUICE_BENCH_DIR:-${CARGO_TARGET_DIR:-$PWD/target}}/volumes.XXXXXX")
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  grep -h -E "ERROR|WARN" "$work"/*.log 2>/dev/null | sort | uniq -c | sort -rn | head -5 >&2 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_setup volumes
 up() { for _ in $(seq 200); do curl -sf "$1/healthz" >/dev/null && return; sleep 0.05; done; echo "$1 did not start" >&2; exit 1; }
 # CPU seconds (user + system) a process has used so far.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
