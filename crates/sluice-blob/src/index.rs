@@ -21,22 +21,28 @@ use sluice_state::{LockRecover, RwLockRecover};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::BlobError;
-use crate::record::{BlobMeta, Location};
+use crate::idx_logs::IdxLogs;
+use crate::record::{BlobMeta, BlobState, Location};
+use crate::volume_map::{IdxEntry, Slot, VolumeMap};
+use crate::volumes::VolumeFiles;
 
 pub(crate) const BLOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blobs");
-const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// Every put and delete this node applied, in order: what peers pull to catch up.
 const OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
 /// Keys deleted here, forever (keys are never reused): a late replica of one is refused, so a
 /// peer that missed the delete cannot bring the file back.
-const TOMBSTONES: TableDefinition<&[u8], u64> = TableDefinition::new("tombstones");
+pub(crate) const TOMBSTONES: TableDefinition<&[u8], u64> = TableDefinition::new("tombstones");
 /// Volume id -> [`VolumeRow`].
-const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
+pub(crate) const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 const FILES: &str = "files";
 /// The last sequence number a committed volume record used.
 const VOLUME_SEQUENCE: &str = "volume_sequence";
 const BYTES: &str = "bytes";
 const OPLOG_HEAD: &str = "oplog_head";
+/// Set once files in volumes are indexed by the volume map (before, their entries were in
+/// `BLOBS`, and the first open moves them; see `crate::map_load`).
+pub(crate) const VOLUME_MAP: &str = "volume_map";
 
 const MAX_BATCH: usize = 512;
 const QUEUE_DEPTH: usize = 4096;
@@ -86,6 +92,12 @@ pub(crate) enum IndexOp {
     },
     /// Forgets a volume nothing lives in any more (a compacted one): `false` if something does.
     DropVolume { volume: u64, done: Reply<bool> },
+    /// Loads the volume map (from the index logs and the volumes), once the volumes are open.
+    /// (Answered over a std channel: the store's open, which asks, may be on a runtime thread.)
+    LoadVolumeMap {
+        checkpoint_entries: u64,
+        done: std::sync::mpsc::SyncSender<Result<crate::map_load::Loaded, BlobError>>,
+    },
     /// Points `key` at the same file's bytes elsewhere (a repaired volume record's new data
     /// file), if the index still has it at `from`.
     Relocate {
@@ -137,25 +149,45 @@ pub struct VolumeRow {
     pub end: u64,
     pub live_bytes: u64,
     pub live_records: u64,
+    /// How much of the volume's index log the last checkpoint synced (v2).
+    pub idx_len: u64,
+    /// Up to where the volume's records are in the index logs as of that checkpoint: a
+    /// restart reads the records from here to `end` again (v2; 0 in v1 rows).
+    pub covered: u64,
 }
 
 const VOLUME_ROW_V1: u8 = 1;
+const VOLUME_ROW_V2: u8 = 2;
 
 impl VolumeRow {
-    fn encode(&self) -> [u8; 25] {
-        let mut out = [0u8; 25];
-        out[0] = VOLUME_ROW_V1;
-        out[1..9].copy_from_slice(&self.end.to_le_bytes());
-        out[9..17].copy_from_slice(&self.live_bytes.to_le_bytes());
-        out[17..25].copy_from_slice(&self.live_records.to_le_bytes());
+    pub(crate) fn encode(&self) -> [u8; 41] {
+        let mut out = [0u8; 41];
+        out[0] = VOLUME_ROW_V2;
+        for (i, v) in [
+            self.end,
+            self.live_bytes,
+            self.live_records,
+            self.idx_len,
+            self.covered,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out[1 + i * 8..9 + i * 8].copy_from_slice(&v.to_le_bytes());
+        }
         out
     }
 
-    fn decode(raw: &[u8]) -> Result<Self, BlobError> {
-        let [VOLUME_ROW_V1, rest @ ..] = raw else {
-            return Err(BlobError::BadRecord);
+    pub(crate) fn decode(raw: &[u8]) -> Result<Self, BlobError> {
+        let (fields, rest) = match raw.split_first() {
+            Some((&VOLUME_ROW_V1, rest)) => (3, rest),
+            Some((&VOLUME_ROW_V2, rest)) => (5, rest),
+            _ => return Err(BlobError::BadRecord),
         };
         let field = |i: usize| -> Result<u64, BlobError> {
+            if i >= fields {
+                return Ok(0);
+            }
             rest.get(i * 8..i * 8 + 8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes)
@@ -165,6 +197,8 @@ impl VolumeRow {
             end: field(0)?,
             live_bytes: field(1)?,
             live_records: field(2)?,
+            idx_len: field(3)?,
+            covered: field(4)?,
         })
     }
 
@@ -180,6 +214,9 @@ pub(crate) struct Index {
     db: Arc<DbSlot>,
     ops: mpsc::Sender<IndexOp>,
     pub counters: Arc<StoreCounters>,
+    /// Where each file kept in a volume is (the rest are in `BLOBS`).
+    pub(crate) map: Arc<VolumeMap>,
+    pub(crate) files: Arc<VolumeFiles>,
     /// Why writes fail, while they do.
     trouble: Arc<Mutex<Option<Trouble>>>,
 }
@@ -258,7 +295,10 @@ impl DbSlot {
 
 impl Index {
     /// Opens (or creates) the index and starts its writer thread. Blocking.
-    pub fn open(path: &Path) -> Result<(Self, std::thread::JoinHandle<()>), BlobError> {
+    pub fn open(
+        path: &Path,
+        files: Arc<VolumeFiles>,
+    ) -> Result<(Self, std::thread::JoinHandle<()>), BlobError> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         let counters = StoreCounters::default();
@@ -290,10 +330,14 @@ impl Index {
         let counters = Arc::new(counters);
         let trouble = Arc::new(Mutex::new(None));
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let map = Arc::new(VolumeMap::default());
         let writer = Writer {
             slot: slot.clone(),
             counters: counters.clone(),
             trouble: trouble.clone(),
+            map: map.clone(),
+            files: files.clone(),
+            logs: IdxLogs::new(files.dir().to_owned()),
         };
         let handle = std::thread::Builder::new()
             .name("sluice-index-writer".into())
@@ -304,6 +348,8 @@ impl Index {
                 ops: tx,
                 counters,
                 trouble,
+                map,
+                files,
             },
             handle,
         ))
@@ -360,8 +406,32 @@ impl Index {
         self.ops.clone()
     }
 
-    /// Looks a key up. Blocking (may read from disk).
+    /// Looks a key up: in the volume map (and then its record's header), else in `BLOBS`.
+    /// Blocking (may read from disk).
     pub fn get(&self, key: &BlobKey) -> Result<Option<BlobMeta>, BlobError> {
+        // A volume compacted away between the lookup and the read: the entry moved; look
+        // again (a few times: compactions do not follow each other that fast).
+        for _ in 0..4 {
+            let Some(slot) = self.map.get(key) else {
+                break;
+            };
+            match self.files.meta(key, &slot)? {
+                Some(meta) => return Ok(Some(meta)),
+                None if self.map.get(key) == Some(slot) => {
+                    tracing::error!(%key, volume = slot.volume, "the volume of an indexed file is missing");
+                    return Err(BlobError::Corrupt {
+                        key: *key,
+                        block: 0,
+                    });
+                }
+                None => {}
+            }
+        }
+        self.get_blob(key)
+    }
+
+    /// A key's entry in `BLOBS` (files in data files).
+    fn get_blob(&self, key: &BlobKey) -> Result<Option<BlobMeta>, BlobError> {
         let txn = self.db()?.begin_read()?;
         let table = txn.open_table(BLOBS)?;
         match table.get(key.as_bytes().as_slice())? {
@@ -372,6 +442,19 @@ impl Index {
 
     /// Up to `limit` indexed keys after `after` (from the first when `None`), in key order.
     pub fn keys_after(
+        &self,
+        after: Option<&BlobKey>,
+        limit: usize,
+    ) -> Result<Vec<BlobKey>, BlobError> {
+        let mut out = self.map.keys_after(after, limit);
+        out.extend(self.blob_keys_after(after, limit)?);
+        out.sort_unstable();
+        out.dedup();
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn blob_keys_after(
         &self,
         after: Option<&BlobKey>,
         limit: usize,
@@ -441,10 +524,13 @@ struct Writer {
     slot: Arc<DbSlot>,
     counters: Arc<StoreCounters>,
     trouble: Arc<Mutex<Option<Trouble>>>,
+    map: Arc<VolumeMap>,
+    files: Arc<VolumeFiles>,
+    logs: IdxLogs,
 }
 
 impl Writer {
-    fn run(self, mut rx: mpsc::Receiver<IndexOp>) {
+    fn run(mut self, mut rx: mpsc::Receiver<IndexOp>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             if let Some(trouble) = self.trouble() {
@@ -461,6 +547,14 @@ impl Writer {
                 continue;
             }
             let Some(op) = rx.blocking_recv() else {
+                // Closing: a checkpoint now lets the next open read the logs alone.
+                if self.logs.since_checkpoint > 0 {
+                    if let Ok(db) = self.slot.get() {
+                        if let Err(e) = checkpoint(&db, &self.counters, &mut self.logs) {
+                            tracing::warn!(error = %e, "volume map checkpoint at close failed");
+                        }
+                    }
+                }
                 return;
             };
             batch.push(op);
@@ -472,7 +566,12 @@ impl Writer {
             }
             match self.slot.get() {
                 Ok(db) => {
-                    if let Err(e) = apply_batch(&db, &self.counters, &mut batch) {
+                    let state = MapState {
+                        map: &self.map,
+                        files: &self.files,
+                        logs: &mut self.logs,
+                    };
+                    if let Err(e) = apply_batch(&db, &self.counters, state, &mut batch) {
                         self.set_trouble(Some(Trouble::of(&e)));
                         // redb refuses reads too after a failed commit: open it again so
                         // reads go on while writes wait for room.
@@ -543,6 +642,7 @@ impl IndexOp {
             IndexOp::Insert { done, .. } => drop(done.send(Err(trouble.error()))),
             IndexOp::Remove { done, .. } => drop(done.send(Err(trouble.error()))),
             IndexOp::DropVolume { done, .. } => drop(done.send(Err(trouble.error()))),
+            IndexOp::LoadVolumeMap { done, .. } => drop(done.send(Err(trouble.error()))),
             IndexOp::Relocate { done, .. } => drop(done.send(Err(trouble.error()))),
             IndexOp::Volume { items, .. } => items
                 .into_iter()
@@ -605,6 +705,13 @@ impl Outcome {
     }
 }
 
+/// The volume map and what keeps it: the writer's, lent to each transaction.
+pub(crate) struct MapState<'w> {
+    pub(crate) map: &'w VolumeMap,
+    pub(crate) files: &'w VolumeFiles,
+    pub(crate) logs: &'w mut IdxLogs,
+}
+
 /// One write transaction of the writer, with the counters it moves.
 struct Tx<'t> {
     blobs: redb::Table<'t, &'static [u8], &'static [u8]>,
@@ -618,6 +725,15 @@ struct Tx<'t> {
     /// Volume rows this transaction changed, and those it removed.
     rows: std::collections::BTreeMap<u64, VolumeRow>,
     dropped: Vec<u64>,
+    map: &'t VolumeMap,
+    volume_files: &'t VolumeFiles,
+    /// Changes to the volume map, applied once the transaction commits.
+    staged: std::collections::HashMap<BlobKey, Option<Slot>>,
+    /// Index log entries for those changes, appended once it commits.
+    appends: Vec<(u64, IdxEntry)>,
+    /// A change no volume record says (an entry dropped without one): the logs must be
+    /// synced, and checkpointed, before it is answered.
+    checkpoint_now: bool,
 }
 
 impl Tx<'_> {
@@ -632,19 +748,65 @@ impl Tx<'_> {
         Ok(self.rows.entry(volume).or_default())
     }
 
-    /// Counts a blob's volume record as live (`+1`) or dead (`-1`) in its volume's row.
-    fn tally(&mut self, meta: &BlobMeta, live: bool) -> Result<(), BlobError> {
-        if let Some((volume, len)) = volume_record(meta) {
-            let row = self.row(volume)?;
-            if live {
-                row.live_bytes += len;
-                row.live_records += 1;
-            } else {
-                row.live_bytes = row.live_bytes.saturating_sub(len);
-                row.live_records = row.live_records.saturating_sub(1);
-            }
+    /// Counts a record of `len` bytes in `volume` as live or dead in the volume's row.
+    fn tally(&mut self, volume: u64, len: u64, live: bool) -> Result<(), BlobError> {
+        let row = self.row(volume)?;
+        if live {
+            row.live_bytes += len;
+            row.live_records += 1;
+        } else {
+            row.live_bytes = row.live_bytes.saturating_sub(len);
+            row.live_records = row.live_records.saturating_sub(1);
         }
         Ok(())
+    }
+
+    fn tally_slot(
+        &mut self,
+        slot: &Slot,
+        block_size: Option<u32>,
+        live: bool,
+    ) -> Result<(), BlobError> {
+        let block_size = block_size
+            .or_else(|| self.volume_files.block_size(slot.volume))
+            .unwrap_or(crate::DEFAULT_BLOCK_SIZE);
+        self.tally(slot.volume, slot.record_len(block_size), live)
+    }
+
+    /// Where `key` is in a volume, as of this transaction.
+    fn slot(&self, key: &BlobKey) -> Option<Slot> {
+        match self.staged.get(key) {
+            Some(staged) => *staged,
+            None => self.map.get(key),
+        }
+    }
+
+    /// Moves `key` from `old` to `new` in the volume map (either may be none).
+    fn set_slot(&mut self, key: BlobKey, old: Option<Slot>, new: Option<Slot>) {
+        if let Some(old) = old {
+            self.appends.push((old.volume, IdxEntry::gone(key, &old)));
+        }
+        if let Some(new) = new {
+            self.appends.push((new.volume, IdxEntry::live(key, &new)));
+        }
+        self.staged.insert(key, new);
+    }
+
+    /// The index record of the file at `slot`, from its record's header. A header that
+    /// cannot be read gives what the map knows (a damaged file, repaired from peers).
+    fn slot_meta(&self, key: &BlobKey, slot: &Slot) -> BlobMeta {
+        match self.volume_files.meta(key, slot) {
+            Ok(Some(meta)) => meta,
+            _ => BlobMeta {
+                size: u64::from(slot.size),
+                content_type: String::new(),
+                created_ms: 0,
+                block_size: self.volume_files.block_size(slot.volume).unwrap_or(0),
+                state: BlobState::Complete,
+                sha256: None,
+                location: slot.location(),
+            },
+        }
     }
 
     fn log(&mut self, kind: OpKind, key: &BlobKey) -> Result<(), BlobError> {
@@ -655,6 +817,7 @@ impl Tx<'_> {
     }
 
     /// Stores `meta` under `key` unless the index keeps what it has (see [`supersedes`]).
+    /// A file in a volume goes into the volume map, any other into `BLOBS`.
     fn insert(
         &mut self,
         key: BlobKey,
@@ -666,47 +829,92 @@ impl Tx<'_> {
         }
         // Complete files never change: a second put of a key (a replica arriving twice) is a
         // no-op. Incomplete ones grow (see `supersedes`); each step is logged so peers
-        // catching up fetch the newer version.
-        // One walk of the tree: the new record goes in, and the old one comes back (put back
-        // when it stays: rare, and on a leaf this insert just made dirty).
-        let old = match self.blobs.insert(k, meta.encode().as_slice())? {
-            Some(v) => {
-                let raw = v.value().to_vec();
-                Some((BlobMeta::decode(&raw)?, raw))
+        // catching up fetch the newer version. Files in volumes are complete.
+        if let Some(slot) = self.slot(&key) {
+            return Ok(Ok(Adoption::Kept(self.slot_meta(&key, &slot))));
+        }
+        let adoption = if let Location::Volume {
+            volume,
+            offset,
+            body,
+        } = meta.location
+        {
+            let Ok(size) = u32::try_from(meta.size) else {
+                return Ok(Err(BlobError::BadRecord));
+            };
+            let existing = self.blobs.get(k)?.map(|v| BlobMeta::decode(v.value()));
+            let adoption = match existing {
+                None => Adoption::New,
+                Some(old) => {
+                    let old = old?;
+                    if !supersedes(&meta, &old) {
+                        return Ok(Ok(Adoption::Kept(old)));
+                    }
+                    self.blobs.remove(k)?;
+                    Adoption::Replaced(old)
+                }
+            };
+            let slot = Slot {
+                volume,
+                offset,
+                body,
+                size,
+            };
+            self.set_slot(key, None, Some(slot));
+            self.tally_slot(&slot, Some(meta.block_size), true)?;
+            adoption
+        } else {
+            // One walk of the tree: the new record goes in, and the old one comes back (put
+            // back when it stays: rare, and on a leaf this insert just made dirty).
+            let old = match self.blobs.insert(k, meta.encode().as_slice())? {
+                Some(v) => {
+                    let raw = v.value().to_vec();
+                    Some((BlobMeta::decode(&raw)?, raw))
+                }
+                None => None,
+            };
+            match old {
+                None => Adoption::New,
+                Some((old, _)) if supersedes(&meta, &old) => Adoption::Replaced(old),
+                Some((old, raw)) => {
+                    self.blobs.insert(k, raw.as_slice())?;
+                    return Ok(Ok(Adoption::Kept(old)));
+                }
             }
-            None => None,
         };
-        let adoption = match old {
-            None => {
-                self.files += 1;
-                Adoption::New
-            }
-            Some((old, _)) if supersedes(&meta, &old) => {
-                self.bytes -= old.size;
-                self.tally(&old, false)?;
-                Adoption::Replaced(old)
-            }
-            Some((old, raw)) => {
-                self.blobs.insert(k, raw.as_slice())?;
-                return Ok(Ok(Adoption::Kept(old)));
-            }
-        };
+        match &adoption {
+            Adoption::Replaced(old) => self.bytes -= old.size,
+            _ => self.files += 1,
+        }
         self.bytes += meta.size;
-        self.tally(&meta, true)?;
         self.log(OpKind::Put, &key)?;
         Ok(Ok(adoption))
     }
 
-    fn remove(&mut self, key: BlobKey, tombstone: bool) -> Result<Option<BlobMeta>, BlobError> {
+    /// Removes `key`. `recorded`: a delete record in a volume says so too (else, for a file in
+    /// a volume, the removal is checkpointed before it is answered).
+    fn remove(
+        &mut self,
+        key: BlobKey,
+        tombstone: bool,
+        recorded: bool,
+    ) -> Result<Option<BlobMeta>, BlobError> {
         let k = key.as_bytes().as_slice();
-        let old = match self.blobs.remove(k)? {
-            Some(v) => Some(BlobMeta::decode(v.value())?),
-            None => None,
+        let old = if let Some(slot) = self.slot(&key) {
+            let meta = self.slot_meta(&key, &slot);
+            self.tally_slot(&slot, None, false)?;
+            self.set_slot(key, Some(slot), None);
+            self.checkpoint_now |= !recorded;
+            Some(meta)
+        } else {
+            match self.blobs.remove(k)? {
+                Some(v) => Some(BlobMeta::decode(v.value())?),
+                None => None,
+            }
         };
         if let Some(m) = &old {
             self.files -= 1;
             self.bytes -= m.size;
-            self.tally(m, false)?;
         }
         // Recorded even for a file this node never had, so it is refused later.
         if tombstone && self.tombstones.insert(k, crate::now_ms())?.is_none() {
@@ -724,16 +932,37 @@ impl Tx<'_> {
         meta: BlobMeta,
     ) -> Result<bool, BlobError> {
         let k = key.as_bytes().as_slice();
-        let old = match self.blobs.get(k)? {
-            Some(v) => BlobMeta::decode(v.value())?,
-            None => return Ok(false),
+        let Some(slot) = self.slot(&key) else {
+            // Files in data files do not move (but for the ones a store written before the
+            // volume map may hold: none after its first open).
+            return Ok(false);
         };
-        if old.location != from || old.size != meta.size || old.state != meta.state {
+        if !slot.is_at(from) || u64::from(slot.size) != meta.size || !meta.state.is_complete() {
             return Ok(false);
         }
-        self.tally(&old, false)?;
-        self.blobs.insert(k, meta.encode().as_slice())?;
-        self.tally(&meta, true)?;
+        self.tally_slot(&slot, None, false)?;
+        match meta.location {
+            Location::Volume {
+                volume,
+                offset,
+                body,
+            } => {
+                let new = Slot {
+                    volume,
+                    offset,
+                    body,
+                    size: slot.size,
+                };
+                self.tally_slot(&new, Some(meta.block_size), true)?;
+                self.set_slot(key, Some(slot), Some(new));
+            }
+            Location::DataFile => {
+                self.blobs.insert(k, meta.encode().as_slice())?;
+                self.set_slot(key, Some(slot), None);
+                // No volume record says the file left: the logs must, before the answer.
+                self.checkpoint_now = true;
+            }
+        }
         Ok(true)
     }
 
@@ -746,7 +975,7 @@ impl Tx<'_> {
                 key,
                 tombstone,
                 done,
-            } => outcomes.push(Outcome::Removed(done, self.remove(key, tombstone)?)),
+            } => outcomes.push(Outcome::Removed(done, self.remove(key, tombstone, false)?)),
             IndexOp::Volume {
                 volume,
                 end,
@@ -775,7 +1004,8 @@ impl Tx<'_> {
                             key,
                             tombstone,
                             done,
-                        } => outcomes.push(Outcome::Removed(done, self.remove(key, tombstone)?)),
+                        } => outcomes
+                            .push(Outcome::Removed(done, self.remove(key, tombstone, true)?)),
                     }
                 }
             }
@@ -785,6 +1015,10 @@ impl Tx<'_> {
                 meta,
                 done,
             } => outcomes.push(Outcome::Done(done, self.relocate(key, from, meta)?)),
+            IndexOp::LoadVolumeMap { done, .. } => {
+                // Loaded on its own by the writer (see `apply_batch`); never here.
+                drop(done.send(Err(BlobError::Closed)));
+            }
             IndexOp::DropVolume { volume, done } => {
                 let empty = self.row(volume)?.live_records == 0;
                 if empty {
@@ -799,24 +1033,42 @@ impl Tx<'_> {
     }
 }
 
-/// The volume of a blob kept in one, and the length of its record there.
-pub(crate) fn volume_record(meta: &BlobMeta) -> Option<(u64, u64)> {
-    match meta.location {
-        Location::Volume { volume, body, .. } => Some((
-            volume,
-            u64::from(body) + crate::volume::body_len(meta.size, meta.block_size),
-        )),
-        Location::DataFile => None,
-    }
-}
-
 /// Applies a batch in one transaction and answers each operation; the commit's error, if any,
-/// is also returned (the writer decides what it means for later batches).
+/// is also returned (the writer decides what it means for later batches). Changes to the
+/// volume map are applied, and their log entries appended, between the commit and the
+/// answers.
 fn apply_batch(
     db: &Database,
     counters: &StoreCounters,
+    state: MapState<'_>,
     batch: &mut Vec<IndexOp>,
 ) -> Result<(), BlobError> {
+    // A load runs alone, before anything else of its batch (nothing else can be there: the
+    // store is not open yet).
+    if let Some(at) = batch
+        .iter()
+        .position(|op| matches!(op, IndexOp::LoadVolumeMap { .. }))
+    {
+        if let IndexOp::LoadVolumeMap {
+            checkpoint_entries,
+            done,
+        } = batch.remove(at)
+        {
+            state.logs.checkpoint_every = checkpoint_entries;
+            let loaded = crate::map_load::load(db, counters, state.map, state.files, state.logs);
+            let failed = loaded
+                .as_ref()
+                .err()
+                .map(|e| BlobError::Index(e.to_string()));
+            drop(done.send(loaded));
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+    }
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut committed = None;
     let result = (|| -> Result<(), BlobError> {
@@ -834,6 +1086,11 @@ fn apply_batch(
                 sequence: counters.volume_sequence.load(Ordering::Relaxed),
                 rows: std::collections::BTreeMap::new(),
                 dropped: Vec::new(),
+                map: state.map,
+                volume_files: state.files,
+                staged: std::collections::HashMap::new(),
+                appends: Vec::new(),
+                checkpoint_now: false,
             };
             for op in batch.drain(..) {
                 tx.apply(op, &mut outcomes)?;
@@ -845,29 +1102,47 @@ fn apply_batch(
             counter_table.insert(BYTES, tx.bytes)?;
             counter_table.insert(OPLOG_HEAD, tx.head)?;
             counter_table.insert(VOLUME_SEQUENCE, tx.sequence)?;
-            committed = Some((
-                tx.files,
-                tx.bytes,
-                tx.sequence,
-                std::mem::take(&mut tx.rows),
-                std::mem::take(&mut tx.dropped),
-            ));
+            committed = Some(Committed {
+                files: tx.files,
+                bytes: tx.bytes,
+                sequence: tx.sequence,
+                rows: std::mem::take(&mut tx.rows),
+                dropped: std::mem::take(&mut tx.dropped),
+                staged: std::mem::take(&mut tx.staged),
+                appends: std::mem::take(&mut tx.appends),
+                checkpoint_now: tx.checkpoint_now,
+            });
         }
         txn.commit()?;
         Ok(())
     })();
     match result {
         Ok(()) => {
-            if let Some((files, bytes, sequence, rows, dropped)) = committed {
-                counters.files.store(files, Ordering::Relaxed);
-                counters.bytes.store(bytes, Ordering::Relaxed);
-                counters.volume_sequence.store(sequence, Ordering::Relaxed);
-                let mut known = counters.volumes.lock_or_recover();
-                for (id, row) in rows {
-                    known.insert(id, row);
+            if let Some(c) = committed {
+                counters.files.store(c.files, Ordering::Relaxed);
+                counters.bytes.store(c.bytes, Ordering::Relaxed);
+                counters
+                    .volume_sequence
+                    .store(c.sequence, Ordering::Relaxed);
+                {
+                    let mut known = counters.volumes.lock_or_recover();
+                    for (id, row) in c.rows {
+                        known.insert(id, row);
+                    }
+                    for id in &c.dropped {
+                        known.remove(id);
+                    }
                 }
-                for id in dropped {
-                    known.remove(&id);
+                state.map.apply(c.staged);
+                state.logs.append(&c.appends);
+                for id in c.dropped {
+                    state.logs.forget(id);
+                }
+                if c.checkpoint_now || state.logs.due() {
+                    if let Err(e) = checkpoint(db, counters, state.logs) {
+                        // The map is right; a restart reads more of the volumes again.
+                        tracing::warn!(error = %e, "volume map checkpoint failed");
+                    }
                 }
             }
             outcomes.into_iter().for_each(Outcome::answer);
@@ -884,6 +1159,49 @@ fn apply_batch(
             Err(e)
         }
     }
+}
+
+/// What a committed transaction changes outside redb.
+struct Committed {
+    files: u64,
+    bytes: u64,
+    sequence: u64,
+    rows: std::collections::BTreeMap<u64, VolumeRow>,
+    dropped: Vec<u64>,
+    staged: std::collections::HashMap<BlobKey, Option<Slot>>,
+    appends: Vec<(u64, IdxEntry)>,
+    checkpoint_now: bool,
+}
+
+/// Syncs the index logs, then records in every volume's row how much of its log that made
+/// durable and that all its committed records are in the logs: what a restart trusts.
+pub(crate) fn checkpoint(
+    db: &Database,
+    counters: &StoreCounters,
+    logs: &mut IdxLogs,
+) -> Result<(), BlobError> {
+    let synced: std::collections::HashMap<u64, u64> = logs.sync()?.into_iter().collect();
+    let mut rows = counters.volumes.lock_or_recover().clone();
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(VOLUMES)?;
+        for (id, row) in rows.iter_mut() {
+            if let Some(len) = synced.get(id) {
+                row.idx_len = *len;
+            }
+            row.covered = row.end;
+            table.insert(*id, row.encode().as_slice())?;
+        }
+    }
+    txn.commit()?;
+    let mut known = counters.volumes.lock_or_recover();
+    for (id, row) in rows {
+        if let Some(current) = known.get_mut(&id) {
+            current.idx_len = row.idx_len;
+            current.covered = row.covered;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,10 +24,13 @@ pub mod layout;
 pub mod record;
 pub mod volume;
 pub mod volume_file;
+pub mod volume_map;
 pub mod volume_writer;
 pub mod volumes;
 
+mod idx_logs;
 mod index;
+mod map_load;
 mod reader;
 mod sweep;
 mod writer;
@@ -44,6 +47,7 @@ use crate::record::Location;
 
 pub use hot::{HotCache, HotCacheLimits, HotFile};
 pub use index::{Adoption, OpKind, OplogEntry, StoreCounters};
+pub use map_load::Loaded as VolumeMapLoad;
 pub use reader::{BlobReader, CHUNK_BYTES, Chunk};
 pub use record::{BlobMeta, BlobState, SHA256_LEN};
 pub use sweep::{data_file_paths, temp_file_paths, walk_data_files};
@@ -153,6 +157,9 @@ impl From<redb::Error> for BlobError {
     }
 }
 
+/// The block size a store uses unless told otherwise.
+pub const DEFAULT_BLOCK_SIZE: u32 = 64 * 1024;
+
 /// Tunables of a store.
 #[derive(Debug, Clone)]
 pub struct BlobStoreOptions {
@@ -168,7 +175,7 @@ pub struct BlobStoreOptions {
 impl Default for BlobStoreOptions {
     fn default() -> Self {
         Self {
-            block_size: 64 * 1024,
+            block_size: DEFAULT_BLOCK_SIZE,
             hot_cache: HotCacheLimits::default(),
             volumes: Some(VolumeOptions::default()),
         }
@@ -193,6 +200,8 @@ struct Inner {
     /// Set by `close` so background work (the sweep) lets go of the store.
     closing: std::sync::atomic::AtomicBool,
     volumes: Option<volumes::Volumes>,
+    /// What loading the volume map found when the store opened.
+    map_load: Option<VolumeMapLoad>,
     /// Dropped by `close` to stop the compaction thread.
     compaction_stop: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
 }
@@ -214,7 +223,8 @@ impl BlobStore {
             std::fs::File::open(root)?.sync_all()?;
         }
         let index_existed = root.join("index.redb").exists();
-        let (index, writer) = index::Index::open(&root.join("index.redb"))?;
+        let volume_files = Arc::new(volumes::VolumeFiles::new(root));
+        let (index, writer) = index::Index::open(&root.join("index.redb"), volume_files)?;
         let has_volumes = !index.counters.volumes.lock_or_recover().is_empty()
             || volumes::volume_paths(root).is_ok_and(|p| !p.is_empty());
         // With volumes off, a store that has some still reads, deletes, repairs and compacts
@@ -240,6 +250,20 @@ impl BlobStore {
             )?),
             None => None,
         };
+        let mut map_load = None;
+        if let Some(v) = &volumes {
+            // The volumes are cut to what the index committed: the map loads from there.
+            // (The writer is idle, so its queue has room: no waiting to send.)
+            let (done, loaded) = std::sync::mpsc::sync_channel(1);
+            index
+                .sender()
+                .try_send(index::IndexOp::LoadVolumeMap {
+                    checkpoint_entries: v.options().checkpoint_entries,
+                    done,
+                })
+                .map_err(|_| BlobError::Closed)?;
+            map_load = Some(loaded.recv().map_err(|_| BlobError::Closed)??);
+        }
         let (compaction_stop, stopped) = std::sync::mpsc::sync_channel(1);
         let store = Self {
             inner: Arc::new(Inner {
@@ -251,6 +275,7 @@ impl BlobStore {
                 closing: std::sync::atomic::AtomicBool::new(false),
                 in_flight: std::sync::Mutex::new(std::collections::HashMap::new()),
                 volumes,
+                map_load,
                 compaction_stop: std::sync::Mutex::new(Some(compaction_stop)),
             }),
         };
@@ -605,6 +630,11 @@ impl BlobStore {
     }
 
     /// Volume figures (`None` with volumes off).
+    /// What loading the volume map found when the store opened (`None` without volumes).
+    pub fn volume_map_load(&self) -> Option<VolumeMapLoad> {
+        self.inner.map_load.clone()
+    }
+
     pub fn volume_stats(&self) -> Option<VolumeStats> {
         self.inner.volumes.as_ref().map(volumes::Volumes::stats)
     }

@@ -384,6 +384,22 @@ impl VolumeReader {
         self.header
     }
 
+    /// The header of the record at `offset` (read with one positioned read, or two for a
+    /// record whose meta is unusually long).
+    pub fn record_header(&self, offset: u64) -> Result<RecordHeader, BlobError> {
+        let mut buf = vec![0u8; 512];
+        loop {
+            let got = read_up_to(&self.file, &mut buf, offset)?;
+            match volume::parse_record_header(&buf[..got]) {
+                Ok(Some(header)) => return Ok(header),
+                Ok(None) if got == buf.len() && buf.len() < volume::MAX_HEADER_LEN => {
+                    buf.resize(volume::MAX_HEADER_LEN, 0);
+                }
+                _ => return Err(BlobError::BadRecord),
+            }
+        }
+    }
+
     /// The bytes `start..end` of the file at `body`, each block verified.
     pub fn read(&self, body: &BodyRef, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
         read_body(&self.file, self.header.block_size, body, start, end)
@@ -493,6 +509,20 @@ fn read_body(
         out.extend_from_slice(&data[lo..hi]);
     }
     Ok(out)
+}
+
+/// Reads into `buf` from `offset` until it is full or the file ends; returns how much it read.
+fn read_up_to(file: &File, buf: &mut [u8], offset: u64) -> Result<usize, BlobError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(got)
 }
 
 #[cfg(test)]

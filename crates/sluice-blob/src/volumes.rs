@@ -32,6 +32,7 @@ use crate::index::{Adoption, IndexOp, Reply, VolumeItem, VolumeRow};
 use crate::record::{BlobMeta, Location};
 use crate::volume::{HEADER_LEN, RecordHeader, RecordKind, VolumeHeader};
 use crate::volume_file::{BodyRef, MAX_RECORD, VolumeFile, VolumeReader};
+use crate::volume_map::Slot;
 use crate::volume_writer::{Batch, Pending, VolumeWriter, WriterCounts, WriterLimits};
 use crate::{BlobError, failpoint};
 
@@ -53,6 +54,9 @@ pub struct VolumeOptions {
     pub compact_interval: Duration,
     /// Bytes per second compaction copies at most, so reads and writes keep the disk.
     pub compact_rate: u64,
+    /// Volume map entries between checkpoints of its index logs: at most what a restart
+    /// after a crash reads from the volumes again instead of from the logs.
+    pub checkpoint_entries: u64,
 }
 
 impl Default for VolumeOptions {
@@ -63,6 +67,7 @@ impl Default for VolumeOptions {
             compact_threshold: 0.3,
             compact_interval: Duration::from_secs(300),
             compact_rate: 32 << 20,
+            checkpoint_entries: crate::idx_logs::CHECKPOINT_ENTRIES,
         }
     }
 }
@@ -105,14 +110,115 @@ struct Readers {
     gone: std::collections::HashSet<u64>,
 }
 
+/// A store's volume files opened for reading, shared by the index (which reads a record's
+/// header to answer a lookup) and the volumes (which read bodies and compact).
+pub(crate) struct VolumeFiles {
+    dir: PathBuf,
+    readers: RwLock<Readers>,
+}
+
+impl VolumeFiles {
+    pub(crate) fn new(root: &Path) -> Self {
+        Self {
+            dir: root.join(DIR),
+            readers: RwLock::new(Readers::default()),
+        }
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Volume `id` open for reading; `None` if it is gone (compacted away since the lookup).
+    /// At most [`OPEN_VOLUMES`] stay open between reads (the oldest opened goes first); a
+    /// reader holding one reads on after it is let go.
+    pub(crate) fn reader(&self, id: u64) -> Result<Option<Arc<VolumeReader>>, BlobError> {
+        if let Some(reader) = self.readers.read_or_recover().open.get(&id) {
+            return Ok(Some(reader.clone()));
+        }
+        let reader = match VolumeReader::open(&volume_path(&self.dir, id)) {
+            Ok(reader) => Arc::new(reader),
+            Err(BlobError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if reader.header().volume_id != id {
+            return Err(BlobError::WrongFormat(format!(
+                "volume {id:016x} holds the header of volume {:016x}",
+                reader.header().volume_id
+            )));
+        }
+        let mut readers = self.readers.write_or_recover();
+        // Compacted away while this open ran: do not keep its file (and its space) open.
+        if readers.gone.contains(&id) {
+            return Ok(None);
+        }
+        if readers.open.len() >= OPEN_VOLUMES {
+            if let Some(oldest) = readers.order.pop_front() {
+                readers.open.remove(&oldest);
+            }
+        }
+        if readers.open.insert(id, reader.clone()).is_none() {
+            readers.order.push_back(id);
+        }
+        Ok(Some(reader))
+    }
+
+    /// Lets go of a removed volume's file, and keeps it from being opened again.
+    fn forget(&self, id: u64) {
+        let mut readers = self.readers.write_or_recover();
+        readers.open.remove(&id);
+        readers.order.retain(|v| *v != id);
+        readers.gone.insert(id);
+    }
+
+    /// The index record of the file at `slot`, read from its record's header; `None` if the
+    /// volume is gone (compacted away since the lookup). A header that is damaged, or names
+    /// another key, reads as a damaged file (a peer's copy repairs it).
+    pub(crate) fn meta(&self, key: &BlobKey, slot: &Slot) -> Result<Option<BlobMeta>, BlobError> {
+        let damaged = |why: &dyn std::fmt::Display| {
+            tracing::error!(%key, volume = slot.volume, offset = slot.offset, %why, "volume record header damaged");
+            BlobError::Corrupt {
+                key: *key,
+                block: 0,
+            }
+        };
+        let reader = match self.reader(slot.volume) {
+            Ok(Some(reader)) => reader,
+            Ok(None) => return Ok(None),
+            Err(BlobError::WrongFormat(why)) => return Err(damaged(&why)),
+            Err(e) => return Err(e),
+        };
+        let header = match reader.record_header(slot.offset) {
+            Ok(header) => header,
+            Err(BlobError::Io(e)) => return Err(BlobError::Io(e)),
+            Err(e) => return Err(damaged(&e)),
+        };
+        if header.key != *key || header.kind != RecordKind::Put {
+            return Err(damaged(&"another record"));
+        }
+        let mut meta = BlobMeta::decode(&header.meta).map_err(|e| damaged(&e))?;
+        meta.location = slot.location();
+        meta.block_size = reader.header().block_size;
+        Ok(Some(meta))
+    }
+
+    /// The block size of volume `id`'s records, if it can be read.
+    pub(crate) fn block_size(&self, id: u64) -> Option<u32> {
+        self.reader(id)
+            .ok()
+            .flatten()
+            .map(|r| r.header().block_size)
+    }
+}
+
 pub(crate) struct Volumes {
     dir: PathBuf,
     options: VolumeOptions,
     block_size: u32,
     writer: Mutex<Option<VolumeWriter<VolumeItem>>>,
     counts: Arc<WriterCounts>,
-    /// Open volumes, for reads.
-    readers: RwLock<Readers>,
+    /// Open volumes, for reads (shared with the index).
+    files: Arc<VolumeFiles>,
     /// Rows the index last committed (shared with it).
     rows: Arc<crate::index::StoreCounters>,
     index: mpsc::Sender<IndexOp>,
@@ -266,7 +372,7 @@ impl Volumes {
             block_size,
             counts: writer.counts_handle(),
             writer: Mutex::new(Some(writer)),
-            readers: RwLock::new(Readers::default()),
+            files: index.files.clone(),
             rows,
             index: sender,
             compactions: AtomicU64::new(0),
@@ -298,7 +404,7 @@ impl Volumes {
         data: Bytes,
     ) -> Result<Adoption, BlobError> {
         let (done, answer) = oneshot::channel();
-        let header = put_header(key, &meta, data.len() as u64);
+        let header = put_header(key, &meta, data.len() as u64, false);
         let item = VolumeItem::Put { key, meta, done };
         self.writer()?.submit(header, data, item).await?;
         answer.await.map_err(|_| BlobError::Closed)?
@@ -313,7 +419,7 @@ impl Volumes {
         data: Bytes,
     ) -> Result<bool, BlobError> {
         let (item, answer) = move_item(key, current);
-        let header = put_header(key, current, data.len() as u64);
+        let header = put_header(key, current, data.len() as u64, true);
         self.writer()?.submit(header, data, item).await?;
         answer.await.map_err(|_| BlobError::Closed)?
     }
@@ -406,46 +512,8 @@ impl Volumes {
         }
     }
 
-    /// Volume `id` open for reading; `None` if it is gone (compacted away since the lookup).
-    /// At most [`OPEN_VOLUMES`] stay open between reads (the oldest opened goes first); a
-    /// reader holding one reads on after it is let go.
     pub(crate) fn reader(&self, id: u64) -> Result<Option<Arc<VolumeReader>>, BlobError> {
-        if let Some(reader) = self.readers.read_or_recover().open.get(&id) {
-            return Ok(Some(reader.clone()));
-        }
-        let reader = match VolumeReader::open(&volume_path(&self.dir, id)) {
-            Ok(reader) => Arc::new(reader),
-            Err(BlobError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        if reader.header().volume_id != id {
-            return Err(BlobError::WrongFormat(format!(
-                "volume {id:016x} holds the header of volume {:016x}",
-                reader.header().volume_id
-            )));
-        }
-        let mut readers = self.readers.write_or_recover();
-        // Compacted away while this open ran: do not keep its file (and its space) open.
-        if readers.gone.contains(&id) {
-            return Ok(None);
-        }
-        if readers.open.len() >= OPEN_VOLUMES {
-            if let Some(oldest) = readers.order.pop_front() {
-                readers.open.remove(&oldest);
-            }
-        }
-        if readers.open.insert(id, reader.clone()).is_none() {
-            readers.order.push_back(id);
-        }
-        Ok(Some(reader))
-    }
-
-    /// Lets go of a removed volume's file, and keeps it from being opened again.
-    fn forget(&self, id: u64) {
-        let mut readers = self.readers.write_or_recover();
-        readers.open.remove(&id);
-        readers.order.retain(|v| *v != id);
-        readers.gone.insert(id);
+        self.files.reader(id)
     }
 
     pub(crate) fn stats(&self) -> VolumeStats {
@@ -584,7 +652,7 @@ fn compact(store: &crate::BlobStore, volumes: &Volumes, id: u64) -> Result<bool,
         copied += data.len() as u64;
         pace.wait(copied);
         let (item, answer) = move_item(key, &current);
-        let header = put_header(key, &current, data.len() as u64);
+        let header = put_header(key, &current, data.len() as u64, true);
         if let Err(e) = writer.submit_blocking(header, data, item) {
             error = Some(e);
             return false;
@@ -637,7 +705,11 @@ fn compact(store: &crate::BlobStore, volumes: &Volumes, id: u64) -> Result<bool,
     failpoint("compaction-dropped");
     let path = volume_path(&volumes.dir, id);
     std::fs::remove_file(&path)?;
-    volumes.forget(id);
+    match std::fs::remove_file(crate::idx_logs::idx_path(&volumes.dir, id)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    volumes.files.forget(id);
     std::fs::File::open(&volumes.dir)?.sync_all()?;
     volumes.compactions.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
@@ -703,11 +775,14 @@ fn move_item(
     (item, answer)
 }
 
-/// The header of a put record of `meta`'s file; the meta it carries says nothing of where
-/// the record is (its place is where it is found).
-fn put_header(key: BlobKey, meta: &BlobMeta, length: u64) -> RecordHeader {
+/// The header of a put record of `meta`'s file. The meta it carries says nothing of where the
+/// record is (its place is where it is found); a copy's (`copy`: compaction, repair) names the
+/// record it copies, so that a load of the map replays it as a move (see `crate::map_load`).
+fn put_header(key: BlobKey, meta: &BlobMeta, length: u64, copy: bool) -> RecordHeader {
     let mut in_record = meta.clone();
-    in_record.location = Location::DataFile;
+    if !copy {
+        in_record.location = Location::DataFile;
+    }
     RecordHeader {
         kind: RecordKind::Put,
         key,

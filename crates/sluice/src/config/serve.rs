@@ -312,6 +312,7 @@ impl ServeConfig {
             compact_threshold: n.compact_threshold,
             compact_interval: n.compact_interval.0,
             compact_rate: n.compact_bytes_per_sec.0,
+            ..Default::default()
         });
         let blob = BlobStoreOptions {
             block_size,
