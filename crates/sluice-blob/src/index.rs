@@ -430,6 +430,19 @@ impl Index {
         self.get_blob(key)
     }
 
+    /// As [`Self::get`], but a file in a volume whose record header cannot be read comes back
+    /// as what the map knows of it (length and place; no digest, type or time), so that a
+    /// writer can decide on it: a peer's copy of that length repairs it.
+    pub fn get_for_write(&self, key: &BlobKey) -> Result<Option<BlobMeta>, BlobError> {
+        match self.get(key) {
+            Err(BlobError::Corrupt { .. }) if self.map.get(key).is_some() => Ok(self
+                .map
+                .get(key)
+                .map(|slot| unread_meta(&slot, &self.files))),
+            other => other,
+        }
+    }
+
     /// A key's entry in `BLOBS` (files in data files).
     fn get_blob(&self, key: &BlobKey) -> Result<Option<BlobMeta>, BlobError> {
         let txn = self.db()?.begin_read()?;
@@ -797,15 +810,7 @@ impl Tx<'_> {
     fn slot_meta(&self, key: &BlobKey, slot: &Slot) -> BlobMeta {
         match self.volume_files.meta(key, slot) {
             Ok(Some(meta)) => meta,
-            _ => BlobMeta {
-                size: u64::from(slot.size),
-                content_type: String::new(),
-                created_ms: 0,
-                block_size: self.volume_files.block_size(slot.volume).unwrap_or(0),
-                state: BlobState::Complete,
-                sha256: None,
-                location: slot.location(),
-            },
+            _ => unread_meta(slot, self.volume_files),
         }
     }
 
@@ -1158,6 +1163,19 @@ fn apply_batch(
                 .for_each(|outcome| outcome.refuse(trouble.error()));
             Err(e)
         }
+    }
+}
+
+/// What the map alone knows of a file in a volume whose record header cannot be read.
+fn unread_meta(slot: &Slot, files: &VolumeFiles) -> BlobMeta {
+    BlobMeta {
+        size: u64::from(slot.size),
+        content_type: String::new(),
+        created_ms: 0,
+        block_size: files.block_size(slot.volume).unwrap_or(0),
+        state: BlobState::Complete,
+        sha256: None,
+        location: slot.location(),
     }
 }
 

@@ -138,6 +138,19 @@ pub(crate) fn load(
             }
         }
     }
+    // A file in `BLOBS` is there, whatever the logs say (a repair moved it to a data file and
+    // a crash came before the checkpoint that logs it).
+    let mut stale: Vec<(BlobKey, Slot)> = Vec::new();
+    if migrated {
+        for item in blobs.iter()? {
+            let (k, _) = item?;
+            let key: [u8; KEY_BYTES] = k.value().try_into().map_err(|_| BlobError::BadRecord)?;
+            let key = BlobKey::from_bytes(key);
+            if let Some(slot) = slots.remove(&key) {
+                stale.push((key, slot));
+            }
+        }
+    }
     // Entries moved out of `BLOBS` go into the (emptied) logs.
     let mut appends: Vec<(u64, IdxEntry)> = migrated_keys
         .iter()
@@ -146,6 +159,11 @@ pub(crate) fn load(
                 .get(key)
                 .map(|slot| (slot.volume, IdxEntry::live(*key, slot)))
         })
+        .chain(
+            stale
+                .iter()
+                .map(|(key, slot)| (slot.volume, IdxEntry::gone(*key, slot))),
+        )
         .collect();
     // Records committed after the checkpoint, oldest first: volumes in the order they were
     // written, each from where its log stops.

@@ -212,7 +212,7 @@ impl BlobWriter {
             let _turn = self.in_flight.commit_turn().await;
             let store = self.store.clone();
             let key = self.key;
-            let current = store.index().get(&key)?;
+            let current = store.index().get_for_write(&key)?;
             match decide(&meta, current.as_ref(), self.repair) {
                 Step::Keep(current) => Ok(current),
                 Step::Refuse => Err(BlobError::Conflict),
@@ -227,7 +227,17 @@ impl BlobWriter {
                     match (current.location, store.volumes(), rest.take()) {
                         // A damaged volume record: the good bytes go in as a new record.
                         (Location::Volume { .. }, Some(volumes), Some(data)) => {
-                            volumes.rewrite(key, &current, data).await?;
+                            // A record whose header was damaged too: the peer's copy says
+                            // what its own header cannot (type, digest, time).
+                            let kept = match current.sha256 {
+                                Some(_) => current.clone(),
+                                None => BlobMeta {
+                                    location: current.location,
+                                    block_size: current.block_size,
+                                    ..meta.clone()
+                                },
+                            };
+                            volumes.rewrite(key, &kept, data).await?;
                         }
                         // The bytes went to a temp file (a file larger than volumes take
                         // now): they become the file's data file, and the entry moves there.

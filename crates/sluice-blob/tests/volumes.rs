@@ -238,6 +238,51 @@ async fn a_damaged_record_is_refused_and_a_repair_writes_it_anew() {
     store.close().await;
 }
 
+/// The record's header holds the file's type, digest and time, read on every lookup: damaged,
+/// the file reads as damaged, and a peer's copy of its length writes it anew.
+#[tokio::test]
+async fn a_damaged_record_header_reads_as_damaged_and_a_repair_writes_it_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), volumes_of(1 << 30)).unwrap();
+    let data = pattern(4500, 6);
+    let key = put(&store, &data).await;
+    let neighbour = pattern(4500, 7);
+    let other = put(&store, &neighbour).await;
+    let (path, found) = records_on_disk(dir.path())
+        .into_iter()
+        .find(|(_, f)| f.header.key == key)
+        .unwrap();
+    // A flipped bit in the record's length field: its header checksum fails.
+    let mut raw = std::fs::read(&path).unwrap();
+    raw[found.offset as usize + 25] ^= 0x01;
+    std::fs::write(&path, raw).unwrap();
+    store.hot().remove(&key);
+
+    assert!(matches!(
+        read(&store, key, 0, u64::MAX).await,
+        Err(BlobError::Corrupt { .. })
+    ));
+    assert_eq!(read(&store, other, 0, u64::MAX).await.unwrap(), neighbour);
+    // A repair of another length is refused; the peer's copy goes in as a new record.
+    let mut w = store.writer(key, "image/jpeg".into(), u64::MAX);
+    w.allow_repair();
+    w.write(Bytes::from(pattern(4000, 6))).await.unwrap();
+    assert!(matches!(w.commit().await, Err(BlobError::Conflict)));
+    let mut w = store.writer(key, "image/png".into(), u64::MAX);
+    w.allow_repair();
+    w.write(Bytes::from(data.clone())).await.unwrap();
+    w.commit().await.unwrap();
+    let after = store.stat(key).unwrap().unwrap();
+    assert_eq!(after.content_type, "image/png");
+    assert!(after.sha256.is_some());
+    assert_eq!(read(&store, key, 0, u64::MAX).await.unwrap(), data);
+    store.close().await;
+    let store = BlobStore::open(dir.path(), volumes_of(1 << 30)).unwrap();
+    assert_eq!(read(&store, key, 0, u64::MAX).await.unwrap(), data);
+    assert_eq!(store.volume_stats().unwrap().live_records, 2);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn deletes_leave_a_delete_record_and_dead_bytes_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
