@@ -142,40 +142,68 @@ pub fn parse_log(bytes: &[u8]) -> (Vec<IdxEntry>, usize) {
     (entries, at)
 }
 
+/// Shards of the map, by a key's first byte: keys are random, so each holds an even share,
+/// a lookup walks a shallower tree (fewer cache misses in a map of millions), and writers
+/// and readers of different shards never meet. Shard order is key order.
+const SHARDS: usize = 256;
+
 /// The in-memory map of every file kept in a volume.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct VolumeMap {
-    slots: RwLock<BTreeMap<BlobKey, Slot>>,
+    shards: Vec<RwLock<BTreeMap<BlobKey, Slot>>>,
+}
+
+impl Default for VolumeMap {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+        }
+    }
+}
+
+fn shard_of(key: &BlobKey) -> usize {
+    usize::from(key.as_bytes()[0])
 }
 
 impl VolumeMap {
     pub fn get(&self, key: &BlobKey) -> Option<Slot> {
-        self.slots.read_or_recover().get(key).copied()
+        self.shards[shard_of(key)]
+            .read_or_recover()
+            .get(key)
+            .copied()
     }
 
     /// Applies committed changes: a slot for a key, or `None` to take the key out.
     pub fn apply(&self, changes: impl IntoIterator<Item = (BlobKey, Option<Slot>)>) {
-        let mut slots = self.slots.write_or_recover();
         for (key, slot) in changes {
+            let mut shard = self.shards[shard_of(&key)].write_or_recover();
             match slot {
-                Some(slot) => slots.insert(key, slot),
-                None => slots.remove(&key),
+                Some(slot) => shard.insert(key, slot),
+                None => shard.remove(&key),
             };
         }
     }
 
     /// Up to `limit` keys after `after`, in order.
     pub fn keys_after(&self, after: Option<&BlobKey>, limit: usize) -> Vec<BlobKey> {
-        let slots = self.slots.read_or_recover();
-        let range = match after {
-            Some(k) => slots.range((std::ops::Bound::Excluded(*k), std::ops::Bound::Unbounded)),
-            None => slots.range(..),
-        };
-        range.take(limit).map(|(k, _)| *k).collect()
+        let mut out = Vec::with_capacity(limit.min(4096));
+        let first = after.map_or(0, shard_of);
+        for shard in &self.shards[first..] {
+            let shard = shard.read_or_recover();
+            let range = match after {
+                Some(k) => shard.range((std::ops::Bound::Excluded(*k), std::ops::Bound::Unbounded)),
+                None => shard.range(..),
+            };
+            out.extend(range.take(limit - out.len()).map(|(k, _)| *k));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out
     }
 
     pub fn len(&self) -> usize {
-        self.slots.read_or_recover().len()
+        self.shards.iter().map(|s| s.read_or_recover().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -184,7 +212,13 @@ impl VolumeMap {
 
     /// Every key and slot: for a load that rebuilds the map.
     pub fn replace(&self, slots: BTreeMap<BlobKey, Slot>) {
-        *self.slots.write_or_recover() = slots;
+        let mut shards: Vec<BTreeMap<BlobKey, Slot>> = vec![BTreeMap::new(); SHARDS];
+        for (key, slot) in slots {
+            shards[shard_of(&key)].insert(key, slot);
+        }
+        for (shard, slots) in self.shards.iter().zip(shards) {
+            *shard.write_or_recover() = slots;
+        }
     }
 }
 
@@ -239,6 +273,38 @@ mod tests {
         assert_eq!((entries.len(), len), (2, 2 * IDX_ENTRY_LEN));
         log[IDX_ENTRY_LEN + 5] ^= 1;
         assert_eq!(parse_log(&log).0.len(), 1);
+    }
+
+    #[test]
+    fn keys_after_runs_across_shards_in_key_order() {
+        let map = VolumeMap::default();
+        let mut keys: Vec<BlobKey> = (0..600u32)
+            .map(|i| {
+                let mut k = [0u8; KEY_BYTES];
+                k[..4].copy_from_slice(&(i.wrapping_mul(2_654_435_761)).to_be_bytes());
+                BlobKey::from_bytes(k)
+            })
+            .collect();
+        let slot = Slot {
+            volume: 1,
+            offset: 32,
+            body: 50,
+            size: 1,
+        };
+        map.apply(keys.iter().map(|k| (*k, Some(slot))));
+        keys.sort();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = map.keys_after(after.as_ref(), 7);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().copied();
+            seen.extend(page);
+        }
+        assert_eq!(seen, keys);
+        assert_eq!(map.len(), 600);
     }
 
     #[test]
