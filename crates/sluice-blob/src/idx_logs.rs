@@ -27,6 +27,9 @@ pub(crate) struct IdxLogs {
     /// An append failed: the logs on disk may now miss entries or end in a torn one, so no
     /// checkpoint may trust them again before a restart reloads from the last good one.
     pub(crate) broken: bool,
+    /// Volumes whose records past their checkpoint the load could not read: their `covered`
+    /// stays, so the next open tries again.
+    pub(crate) unreplayed: BTreeSet<u64>,
 }
 
 pub(crate) fn idx_path(dir: &Path, volume: u64) -> PathBuf {
@@ -53,6 +56,7 @@ impl IdxLogs {
             since_checkpoint: 0,
             checkpoint_every: CHECKPOINT_ENTRIES,
             broken: false,
+            unreplayed: BTreeSet::new(),
         }
     }
 
@@ -105,10 +109,12 @@ impl IdxLogs {
             ));
         }
         let mut lengths = Vec::with_capacity(self.dirty.len());
-        for volume in std::mem::take(&mut self.dirty) {
+        // Each log stays dirty until its own sync went through.
+        for volume in self.dirty.clone() {
             let file = self.file(volume)?;
             file.sync_data()?;
             lengths.push((volume, file.metadata()?.len()));
+            self.dirty.remove(&volume);
         }
         self.since_checkpoint = 0;
         Ok(lengths)

@@ -33,6 +33,10 @@ const OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
 /// Keys deleted here, forever (keys are never reused): a late replica of one is refused, so a
 /// peer that missed the delete cannot bring the file back.
 pub(crate) const TOMBSTONES: TableDefinition<&[u8], u64> = TableDefinition::new("tombstones");
+/// Keys taken out of the volume map with no volume record to say so (a delete on a full
+/// disk), until a checkpoint has their log entries: a load takes them out again, whatever
+/// the logs say (see `crate::map_load`).
+pub(crate) const UNLOGGED: TableDefinition<&[u8], u64> = TableDefinition::new("unlogged_removals");
 /// Volume id -> [`VolumeRow`].
 pub(crate) const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 const FILES: &str = "files";
@@ -88,7 +92,7 @@ pub(crate) enum IndexOp {
         items: Vec<VolumeItem>,
         /// Told (or dropped) once the batch's commit is over, whichever way it went: the
         /// volume writer waits for it before its next append.
-        settled: Option<std::sync::mpsc::SyncSender<()>>,
+        settled: Option<std::sync::mpsc::SyncSender<bool>>,
     },
     /// Forgets a volume nothing lives in any more (a compacted one): `false` if something does.
     DropVolume { volume: u64, done: Reply<bool> },
@@ -695,7 +699,8 @@ enum Outcome {
     Adopted(Reply<Adoption>, Result<Adoption, BlobError>),
     Removed(Reply<Option<BlobMeta>>, Option<BlobMeta>),
     Done(Reply<bool>, bool),
-    Settled(std::sync::mpsc::SyncSender<()>),
+    /// Told whether the batch committed.
+    Settled(std::sync::mpsc::SyncSender<bool>),
 }
 
 impl Outcome {
@@ -704,7 +709,7 @@ impl Outcome {
             Outcome::Adopted(done, result) => drop(done.send(result)),
             Outcome::Removed(done, old) => drop(done.send(Ok(old))),
             Outcome::Done(done, flag) => drop(done.send(Ok(flag))),
-            Outcome::Settled(settled) => drop(settled.send(())),
+            Outcome::Settled(settled) => drop(settled.send(true)),
         }
     }
 
@@ -713,7 +718,7 @@ impl Outcome {
             Outcome::Adopted(done, _) => drop(done.send(Err(error))),
             Outcome::Removed(done, _) => drop(done.send(Err(error))),
             Outcome::Done(done, _) => drop(done.send(Err(error))),
-            Outcome::Settled(settled) => drop(settled.send(())),
+            Outcome::Settled(settled) => drop(settled.send(false)),
         }
     }
 }
@@ -727,6 +732,7 @@ pub(crate) struct MapState<'w> {
 
 /// One write transaction of the writer, with the counters it moves.
 struct Tx<'t> {
+    txn: &'t redb::WriteTransaction,
     blobs: redb::Table<'t, &'static [u8], &'static [u8]>,
     oplog: redb::Table<'t, u64, &'static [u8]>,
     tombstones: redb::Table<'t, &'static [u8], u64>,
@@ -909,7 +915,10 @@ impl Tx<'_> {
             let meta = self.slot_meta(&key, &slot);
             self.tally_slot(&slot, None, false)?;
             self.set_slot(key, Some(slot), None);
-            self.checkpoint_now |= !recorded;
+            if !recorded {
+                self.txn.open_table(UNLOGGED)?.insert(k, crate::now_ms())?;
+                self.checkpoint_now = true;
+            }
             Some(meta)
         } else {
             match self.blobs.remove(k)? {
@@ -1081,6 +1090,7 @@ fn apply_batch(
         {
             let mut counter_table = txn.open_table(COUNTERS)?;
             let mut tx = Tx {
+                txn: &txn,
                 blobs: txn.open_table(BLOBS)?,
                 oplog: txn.open_table(OPLOG)?,
                 tombstones: txn.open_table(TOMBSTONES)?,
@@ -1108,17 +1118,29 @@ fn apply_batch(
             counter_table.insert(OPLOG_HEAD, tx.head)?;
             counter_table.insert(VOLUME_SEQUENCE, tx.sequence)?;
             committed = Some(Committed {
+                staged: std::mem::take(&mut tx.staged),
                 files: tx.files,
                 bytes: tx.bytes,
                 sequence: tx.sequence,
                 rows: std::mem::take(&mut tx.rows),
                 dropped: std::mem::take(&mut tx.dropped),
-                staged: std::mem::take(&mut tx.staged),
                 appends: std::mem::take(&mut tx.appends),
                 checkpoint_now: tx.checkpoint_now,
             });
         }
-        txn.commit()?;
+        // The map changes go in just before the commit, and are undone if it fails: so no
+        // reader ever sees a committed oplog entry (what peers catch up from) before its
+        // file, at the price of maybe seeing a file a moment before its commit (its bytes
+        // are on disk already).
+        let undo = committed
+            .as_mut()
+            .map(|c| state.map.swap(std::mem::take(&mut c.staged)));
+        if let Err(e) = txn.commit() {
+            if let Some(undo) = undo {
+                state.map.swap(undo);
+            }
+            return Err(e.into());
+        }
         Ok(())
     })();
     match result {
@@ -1138,7 +1160,6 @@ fn apply_batch(
                         known.remove(id);
                     }
                 }
-                state.map.apply(c.staged);
                 state.logs.append(&c.appends);
                 for id in c.dropped {
                     state.logs.forget(id);
@@ -1207,10 +1228,15 @@ pub(crate) fn checkpoint(
             if let Some(len) = synced.get(id) {
                 row.idx_len = *len;
             }
-            row.covered = row.end;
+            // A volume the load could not read keeps its records to be read again.
+            if !logs.unreplayed.contains(id) {
+                row.covered = row.end;
+            }
             table.insert(*id, row.encode().as_slice())?;
         }
     }
+    // The logs now say every removal.
+    txn.delete_table(UNLOGGED)?;
     txn.commit()?;
     let mut known = counters.volumes.lock_or_recover();
     for (id, row) in rows {

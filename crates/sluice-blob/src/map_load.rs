@@ -24,7 +24,9 @@ use sluice_state::LockRecover;
 
 use crate::BlobError;
 use crate::idx_logs::{IdxLogs, idx_volume_of};
-use crate::index::{BLOBS, COUNTERS, StoreCounters, TOMBSTONES, VOLUME_MAP, VOLUMES, VolumeRow};
+use crate::index::{
+    BLOBS, COUNTERS, StoreCounters, TOMBSTONES, UNLOGGED, VOLUME_MAP, VOLUMES, VolumeRow,
+};
 use crate::record::{BlobMeta, Location};
 use crate::volume::{HEADER_LEN, RecordKind};
 use crate::volume_map::{IdxEntry, Slot, VolumeMap, parse_log};
@@ -167,7 +169,7 @@ pub(crate) fn load(
         .collect();
     // Records committed after the checkpoint, oldest first: volumes in the order they were
     // written, each from where its log stops.
-    let mut failed = None;
+    let failed = std::cell::Cell::new(None);
     for (id, from) in &replay_from {
         let Some(row) = rows.get(id) else { continue };
         if *from >= row.end {
@@ -176,11 +178,14 @@ pub(crate) fn load(
         let reader = match files.reader(*id) {
             Ok(Some(reader)) => reader,
             other => {
-                tracing::error!(volume = id, result = ?other.err(), "cannot read a volume to load its files; they read as damaged until repaired");
+                // Its `covered` stays where it is, so a later open reads these records
+                // once the volume can be read.
+                tracing::error!(volume = id, result = ?other.err(), "cannot read a volume to load the files committed to it since the last checkpoint");
+                logs.unreplayed.insert(*id);
                 continue;
             }
         };
-        let (stopped, stop) = reader.scan_from(*from, row.end, false, |found| {
+        let mut visit = |found: crate::volume::Found| {
             loaded.replayed += 1;
             let key = found.header.key;
             let k = key.as_bytes().as_slice();
@@ -209,15 +214,16 @@ pub(crate) fn load(
                         }
                         let current = slots.get(&key).copied();
                         let applies = match meta.location {
+                            // With no entry, the copied record is gone (compacted away) or was
+                            // never loaded (damaged): the copy is the file, unless it was
+                            // deleted (tombstoned, above) or lives in a data file.
                             Location::Volume {
                                 volume: from_volume,
                                 offset: from_offset,
                                 ..
                             } => match current {
                                 Some(cur) => cur.volume == from_volume && cur.offset == from_offset,
-                                None => {
-                                    !rows.contains_key(&from_volume) && blobs.get(k)?.is_none()
-                                }
+                                None => blobs.get(k)?.is_none(),
                             },
                             Location::DataFile => current.is_none() && blobs.get(k)?.is_none(),
                         };
@@ -235,22 +241,50 @@ pub(crate) fn load(
             match result {
                 Ok(()) => true,
                 Err(e) => {
-                    failed = Some(e);
+                    failed.set(Some(e));
                     false
                 }
             }
-        })?;
-        if let Some(e) = failed.take() {
-            return Err(e);
-        }
-        if stop.is_some() {
+        };
+        // Damaged bytes stop a scan: it goes on from the next whole record after them, so
+        // only the files in the damaged part are missing (their peers' copies remain).
+        let mut at = *from;
+        loop {
+            let (stopped, stop) = reader.scan_from(at, row.end, false, &mut visit)?;
+            if let Some(e) = failed.take() {
+                return Err(e);
+            }
+            if stop.is_none() || stopped >= row.end {
+                break;
+            }
+            let next = reader.next_record_after(stopped, row.end)?;
             tracing::error!(
                 volume = id,
-                at = stopped,
-                end = row.end,
-                "a volume's committed records are damaged from here; the files past it read as damaged until repaired"
+                from = stopped,
+                to = next.unwrap_or(row.end),
+                "damaged bytes among a volume's committed records: the files in them are not loaded, and are left to peers' copies"
             );
+            match next {
+                Some(next) => at = next,
+                None => break,
+            }
         }
+    }
+    // Removals no record says, and that no checkpoint logged yet.
+    match read.open_table(UNLOGGED) {
+        Ok(unlogged) => {
+            for item in unlogged.iter()? {
+                let (k, _) = item?;
+                let key: [u8; KEY_BYTES] =
+                    k.value().try_into().map_err(|_| BlobError::BadRecord)?;
+                let key = BlobKey::from_bytes(key);
+                if let Some(old) = slots.remove(&key) {
+                    appends.push((old.volume, IdxEntry::gone(key, &old)));
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
     }
     drop((blobs, tombstones, read));
     // The logs first, synced; then, in one commit, the rows that trust them (and, for a store
@@ -266,7 +300,9 @@ pub(crate) fn load(
             if let Some(len) = synced.get(id) {
                 row.idx_len = *len;
             }
-            row.covered = row.end;
+            if !logs.unreplayed.contains(id) {
+                row.covered = row.end;
+            }
             volumes.insert(*id, row.encode().as_slice())?;
         }
         let mut blobs = txn.open_table(BLOBS)?;
@@ -275,6 +311,7 @@ pub(crate) fn load(
         }
         txn.open_table(COUNTERS)?.insert(VOLUME_MAP, 1)?;
     }
+    txn.delete_table(UNLOGGED)?;
     txn.commit()?;
     {
         let mut known = counters.volumes.lock_or_recover();

@@ -204,6 +204,15 @@ impl VolumeFile {
         Ok(())
     }
 
+    /// Takes back the records appended from `to` on (a batch whose commit was refused): the
+    /// next append writes over them. Until then they lie past the length, where nothing
+    /// reads and an open cuts them off.
+    pub fn rewind(&mut self, to: u64) {
+        if (HEADER_LEN..=self.end).contains(&to) {
+            self.end = to;
+        }
+    }
+
     /// Appends `records` (each a header and its file's bytes) in one write and one
     /// `fdatasync`, and returns each one's place. On failure (a full disk) the volume is cut
     /// back to where it was, so it holds only whole records, and nothing of the batch counts.

@@ -184,6 +184,28 @@ impl VolumeMap {
         }
     }
 
+    /// Applies changes as [`Self::apply`] does, and returns what they replaced: applied in
+    /// turn, that undoes them.
+    pub fn swap(
+        &self,
+        changes: impl IntoIterator<Item = (BlobKey, Option<Slot>)>,
+    ) -> Vec<(BlobKey, Option<Slot>)> {
+        let mut undo: Vec<(BlobKey, Option<Slot>)> = changes
+            .into_iter()
+            .map(|(key, slot)| {
+                let mut shard = self.shards[shard_of(&key)].write_or_recover();
+                let old = match slot {
+                    Some(slot) => shard.insert(key, slot),
+                    None => shard.remove(&key),
+                };
+                (key, old)
+            })
+            .collect();
+        // Undone last change first, should one key have changed twice.
+        undo.reverse();
+        undo
+    }
+
     /// Up to `limit` keys after `after`, in order.
     pub fn keys_after(&self, after: Option<&BlobKey>, limit: usize) -> Vec<BlobKey> {
         let mut out = Vec::with_capacity(limit.min(4096));

@@ -88,7 +88,7 @@ impl<T: Pending> VolumeWriter<T> {
         limits: WriterLimits,
         sequence: u64,
         mut next_volume: impl FnMut(u64) -> Result<VolumeFile, BlobError> + Send + 'static,
-        mut on_batch: impl FnMut(Batch<T>) + Send + 'static,
+        mut on_batch: impl FnMut(Batch<T>) -> bool + Send + 'static,
     ) -> std::io::Result<Self> {
         let (requests, queue) = mpsc::sync_channel::<Request<T>>(QUEUE);
         let counts = Arc::new(WriterCounts::default());
@@ -122,6 +122,7 @@ impl<T: Pending> VolumeWriter<T> {
                         .iter()
                         .map(|r| (r.header.clone(), &r.data[..]))
                         .collect();
+                    let start = volume.len();
                     let result = volume.append(&records);
                     drop(records);
                     seen.batches.fetch_add(1, Ordering::Relaxed);
@@ -130,7 +131,7 @@ impl<T: Pending> VolumeWriter<T> {
                             seen.records
                                 .fetch_add(places.len() as u64, Ordering::Relaxed);
                             seen.sequence.store(sequence, Ordering::Relaxed);
-                            on_batch(Batch {
+                            let committed = on_batch(Batch {
                                 volume: volume.header().volume_id,
                                 block_size: volume.header().block_size,
                                 end: volume.len(),
@@ -139,6 +140,12 @@ impl<T: Pending> VolumeWriter<T> {
                                     .zip(batch.into_iter().map(|r| r.then))
                                     .collect(),
                             });
+                            // A batch its commit refused is no record: the next one is
+                            // written over it, so no later commit's length takes it in (a
+                            // load would replay it).
+                            if !committed {
+                                volume.rewind(start);
+                            }
                         }
                         Err(e) => {
                             let no_space = matches!(e, BlobError::NoSpace);
@@ -265,6 +272,7 @@ mod tests {
                 for (found, reply) in batch.records {
                     let _ = reply.send(Ok((batch.volume, found)));
                 }
+                true
             },
         )
         .unwrap();

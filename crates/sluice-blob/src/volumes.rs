@@ -794,7 +794,8 @@ fn put_header(key: BlobKey, meta: &BlobMeta, length: u64, copy: bool) -> RecordH
 
 /// Hands a batch that reached the disk to the index, each record's entry pointing at its place,
 /// and waits for its commit.
-fn send_batch(index: &mpsc::Sender<IndexOp>, batch: Batch<VolumeItem>) {
+/// Returns whether it committed.
+fn send_batch(index: &mpsc::Sender<IndexOp>, batch: Batch<VolumeItem>) -> bool {
     failpoint("volume-appended");
     let sequence = batch
         .records
@@ -859,9 +860,10 @@ fn send_batch(index: &mpsc::Sender<IndexOp>, batch: Batch<VolumeItem>) {
     };
     if let Err(mpsc::error::SendError(IndexOp::Volume { items, .. })) = index.blocking_send(op) {
         items.into_iter().for_each(|i| i.failed(BlobError::Closed));
+        return false;
     }
     // Told on commit or refusal; a writer that went away drops the sender, which ends this too.
-    let _ = wait.recv();
+    wait.recv().unwrap_or(false)
 }
 
 /// Whether a volume file holds anything past its header (zeros written ahead do not count).

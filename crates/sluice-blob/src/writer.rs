@@ -229,15 +229,9 @@ impl BlobWriter {
                         (Location::Volume { .. }, Some(volumes), Some(data)) => {
                             // A record whose header was damaged too: the peer's copy says
                             // what its own header cannot (type, digest, time).
-                            let kept = match current.sha256 {
-                                Some(_) => current.clone(),
-                                None => BlobMeta {
-                                    location: current.location,
-                                    block_size: current.block_size,
-                                    ..meta.clone()
-                                },
-                            };
-                            volumes.rewrite(key, &kept, data).await?;
+                            volumes
+                                .rewrite(key, &repaired(&current, &meta), data)
+                                .await?;
                         }
                         // The bytes went to a temp file (a file larger than volumes take
                         // now): they become the file's data file, and the entry moves there.
@@ -245,7 +239,7 @@ impl BlobWriter {
                             if let Some(data) = data {
                                 self.write_temp(data).await?;
                             }
-                            let mut moved = current.clone();
+                            let mut moved = repaired(&current, &meta);
                             moved.location = Location::DataFile;
                             moved.block_size = self.layout.block_size;
                             let placed = store.data_path(&key, &moved);
@@ -362,6 +356,19 @@ enum Step {
     CompareWithStored(BlobMeta),
     /// A complete file under this key has other bytes: refuse.
     Refuse,
+}
+
+/// What a repaired file's record says: what it said, or, when its header was damaged too
+/// (no digest known), what the peer's copy says (type, digest, time), at its place.
+fn repaired(current: &BlobMeta, from_peer: &BlobMeta) -> BlobMeta {
+    match current.sha256 {
+        Some(_) => current.clone(),
+        None => BlobMeta {
+            location: current.location,
+            block_size: current.block_size,
+            ..from_peer.clone()
+        },
+    }
 }
 
 fn decide(new: &BlobMeta, current: Option<&BlobMeta>, repair: bool) -> Step {
