@@ -15,6 +15,9 @@ const SUFFIX: &str = "idx";
 /// Entries appended between checkpoints, at most: what a restart reads from the volumes
 /// again instead of from the logs.
 pub(crate) const CHECKPOINT_ENTRIES: u64 = 64 << 10;
+/// Bytes committed to volumes between checkpoints, at most: what a restart after a crash reads
+/// again (64 Ki entries of 1 MiB files would be 64 GiB).
+pub(crate) const CHECKPOINT_BYTES: u64 = 256 << 20;
 
 pub(crate) struct IdxLogs {
     dir: PathBuf,
@@ -22,8 +25,12 @@ pub(crate) struct IdxLogs {
     /// Logs appended to since the last sync.
     dirty: BTreeSet<u64>,
     pub(crate) since_checkpoint: u64,
+    /// Bytes committed to volumes since the last checkpoint.
+    pub(crate) bytes_since_checkpoint: u64,
     /// Entries between checkpoints (`VolumeOptions::checkpoint_entries`).
     pub(crate) checkpoint_every: u64,
+    /// Bytes between checkpoints (`VolumeOptions::checkpoint_bytes`).
+    pub(crate) checkpoint_bytes: u64,
     /// An append failed: the logs on disk may now miss entries or end in a torn one, so no
     /// checkpoint may trust them again before a restart reloads from the last good one.
     pub(crate) broken: bool,
@@ -54,7 +61,9 @@ impl IdxLogs {
             open: HashMap::new(),
             dirty: BTreeSet::new(),
             since_checkpoint: 0,
+            bytes_since_checkpoint: 0,
             checkpoint_every: CHECKPOINT_ENTRIES,
+            checkpoint_bytes: CHECKPOINT_BYTES,
             broken: false,
             unreplayed: BTreeSet::new(),
         }
@@ -98,7 +107,9 @@ impl IdxLogs {
     }
 
     pub(crate) fn due(&self) -> bool {
-        !self.broken && self.since_checkpoint >= self.checkpoint_every.max(1)
+        !self.broken
+            && (self.since_checkpoint >= self.checkpoint_every.max(1)
+                || self.bytes_since_checkpoint >= self.checkpoint_bytes.max(1))
     }
 
     /// Syncs every log appended to since the last sync; returns each one's length.
@@ -117,6 +128,7 @@ impl IdxLogs {
             self.dirty.remove(&volume);
         }
         self.since_checkpoint = 0;
+        self.bytes_since_checkpoint = 0;
         Ok(lengths)
     }
 

@@ -100,6 +100,7 @@ pub(crate) enum IndexOp {
     /// (Answered over a std channel: the store's open, which asks, may be on a runtime thread.)
     LoadVolumeMap {
         checkpoint_entries: u64,
+        checkpoint_bytes: u64,
         done: std::sync::mpsc::SyncSender<Result<crate::map_load::Loaded, BlobError>>,
     },
     /// Points `key` at the same file's bytes elsewhere (a repaired volume record's new data
@@ -565,7 +566,7 @@ impl Writer {
             }
             let Some(op) = rx.blocking_recv() else {
                 // Closing: a checkpoint now lets the next open read the logs alone.
-                if self.logs.since_checkpoint > 0 {
+                if self.logs.since_checkpoint > 0 || self.logs.bytes_since_checkpoint > 0 {
                     if let Ok(db) = self.slot.get() {
                         if let Err(e) = checkpoint(&db, &self.counters, &mut self.logs) {
                             tracing::warn!(error = %e, "volume map checkpoint at close failed");
@@ -1065,10 +1066,12 @@ fn apply_batch(
     {
         if let IndexOp::LoadVolumeMap {
             checkpoint_entries,
+            checkpoint_bytes,
             done,
         } = batch.remove(at)
         {
             state.logs.checkpoint_every = checkpoint_entries;
+            state.logs.checkpoint_bytes = checkpoint_bytes;
             let loaded = crate::map_load::load(db, counters, state.map, state.files, state.logs);
             let failed = loaded
                 .as_ref()
@@ -1154,6 +1157,8 @@ fn apply_batch(
                 {
                     let mut known = counters.volumes.lock_or_recover();
                     for (id, row) in c.rows {
+                        let before = known.get(&id).map_or(0, |r| r.end);
+                        state.logs.bytes_since_checkpoint += row.end.saturating_sub(before);
                         known.insert(id, row);
                     }
                     for id in &c.dropped {

@@ -259,6 +259,7 @@ impl BlobStore {
                 .sender()
                 .try_send(index::IndexOp::LoadVolumeMap {
                     checkpoint_entries: v.options().checkpoint_entries,
+                    checkpoint_bytes: v.options().checkpoint_bytes,
                     done,
                 })
                 .map_err(|_| BlobError::Closed)?;

@@ -57,6 +57,9 @@ pub struct VolumeOptions {
     /// Volume map entries between checkpoints of its index logs: at most what a restart
     /// after a crash reads from the volumes again instead of from the logs.
     pub checkpoint_entries: u64,
+    /// Bytes committed to volumes between those checkpoints, at most: what such a restart
+    /// reads again, whatever the files' size.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for VolumeOptions {
@@ -68,6 +71,7 @@ impl Default for VolumeOptions {
             compact_interval: Duration::from_secs(300),
             compact_rate: 32 << 20,
             checkpoint_entries: crate::idx_logs::CHECKPOINT_ENTRIES,
+            checkpoint_bytes: crate::idx_logs::CHECKPOINT_BYTES,
         }
     }
 }

@@ -205,5 +205,37 @@ async fn scrub_order_lists_files_in_volumes_and_data_files_together() {
 
 #[test]
 fn checkpoints_are_a_volume_option() {
-    assert_eq!(VolumeOptions::default().checkpoint_entries, 64 << 10);
+    let o = VolumeOptions::default();
+    assert_eq!(
+        (o.checkpoint_entries, o.checkpoint_bytes),
+        (64 << 10, 256 << 20)
+    );
+}
+
+/// Large files make few entries: checkpoints also come every so many bytes, so a restart
+/// after a crash never has a volume's worth of records to read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_come_by_bytes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(1_000_000);
+    if let Some(v) = o.volumes.as_mut() {
+        v.checkpoint_bytes = 50_000;
+    }
+    let store = BlobStore::open(dir.path(), o.clone()).unwrap();
+    let mut files = Vec::new();
+    for i in 0..12u8 {
+        let data = pattern(20_000, i);
+        files.push((put(&store, &data).await, data));
+    }
+    let copy = tempfile::tempdir().unwrap();
+    crash_copy(dir.path(), copy.path());
+    store.close().await;
+    let store = BlobStore::open(copy.path(), o).unwrap();
+    let load = store.volume_map_load().unwrap();
+    assert!(load.from_logs >= 9, "{load:?}");
+    assert!(load.replayed <= 3, "{load:?}");
+    for (key, data) in &files {
+        assert_eq!(&read(&store, *key).await.unwrap(), data);
+    }
+    store.close().await;
 }
