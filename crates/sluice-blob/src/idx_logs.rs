@@ -45,13 +45,7 @@ pub(crate) fn idx_path(dir: &Path, volume: u64) -> PathBuf {
 
 /// The volume an index log belongs to, from its name.
 pub(crate) fn idx_volume_of(path: &Path) -> Option<u64> {
-    if path.extension()? != SUFFIX {
-        return None;
-    }
-    let stem = path.file_stem()?.to_str()?;
-    (stem.len() == 16)
-        .then(|| u64::from_str_radix(stem, 16).ok())
-        .flatten()
+    crate::volumes::id_of(path, SUFFIX)
 }
 
 impl IdxLogs {

@@ -1224,6 +1224,16 @@ pub(crate) fn checkpoint(
     counters: &StoreCounters,
     logs: &mut IdxLogs,
 ) -> Result<(), BlobError> {
+    checkpoint_with(db, counters, logs, |_| Ok(()))
+}
+
+/// [`checkpoint`], with `also` written in the same commit as the rows.
+pub(crate) fn checkpoint_with(
+    db: &Database,
+    counters: &StoreCounters,
+    logs: &mut IdxLogs,
+    also: impl FnOnce(&redb::WriteTransaction) -> Result<(), BlobError>,
+) -> Result<(), BlobError> {
     let synced: std::collections::HashMap<u64, u64> = logs.sync()?.into_iter().collect();
     let mut rows = counters.volumes.lock_or_recover().clone();
     let txn = db.begin_write()?;
@@ -1242,6 +1252,7 @@ pub(crate) fn checkpoint(
     }
     // The logs now say every removal.
     txn.delete_table(UNLOGGED)?;
+    also(&txn)?;
     txn.commit()?;
     let mut known = counters.volumes.lock_or_recover();
     for (id, row) in rows {

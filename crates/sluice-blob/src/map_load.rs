@@ -24,9 +24,7 @@ use sluice_state::LockRecover;
 
 use crate::BlobError;
 use crate::idx_logs::{IdxLogs, idx_volume_of};
-use crate::index::{
-    BLOBS, COUNTERS, StoreCounters, TOMBSTONES, UNLOGGED, VOLUME_MAP, VOLUMES, VolumeRow,
-};
+use crate::index::{BLOBS, COUNTERS, StoreCounters, TOMBSTONES, UNLOGGED, VOLUME_MAP, VolumeRow};
 use crate::record::{BlobMeta, Location};
 use crate::volume::{HEADER_LEN, RecordKind};
 use crate::volume_map::{IdxEntry, Slot, VolumeMap, parse_log};
@@ -291,37 +289,14 @@ pub(crate) fn load(
     // written before the volume map, its entries out of `BLOBS`). A crash between the two
     // leaves the old rows, and the next open does this again.
     logs.append(&appends);
-    let synced: std::collections::HashMap<u64, u64> = logs.sync()?.into_iter().collect();
-    let txn = db.begin_write()?;
-    let mut rows_now = rows;
-    {
-        let mut volumes = txn.open_table(VOLUMES)?;
-        for (id, row) in rows_now.iter_mut() {
-            if let Some(len) = synced.get(id) {
-                row.idx_len = *len;
-            }
-            if !logs.unreplayed.contains(id) {
-                row.covered = row.end;
-            }
-            volumes.insert(*id, row.encode().as_slice())?;
-        }
+    crate::index::checkpoint_with(db, counters, logs, |txn| {
         let mut blobs = txn.open_table(BLOBS)?;
         for key in &migrated_keys {
             blobs.remove(key.as_bytes().as_slice())?;
         }
         txn.open_table(COUNTERS)?.insert(VOLUME_MAP, 1)?;
-    }
-    txn.delete_table(UNLOGGED)?;
-    txn.commit()?;
-    {
-        let mut known = counters.volumes.lock_or_recover();
-        for (id, row) in rows_now {
-            if let Some(current) = known.get_mut(&id) {
-                current.idx_len = row.idx_len;
-                current.covered = row.covered;
-            }
-        }
-    }
+        Ok(())
+    })?;
     loaded.files = slots.len();
     map.replace(slots);
     let seen: HashSet<u64> = replay_from.keys().copied().collect();
@@ -414,7 +389,7 @@ mod tests {
                     .unwrap()
                     .remove(VOLUME_MAP)
                     .unwrap();
-                let mut volumes = txn.open_table(VOLUMES).unwrap();
+                let mut volumes = txn.open_table(crate::index::VOLUMES).unwrap();
                 let rows: Vec<(u64, VolumeRow)> = volumes
                     .iter()
                     .unwrap()

@@ -899,7 +899,12 @@ fn volume_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 fn volume_id_of(path: &Path) -> Option<u64> {
-    if path.extension()? != SUFFIX {
+    id_of(path, SUFFIX)
+}
+
+/// The volume id a file named `{id:016x}.{suffix}` is for.
+pub(crate) fn id_of(path: &Path, suffix: &str) -> Option<u64> {
+    if path.extension()? != suffix {
         return None;
     }
     let stem = path.file_stem()?.to_str()?;

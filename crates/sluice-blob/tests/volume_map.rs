@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{pattern, put, read_range};
+use common::{crash_copy, index_logs, pattern, put, read_range};
 use sluice_blob::{BlobError, BlobStore, BlobStoreOptions, VolumeOptions};
 use sluice_proto::BlobKey;
 
@@ -19,44 +17,6 @@ fn options(checkpoint_entries: u64) -> BlobStoreOptions {
 
 async fn read(store: &BlobStore, key: BlobKey) -> Result<Vec<u8>, BlobError> {
     read_range(store, key, 0, u64::MAX).await
-}
-
-/// A copy of a store's directory taken while it runs and is idle: what a crash (a kill, a
-/// power cut after the last fsync) leaves, logs past their checkpoint included.
-fn crash_copy(from: &Path, to: &Path) {
-    for entry in walk(from) {
-        let rel = entry.strip_prefix(from).unwrap();
-        let dest = to.join(rel);
-        if entry.is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-        } else {
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            std::fs::copy(&entry, &dest).unwrap();
-        }
-    }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![dir.to_owned()];
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
-fn idx_files(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut out: Vec<_> = std::fs::read_dir(root.join("volumes"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
-        .collect();
-    out.sort();
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +73,7 @@ async fn a_damaged_log_rebuilds_the_map_from_every_volume() {
     assert!(store.delete(gone).await.unwrap());
     store.close().await;
     // A flipped byte in the first entry of the first log.
-    let log = idx_files(dir.path()).remove(0);
+    let log = index_logs(dir.path()).remove(0);
     let mut raw = std::fs::read(&log).unwrap();
     raw[20] ^= 0x10;
     std::fs::write(&log, raw).unwrap();

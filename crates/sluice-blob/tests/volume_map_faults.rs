@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use bytes::Bytes;
-use common::{pattern, put, read_range};
+use common::{crash_copy, index_logs, pattern, put, read_range};
 use sluice_blob::record::Location;
 use sluice_blob::{BlobError, BlobStore, BlobStoreOptions};
 use sluice_proto::BlobKey;
@@ -25,32 +25,8 @@ async fn read(store: &BlobStore, key: BlobKey) -> Result<Vec<u8>, BlobError> {
     read_range(store, key, 0, u64::MAX).await
 }
 
-/// A copy of a store's directory taken while it runs and is idle: what a crash leaves.
-fn crash_copy(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let dest = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-            crash_copy(&path, &dest);
-        } else {
-            std::fs::copy(&path, &dest).unwrap();
-        }
-    }
-}
-
-fn first_log(root: &Path) -> std::path::PathBuf {
-    let mut logs: Vec<_> = std::fs::read_dir(root.join("volumes"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
-        .collect();
-    logs.sort();
-    logs.remove(0)
-}
-
 fn damage_log(root: &Path) {
-    let log = first_log(root);
+    let log = index_logs(root).remove(0);
     let mut raw = std::fs::read(&log).unwrap();
     raw[20] ^= 0x10;
     std::fs::write(&log, raw).unwrap();

@@ -73,3 +73,29 @@ pub fn volume_of(store: &BlobStore, key: BlobKey) -> u64 {
         Location::DataFile => panic!("{key} has a data file"),
     }
 }
+
+/// A copy of a store's directory taken while it runs and is idle: what a crash (a kill, a
+/// power cut after the last fsync) leaves, index logs past their checkpoint included.
+pub fn crash_copy(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let dest = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            crash_copy(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).unwrap();
+        }
+    }
+}
+
+/// The volumes' index logs under a store's root, in volume order.
+pub fn index_logs(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(root.join("volumes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+        .collect();
+    out.sort();
+    out
+}
