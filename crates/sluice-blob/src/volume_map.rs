@@ -173,19 +173,8 @@ impl VolumeMap {
             .copied()
     }
 
-    /// Applies committed changes: a slot for a key, or `None` to take the key out.
-    pub fn apply(&self, changes: impl IntoIterator<Item = (BlobKey, Option<Slot>)>) {
-        for (key, slot) in changes {
-            let mut shard = self.shards[shard_of(&key)].write_or_recover();
-            match slot {
-                Some(slot) => shard.insert(key, slot),
-                None => shard.remove(&key),
-            };
-        }
-    }
-
-    /// Applies changes as [`Self::apply`] does, and returns what they replaced: applied in
-    /// turn, that undoes them.
+    /// Applies changes (a slot for a key, or `None` to take the key out), and returns what
+    /// they replaced: applied in turn, that undoes them.
     pub fn swap(
         &self,
         changes: impl IntoIterator<Item = (BlobKey, Option<Slot>)>,
@@ -313,7 +302,7 @@ mod tests {
             body: 50,
             size: 1,
         };
-        map.apply(keys.iter().map(|k| (*k, Some(slot))));
+        map.swap(keys.iter().map(|k| (*k, Some(slot))));
         keys.sort();
         let mut seen = Vec::new();
         let mut after = None;
@@ -338,12 +327,13 @@ mod tests {
             body: 50,
             size: 1,
         };
-        map.apply([
+        map.swap([
             (key(3), Some(slot(3))),
             (key(1), Some(slot(1))),
             (key(2), Some(slot(2))),
         ]);
-        map.apply([(key(2), None)]);
+        let undo = map.swap([(key(2), None)]);
+        assert_eq!(undo, vec![(key(2), Some(slot(2)))]);
         assert_eq!(map.keys_after(None, 10), vec![key(1), key(3)]);
         assert_eq!(map.keys_after(Some(&key(1)), 10), vec![key(3)]);
         assert_eq!(map.get(&key(3)), Some(slot(3)));
