@@ -751,6 +751,8 @@ struct Tx<'t> {
     staged: std::collections::HashMap<BlobKey, Option<Slot>>,
     /// Index log entries for those changes, appended once it commits.
     appends: Vec<(u64, IdxEntry)>,
+    /// Keys moved from the map to `blobs`: taken out of the map once it commits.
+    moved_out: Vec<BlobKey>,
     /// A change no volume record says (an entry dropped without one): the logs must be
     /// synced, and checkpointed, before it is answered.
     checkpoint_now: bool,
@@ -795,6 +797,9 @@ impl Tx<'_> {
 
     /// Where `key` is in a volume, as of this transaction.
     fn slot(&self, key: &BlobKey) -> Option<Slot> {
+        if self.moved_out.contains(key) {
+            return None;
+        }
         match self.staged.get(key) {
             Some(staged) => *staged,
             None => self.map.get(key),
@@ -973,7 +978,10 @@ impl Tx<'_> {
             }
             Location::DataFile => {
                 self.blobs.insert(k, meta.encode().as_slice())?;
-                self.set_slot(key, Some(slot), None);
+                // Out of the map only once `blobs` has it (after the commit), so no reader
+                // finds the file in neither.
+                self.appends.push((slot.volume, IdxEntry::gone(key, &slot)));
+                self.moved_out.push(key);
                 // No volume record says the file left: the logs must, before the answer.
                 self.checkpoint_now = true;
             }
@@ -1108,6 +1116,7 @@ fn apply_batch(
                 volume_files: state.files,
                 staged: std::collections::HashMap::new(),
                 appends: Vec::new(),
+                moved_out: Vec::new(),
                 checkpoint_now: false,
             };
             for op in batch.drain(..) {
@@ -1128,6 +1137,7 @@ fn apply_batch(
                 rows: std::mem::take(&mut tx.rows),
                 dropped: std::mem::take(&mut tx.dropped),
                 appends: std::mem::take(&mut tx.appends),
+                moved_out: std::mem::take(&mut tx.moved_out),
                 checkpoint_now: tx.checkpoint_now,
             });
         }
@@ -1165,6 +1175,9 @@ fn apply_batch(
                         known.remove(id);
                     }
                 }
+                state
+                    .map
+                    .swap(c.moved_out.into_iter().map(|key| (key, None)));
                 state.logs.append(&c.appends);
                 for id in c.dropped {
                     state.logs.forget(id);
@@ -1214,6 +1227,7 @@ struct Committed {
     dropped: Vec<u64>,
     staged: std::collections::HashMap<BlobKey, Option<Slot>>,
     appends: Vec<(u64, IdxEntry)>,
+    moved_out: Vec<BlobKey>,
     checkpoint_now: bool,
 }
 

@@ -136,6 +136,11 @@ pub(crate) fn load(
                 logs.cut(*id, 0)?;
                 replay_from.insert(*id, HEADER_LEN);
             }
+            // With the logs emptied, a volume this load cannot read must be read from its
+            // start by a later one.
+            for row in counters.volumes.lock_or_recover().values_mut() {
+                row.covered = HEADER_LEN;
+            }
         }
     }
     // A file in `BLOBS` is there, whatever the logs say (a repair moved it to a data file and
@@ -212,17 +217,22 @@ pub(crate) fn load(
                         }
                         let current = slots.get(&key).copied();
                         let applies = match meta.location {
-                            // With no entry, the copied record is gone (compacted away) or was
-                            // never loaded (damaged): the copy is the file, unless it was
-                            // deleted (tombstoned, above) or lives in a data file.
+                            // A copy moves the key from the record it copies. Entries only ever
+                            // move to newer records, so an entry older than that record (or
+                            // none) means the history between was lost: compacted away, or
+                            // damaged and not loaded. The copy is then the file, unless it was
+                            // deleted (tombstoned, above) or lives in a data file. An entry
+                            // newer than it means this copy's move lost to another.
                             Location::Volume {
                                 volume: from_volume,
                                 offset: from_offset,
                                 ..
-                            } => match current {
-                                Some(cur) => cur.volume == from_volume && cur.offset == from_offset,
-                                None => blobs.get(k)?.is_none(),
-                            },
+                            } => {
+                                let not_newer = current.is_none_or(|cur| {
+                                    (cur.volume, cur.offset) <= (from_volume, from_offset)
+                                });
+                                not_newer && blobs.get(k)?.is_none()
+                            }
                             Location::DataFile => current.is_none() && blobs.get(k)?.is_none(),
                         };
                         if applies {

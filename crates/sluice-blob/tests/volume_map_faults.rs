@@ -354,3 +354,106 @@ async fn deletes_racing_compaction_survive_crashes_and_rebuilds() {
     }
     store.close().await;
 }
+
+fn volume_path(root: &Path, id: u64) -> std::path::PathBuf {
+    root.join("volumes").join(format!("{id:016x}.vol"))
+}
+
+/// A volume that cannot be read while the map is rebuilt (missing for a while) is read from
+/// its start once it is back: its files are not forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_missing_during_a_rebuild_is_read_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), options(1_000_000, 20_000)).unwrap();
+    let mut files = Vec::new();
+    for i in 0..12u8 {
+        let data = pattern(3000, i);
+        files.push((put(&store, &data).await, data));
+    }
+    let in_first: Vec<_> = files
+        .iter()
+        .filter(|(key, _)| place(&store, *key).0 == 1)
+        .cloned()
+        .collect();
+    assert!(!in_first.is_empty());
+    store.close().await;
+    let aside = dir.path().join("v1.aside");
+    std::fs::rename(volume_path(dir.path(), 1), &aside).unwrap();
+    let last = index_logs(dir.path()).pop().unwrap();
+    let mut raw = std::fs::read(&last).unwrap();
+    raw[20] ^= 0x10;
+    std::fs::write(&last, raw).unwrap();
+    let store = BlobStore::open(dir.path(), options(1_000_000, 20_000)).unwrap();
+    assert!(store.volume_map_load().unwrap().rebuilt);
+    store.close().await;
+    std::fs::rename(&aside, volume_path(dir.path(), 1)).unwrap();
+    let store = BlobStore::open(dir.path(), options(1_000_000, 20_000)).unwrap();
+    for (key, data) in &in_first {
+        assert_eq!(&read(&store, *key).await.unwrap(), data);
+    }
+    assert_eq!(store.volume_stats().unwrap().live_records, store.files());
+    store.close().await;
+}
+
+/// A record damaged in its body is repaired (a copy), the copy's volume compacted away (a
+/// copy of the copy); a full rebuild then finds the damaged original first, and must still
+/// end at the newest copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_rebuild_follows_a_repair_through_a_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path(), options(1_000_000, 20_000)).unwrap();
+    let mut files = Vec::new();
+    for i in 0..6u8 {
+        let data = pattern(3000, i);
+        files.push((put(&store, &data).await, data));
+    }
+    while place(&store, files.last().unwrap().0).0 == 1 {
+        let data = pattern(3000, 9);
+        files.push((put(&store, &data).await, data));
+    }
+    let (key, data) = files[1].clone();
+    let record = store.stat(key).unwrap().unwrap();
+    let Location::Volume {
+        volume,
+        offset,
+        body,
+    } = record.location
+    else {
+        panic!("{key} has a data file");
+    };
+    store.close().await;
+    flip(dir.path(), volume, offset + u64::from(body) + 100);
+    let store = BlobStore::open(dir.path(), options(1_000_000, 20_000)).unwrap();
+    assert!(read(&store, key).await.is_err());
+    let mut w = store.writer(key, "image/jpeg".into(), u64::MAX);
+    w.allow_repair();
+    w.write(Bytes::from(data.clone())).await.unwrap();
+    w.commit().await.unwrap();
+    let repaired_in = place(&store, key).0;
+    assert_ne!(repaired_in, volume);
+    // The copy's volume fills with files that die, seals, and is compacted away.
+    let mut fill = Vec::new();
+    while place(&store, fill.last().copied().unwrap_or(key)).0 == repaired_in {
+        fill.push(put(&store, &pattern(3000, 77)).await);
+    }
+    for k in &fill {
+        if place(&store, *k).0 == repaired_in {
+            assert!(store.delete(*k).await.unwrap());
+        }
+    }
+    let compactor = store.clone();
+    tokio::task::spawn_blocking(move || compactor.compact_now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(place(&store, key).0 > repaired_in, "moved by compaction");
+    store.close().await;
+    let last = index_logs(dir.path()).pop().unwrap();
+    let mut raw = std::fs::read(&last).unwrap();
+    raw[20] ^= 0x10;
+    std::fs::write(&last, raw).unwrap();
+    let store = BlobStore::open(dir.path(), options(1_000_000, 20_000)).unwrap();
+    assert!(store.volume_map_load().unwrap().rebuilt);
+    assert_eq!(read(&store, key).await.unwrap(), data);
+    store.close().await;
+}
