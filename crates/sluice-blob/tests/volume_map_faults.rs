@@ -25,6 +25,14 @@ async fn read(store: &BlobStore, key: BlobKey) -> Result<Vec<u8>, BlobError> {
     read_range(store, key, 0, u64::MAX).await
 }
 
+/// A flipped byte in the first entry of the newest volume's log.
+fn damage_last_log(root: &Path) {
+    let log = index_logs(root).pop().unwrap();
+    let mut raw = std::fs::read(&log).unwrap();
+    raw[20] ^= 0x10;
+    std::fs::write(&log, raw).unwrap();
+}
+
 fn damage_log(root: &Path) {
     let log = index_logs(root).remove(0);
     let mut raw = std::fs::read(&log).unwrap();
@@ -379,10 +387,7 @@ async fn a_volume_missing_during_a_rebuild_is_read_once_it_is_back() {
     store.close().await;
     let aside = dir.path().join("v1.aside");
     std::fs::rename(volume_path(dir.path(), 1), &aside).unwrap();
-    let last = index_logs(dir.path()).pop().unwrap();
-    let mut raw = std::fs::read(&last).unwrap();
-    raw[20] ^= 0x10;
-    std::fs::write(&last, raw).unwrap();
+    damage_last_log(dir.path());
     let store = BlobStore::open(dir.path(), options(1_000_000, 20_000)).unwrap();
     assert!(store.volume_map_load().unwrap().rebuilt);
     store.close().await;
@@ -448,10 +453,7 @@ async fn a_full_rebuild_follows_a_repair_through_a_compaction() {
         .unwrap();
     assert!(place(&store, key).0 > repaired_in, "moved by compaction");
     store.close().await;
-    let last = index_logs(dir.path()).pop().unwrap();
-    let mut raw = std::fs::read(&last).unwrap();
-    raw[20] ^= 0x10;
-    std::fs::write(&last, raw).unwrap();
+    damage_last_log(dir.path());
     let store = BlobStore::open(dir.path(), options(1_000_000, 20_000)).unwrap();
     assert!(store.volume_map_load().unwrap().rebuilt);
     assert_eq!(read(&store, key).await.unwrap(), data);
