@@ -76,11 +76,7 @@ async fn compaction_after_a_block_size_change_keeps_files_readable() {
         put(&store, &pattern(5000, 100 + i)).await;
     }
     let first = volume_of(&store, live[0].0);
-    let compactor = store.clone();
-    let compacted = tokio::task::spawn_blocking(move || compactor.compact_now())
-        .await
-        .unwrap()
-        .unwrap();
+    let compacted = common::compact(&store).await;
     assert!(compacted > 0);
     assert_ne!(volume_of(&store, live[0].0), first, "moved");
     for (key, data) in &live {
@@ -388,11 +384,7 @@ async fn volume_rows_agree_with_the_index() {
             w.commit().await.unwrap();
         }
     }
-    let compactor = store.clone();
-    tokio::task::spawn_blocking(move || compactor.compact_now())
-        .await
-        .unwrap()
-        .unwrap();
+    common::compact(&store).await;
     let check = |store: &BlobStore| {
         let mut live = 0u64;
         let mut after = None;

@@ -113,11 +113,7 @@ async fn a_crash_during_compaction_keeps_every_file_once_and_no_deleted_one() {
     for key in &deleted {
         assert!(store.delete(*key).await.unwrap());
     }
-    let compactor = store.clone();
-    let compacted = tokio::task::spawn_blocking(move || compactor.compact_now())
-        .await
-        .unwrap()
-        .unwrap();
+    let compacted = common::compact(&store).await;
     assert!(compacted > 0);
     // After compaction, no checkpoint: the copies replay as moves, and the volumes they left
     // are gone.

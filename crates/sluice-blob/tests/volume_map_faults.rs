@@ -345,11 +345,7 @@ async fn deletes_racing_compaction_survive_crashes_and_rebuilds() {
             assert_eq!(&read(&store, *key).await.unwrap(), data, "round {round}");
         }
         if round == 1 {
-            let compactor = store.clone();
-            tokio::task::spawn_blocking(move || compactor.compact_now())
-                .await
-                .unwrap()
-                .unwrap();
+            common::compact(&store).await;
         }
         store.close().await;
     }
@@ -446,11 +442,7 @@ async fn a_full_rebuild_follows_a_repair_through_a_compaction() {
             assert!(store.delete(*k).await.unwrap());
         }
     }
-    let compactor = store.clone();
-    tokio::task::spawn_blocking(move || compactor.compact_now())
-        .await
-        .unwrap()
-        .unwrap();
+    common::compact(&store).await;
     assert!(place(&store, key).0 > repaired_in, "moved by compaction");
     store.close().await;
     damage_last_log(dir.path());

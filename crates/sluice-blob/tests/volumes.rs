@@ -447,11 +447,7 @@ async fn compaction_moves_live_records_while_reads_and_writes_go_on() {
             written
         }));
     }
-    let compactor = store.clone();
-    let compacted = tokio::task::spawn_blocking(move || compactor.compact_now())
-        .await
-        .unwrap()
-        .unwrap();
+    let compacted = common::compact(&store).await;
     stop.store(true, Ordering::Relaxed);
     let mut written = Vec::new();
     for task in load {

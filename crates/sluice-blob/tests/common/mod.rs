@@ -99,3 +99,12 @@ pub fn index_logs(root: &std::path::Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// Runs a compaction pass now (off the async threads); how many volumes went.
+pub async fn compact(store: &BlobStore) -> usize {
+    let compactor = store.clone();
+    tokio::task::spawn_blocking(move || compactor.compact_now())
+        .await
+        .unwrap()
+        .unwrap()
+}
